@@ -1,0 +1,250 @@
+//! Control and chunk-header frames: a 4-byte big-endian length, then that many bytes of a
+//! UTF-8 JSON object whose `"type"` names the frame. Decoding checks the length before it
+//! parses anything, so a hostile length prefix costs nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// Largest frame body, in bytes.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Protocol version spoken by this build, sent in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ALPN token of protocol version 1.
+pub const ALPN: &[u8] = b"ferry/1";
+
+/// Every frame of the protocol. Unknown fields are ignored; an unknown `type` is an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    Hello { version: u32, token: String },
+    Welcome { version: u32, owner: String, limits: Limits },
+    Create { req: u64, file_name: String, size: u64, chunk_size: u64, #[serde(default)] desc: String },
+    Created { req: u64, upload: UploadInfo },
+    Resume { req: u64, upload_id: String },
+    Resumed { req: u64, upload: UploadInfo },
+    Finish { req: u64, upload_id: String, sha256: String },
+    Finished { req: u64, upload_id: String, file_name: String, size: u64, sha256: String },
+    Abort { req: u64, upload_id: String },
+    Aborted { req: u64, upload_id: String },
+    List { req: u64 },
+    Listing { req: u64, uploads: Vec<UploadSummary> },
+    Ack { upload_id: String, chunks: Vec<[u64; 2]> },
+    Reject { upload_id: String, index: u64, code: ErrorCode, message: String },
+    Detached { upload_id: String, code: ErrorCode, message: String },
+    Chunk { upload_id: String, index: u64, size: u64, sha256: String },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Server limits announced in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_file_size: u64,
+    pub min_chunk_size: u64,
+    pub max_chunk_size: u64,
+    /// Chunk streams the client may have open at once.
+    pub max_streams: u64,
+    pub max_frame: u64,
+}
+
+/// An upload as `created` and `resumed` describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    pub upload_id: String,
+    pub file_name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunk_count: u64,
+    /// Durable chunk index ranges, `[start, end)`.
+    pub durable: Vec<[u64; 2]>,
+    /// Length in bytes of the contiguous durable prefix.
+    pub durable_offset: u64,
+}
+
+/// One line of `listing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSummary {
+    pub upload_id: String,
+    pub file_name: String,
+    #[serde(default)]
+    pub desc: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub durable_bytes: u64,
+    /// `receiving`, `complete`.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Why bytes could not be decoded into a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge { len: u64 },
+    /// The body is not UTF-8.
+    #[error("frame is not valid UTF-8")]
+    BadUtf8,
+    /// The body is not a JSON object.
+    #[error("frame is not a JSON object: {0}")]
+    BadJson(String),
+    /// `type` is missing or unknown.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// A field is missing or has the wrong type.
+    #[error("bad field in {kind} frame: {detail}")]
+    BadField { kind: String, detail: String },
+}
+
+impl FrameError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            Self::BadUtf8 => ErrorCode::BadUtf8,
+            Self::BadJson(_) => ErrorCode::BadJson,
+            Self::UnknownType(_) => ErrorCode::UnknownType,
+            Self::BadField { .. } => ErrorCode::BadField,
+        }
+    }
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "hello", "welcome", "create", "created", "resume", "resumed", "finish", "finished", "abort",
+    "aborted", "list", "listing", "ack", "reject", "detached", "chunk", "error",
+];
+
+impl Frame {
+    /// Appends the length-prefixed encoding of this frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Serialising a derived Serialize type into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, self).expect("frame serialises");
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes one frame from the front of `buf`. Returns `Ok(None)` while the frame has not
+    /// fully arrived, and otherwise the frame with the number of bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        let Some(len) = Self::peek_len(buf)? else {
+            return Ok(None);
+        };
+        let Some(body) = buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        Ok(Some((Self::decode_body(body)?, 4 + len)))
+    }
+
+    /// Reads the length prefix, refusing an oversized one before anything else arrives.
+    pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        let Some(prefix) = buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge { len: len as u64 });
+        }
+        Ok(Some(len))
+    }
+
+    /// Decodes a frame body (the bytes after the length prefix).
+    pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+        let text = std::str::from_utf8(body).map_err(|_| FrameError::BadUtf8)?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| FrameError::BadJson(e.to_string()))?;
+        let kind = match value.get("type") {
+            Some(serde_json::Value::String(kind)) if KNOWN_TYPES.contains(&kind.as_str()) => kind.clone(),
+            Some(serde_json::Value::String(kind)) => {
+                return Err(FrameError::UnknownType(kind.chars().take(64).collect()))
+            }
+            _ if !value.is_object() => return Err(FrameError::BadJson("not an object".into())),
+            _ => return Err(FrameError::UnknownType(String::new())),
+        };
+        serde_json::from_value(value).map_err(|e| FrameError::BadField { kind, detail: e.to_string() })
+    }
+
+    /// The name in the frame's `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Welcome { .. } => "welcome",
+            Self::Create { .. } => "create",
+            Self::Created { .. } => "created",
+            Self::Resume { .. } => "resume",
+            Self::Resumed { .. } => "resumed",
+            Self::Finish { .. } => "finish",
+            Self::Finished { .. } => "finished",
+            Self::Abort { .. } => "abort",
+            Self::Aborted { .. } => "aborted",
+            Self::List { .. } => "list",
+            Self::Listing { .. } => "listing",
+            Self::Ack { .. } => "ack",
+            Self::Reject { .. } => "reject",
+            Self::Detached { .. } => "detached",
+            Self::Chunk { .. } => "chunk",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn round_trip_and_partial_input() {
+        let frame = Frame::Chunk { upload_id: "ab".into(), index: 3, size: 10, sha256: "00".into() };
+        let bytes = frame.to_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(Frame::decode(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut two = bytes.clone();
+        two.extend_from_slice(&bytes);
+        assert_eq!(Frame::decode(&two), Ok(Some((frame, bytes.len()))));
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_prefix_alone() {
+        let prefix = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(Frame::decode(&prefix), Err(FrameError::TooLarge { len: MAX_FRAME as u64 + 1 }));
+    }
+
+    #[test]
+    fn distinct_errors() {
+        let code = |body: &[u8]| Frame::decode(&framed(body)).unwrap_err().code();
+        assert_eq!(code(b"\xff\xfe"), ErrorCode::BadUtf8);
+        assert_eq!(code(b"{not json"), ErrorCode::BadJson);
+        assert_eq!(code(b"[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(br#"{"type":"teleport"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(br#"{"no_type":1}"#), ErrorCode::UnknownType);
+        assert_eq!(code(br#"{"type":"list"}"#), ErrorCode::BadField);
+        assert_eq!(code(br#"{"type":"list","req":"seven"}"#), ErrorCode::BadField);
+        assert_eq!(code(br#"{"type":"create","req":1,"file_name":"a","size":-1,"chunk_size":4}"#), ErrorCode::BadField);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let body = br#"{"type":"list","req":7,"colour":"blue"}"#;
+        assert_eq!(Frame::decode(&framed(body)).unwrap().unwrap().0, Frame::List { req: 7 });
+    }
+}
