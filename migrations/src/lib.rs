@@ -1,1 +1,117 @@
-//! placeholder
+//! Numbered, idempotent schema steps for the server's sled store. `migrate` runs at every
+//! start: it reads `schema_version` from the `meta` tree, applies each later step in order
+//! (recording the version after each), and refuses a store written by a newer Ferry.
+
+/// The schema version this build writes.
+pub const CURRENT: u32 = 1;
+/// Tree holding `schema_version` and the clean-shutdown marker.
+pub const META: &str = "meta";
+/// Tree of upload records: upload id (16 bytes) → JSON record.
+pub const UPLOADS: &str = "uploads";
+/// Tree of durable chunks: upload id (16 bytes) ++ chunk index (u64 BE) → SHA-256 (32 bytes).
+pub const CHUNKS: &str = "chunks";
+/// Key of the schema version (u32 BE) in `meta`.
+pub const SCHEMA_VERSION: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The store was written by a newer Ferry; running an older one on it could corrupt it.
+    #[error("the store has schema version {found}, newer than the {supported} this ferryd supports; run a newer ferryd")]
+    TooNew { found: u32, supported: u32 },
+    /// `schema_version` is not a 4-byte value.
+    #[error("the store's schema_version record is corrupt ({len} bytes)")]
+    Corrupt { len: usize },
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+}
+
+/// One schema step: brings a store at version `to - 1` to version `to`. Must be idempotent,
+/// since a crash between the step and the version record re-runs it.
+struct Step {
+    to: u32,
+    apply: fn(&sled::Db) -> Result<(), sled::Error>,
+}
+
+const STEPS: &[Step] = &[Step { to: 1, apply: v1 }];
+
+/// v1: the three trees of the first release.
+fn v1(db: &sled::Db) -> Result<(), sled::Error> {
+    for tree in [META, UPLOADS, CHUNKS] {
+        db.open_tree(tree)?;
+    }
+    Ok(())
+}
+
+/// The store's schema version; 0 for a new store.
+pub fn version(db: &sled::Db) -> Result<u32, MigrationError> {
+    match db.open_tree(META)?.get(SCHEMA_VERSION)? {
+        None => Ok(0),
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| MigrationError::Corrupt { len: v.len() })?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// Brings `db` to [`CURRENT`]. Returns the version found before.
+pub fn migrate(db: &sled::Db) -> Result<u32, MigrationError> {
+    let found = version(db)?;
+    if found > CURRENT {
+        return Err(MigrationError::TooNew { found, supported: CURRENT });
+    }
+    let meta = db.open_tree(META)?;
+    for step in STEPS.iter().filter(|s| s.to > found) {
+        (step.apply)(db)?;
+        meta.insert(SCHEMA_VERSION, &step.to.to_be_bytes())?;
+        db.flush()?;
+    }
+    Ok(found)
+}
+
+/// Writes a schema version directly. For tests and fixtures that need a store from another
+/// version.
+pub fn set_version(db: &sled::Db, version: u32) -> Result<(), sled::Error> {
+    db.open_tree(META)?.insert(SCHEMA_VERSION, &version.to_be_bytes())?;
+    db.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> sled::Db {
+        sled::Config::new().path(dir).open().unwrap()
+    }
+
+    #[test]
+    fn new_store_reaches_current_and_rerun_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        assert_eq!(migrate(&db).unwrap(), 0);
+        assert_eq!(version(&db).unwrap(), CURRENT);
+        assert_eq!(migrate(&db).unwrap(), CURRENT);
+        assert!(db.tree_names().iter().any(|n| n.as_ref() == CHUNKS.as_bytes()));
+    }
+
+    #[test]
+    fn newer_store_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        set_version(&db, CURRENT + 1).unwrap();
+        let err = migrate(&db).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the store has schema version {}, newer than the {CURRENT} this ferryd supports; run a newer ferryd", CURRENT + 1)
+        );
+        assert_eq!(version(&db).unwrap(), CURRENT + 1, "a refused store is left untouched");
+    }
+
+    #[test]
+    fn corrupt_version_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.open_tree(META).unwrap().insert(SCHEMA_VERSION, &b"x"[..]).unwrap();
+        assert!(matches!(migrate(&db), Err(MigrationError::Corrupt { len: 1 })));
+    }
+}

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     BadJson,
     /// A frame has no `type`, or one this side does not know.
     UnknownType,
+    /// A stream ended in the middle of a frame.
+    TruncatedFrame,
     /// A frame's fields are missing or of the wrong JSON type.
     BadField,
     /// A frame arrived that is not allowed at this point of the exchange.
@@ -49,6 +51,8 @@ pub enum ErrorCode {
     LongPayload,
     /// Another connection resumed this upload; this one no longer drives it.
     TakenOver,
+    /// A chunk for an upload this connection has not created or resumed.
+    NotAttached,
     /// The upload is finishing, complete or aborted, so it takes no more chunks.
     BadState,
     /// `finish` before every chunk is durable.
@@ -75,6 +79,7 @@ impl ErrorCode {
         Self::BadUtf8,
         Self::BadJson,
         Self::UnknownType,
+        Self::TruncatedFrame,
         Self::BadField,
         Self::UnexpectedFrame,
         Self::UnsupportedVersion,
@@ -92,6 +97,7 @@ impl ErrorCode {
         Self::ShortPayload,
         Self::LongPayload,
         Self::TakenOver,
+        Self::NotAttached,
         Self::BadState,
         Self::Incomplete,
         Self::FileDigestMismatch,
@@ -108,6 +114,7 @@ impl ErrorCode {
             Self::BadUtf8 => "bad_utf8",
             Self::BadJson => "bad_json",
             Self::UnknownType => "unknown_type",
+            Self::TruncatedFrame => "truncated_frame",
             Self::BadField => "bad_field",
             Self::UnexpectedFrame => "unexpected_frame",
             Self::UnsupportedVersion => "unsupported_version",
@@ -125,6 +132,7 @@ impl ErrorCode {
             Self::ShortPayload => "short_payload",
             Self::LongPayload => "long_payload",
             Self::TakenOver => "taken_over",
+            Self::NotAttached => "not_attached",
             Self::BadState => "bad_state",
             Self::Incomplete => "incomplete",
             Self::FileDigestMismatch => "file_digest_mismatch",

@@ -1,1 +1,172 @@
-//! placeholder
+//! ferry-server: the QUIC endpoint of Ferry. `Server::bind` opens the data directory (sled
+//! store, certificate, tokens) and the UDP socket; `Server::run` accepts connections until the
+//! shutdown future resolves, then lets every upload driver commit what it received, marks the
+//! store clean and returns.
+
+mod conn;
+mod driver;
+mod fsutil;
+pub mod store;
+pub mod tls;
+pub mod tokens;
+mod transport;
+mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferry_proto::{CommitPolicy, ErrorCode, Limits, MAX_FRAME};
+use quinn::VarInt;
+use tracing::{info, warn};
+
+pub use store::{OpenReport, Store};
+pub use tokens::Tokens;
+
+/// Everything `ferryd serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Largest file accepted at create.
+    pub max_file_size: u64,
+    pub min_chunk_size: u64,
+    pub max_chunk_size: u64,
+    /// Chunk streams one connection may have open at once.
+    pub max_streams: u64,
+    /// A connection with no traffic (not even keep-alives) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for the TLS handshake and the `hello` frame.
+    pub handshake_timeout: Duration,
+    pub commit: CommitPolicy,
+    /// Use this certificate and key instead of the generated one.
+    pub cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            max_file_size: 1 << 40,
+            min_chunk_size: 4 << 10,
+            max_chunk_size: 64 << 20,
+            max_streams: 32,
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            commit: CommitPolicy::default(),
+            cert: None,
+        }
+    }
+
+    /// The limits announced in `welcome`.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_file_size: self.max_file_size,
+            min_chunk_size: self.min_chunk_size,
+            max_chunk_size: self.max_chunk_size,
+            max_streams: self.max_streams,
+            max_frame: MAX_FRAME as u64,
+        }
+    }
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    config: Config,
+    store: Arc<Store>,
+    tokens: Tokens,
+    registry: Arc<driver::Registry>,
+}
+
+/// A bound server, not yet accepting.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    fingerprint: String,
+    report: OpenReport,
+}
+
+impl Server {
+    /// Opens the data directory (creating it, the certificate and the database on first start)
+    /// and binds the UDP socket. Blocks while re-verifying chunks after an unclean stop.
+    pub fn bind(config: Config) -> Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        let (store, report) = Store::open(dir).with_context(|| format!("failed to open data directory {}", dir.display()))?;
+        let identity = match &config.cert {
+            Some((cert, key)) => tls::Identity::load(cert, key)?,
+            None => {
+                let (identity, generated) = tls::Identity::load_or_generate(dir, config.listen)?;
+                if generated {
+                    info!(fingerprint = identity.fingerprint(), "generated a self-signed certificate");
+                }
+                identity
+            }
+        };
+        let fingerprint = identity.fingerprint();
+        let crypto = tls::server_crypto(identity)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport::server(&config)?));
+        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(dir)?);
+        let socket = transport::bind_udp(config.listen)?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
+            .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
+        let shared = Arc::new(Shared {
+            tokens: Tokens::new(dir),
+            store: Arc::new(store),
+            registry: Default::default(),
+            config,
+        });
+        Ok(Self { endpoint, shared, fingerprint, report })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// `sha256:<hex>` of the certificate the server presents.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// What opening the store found (clean stop or not, chunks re-verified).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Accepts connections until `shutdown` resolves, then stops cleanly.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let next_id = AtomicU64::new(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id));
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        info!("shutting down");
+        self.endpoint.close(VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()), b"server shutting down");
+        self.shared.registry.shutdown(Duration::from_secs(30)).await;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.mark_clean()).await??;
+        if tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.is_err() {
+            warn!("connections did not close in time");
+        }
+        info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Binds and runs a server until `shutdown` resolves: what `ferryd serve` calls.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Server::bind(config)?.run(shutdown).await
+}

@@ -1,1 +1,124 @@
-fn main() {}
+//! `ferryd`: parses arguments, sets up logging, calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferryd", version, about = "Ferry server: resumable chunked uploads over QUIC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433", env = "FERRYD_LISTEN")]
+        listen: SocketAddr,
+        /// Data directory: database, staging files, published files, certificate, tokens.
+        #[arg(long, default_value = "./ferry-data", env = "FERRYD_DATA")]
+        data: PathBuf,
+        /// Idle timeout in seconds: a connection silent this long is closed.
+        #[arg(long, default_value_t = 30)]
+        idle_timeout: u64,
+        /// PEM certificate chain to present instead of the generated one (needs --key).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Print the SHA-256 fingerprint of the server's certificate, for clients to pin.
+    Fingerprint {
+        #[arg(long, default_value = "./ferry-data", env = "FERRYD_DATA")]
+        data: PathBuf,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[arg(long, default_value = "./ferry-data", env = "FERRYD_DATA", global = true)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for NAME and print it (only its hash is stored).
+    Add { name: String },
+    /// List token names.
+    List,
+    /// Remove NAME's token.
+    Revoke { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn,sled=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { listen, data, idle_timeout, cert, key } => {
+            let mut config = ferry_server::Config::new(data, listen);
+            config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
+            config.cert = cert.zip(key);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let server = ferry_server::Server::bind(config)?;
+                let report = server.open_report();
+                if !report.clean {
+                    tracing::warn!(verified = report.verified, forgotten = report.forgotten, "recovered from an unclean stop");
+                }
+                eprintln!("ferryd: listening on {} (certificate {})", server.local_addr()?, server.fingerprint());
+                server.run(shutdown_signal()).await
+            })
+        }
+        Command::Fingerprint { data } => {
+            println!("{}", ferry_server::tls::stored_fingerprint(&data)?);
+            Ok(())
+        }
+        Command::Token { command, data } => {
+            std::fs::create_dir_all(&data)?;
+            let tokens = ferry_server::Tokens::new(&data);
+            match command {
+                TokenCommand::Add { name } => println!("{}", tokens.add(&name)?),
+                TokenCommand::List => {
+                    for entry in tokens.entries()? {
+                        println!("{}", entry.name);
+                    }
+                }
+                TokenCommand::Revoke { name } => tokens.revoke(&name)?,
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

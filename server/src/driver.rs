@@ -1,0 +1,373 @@
+//! One task per active upload owns its `UploadSession`. Connections talk to it through
+//! messages: attach (create/resume), chunk headers, finished payloads, finish, abort. The
+//! driver runs group commits (fdatasync the staging file → record the chunks in sled → flush)
+//! and only then lets the session emit acks, which it forwards to the attached connection.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_proto::{
+    Accept, ChunkHeader, ChunkIndex, CommitBatch, CommitPolicy, Digest, ErrorCode, Frame, Output, Span, UploadInfo,
+    UploadSession,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::store::{Store, UploadId, UploadRecord};
+
+/// Frames pushed to a connection's control stream.
+pub type Events = mpsc::UnboundedSender<Frame>;
+
+/// An error for the peer: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// Maps an I/O failure on the server's disk to the code a client can act on.
+    pub fn storage(err: &std::io::Error, what: &str) -> Self {
+        let code = if err.raw_os_error() == Some(libc::ENOSPC) { ErrorCode::StorageFull } else { ErrorCode::StorageError };
+        Self::new(code, format!("{what}: {err}"))
+    }
+}
+
+/// What a connection should do with a chunk stream.
+pub enum Verdict {
+    /// Read the payload into `file` at `span`, then report `Payload` (or `Failed`/`Abandoned`).
+    Receive { index: ChunkIndex, span: Span, file: Arc<File> },
+    /// Drop the stream: the chunk is durable or received already.
+    Skip,
+}
+
+/// The reply to a successful `finish`.
+pub struct Published {
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+pub enum Msg {
+    Attach { conn: u64, events: Events, reply: oneshot::Sender<UploadInfo> },
+    Detach { conn: u64 },
+    Header { conn: u64, header: ChunkHeader, reply: oneshot::Sender<Result<Verdict, WireError>> },
+    Payload { index: ChunkIndex, digest: Digest },
+    Abandoned { index: ChunkIndex },
+    Failed { index: ChunkIndex, error: WireError },
+    Finish { digest: Digest, reply: oneshot::Sender<Result<Published, WireError>> },
+    Abort { reply: oneshot::Sender<Result<(), WireError>> },
+    Shutdown,
+}
+
+/// The drivers of this server, by upload id.
+#[derive(Default)]
+pub struct Registry {
+    drivers: Mutex<HashMap<UploadId, (mpsc::UnboundedSender<Msg>, JoinHandle<()>)>>,
+}
+
+impl Registry {
+    /// The running driver of `id`, if any.
+    pub fn get(&self, id: UploadId) -> Option<mpsc::UnboundedSender<Msg>> {
+        let drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.get(&id).filter(|(tx, _)| !tx.is_closed()).map(|(tx, _)| tx.clone())
+    }
+
+    /// The driver of `id`, started if needed from the stored record. The caller has checked
+    /// that the record exists, belongs to the caller, and is receiving.
+    pub fn get_or_start(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+        policy: CommitPolicy,
+        id: UploadId,
+        record: UploadRecord,
+    ) -> anyhow::Result<mpsc::UnboundedSender<Msg>> {
+        let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, _)) = drivers.get(&id).filter(|(tx, _)| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let layout = record.layout()?;
+        let durable = store.durable_chunks(id, &layout)?;
+        let path = store.staging_path(id);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            id,
+            record,
+            store: store.clone(),
+            session: UploadSession::new(layout, durable, policy),
+            file: Arc::new(file),
+            attached: None,
+            rx,
+        };
+        let registry = self.clone();
+        let span = info_span!("upload", id = %id);
+        let handle = tokio::spawn(
+            async move {
+                driver.run().await;
+                registry.drivers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+            .instrument(span),
+        );
+        drivers.insert(id, (tx.clone(), handle));
+        Ok(tx)
+    }
+
+    /// Asks every driver to commit what it has received and stop; waits for them.
+    pub async fn shutdown(&self, limit: Duration) {
+        let handles: Vec<_> = {
+            let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+            drivers
+                .drain()
+                .map(|(_, (tx, handle))| {
+                    let _ = tx.send(Msg::Shutdown);
+                    handle
+                })
+                .collect()
+        };
+        let all = futures_join_all(handles);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            warn!("upload drivers did not stop in time");
+        }
+    }
+}
+
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+struct Driver {
+    id: UploadId,
+    record: UploadRecord,
+    store: Arc<Store>,
+    session: UploadSession,
+    file: Arc<File>,
+    /// The connection that drives the upload: set by `Attach`, replaced by a later `Attach`
+    /// (takeover), cleared by `Detach` from that same connection.
+    attached: Option<(u64, Events)>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut commit: Option<JoinHandle<Result<(), WireError>>> = None;
+        loop {
+            if commit.is_none() {
+                if let Some(batch) = self.session.poll_commit(Instant::now()) {
+                    commit = Some(tokio::spawn(persist(self.store.clone(), self.file.clone(), self.id, batch)));
+                }
+            }
+            self.forward_outputs();
+            let deadline = self.session.poll_timeout();
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if let Msg::Shutdown = msg {
+                        self.drain(commit.take()).await;
+                        break;
+                    }
+                    if let Step::Stop = self.handle(msg).await {
+                        break;
+                    }
+                }
+                result = async { commit.as_mut().expect("guarded by the select condition").await }, if commit.is_some() => {
+                    commit = None;
+                    self.committed(result);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
+            }
+        }
+        debug!("driver stopped");
+    }
+
+    fn committed(&mut self, result: Result<Result<(), WireError>, tokio::task::JoinError>) {
+        match result {
+            Ok(Ok(())) => self.session.handle_persisted(),
+            Ok(Err(e)) => {
+                warn!(code = %e.code, error = %e.message, "commit failed");
+                self.session.handle_persist_failed(e.code, &e.message);
+            }
+            Err(e) => self.session.handle_persist_failed(ErrorCode::Internal, &e.to_string()),
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) -> Step {
+        match msg {
+            Msg::Attach { conn, events, reply } => {
+                if let Some((old, old_events)) = self.attached.take() {
+                    if old != conn {
+                        info!(old, new = conn, "upload taken over by a new connection");
+                        let _ = old_events.send(Frame::Detached {
+                            upload_id: self.id.to_string(),
+                            code: ErrorCode::TakenOver,
+                            message: "another connection resumed this upload".into(),
+                        });
+                    }
+                }
+                self.attached = Some((conn, events));
+                let _ = reply.send(self.info());
+            }
+            Msg::Detach { conn } => {
+                if self.attached.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.attached = None;
+                }
+            }
+            Msg::Header { conn, header, reply } => {
+                let verdict = if self.attached.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    match self.session.handle_header(&header) {
+                        Ok(Accept::Receive { index, span }) => Ok(Verdict::Receive { index, span, file: self.file.clone() }),
+                        Ok(Accept::AlreadyDurable | Accept::AlreadyReceived) => Ok(Verdict::Skip),
+                        Err(e) => Err(WireError::new(e.code(), e.to_string())),
+                    }
+                } else {
+                    Err(WireError::new(ErrorCode::TakenOver, "this connection no longer drives the upload"))
+                };
+                let _ = reply.send(verdict);
+            }
+            Msg::Payload { index, digest } => self.session.handle_payload(index, digest, Instant::now()),
+            Msg::Abandoned { index } => self.session.handle_abandoned(index),
+            Msg::Failed { index, error } => {
+                self.session.handle_abandoned(index);
+                self.send(Frame::Reject {
+                    upload_id: self.id.to_string(),
+                    index: index.get(),
+                    code: error.code,
+                    message: error.message,
+                });
+            }
+            Msg::Finish { digest, reply } => return self.finish(digest, reply).await,
+            Msg::Abort { reply } => {
+                let store = self.store.clone();
+                let id = self.id;
+                let result = tokio::task::spawn_blocking(move || store.remove(id)).await;
+                match result {
+                    Ok(Ok(())) => {
+                        info!("aborted");
+                        let _ = reply.send(Ok(()));
+                        return Step::Stop;
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(WireError::new(ErrorCode::Internal, e.to_string())));
+                    }
+                }
+            }
+            Msg::Shutdown => {}
+        }
+        Step::Continue
+    }
+
+    async fn finish(&mut self, digest: Digest, reply: oneshot::Sender<Result<Published, WireError>>) -> Step {
+        if let Err(e) = self.session.handle_finish() {
+            let _ = reply.send(Err(WireError::new(e.code(), e.to_string())));
+            return Step::Continue;
+        }
+        let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
+            let actual = store.hash_staging(id)?;
+            if actual != digest {
+                return Ok(Err(actual));
+            }
+            Ok(Ok(store.publish(id, &record, digest)?))
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(Ok(file_name))) => {
+                info!(file_name, elapsed_ms = started.elapsed().as_millis() as u64, "published");
+                Ok(Published { file_name, size: self.record.size, sha256: digest })
+            }
+            Ok(Ok(Err(actual))) => Err(WireError::new(
+                ErrorCode::FileDigestMismatch,
+                format!("the file on the server hashes to {actual}, finish said {digest}"),
+            )),
+            Ok(Err(e)) => Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))),
+            Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
+        };
+        let done = outcome.is_ok();
+        self.session.handle_finalized(done);
+        let _ = reply.send(outcome);
+        if done {
+            Step::Stop
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// Commits everything received, then returns: the shutdown path.
+    async fn drain(&mut self, running: Option<JoinHandle<Result<(), WireError>>>) {
+        if let Some(handle) = running {
+            self.committed(handle.await);
+        }
+        // Far in the future, so every waiting chunk is due.
+        let later = Instant::now() + Duration::from_secs(3600);
+        if let Some(batch) = self.session.poll_commit(later) {
+            let result = persist(self.store.clone(), self.file.clone(), self.id, batch).await;
+            self.committed(Ok(result));
+        }
+        self.forward_outputs();
+    }
+
+    fn forward_outputs(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            let frame = match output {
+                Output::Ack(set) => Frame::Ack { upload_id: self.id.to_string(), chunks: set.to_wire() },
+                Output::Reject { index, code, message } => {
+                    warn!(index, code = %code, "rejected chunk");
+                    Frame::Reject { upload_id: self.id.to_string(), index, code, message }
+                }
+            };
+            self.send(frame);
+        }
+    }
+
+    fn send(&self, frame: Frame) {
+        if let Some((_, events)) = &self.attached {
+            let _ = events.send(frame);
+        }
+    }
+
+    fn info(&self) -> UploadInfo {
+        let layout = self.session.layout();
+        UploadInfo {
+            upload_id: self.id.to_string(),
+            file_name: self.record.file_name.clone(),
+            size: layout.size(),
+            chunk_size: layout.chunk_size(),
+            chunk_count: layout.count(),
+            durable: self.session.durable().to_wire(),
+            durable_offset: layout.prefix_bytes(self.session.durable()),
+        }
+    }
+}
+
+/// The durability rule: data synced, then the records, then the flush. Only after this
+/// returns `Ok` may the chunks be acknowledged.
+async fn persist(store: Arc<Store>, file: Arc<File>, id: UploadId, batch: CommitBatch) -> Result<(), WireError> {
+    tokio::task::spawn_blocking(move || file.sync_data())
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| WireError::storage(&e, "failed to sync the staging file"))?;
+    store
+        .record_chunks(id, &batch.chunks)
+        .map_err(|e| WireError::new(ErrorCode::StorageError, format!("failed to record chunks: {e:#}")))?;
+    store.flush().await.map_err(|e| WireError::new(ErrorCode::StorageError, format!("{e:#}")))?;
+    debug!(chunks = batch.chunks.len(), "committed");
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The data directory: sled records of uploads and durable chunks, staging files, published
+//! files. Storage is dumb on purpose: it records and reads back; every protocol decision is
+//! made by the `UploadSession` in the driver.
+//!
+//! Layout: `db/` (sled), `staging/<upload_id>.part`, `files/<owner>/<name>`, `tls/`, `tokens`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ferry_migrations as migrations;
+use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use crate::fsutil::sync_dir;
+
+/// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
+/// running.
+const CLEAN: &[u8] = b"clean_shutdown";
+
+/// 16 random bytes, 32 lowercase hex characters on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId([u8; 16]);
+
+impl UploadId {
+    pub fn random() -> Result<Self> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(Self(bytes))
+    }
+
+    /// Parses the wire form; `None` for anything but 32 lowercase hex characters.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 16];
+        let lower = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (text.len() == 32 && lower && hex::decode_to_slice(text, &mut bytes).is_ok()).then_some(Self(bytes))
+    }
+
+    fn chunk_key(self, index: u64) -> [u8; 24] {
+        let mut key = [0u8; 24];
+        key[..16].copy_from_slice(&self.0);
+        key[16..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    Receiving,
+    Complete,
+}
+
+/// One upload as sled keeps it (JSON in the `uploads` tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Name of the token that created it; only that token can see it.
+    pub owner: String,
+    /// Sanitised name asked for at create.
+    pub file_name: String,
+    #[serde(default)]
+    pub desc: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub state: RecordState,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last commit.
+    pub updated_at: u64,
+    /// Set when complete: the name under `files/<owner>/`, which may carry ` (n)`.
+    #[serde(default)]
+    pub final_name: Option<String>,
+    /// Set when complete: the whole file's SHA-256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+impl UploadRecord {
+    pub fn layout(&self) -> Result<ChunkLayout> {
+        ChunkLayout::new(self.size, self.chunk_size).context("record has a zero chunk size")
+    }
+}
+
+/// What opening the store found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub schema_before: u32,
+    pub clean: bool,
+    /// Chunks re-hashed after an unclean stop, and how many of them no longer matched.
+    pub verified: u64,
+    pub forgotten: u64,
+}
+
+pub struct Store {
+    data_dir: PathBuf,
+    db: sled::Db,
+    uploads: sled::Tree,
+    chunks: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory, migrates the schema, and after an
+    /// unclean stop re-hashes every chunk recorded durable, forgetting those that no longer
+    /// match: sled 0.34's flush is weaker than fsync, so its records are trusted only as far as
+    /// the bytes they describe.
+    pub fn open(data_dir: &Path) -> Result<(Self, OpenReport)> {
+        for sub in ["staging", "files"] {
+            let dir = data_dir.join(sub);
+            fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let db_path = data_dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .with_context(|| format!("failed to open the database {}", db_path.display()))?;
+        let schema_before = migrations::migrate(&db).context("failed to prepare the database")?;
+        let store = Self {
+            data_dir: data_dir.to_owned(),
+            uploads: db.open_tree(migrations::UPLOADS)?,
+            chunks: db.open_tree(migrations::CHUNKS)?,
+            meta: db.open_tree(migrations::META)?,
+            db,
+        };
+        let clean = schema_before == 0 || store.meta.get(CLEAN)?.is_some_and(|v| v.as_ref() == [1]);
+        let mut report = OpenReport { schema_before, clean, ..Default::default() };
+        if !clean {
+            let (verified, forgotten) = store.verify_all()?;
+            report.verified = verified;
+            report.forgotten = forgotten;
+        }
+        store.meta.insert(CLEAN, &[0])?;
+        store.db.flush()?;
+        Ok((store, report))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn staging_path(&self, id: UploadId) -> PathBuf {
+        self.data_dir.join("staging").join(format!("{id}.part"))
+    }
+
+    /// Records the clean stop. Called last, after every driver has stopped.
+    pub fn mark_clean(&self) -> Result<()> {
+        self.meta.insert(CLEAN, &[1])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Creates the staging file and the record of a new upload.
+    pub fn create(&self, record: &UploadRecord) -> Result<UploadId> {
+        let id = UploadId::random()?;
+        let path = self.staging_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        file.set_len(record.size).with_context(|| format!("failed to size {}", path.display()))?;
+        sync_dir(path.parent().unwrap_or(&self.data_dir))?;
+        self.put_record(id, record)?;
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    pub fn record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
+        let Some(raw) = self.uploads.get(id.0)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                warn!(%id, error = %e, "unreadable upload record, treating as absent");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The recorded durable chunks of `id`. Entries that are malformed or outside the layout
+    /// are ignored (and so re-sent), never trusted.
+    pub fn durable_chunks(&self, id: UploadId, layout: &ChunkLayout) -> Result<ChunkSet> {
+        let mut set = ChunkSet::new();
+        for entry in self.chunks.scan_prefix(id.0) {
+            let (key, value) = entry?;
+            let Some(index) = key.get(16..24).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if index < layout.count() && value.len() == 32 {
+                set.insert(index);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Records chunks as durable (in memory until [`Store::flush`]) and touches the upload.
+    pub fn record_chunks(&self, id: UploadId, chunks: &[(ChunkIndex, Digest)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (index, digest) in chunks {
+            batch.insert(&id.chunk_key(index.get())[..], &digest.as_bytes()[..]);
+        }
+        self.chunks.apply_batch(batch)?;
+        if let Some(mut record) = self.record(id)? {
+            record.updated_at = unix_now();
+            self.put_record(id, &record)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every record written so far durable (as durable as sled 0.34 makes it).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.context("failed to flush the database")?;
+        Ok(())
+    }
+
+    /// Every upload of `owner`, oldest first.
+    pub fn list(&self, owner: &str) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = Vec::new();
+        for entry in self.uploads.iter() {
+            let (key, _) = entry?;
+            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else { continue };
+            let id = UploadId(bytes);
+            if let Some(record) = self.record(id)? {
+                if record.owner == owner {
+                    out.push((id, record));
+                }
+            }
+        }
+        out.sort_by_key(|(_, r)| r.created_at);
+        Ok(out)
+    }
+
+    /// Hashes the whole staging file.
+    pub fn hash_staging(&self, id: UploadId) -> Result<Digest> {
+        let path = self.staging_path(id);
+        let mut file = File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).with_context(|| format!("failed to read {}", path.display()))?;
+        Ok(hasher.into())
+    }
+
+    /// Moves a complete upload into `files/<owner>/`, never overwriting, and records it
+    /// complete. Returns the final name.
+    pub fn publish(&self, id: UploadId, record: &UploadRecord, digest: Digest) -> Result<String> {
+        let staging = self.staging_path(id);
+        File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("failed to sync {}", staging.display()))?;
+        let dir = self.data_dir.join("files").join(&record.owner);
+        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        let mut final_name = None;
+        for n in 0..10_000 {
+            let name = if n == 0 { record.file_name.clone() } else { ferry_proto::name::numbered(&record.file_name, n) };
+            // A hard link fails instead of replacing an existing file, unlike rename.
+            match fs::hard_link(&staging, dir.join(&name)) {
+                Ok(()) => {
+                    final_name = Some(name);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("failed to publish into {}", dir.display())),
+            }
+        }
+        let final_name = final_name.with_context(|| format!("10 000 files named like {:?} exist", record.file_name))?;
+        sync_dir(&dir)?;
+        let mut done = record.clone();
+        done.state = RecordState::Complete;
+        done.updated_at = unix_now();
+        done.final_name = Some(final_name.clone());
+        done.sha256 = Some(digest.to_hex());
+        self.put_record(id, &done)?;
+        self.remove_chunk_records(id)?;
+        self.db.flush()?;
+        fs::remove_file(&staging).with_context(|| format!("failed to remove {}", staging.display()))?;
+        sync_dir(staging.parent().unwrap_or(&self.data_dir))?;
+        Ok(final_name)
+    }
+
+    /// Deletes an upload: records, chunk records and staging file.
+    pub fn remove(&self, id: UploadId) -> Result<()> {
+        self.remove_chunk_records(id)?;
+        self.uploads.remove(id.0)?;
+        self.db.flush()?;
+        match fs::remove_file(self.staging_path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("failed to remove the staging file"),
+            _ => Ok(()),
+        }
+    }
+
+    fn put_record(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        self.uploads.insert(id.0, serde_json::to_vec(record)?)?;
+        Ok(())
+    }
+
+    fn remove_chunk_records(&self, id: UploadId) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.chunks.scan_prefix(id.0).keys() {
+            batch.remove(key?);
+        }
+        self.chunks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Re-hashes every recorded chunk of every receiving upload; forgets mismatches.
+    fn verify_all(&self) -> Result<(u64, u64)> {
+        let (mut verified, mut forgotten) = (0, 0);
+        let ids: Vec<UploadId> = self
+            .uploads
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| <[u8; 16]>::try_from(k.as_ref()).ok()).map(UploadId))
+            .collect();
+        for id in ids {
+            let Some(record) = self.record(id)? else {
+                self.remove_chunk_records(id)?;
+                continue;
+            };
+            if record.state != RecordState::Receiving {
+                continue;
+            }
+            let layout = record.layout()?;
+            let file = File::open(self.staging_path(id)).ok();
+            let mut bad = Vec::new();
+            let mut buf = Vec::new();
+            for entry in self.chunks.scan_prefix(id.0) {
+                let (key, value) = entry?;
+                verified += 1;
+                let good = key
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .and_then(|raw| layout.index(raw).ok())
+                    .zip(file.as_ref())
+                    .is_some_and(|(index, file)| {
+                        let span = layout.span(index);
+                        buf.resize(span.len as usize, 0);
+                        file.read_exact_at(&mut buf, span.offset).is_ok() && Digest::of(&buf).as_bytes()[..] == value[..]
+                    });
+                if !good {
+                    bad.push(key);
+                }
+            }
+            for key in bad {
+                forgotten += 1;
+                warn!(%id, "chunk failed re-verification after an unclean stop; it will be re-sent");
+                self.chunks.remove(key)?;
+            }
+        }
+        self.db.flush()?;
+        info!(verified, forgotten, "re-verified durable chunks after an unclean stop");
+        Ok((verified, forgotten))
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,104 @@
+//! The server's identity: a self-signed certificate generated on first start (rcgen) and
+//! kept under `DATA/tls/`, its SHA-256 fingerprint for clients to pin, and the stateless-reset
+//! key that lets a restarted server tell clients at once that their old connection is gone.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// Certificate chain and key in the form rustls takes.
+pub struct Identity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Loads `DATA/tls/cert.pem` and `key.pem`, generating them first if absent.
+    /// Returns whether they were generated now.
+    pub fn load_or_generate(data_dir: &Path, listen: SocketAddr) -> Result<(Self, bool)> {
+        let dir = data_dir.join("tls");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let generated = !cert_path.exists();
+        if generated {
+            fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            let mut names = vec!["localhost".to_owned()];
+            if let Ok(host) = gethostname::gethostname().into_string() {
+                if !host.is_empty() && host != "localhost" {
+                    names.push(host);
+                }
+            }
+            if !listen.ip().is_unspecified() {
+                names.push(listen.ip().to_string());
+            }
+            let certified = rcgen::generate_simple_self_signed(names).context("failed to generate a certificate")?;
+            crate::fsutil::write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+            crate::fsutil::write_atomic(&cert_path, certified.cert.pem().as_bytes())?;
+        }
+        Ok((Self::load(&cert_path, &key_path)?, generated))
+    }
+
+    /// Loads a PEM certificate chain and private key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("failed to read certificate {}", cert_path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert_path.display());
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .with_context(|| format!("failed to read private key {}", key_path.display()))?;
+        Ok(Self { certs, key })
+    }
+
+    /// `sha256:<hex>` of the end-entity certificate's DER bytes.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.certs[0])
+    }
+}
+
+/// `sha256:<hex>` of a certificate's DER bytes; what clients pin.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(cert.as_ref())))
+}
+
+/// The fingerprint of the certificate in `DATA/tls/cert.pem`, without generating one.
+pub fn stored_fingerprint(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("tls").join("cert.pem");
+    let cert = CertificateDer::from_pem_file(&path)
+        .with_context(|| format!("failed to read certificate {} (has `ferryd serve` run once?)", path.display()))?;
+    Ok(fingerprint(&cert))
+}
+
+/// The stateless-reset key, kept in `DATA/tls/reset.key` so that a restarted server can reset
+/// the connections of the process before it: the client learns at once that it must reconnect
+/// instead of waiting for its idle timeout.
+pub fn reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>> {
+    let path = data_dir.join("tls").join("reset.key");
+    let secret = match fs::read(&path) {
+        Ok(bytes) if bytes.len() == 64 => bytes,
+        _ => {
+            let mut bytes = vec![0u8; 64];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            crate::fsutil::write_private(&path, &bytes)?;
+            bytes
+        }
+    };
+    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
+}
+
+/// rustls server configuration: TLS 1.3 only, ring, ALPN `ferry/1`.
+pub fn server_crypto(identity: Identity) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is not available")?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)
+        .context("the certificate and key do not fit together")?;
+    config.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+    quinn::crypto::rustls::QuicServerConfig::try_from(config).context("TLS configuration unusable for QUIC")
+}

@@ -1,0 +1,128 @@
+//! Bearer tokens. `DATA/tokens` holds one `name sha256-hex` line per token; the token itself is
+//! printed once by `ferryd token add` and never stored. The server re-reads the file when it
+//! changes, so tokens added or revoked while it runs take effect at the next connection.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The token file of one data directory.
+pub struct Tokens {
+    path: PathBuf,
+}
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    hash: [u8; 32],
+}
+
+impl Tokens {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { path: data_dir.join("tokens") }
+    }
+
+    /// Every entry, in file order. A missing file means no tokens.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", self.path.display())),
+        };
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let parsed = line.split_once(' ').and_then(|(name, hex_hash)| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(hex_hash.trim(), &mut hash).ok()?;
+                Some(Entry { name: name.to_owned(), hash })
+            });
+            match parsed {
+                Some(entry) => entries.push(entry),
+                None => bail!("{} line {}: expected `NAME SHA256HEX`", self.path.display(), n + 1),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Creates a token for `name` and returns it. The name becomes the owner of every upload
+    /// made with the token.
+    pub fn add(&self, name: &str) -> Result<String> {
+        validate_name(name)?;
+        let mut entries = self.entries()?;
+        if entries.iter().any(|e| e.name == name) {
+            bail!("a token named {name:?} exists already; revoke it first");
+        }
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let token = format!("fy_{}", hex::encode(secret));
+        entries.push(Entry { name: name.to_owned(), hash: Sha256::digest(token.as_bytes()).into() });
+        self.save(&entries)?;
+        Ok(token)
+    }
+
+    /// Removes the token named `name`. Uploads it made stay on disk.
+    pub fn revoke(&self, name: &str) -> Result<()> {
+        let mut entries = self.entries()?;
+        let before = entries.len();
+        entries.retain(|e| e.name != name);
+        if entries.len() == before {
+            bail!("no token named {name:?}");
+        }
+        self.save(&entries)
+    }
+
+    /// The owner name of `token`, if it is valid. Compares every entry in constant time.
+    pub fn verify(&self, token: &str) -> Result<Option<String>> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for entry in self.entries()? {
+            if bool::from(entry.hash.ct_eq(&presented)) {
+                found = Some(entry.name);
+            }
+        }
+        Ok(found)
+    }
+
+    fn save(&self, entries: &[Entry]) -> Result<()> {
+        let text: String = entries.iter().map(|e| format!("{} {}\n", e.name, hex::encode(e.hash))).collect();
+        crate::fsutil::write_private(&self.path, text.as_bytes())
+    }
+}
+
+/// Token names become directory names under `files/`, so they are kept plain.
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("token name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with a dot");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::new(dir.path());
+        let alice = tokens.add("alice").unwrap();
+        let bob = tokens.add("bob").unwrap();
+        assert_ne!(alice, bob);
+        assert_eq!(tokens.verify(&alice).unwrap().as_deref(), Some("alice"));
+        assert_eq!(tokens.verify("fy_nonsense").unwrap(), None);
+        assert!(!fs::read_to_string(dir.path().join("tokens")).unwrap().contains(&alice), "only hashes are stored");
+        assert!(tokens.add("alice").is_err());
+        tokens.revoke("alice").unwrap();
+        assert_eq!(tokens.verify(&alice).unwrap(), None);
+        assert_eq!(tokens.verify(&bob).unwrap().as_deref(), Some("bob"));
+        assert!(tokens.add("../evil").is_err());
+    }
+}

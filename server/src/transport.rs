@@ -1,0 +1,45 @@
+//! QUIC transport settings and the UDP socket. Flow-control windows bound the memory a
+//! connection can make the server hold; socket buffers are raised because the kernel's default
+//! (208 KiB) drops packets even on loopback at full speed.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quinn::{TransportConfig, VarInt};
+use tracing::warn;
+
+/// Wanted size of the UDP send and receive buffers.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+pub fn server(config: &crate::Config) -> Result<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_uni_streams(VarInt::from_u64(config.max_streams).context("max_streams too large")?);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    // One stream may have up to 8 MiB unread; the whole connection 32 MiB. That is the most a
+    // client can make the server buffer, whatever the file size.
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(32 << 20));
+    t.send_window(4 << 20);
+    t.max_idle_timeout(Some(config.idle_timeout.try_into().context("idle timeout too large")?));
+    t.keep_alive_interval(Some(Duration::from_secs(5).min(config.idle_timeout / 3)));
+    Ok(t)
+}
+
+/// Binds a UDP socket with large buffers, warning when the kernel clamps them.
+pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr).with_context(|| format!("failed to bind UDP {addr}"))?;
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    // Linux reports twice the size it was given; half of the answer is what was granted.
+    let granted = sock.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < SOCKET_BUFFER {
+        warn!(
+            granted,
+            wanted = SOCKET_BUFFER,
+            "the kernel limited the UDP receive buffer; raise net.core.rmem_max (see docs/operations.md)"
+        );
+    }
+    Ok(socket)
+}
