@@ -1,1 +1,138 @@
-//! placeholder
+//! ferry-client: the library behind the `ferry` command. A [`Client`] holds one QUIC
+//! endpoint and at most one connection, reconnecting when it is lost; `upload` drives the
+//! chunk pipeline (see `upload.rs`), `list` and `abort` are single requests.
+
+pub mod connection;
+mod error;
+pub mod journal;
+mod progress;
+pub mod rate;
+pub mod trust;
+mod transport;
+pub mod upload;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::{Frame, UploadSummary};
+
+pub use connection::{Connection, Endpoint, Target};
+pub use error::ClientError;
+pub use upload::Report;
+
+/// Everything an upload run can be told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Target,
+    /// Holds the resume journal.
+    pub state_dir: PathBuf,
+    pub chunk_size: u64,
+    /// Chunks sent and not yet acknowledged, at most.
+    pub parallel: usize,
+    /// Bytes per second, all streams together.
+    pub limit_rate: Option<u64>,
+    /// After a connection loss, keep reconnecting this long without progress before giving up.
+    pub reconnect_for: Duration,
+    /// Draw a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+impl Options {
+    pub fn new(target: Target, state_dir: PathBuf) -> Self {
+        Self {
+            target,
+            state_dir,
+            chunk_size: 4 << 20,
+            parallel: 8,
+            limit_rate: None,
+            reconnect_for: Duration::from_secs(300),
+            progress: false,
+        }
+    }
+}
+
+pub struct Client {
+    opts: Options,
+    endpoint: Endpoint,
+    /// The current connection; dropped on loss and re-made on the next request.
+    conn: Option<Connection>,
+    journal: journal::Journal,
+    limiter: Option<Arc<rate::RateLimiter>>,
+}
+
+impl Client {
+    pub fn new(opts: Options) -> Result<Self, ClientError> {
+        let ipv6 = opts.target.server.starts_with('[');
+        Ok(Self {
+            endpoint: Endpoint::new(ipv6)?,
+            conn: None,
+            journal: journal::Journal::new(&opts.state_dir),
+            limiter: opts.limit_rate.map(|r| Arc::new(rate::RateLimiter::new(r))),
+            opts,
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The connection, made if needed.
+    pub async fn connection(&mut self) -> Result<&mut Connection, ClientError> {
+        connected(&mut self.conn, &self.endpoint, &self.opts.target).await
+    }
+
+    /// Every upload of this token on the server.
+    pub async fn list(&mut self) -> Result<Vec<UploadSummary>, ClientError> {
+        match self.connection().await?.request(|req| Frame::List { req }).await? {
+            Frame::Listing { uploads, .. } => Ok(uploads),
+            other => Err(ClientError::Protocol(format!("expected listing, got {}", other.kind()))),
+        }
+    }
+
+    /// Discards an unfinished upload on the server.
+    pub async fn abort(&mut self, upload_id: &str) -> Result<(), ClientError> {
+        let id = upload_id.to_owned();
+        match self.connection().await?.request(|req| Frame::Abort { req, upload_id: id }).await? {
+            Frame::Aborted { .. } => Ok(()),
+            other => Err(ClientError::Protocol(format!("expected aborted, got {}", other.kind()))),
+        }
+    }
+
+    /// The journal's upload id for a local file, if a run of it was interrupted.
+    pub fn journal_entry(&self, path: &std::path::Path) -> Option<journal::Entry> {
+        let key = journal::FileKey::of(&self.opts.target.server, path).ok()?;
+        self.journal.get(&key)
+    }
+
+    pub fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close();
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// The open connection in `slot`, connecting first if there is none. A free function so that
+/// callers can borrow other fields of `Client` at the same time.
+pub(crate) async fn connected<'a>(
+    slot: &'a mut Option<Connection>,
+    endpoint: &Endpoint,
+    target: &Target,
+) -> Result<&'a mut Connection, ClientError> {
+    if slot.as_ref().is_some_and(|c| c.quic().close_reason().is_some()) {
+        *slot = None;
+    }
+    if slot.is_none() {
+        *slot = Some(endpoint.connect(target).await?);
+    }
+    Ok(slot.as_mut().expect("just set"))
+}

@@ -1,1 +1,359 @@
-fn main() {}
+//! `ferry`: parses arguments, sets up logging, runs one command, maps the outcome to an exit
+//! code (0 complete, 1 interrupted but resumable, 2 usage, auth or permanent error).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_client::{Client, ClientError, Options, Target};
+use ferry_proto::UploadSummary;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Resumable uploads of large files to a Ferry server over QUIC")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Server address, HOST:PORT.
+    #[arg(long, env = "FERRY_SERVER", global = true, default_value = "127.0.0.1:4433")]
+    server: String,
+    /// Bearer token from `ferryd token add`.
+    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Pin the server certificate: sha256:HEX as printed by `ferryd fingerprint`. Without it
+    /// the first certificate seen is trusted and recorded in the known-servers file.
+    #[arg(long, env = "FERRY_FINGERPRINT", global = true)]
+    fingerprint: Option<String>,
+    /// Directory of the resume journal [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
+    #[arg(long, env = "FERRY_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Known-servers file for trust on first use [default: $XDG_CONFIG_HOME/ferry/known_servers].
+    #[arg(long, env = "FERRY_KNOWN_SERVERS", global = true)]
+    known_servers: Option<PathBuf>,
+    /// After a connection loss, keep reconnecting this many seconds without progress.
+    #[arg(long, default_value_t = 300, global = true)]
+    reconnect_for: u64,
+    /// Seconds without any packet from the server before a connection counts as lost.
+    #[arg(long, default_value_t = 15, global = true)]
+    idle_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload files; running the same command again resumes an interrupted upload.
+    Upload {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        upload: UploadArgs,
+    },
+    /// Number the files of a folder, ask which to upload, upload it, repeat.
+    Pick {
+        dir: PathBuf,
+        #[command(flatten)]
+        upload: UploadArgs,
+    },
+    /// List this token's uploads on the server.
+    List {
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one upload, by id or by local file (via the resume journal); all unfinished ones
+    /// without an argument.
+    Status { target: Option<String> },
+    /// Discard an unfinished upload on the server.
+    Abort { upload_id: String },
+}
+
+#[derive(Args)]
+struct UploadArgs {
+    /// Description stored with the upload.
+    #[arg(long, default_value = "")]
+    desc: String,
+    /// Chunk size of a new upload (e.g. 4MiB, 512k).
+    #[arg(long, default_value = "4MiB", value_parser = ferry_client::rate::parse_size)]
+    chunk_size: u64,
+    /// Chunks in flight (sent, not yet acknowledged) at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
+    /// Cap the upload rate, bytes per second (e.g. 10M).
+    #[arg(long, value_parser = ferry_client::rate::parse_size)]
+    limit_rate: Option<u64>,
+    /// Print one JSON summary line per file on stdout instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail("cannot start", &ClientError::Local(e.to_string())),
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let g = &cli.global;
+    let Some(token) = g.token.clone() else {
+        return fail("missing token", &ClientError::Usage("pass --token or set FERRY_TOKEN".into()));
+    };
+    let fingerprint = match &g.fingerprint {
+        None => None,
+        Some(text) => match ferry_client::trust::parse_fingerprint(text) {
+            Some(fp) => Some(fp),
+            None => return fail("bad --fingerprint", &ClientError::Usage(format!("{text:?} is not sha256:<64 hex digits>"))),
+        },
+    };
+    let state_dir = g.state_dir.clone().unwrap_or_else(|| default_dir(dirs::state_dir(), ".local/state").join("ferry"));
+    let known_servers =
+        g.known_servers.clone().unwrap_or_else(|| default_dir(dirs::config_dir(), ".config").join("ferry").join("known_servers"));
+    let target = Target {
+        server: g.server.clone(),
+        token,
+        fingerprint,
+        known_servers,
+        idle_timeout: Duration::from_secs(g.idle_timeout.max(1)),
+    };
+    let mut opts = Options::new(target, state_dir);
+    opts.reconnect_for = Duration::from_secs(g.reconnect_for);
+    let code = match cli.command {
+        Command::Upload { files, upload } => upload_files(opts, &files, &upload).await,
+        Command::Pick { dir, upload } => pick(opts, &dir, &upload).await,
+        Command::List { json } => with_client(opts, |c| Box::pin(list(c, json))).await,
+        Command::Status { target } => with_client(opts, |c| Box::pin(status(c, target))).await,
+        Command::Abort { upload_id } => with_client(opts, |c| Box::pin(abort(c, upload_id))).await,
+    };
+    ExitCode::from(code)
+}
+
+type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (String, ClientError)>> + 'a>>;
+
+async fn with_client(opts: Options, f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a>) -> u8 {
+    let mut client = match Client::new(opts) {
+        Ok(c) => c,
+        Err(e) => return report("cannot start", &e),
+    };
+    let result = f(&mut client).await;
+    client.close();
+    match result {
+        Ok(()) => 0,
+        Err((what, e)) => report(&what, &e),
+    }
+}
+
+fn apply(opts: &mut Options, args: &UploadArgs) {
+    opts.chunk_size = args.chunk_size;
+    opts.parallel = args.parallel.into();
+    opts.limit_rate = args.limit_rate;
+    opts.progress = !args.json;
+}
+
+async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -> u8 {
+    apply(&mut opts, args);
+    let mut client = match Client::new(opts) {
+        Ok(c) => c,
+        Err(e) => return report("cannot start", &e),
+    };
+    let mut code = 0;
+    for file in files {
+        if let Err(e) = upload_one(&mut client, file, args).await {
+            code = code.max(report(&format!("upload of {} failed", file.display()), &e));
+            if e.exit_code() == 1 {
+                break;
+            }
+        }
+    }
+    client.close();
+    code
+}
+
+async fn upload_one(client: &mut Client, file: &Path, args: &UploadArgs) -> Result<(), ClientError> {
+    let r = tokio::select! {
+        r = client.upload(file, &args.desc) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(ClientError::Connection("interrupted; run the same command again to resume".into()));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        let rate = r.bytes_sent as f64 / (r.elapsed_ms.max(1) as f64 / 1000.0) / (1 << 20) as f64;
+        eprintln!(
+            "ferry: {} uploaded as {:?}: {} bytes, sha256 {}, {:.1} MiB/s{}",
+            file.display(),
+            r.file_name,
+            r.size,
+            r.sha256,
+            rate,
+            if r.bytes_skipped > 0 { format!(", {} bytes were already on the server", r.bytes_skipped) } else { String::new() },
+        );
+    }
+    Ok(())
+}
+
+async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {
+    apply(&mut opts, args);
+    let mut client = match Client::new(opts) {
+        Ok(c) => c,
+        Err(e) => return report("cannot start", &e),
+    };
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    // Bounded: one upload per line of input.
+    let code = loop {
+        let files = match list_dir(dir) {
+            Ok(files) => files,
+            Err(e) => break report(&format!("cannot list {}", dir.display()), &e),
+        };
+        if files.is_empty() {
+            break report("nothing to pick", &ClientError::Usage(format!("{} has no files", dir.display())));
+        }
+        for (n, (path, size)) in files.iter().enumerate() {
+            println!("{:>3}  {:>12}  {}", n + 1, human(*size), path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        }
+        print!("Upload which file? [1-{}, q to quit]: ", files.len());
+        let _ = std::io::stdout().flush();
+        let Some(Ok(line)) = lines.next() else {
+            println!();
+            break 0;
+        };
+        let answer = line.trim();
+        if answer.eq_ignore_ascii_case("q") {
+            break 0;
+        }
+        let choice = match answer.parse::<usize>() {
+            Ok(n) if (1..=files.len()).contains(&n) => n,
+            Ok(n) => {
+                eprintln!("ferry: {n} is out of range; enter a number from 1 to {} or q", files.len());
+                continue;
+            }
+            Err(_) => {
+                eprintln!("ferry: {answer:?} is not a number; enter a number from 1 to {} or q", files.len());
+                continue;
+            }
+        };
+        let path = &files[choice - 1].0;
+        if let Err(e) = upload_one(&mut client, path, args).await {
+            let code = report(&format!("upload of {} failed", path.display()), &e);
+            if code == 1 {
+                break code;
+            }
+        }
+    };
+    client.close();
+    code
+}
+
+/// Regular files of `dir`, sorted by name, with their sizes.
+fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, u64)>, ClientError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ClientError::Local(e.to_string()))?;
+    let mut files: Vec<(PathBuf, u64)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| (e.path(), meta.len()))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+async fn list(client: &mut Client, json: bool) -> Result<(), (String, ClientError)> {
+    let uploads = client.list().await.map_err(|e| ("list failed".to_owned(), e))?;
+    for u in &uploads {
+        if json {
+            println!("{}", serde_json::to_string(u).unwrap_or_default());
+        } else {
+            println!("{}", line(u));
+        }
+    }
+    Ok(())
+}
+
+async fn status(client: &mut Client, target: Option<String>) -> Result<(), (String, ClientError)> {
+    let uploads = client.list().await.map_err(|e| ("status failed".to_owned(), e))?;
+    let wanted: Option<String> = match &target {
+        None => None,
+        Some(t) if Path::new(t).exists() => match client.journal_entry(Path::new(t)) {
+            Some(entry) => Some(entry.upload_id),
+            None => {
+                println!("{t}: no interrupted upload of this file to {}", client.options().target.server);
+                return Ok(());
+            }
+        },
+        Some(t) => Some(t.clone()),
+    };
+    let shown: Vec<&UploadSummary> = uploads
+        .iter()
+        .filter(|u| match &wanted {
+            Some(id) => &u.upload_id == id,
+            None => u.state != "complete",
+        })
+        .collect();
+    if let (Some(id), true) = (&wanted, shown.is_empty()) {
+        return Err(("status failed".into(), ClientError::Usage(format!("no upload {id} on the server"))));
+    }
+    for u in shown {
+        println!("{}", line(u));
+    }
+    Ok(())
+}
+
+async fn abort(client: &mut Client, upload_id: String) -> Result<(), (String, ClientError)> {
+    client.abort(&upload_id).await.map_err(|e| (format!("abort of {upload_id} failed"), e))?;
+    println!("aborted {upload_id}");
+    Ok(())
+}
+
+fn line(u: &UploadSummary) -> String {
+    let pct = if u.size == 0 { 100.0 } else { u.durable_bytes as f64 * 100.0 / u.size as f64 };
+    format!("{}  {:<9}  {:>5.1}%  {:>12}  {}", u.upload_id, u.state, pct, human(u.size), u.file_name)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {
+    base.or_else(|| dirs::home_dir().map(|h| h.join(fallback))).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Prints `ferry: <what>: <cause>` once and returns the exit code.
+fn report(what: &str, e: &ClientError) -> u8 {
+    eprintln!("ferry: {what}: {e}");
+    e.exit_code()
+}
+
+fn fail(what: &str, e: &ClientError) -> ExitCode {
+    ExitCode::from(report(what, e))
+}

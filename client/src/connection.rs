@@ -1,0 +1,234 @@
+//! One authenticated QUIC connection to a Ferry server: the `hello` exchange, requests with
+//! their replies matched by `req`, and a channel of the frames the server pushes (acks,
+//! rejections, takeover notices).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_proto::{ErrorCode, Frame, Limits, ALPN, PROTOCOL_VERSION};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::trust::{KnownServers, PinVerifier};
+use crate::wire::{read_frame, write_frame};
+use crate::ClientError;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `HOST:PORT` as the user wrote it; also the key in the known-servers file.
+    pub server: String,
+    pub token: String,
+    /// Pinned `sha256:<hex>`; `None` means trust on first use.
+    pub fingerprint: Option<String>,
+    pub known_servers: PathBuf,
+    pub idle_timeout: Duration,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+pub struct Connection {
+    connection: quinn::Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_req: AtomicU64,
+    /// Frames without a `req`: acks, rejections, takeover, connection-level errors.
+    pub events: mpsc::UnboundedReceiver<Frame>,
+    pub owner: String,
+    pub limits: Limits,
+}
+
+/// A client endpoint: one UDP socket, reused across reconnects.
+pub struct Endpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl Endpoint {
+    pub fn new(ipv6: bool) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal address");
+        let socket = std::net::UdpSocket::bind(bind).map_err(|e| ClientError::local("failed to bind a UDP socket", e))?;
+        crate::transport::tune_socket(&socket);
+        let endpoint = quinn::Endpoint::new(Default::default(), None, socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|e| ClientError::local("failed to start QUIC", e))?;
+        Ok(Self { endpoint })
+    }
+
+    /// Moves the endpoint to a new local UDP socket (as when the network changes); open
+    /// connections migrate to it.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.endpoint.rebind(socket)
+    }
+
+    /// Connects, checks the certificate, says hello.
+    pub async fn connect(&self, target: &Target) -> Result<Connection, ClientError> {
+        let addr = resolve(&target.server).await?;
+        let known = KnownServers::new(&target.known_servers);
+        let pinned = target.fingerprint.clone().or_else(|| known.get(&target.server));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinVerifier::new(pinned.clone(), provider.clone()));
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::local("TLS setup failed", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::local("TLS setup failed", e))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(crate::transport::client(target.idle_timeout)));
+        let host = target.server.rsplit_once(':').map_or(target.server.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, host)
+            .map_err(|e| ClientError::Connection(format!("cannot connect to {}: {e}", target.server)))?;
+        let connection = match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                if let (Some(expected), Some(presented)) = (verifier.expected(), verifier.seen()) {
+                    if expected != presented {
+                        return Err(ClientError::Trust {
+                            presented,
+                            expected: expected.to_owned(),
+                            known_servers: known.path().display().to_string(),
+                        });
+                    }
+                }
+                return Err(ClientError::Connection(format!("cannot connect to {}: {e}", target.server)));
+            }
+        };
+        if pinned.is_none() {
+            if let Some(seen) = verifier.seen() {
+                known
+                    .add(&target.server, &seen)
+                    .map_err(|e| ClientError::local(format!("failed to record the server in {}", known.path().display()), e))?;
+                eprintln!(
+                    "ferry: trusting {} on first use, certificate {seen} (recorded in {})",
+                    target.server,
+                    known.path().display()
+                );
+            }
+        }
+        Connection::hello(connection, &target.token).await
+    }
+}
+
+impl Connection {
+    async fn hello(connection: quinn::Connection, token: &str) -> Result<Self, ClientError> {
+        let lost = |e: &dyn std::fmt::Display| ClientError::Connection(e.to_string());
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
+        let hello = Frame::Hello { version: PROTOCOL_VERSION, token: token.to_owned() };
+        write_frame(&mut send, &hello).await.map_err(|e| lost(&e))?;
+        let (owner, limits) = match read_frame(&mut recv).await {
+            Ok(Some(Frame::Welcome { owner, limits, .. })) => (owner, limits),
+            Ok(Some(Frame::Error { code, message, .. })) => return Err(ClientError::Server { code, message }),
+            Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected welcome, got {}", other.kind()))),
+            Ok(None) | Err(_) => return Err(close_reason(&connection)),
+        };
+        let pending: Pending = Default::default();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(recv, pending.clone(), events_tx));
+        Ok(Self { connection, send: tokio::sync::Mutex::new(send), pending, next_req: AtomicU64::new(1), events, owner, limits })
+    }
+
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// Sends the request built by `make(req)` and waits for its reply. An `error` reply
+    /// becomes `ClientError::Server`.
+    pub async fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<Frame, ClientError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(req, tx);
+        {
+            let mut send = self.send.lock().await;
+            if write_frame(&mut send, &make(req)).await.is_err() {
+                return Err(close_reason(&self.connection));
+            }
+        }
+        match rx.await {
+            Ok(Frame::Error { code, message, .. }) => Err(ClientError::Server { code, message }),
+            Ok(frame) => Ok(frame),
+            Err(_) => Err(close_reason(&self.connection)),
+        }
+    }
+
+    /// Why the connection is gone, as an error.
+    pub fn lost(&self) -> ClientError {
+        close_reason(&self.connection)
+    }
+
+    pub fn close(&self) {
+        self.connection.close(0u32.into(), b"done");
+    }
+}
+
+/// Routes control-stream frames: replies to their waiting request, the rest to `events`.
+async fn dispatch(mut recv: quinn::RecvStream, pending: Pending, events: mpsc::UnboundedSender<Frame>) {
+    loop {
+        let frame = match read_frame(&mut recv).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some((code, message)) = e.code() {
+                    let message = format!("the server sent a malformed frame: {message}");
+                    let _ = events.send(Frame::Error { req: None, code, message });
+                }
+                break;
+            }
+        };
+        let req = match &frame {
+            Frame::Created { req, .. }
+            | Frame::Resumed { req, .. }
+            | Frame::Finished { req, .. }
+            | Frame::Aborted { req, .. }
+            | Frame::Listing { req, .. }
+            | Frame::Error { req: Some(req), .. } => Some(*req),
+            _ => None,
+        };
+        match req.and_then(|r| pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&r)) {
+            Some(waiter) => {
+                let _ = waiter.send(frame);
+            }
+            None => {
+                let _ = events.send(frame);
+            }
+        }
+    }
+    // Dropping the waiters wakes every request with "connection lost".
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+/// Turns a closed connection into the most useful error: a server's close code and reason
+/// when it gave one.
+fn close_reason(connection: &quinn::Connection) -> ClientError {
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            let code = ErrorCode::ALL
+                .iter()
+                .copied()
+                .find(|c| u64::from(c.quic_code()) == close.error_code.into_inner())
+                .unwrap_or(ErrorCode::Unknown);
+            let message = String::from_utf8_lossy(&close.reason).into_owned();
+            if code == ErrorCode::ShuttingDown {
+                ClientError::Connection(format!("server is shutting down: {message}"))
+            } else {
+                ClientError::Server { code, message }
+            }
+        }
+        Some(e) => ClientError::Connection(e.to_string()),
+        None => ClientError::Connection("control stream closed".into()),
+    }
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
+    let mut addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ClientError::Usage(format!("cannot resolve server address {server:?} (want HOST:PORT): {e}")))?;
+    addrs.next().ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))
+}

@@ -1,0 +1,30 @@
+//! Client QUIC transport settings and socket tuning.
+
+use std::time::Duration;
+
+use quinn::{TransportConfig, VarInt};
+
+/// Wanted size of the UDP send and receive buffers.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+pub fn client(idle_timeout: Duration) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    // The client receives only control frames; it sends chunk payloads, so its send buffer must
+    // cover the bytes in flight of the whole window.
+    t.send_window(64 << 20);
+    t.stream_receive_window(VarInt::from_u32(1 << 20));
+    t.receive_window(VarInt::from_u32(4 << 20));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    if let Ok(idle) = idle_timeout.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(Some((idle_timeout / 3).max(Duration::from_millis(500))));
+    t
+}
+
+/// Raises the socket buffers; the kernel may clamp them (see docs/operations.md).
+pub fn tune_socket(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+}

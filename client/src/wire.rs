@@ -1,0 +1,51 @@
+//! Reading and writing frames on QUIC streams: exact reads, the length checked before the
+//! body is read. (The server has the same few lines; neither crate depends on the other.)
+
+use ferry_proto::{ErrorCode, Frame, FrameError};
+use quinn::{ReadExactError, RecvStream, SendStream};
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes arrived but are not a valid frame: tell the peer.
+    Frame(FrameError),
+    /// The stream ended inside a frame.
+    Truncated,
+    /// The stream or connection failed: nobody to tell.
+    Gone,
+}
+
+impl ReadError {
+    /// The code to send the peer, if there is one to tell.
+    pub fn code(&self) -> Option<(ErrorCode, String)> {
+        match self {
+            Self::Frame(e) => Some((e.code(), e.to_string())),
+            Self::Truncated => Some((ErrorCode::TruncatedFrame, "stream ended inside a frame".into())),
+            Self::Gone => None,
+        }
+    }
+}
+
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, ReadError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
+        Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+    }
+    let len = Frame::peek_len(&prefix).map_err(ReadError::Frame)?.unwrap_or(0);
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
+        Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+    }
+    Frame::decode_body(&body).map(Some).map_err(ReadError::Frame)
+}
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
+    send.write_all(&frame.to_bytes()).await
+}
