@@ -29,6 +29,8 @@ impl Rng {
 
 /// A chunk stream in flight: header and payload.
 struct Stream {
+    /// A copy made by the link; copies are not copied again.
+    copy: bool,
     index: u64,
     claimed: Digest,
     payload: Vec<u8>,
@@ -58,6 +60,7 @@ struct Pair {
     crashes: u32,
     /// Every chunk the sender ever saw acked; checked against the store at the end.
     acked_ever: ChunkSet,
+    corruptions: std::collections::HashMap<u64, u32>,
 }
 
 impl Pair {
@@ -77,6 +80,7 @@ impl Pair {
             faults,
             crashes: 0,
             acked_ever: ChunkSet::new(),
+            corruptions: Default::default(),
             source,
         }
     }
@@ -104,8 +108,13 @@ impl Pair {
             let span = self.layout().span(index);
             let payload = self.source[span.offset as usize..(span.offset + span.len) as usize].to_vec();
             let claimed = Digest::of(&payload);
-            let mut stream = Stream { index: index.get(), claimed, payload };
-            if self.rng.chance(self.faults.corrupt) && !stream.payload.is_empty() {
+            let mut stream = Stream { copy: false, index: index.get(), claimed, payload };
+            // Corruption on the link is transient: one chunk is corrupted at most twice, so even
+            // with every corrupted stream duplicated it fails fewer times than the sender
+            // tolerates before it blames the source.
+            let corrupted = self.corruptions.entry(stream.index).or_default();
+            if *corrupted * 2 + 1 < MAX_DIGEST_FAILURES && self.rng.chance(self.faults.corrupt) && !stream.payload.is_empty() {
+                *corrupted += 1;
                 let at = self.rng.below(stream.payload.len());
                 stream.payload[at] ^= 0x40;
             }
@@ -117,8 +126,8 @@ impl Pair {
             if self.rng.chance(self.faults.drop) {
                 self.sender.handle_send_failed(stream.index);
             } else {
-                if self.rng.chance(self.faults.duplicate) {
-                    let copy = Stream { index: stream.index, claimed: stream.claimed, payload: stream.payload.clone() };
+                if !stream.copy && self.rng.chance(self.faults.duplicate) {
+                    let copy = Stream { copy: true, index: stream.index, claimed: stream.claimed, payload: stream.payload.clone() };
                     self.link.push(copy);
                 }
                 self.deliver(stream);

@@ -367,12 +367,12 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
             return conn.reject(&upload_id, index, error);
         }
     };
-    let (driver, index, span, file) = match verdict {
+    let (driver, index, span, file, mut takeover) = match verdict {
         (_, Verdict::Skip) => {
             let _ = recv.stop(VarInt::from_u32(0));
             return;
         }
-        (driver, Verdict::Receive { index, span, file }) => (driver, index, span, file),
+        (driver, Verdict::Receive { index, span, file, takeover }) => (driver, index, span, file, takeover),
     };
 
     let mut hasher = Sha256::new();
@@ -382,7 +382,15 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         let want = (span.len - done).min(buf.len() as u64) as usize;
         let mut filled = 0;
         while filled < want {
-            match recv.read(&mut buf[filled..want]).await {
+            let read = tokio::select! {
+                read = recv.read(&mut buf[filled..want]) => read,
+                _ = takeover.changed() => {
+                    let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
+                    let _ = driver.send(Msg::Abandoned { index });
+                    return;
+                }
+            };
+            match read {
                 Ok(Some(n)) => filled += n,
                 Ok(None) => {
                     let message = format!("chunk {index} ended after {} of {} bytes", done + filled as u64, span.len);

@@ -12,7 +12,7 @@ use ferry_proto::{
     Accept, ChunkHeader, ChunkIndex, CommitBatch, CommitPolicy, Digest, ErrorCode, Frame, Output, Span, UploadInfo,
     UploadSession,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -43,7 +43,9 @@ impl WireError {
 /// What a connection should do with a chunk stream.
 pub enum Verdict {
     /// Read the payload into `file` at `span`, then report `Payload` (or `Failed`/`Abandoned`).
-    Receive { index: ChunkIndex, span: Span, file: Arc<File> },
+    /// Stop reading and report `Abandoned` as soon as `takeover` changes: another connection
+    /// now drives the upload and may re-send this very chunk.
+    Receive { index: ChunkIndex, span: Span, file: Arc<File>, takeover: watch::Receiver<u64> },
     /// Drop the stream: the chunk is durable or received already.
     Skip,
 }
@@ -105,6 +107,7 @@ impl Registry {
             session: UploadSession::new(layout, durable, policy),
             file: Arc::new(file),
             attached: None,
+            takeovers: watch::Sender::new(0),
             rx,
         };
         let registry = self.clone();
@@ -154,6 +157,9 @@ struct Driver {
     /// The connection that drives the upload: set by `Attach`, replaced by a later `Attach`
     /// (takeover), cleared by `Detach` from that same connection.
     attached: Option<(u64, Events)>,
+    /// Counts takeovers; chunk streams of the previous connection watch it and stop, so a
+    /// re-send from the new connection never races an old stream writing the same span.
+    takeovers: watch::Sender<u64>,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
 
@@ -211,6 +217,7 @@ impl Driver {
                 if let Some((old, old_events)) = self.attached.take() {
                     if old != conn {
                         info!(old, new = conn, "upload taken over by a new connection");
+                        self.takeovers.send_modify(|n| *n += 1);
                         let _ = old_events.send(Frame::Detached {
                             upload_id: self.id.to_string(),
                             code: ErrorCode::TakenOver,
@@ -229,7 +236,10 @@ impl Driver {
             Msg::Header { conn, header, reply } => {
                 let verdict = if self.attached.as_ref().is_some_and(|(c, _)| *c == conn) {
                     match self.session.handle_header(&header) {
-                        Ok(Accept::Receive { index, span }) => Ok(Verdict::Receive { index, span, file: self.file.clone() }),
+                        Ok(Accept::Receive { index, span }) => {
+                            let takeover = self.takeovers.subscribe();
+                            Ok(Verdict::Receive { index, span, file: self.file.clone(), takeover })
+                        }
                         Ok(Accept::AlreadyDurable | Accept::AlreadyReceived) => Ok(Verdict::Skip),
                         Err(e) => Err(WireError::new(e.code(), e.to_string())),
                     }

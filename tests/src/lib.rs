@@ -1,1 +1,216 @@
-//! placeholder
+//! Harness for Ferry's end-to-end tests: a real server on 127.0.0.1 port 0 with a temporary
+//! data directory, clients pinned to its certificate, seeded random files, and helpers to run
+//! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_client::{Client, Options, Target};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub dir: tempfile::TempDir,
+    pub alice: String,
+    pub bob: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with tokens for `alice` and `bob`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tokens = ferry_server::Tokens::new(dir.path());
+        let (alice, bob) = (tokens.add("alice").unwrap(), tokens.add("bob").unwrap());
+        let mut server = Self::start_in(dir, ferry_server::Config::new(PathBuf::new(), "127.0.0.1:0".parse().unwrap())).await;
+        server.alice = alice;
+        server.bob = bob;
+        server
+    }
+
+    /// Starts a server on an existing data directory with `config` (its data dir is replaced).
+    pub async fn start_in(dir: tempfile::TempDir, mut config: ferry_server::Config) -> Self {
+        config.data_dir = dir.path().to_owned();
+        let server = ferry_server::Server::bind(config).expect("server binds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let addr = server.local_addr().unwrap();
+        let fingerprint = server.fingerprint().to_owned();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self { addr, fingerprint, dir, alice: String::new(), bob: String::new(), stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Options for a client of this server with `token`, its journal in `state`.
+    pub fn options(&self, token: &str, state: &Path) -> Options {
+        let target = Target {
+            server: self.addr.to_string(),
+            token: token.to_owned(),
+            fingerprint: Some(self.fingerprint.clone()),
+            known_servers: state.join("known_servers"),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let mut opts = Options::new(target, state.to_owned());
+        opts.chunk_size = 64 << 10;
+        opts.reconnect_for = Duration::from_secs(20);
+        opts
+    }
+
+    pub fn client(&self, token: &str, state: &Path) -> Client {
+        Client::new(self.options(token, state)).expect("client starts")
+    }
+
+    /// Stops the server cleanly and gives back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(40), task)
+                .await
+                .expect("server stops within 40 s")
+                .expect("server task")
+                .expect("server run");
+        }
+        tempfile::tempdir().map(|empty| std::mem::replace(&mut self.dir, empty)).unwrap()
+    }
+
+    /// The path of a published file.
+    pub fn published(&self, owner: &str, name: &str) -> PathBuf {
+        self.data().join("files").join(owner).join(name)
+    }
+}
+
+/// Writes `size` seeded pseudo-random bytes to `dir/name`.
+pub fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(size + 8);
+    while data.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(size);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).expect("write test file");
+    path
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// Asserts two files have identical bytes.
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let (da, db) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(da.len(), db.len(), "{} and {} differ in size", a.display(), b.display());
+    assert!(da == db, "{} and {} differ in content", a.display(), b.display());
+}
+
+/// A built binary of the workspace (`cargo build --bins` puts them next to the test's
+/// `deps/` directory).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` before the tests", path.display());
+    path
+}
+
+/// A `ferryd serve` process. Killed (SIGKILL) on drop if still running.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `ferryd serve` on `listen` (port 0 picks one) and waits for its "listening" line.
+    pub fn start(data: &Path, listen: &str) -> Self {
+        let log = data.with_extension(format!("log{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(binary("ferryd"))
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferryd starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log_file = log_file;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(log_file, "{line}");
+                if let Some(rest) = line.strip_prefix("ferryd: listening on ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("ferryd prints its address within 60 s");
+        let (addr, rest) = line.split_once(' ').unwrap();
+        let fingerprint = rest.trim_start_matches("(certificate ").trim_end_matches(')').to_owned();
+        Self { child, addr: addr.parse().unwrap(), fingerprint, log }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM by PID, then wait (bounded) for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        wait_child(&mut self.child, Duration::from_secs(40)).and_then(|s| s.code())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits for `child` at most `limit`; kills it if it is still running then.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
