@@ -112,7 +112,9 @@ impl Server {
         let crypto = tls::server_crypto(identity)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport::server(&config)?));
-        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(dir)?);
+        let (reset_key, cid_key) = tls::reset_keys(dir)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let socket = transport::bind_udp(config.listen)?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
             .with_context(|| format!("failed to start QUIC on {}", config.listen))?;

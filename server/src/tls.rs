@@ -73,10 +73,11 @@ pub fn stored_fingerprint(data_dir: &Path) -> Result<String> {
     Ok(fingerprint(&cert))
 }
 
-/// The stateless-reset key, kept in `DATA/tls/reset.key` so that a restarted server can reset
-/// the connections of the process before it: the client learns at once that it must reconnect
-/// instead of waiting for its idle timeout.
-pub fn reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>> {
+/// The stateless-reset key and the connection-id key, both derived from `DATA/tls/reset.key`
+/// so that a restarted server recognises the connection ids of the process before it and
+/// resets those connections: the client learns at once that it must reconnect instead of
+/// waiting for its idle timeout.
+pub fn reset_keys(data_dir: &Path) -> Result<(Arc<ring::hmac::Key>, u64)> {
     let path = data_dir.join("tls").join("reset.key");
     let secret = match fs::read(&path) {
         Ok(bytes) if bytes.len() == 64 => bytes,
@@ -87,7 +88,9 @@ pub fn reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>> {
             bytes
         }
     };
-    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
+    let cid_key = Sha256::new().chain_update(b"ferry connection ids").chain_update(&secret).finalize();
+    let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+    Ok((Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)), cid_key))
 }
 
 /// rustls server configuration: TLS 1.3 only, ring, ALPN `ferry/1`.

@@ -132,3 +132,43 @@ fn cli_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("ferry: bad --fingerprint: "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pick_validates_answers_uploads_the_choice_and_quits() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let folder = work.path().join("videos");
+    std::fs::create_dir_all(&folder).unwrap();
+    random_file(&folder, "a.mp4", 1000, 40);
+    let chosen = random_file(&folder, "b.mp4", 300_000, 41);
+
+    let mut child = Command::new(binary("ferry"))
+        .args(["--server", &server.addr.to_string(), "--token", &token, "--fingerprint", &server.fingerprint])
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .args(["pick", "--desc", "second take"])
+        .arg(&folder)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"abc\n7\n2\nq\n").unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(60)).expect("pick ends within 60 s");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stdout.contains("  1 ") && stdout.contains("a.mp4") && stdout.contains("b.mp4"), "numbered list: {stdout}");
+    assert_eq!(stdout.matches("Upload which file?").count(), 4, "asked once per answer: {stdout}");
+    assert!(stderr.contains("ferry: \"abc\" is not a number; enter a number from 1 to 2 or q"), "{stderr}");
+    assert!(stderr.contains("ferry: 7 is out of range; enter a number from 1 to 2 or q"), "{stderr}");
+    assert_same_file(&chosen, &data.join("files").join("alice").join("b.mp4"));
+    assert!(!data.join("files").join("alice").join("a.mp4").exists(), "only the chosen file is uploaded");
+}
