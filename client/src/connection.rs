@@ -49,11 +49,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(ipv6: bool) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal address");
-        let socket = std::net::UdpSocket::bind(bind).map_err(|e| ClientError::local("failed to bind a UDP socket", e))?;
+        let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("literal address");
+        let socket = std::net::UdpSocket::bind(bind)
+            .map_err(|e| ClientError::local("failed to bind a UDP socket", e))?;
         crate::transport::tune_socket(&socket);
-        let endpoint = quinn::Endpoint::new(Default::default(), None, socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|e| ClientError::local("failed to start QUIC", e))?;
+        let endpoint = quinn::Endpoint::new(
+            Default::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| ClientError::local("failed to start QUIC", e))?;
         Ok(Self { endpoint })
     }
 
@@ -67,7 +75,10 @@ impl Endpoint {
     pub async fn connect(&self, target: &Target) -> Result<Connection, ClientError> {
         let addr = resolve(&target.server).await?;
         let known = KnownServers::new(&target.known_servers);
-        let pinned = target.fingerprint.clone().or_else(|| known.get(&target.server));
+        let pinned = target
+            .fingerprint
+            .clone()
+            .or_else(|| known.get(&target.server));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PinVerifier::new(pinned.clone(), provider.clone()));
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -77,15 +88,21 @@ impl Endpoint {
             .with_custom_certificate_verifier(verifier.clone())
             .with_no_client_auth();
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::local("TLS setup failed", e))?;
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::local("TLS setup failed", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(crate::transport::client(target.idle_timeout)));
-        let host = target.server.rsplit_once(':').map_or(target.server.as_str(), |(h, _)| h);
+        let host = target
+            .server
+            .rsplit_once(':')
+            .map_or(target.server.as_str(), |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let connecting = self
             .endpoint
             .connect_with(config, addr, host)
-            .map_err(|e| ClientError::Connection(format!("cannot connect to {}: {e}", target.server)))?;
+            .map_err(|e| {
+                ClientError::Connection(format!("cannot connect to {}: {e}", target.server))
+            })?;
         let connection = match connecting.await {
             Ok(c) => c,
             Err(e) => {
@@ -98,14 +115,20 @@ impl Endpoint {
                         });
                     }
                 }
-                return Err(ClientError::Connection(format!("cannot connect to {}: {e}", target.server)));
+                return Err(ClientError::Connection(format!(
+                    "cannot connect to {}: {e}",
+                    target.server
+                )));
             }
         };
         if pinned.is_none() {
             if let Some(seen) = verifier.seen() {
-                known
-                    .add(&target.server, &seen)
-                    .map_err(|e| ClientError::local(format!("failed to record the server in {}", known.path().display()), e))?;
+                known.add(&target.server, &seen).map_err(|e| {
+                    ClientError::local(
+                        format!("failed to record the server in {}", known.path().display()),
+                        e,
+                    )
+                })?;
                 eprintln!(
                     "ferry: trusting {} on first use, certificate {seen} (recorded in {})",
                     target.server,
@@ -121,18 +144,36 @@ impl Connection {
     async fn hello(connection: quinn::Connection, token: &str) -> Result<Self, ClientError> {
         let lost = |e: &dyn std::fmt::Display| ClientError::Connection(e.to_string());
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
-        let hello = Frame::Hello { version: PROTOCOL_VERSION, token: token.to_owned() };
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: token.to_owned(),
+        };
         write_frame(&mut send, &hello).await.map_err(|e| lost(&e))?;
         let (owner, limits) = match read_frame(&mut recv).await {
             Ok(Some(Frame::Welcome { owner, limits, .. })) => (owner, limits),
-            Ok(Some(Frame::Error { code, message, .. })) => return Err(ClientError::Server { code, message }),
-            Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected welcome, got {}", other.kind()))),
+            Ok(Some(Frame::Error { code, message, .. })) => {
+                return Err(ClientError::Server { code, message })
+            }
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected welcome, got {}",
+                    other.kind()
+                )))
+            }
             Ok(None) | Err(_) => return Err(close_reason(&connection)),
         };
         let pending: Pending = Default::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         tokio::spawn(dispatch(recv, pending.clone(), events_tx));
-        Ok(Self { connection, send: tokio::sync::Mutex::new(send), pending, next_req: AtomicU64::new(1), events, owner, limits })
+        Ok(Self {
+            connection,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_req: AtomicU64::new(1),
+            events,
+            owner,
+            limits,
+        })
     }
 
     pub fn quic(&self) -> &quinn::Connection {
@@ -144,7 +185,10 @@ impl Connection {
     pub async fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<Frame, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(req, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req, tx);
         {
             let mut send = self.send.lock().await;
             if write_frame(&mut send, &make(req)).await.is_err() {
@@ -169,7 +213,11 @@ impl Connection {
 }
 
 /// Routes control-stream frames: replies to their waiting request, the rest to `events`.
-async fn dispatch(mut recv: quinn::RecvStream, pending: Pending, events: mpsc::UnboundedSender<Frame>) {
+async fn dispatch(
+    mut recv: quinn::RecvStream,
+    pending: Pending,
+    events: mpsc::UnboundedSender<Frame>,
+) {
     loop {
         let frame = match read_frame(&mut recv).await {
             Ok(Some(frame)) => frame,
@@ -177,7 +225,11 @@ async fn dispatch(mut recv: quinn::RecvStream, pending: Pending, events: mpsc::U
             Err(e) => {
                 if let Some((code, message)) = e.code() {
                     let message = format!("the server sent a malformed frame: {message}");
-                    let _ = events.send(Frame::Error { req: None, code, message });
+                    let _ = events.send(Frame::Error {
+                        req: None,
+                        code,
+                        message,
+                    });
                 }
                 break;
             }
@@ -227,8 +279,12 @@ fn close_reason(connection: &quinn::Connection) -> ClientError {
 }
 
 async fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
-    let mut addrs = tokio::net::lookup_host(server)
-        .await
-        .map_err(|e| ClientError::Usage(format!("cannot resolve server address {server:?} (want HOST:PORT): {e}")))?;
-    addrs.next().ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))
+    let mut addrs = tokio::net::lookup_host(server).await.map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot resolve server address {server:?} (want HOST:PORT): {e}"
+        ))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))
 }

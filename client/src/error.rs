@@ -13,7 +13,11 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     /// The server's certificate is not the one pinned.
     #[error("server certificate {presented} does not match the expected {expected}; if the server's certificate was replaced on purpose, remove its line from {known_servers} or pass --fingerprint")]
-    Trust { presented: String, expected: String, known_servers: String },
+    Trust {
+        presented: String,
+        expected: String,
+        known_servers: String,
+    },
     /// Another `ferry` process resumed this upload.
     #[error("upload taken over by another client: {0}")]
     TakenOver(String),
@@ -34,7 +38,13 @@ impl ClientError {
         match self {
             Self::Connection(_) => true,
             Self::Server { code, .. } => {
-                matches!(code, ErrorCode::ShuttingDown | ErrorCode::StorageError | ErrorCode::StorageFull | ErrorCode::Internal)
+                matches!(
+                    code,
+                    ErrorCode::ShuttingDown
+                        | ErrorCode::StorageError
+                        | ErrorCode::StorageFull
+                        | ErrorCode::Internal
+                )
             }
             _ => false,
         }
@@ -57,7 +67,9 @@ impl ClientError {
 impl From<ferry_proto::SenderError> for ClientError {
     fn from(e: ferry_proto::SenderError) -> Self {
         match e {
-            ferry_proto::SenderError::Rejected { code, message, .. } => Self::Server { code, message },
+            ferry_proto::SenderError::Rejected { code, message, .. } => {
+                Self::Server { code, message }
+            }
             other => Self::Protocol(other.to_string()),
         }
     }

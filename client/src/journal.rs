@@ -24,8 +24,16 @@ impl FileKey {
     pub fn of(server: &str, path: &Path) -> std::io::Result<Self> {
         let path = fs::canonicalize(path)?;
         let meta = fs::metadata(&path)?;
-        let mtime_ns = meta.modified()?.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Ok(Self { server: server.to_owned(), path, size: meta.len(), mtime_ns })
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(Self {
+            server: server.to_owned(),
+            path,
+            size: meta.len(),
+            mtime_ns,
+        })
     }
 
     fn file_name(&self) -> String {
@@ -56,7 +64,9 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("journal") }
+        Self {
+            dir: state_dir.join("journal"),
+        }
     }
 
     /// The entry for `key`, if one was saved and is readable.
@@ -97,12 +107,22 @@ mod tests {
         fs::write(&file, b"hello").unwrap();
         let journal = Journal::new(dir.path());
         let key = FileKey::of("srv:1", &file).unwrap();
-        let entry = Entry { upload_id: "x".into(), server: "srv:1".into(), path: key.path.clone(), size: 5, chunk_size: 4 };
+        let entry = Entry {
+            upload_id: "x".into(),
+            server: "srv:1".into(),
+            path: key.path.clone(),
+            size: 5,
+            chunk_size: 4,
+        };
         journal.put(&key, &entry).unwrap();
         assert_eq!(journal.get(&key), Some(entry));
         assert_eq!(journal.get(&FileKey::of("other:1", &file).unwrap()), None);
         fs::write(&file, b"hello world").unwrap();
-        assert_eq!(journal.get(&FileKey::of("srv:1", &file).unwrap()), None, "a changed file is a new upload");
+        assert_eq!(
+            journal.get(&FileKey::of("srv:1", &file).unwrap()),
+            None,
+            "a changed file is a new upload"
+        );
         journal.remove(&key);
         assert_eq!(journal.get(&key), None);
     }

@@ -7,8 +7,8 @@ mod error;
 pub mod journal;
 mod progress;
 pub mod rate;
-pub mod trust;
 mod transport;
+pub mod trust;
 pub mod upload;
 mod wire;
 
@@ -89,18 +89,34 @@ impl Client {
 
     /// Every upload of this token on the server.
     pub async fn list(&mut self) -> Result<Vec<UploadSummary>, ClientError> {
-        match self.connection().await?.request(|req| Frame::List { req }).await? {
+        match self
+            .connection()
+            .await?
+            .request(|req| Frame::List { req })
+            .await?
+        {
             Frame::Listing { uploads, .. } => Ok(uploads),
-            other => Err(ClientError::Protocol(format!("expected listing, got {}", other.kind()))),
+            other => Err(ClientError::Protocol(format!(
+                "expected listing, got {}",
+                other.kind()
+            ))),
         }
     }
 
     /// Discards an unfinished upload on the server.
     pub async fn abort(&mut self, upload_id: &str) -> Result<(), ClientError> {
         let id = upload_id.to_owned();
-        match self.connection().await?.request(|req| Frame::Abort { req, upload_id: id }).await? {
+        match self
+            .connection()
+            .await?
+            .request(|req| Frame::Abort { req, upload_id: id })
+            .await?
+        {
             Frame::Aborted { .. } => Ok(()),
-            other => Err(ClientError::Protocol(format!("expected aborted, got {}", other.kind()))),
+            other => Err(ClientError::Protocol(format!(
+                "expected aborted, got {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -128,7 +144,10 @@ pub(crate) async fn connected<'a>(
     endpoint: &Endpoint,
     target: &Target,
 ) -> Result<&'a mut Connection, ClientError> {
-    if slot.as_ref().is_some_and(|c| c.quic().close_reason().is_some()) {
+    if slot
+        .as_ref()
+        .is_some_and(|c| c.quic().close_reason().is_some())
+    {
         *slot = None;
     }
     if slot.is_none() {

@@ -11,7 +11,11 @@ use ferry_client::{Client, ClientError, Options, Target};
 use ferry_proto::UploadSummary;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Resumable uploads of large files to a Ferry server over QUIC")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Resumable uploads of large files to a Ferry server over QUIC"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -22,7 +26,12 @@ struct Cli {
 #[derive(Args)]
 struct Global {
     /// Server address, HOST:PORT.
-    #[arg(long, env = "FERRY_SERVER", global = true, default_value = "127.0.0.1:4433")]
+    #[arg(
+        long,
+        env = "FERRY_SERVER",
+        global = true,
+        default_value = "127.0.0.1:4433"
+    )]
     server: String,
     /// Bearer token from `ferryd token add`.
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
@@ -101,7 +110,9 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -114,18 +125,32 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let g = &cli.global;
     let Some(token) = g.token.clone() else {
-        return fail("missing token", &ClientError::Usage("pass --token or set FERRY_TOKEN".into()));
+        return fail(
+            "missing token",
+            &ClientError::Usage("pass --token or set FERRY_TOKEN".into()),
+        );
     };
     let fingerprint = match &g.fingerprint {
         None => None,
         Some(text) => match ferry_client::trust::parse_fingerprint(text) {
             Some(fp) => Some(fp),
-            None => return fail("bad --fingerprint", &ClientError::Usage(format!("{text:?} is not sha256:<64 hex digits>"))),
+            None => {
+                return fail(
+                    "bad --fingerprint",
+                    &ClientError::Usage(format!("{text:?} is not sha256:<64 hex digits>")),
+                )
+            }
         },
     };
-    let state_dir = g.state_dir.clone().unwrap_or_else(|| default_dir(dirs::state_dir(), ".local/state").join("ferry"));
-    let known_servers =
-        g.known_servers.clone().unwrap_or_else(|| default_dir(dirs::config_dir(), ".config").join("ferry").join("known_servers"));
+    let state_dir = g
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_dir(dirs::state_dir(), ".local/state").join("ferry"));
+    let known_servers = g.known_servers.clone().unwrap_or_else(|| {
+        default_dir(dirs::config_dir(), ".config")
+            .join("ferry")
+            .join("known_servers")
+    });
     let target = Target {
         server: g.server.clone(),
         token,
@@ -145,7 +170,8 @@ async fn run(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
-type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (String, ClientError)>> + 'a>>;
+type BoxFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (String, ClientError)>> + 'a>>;
 
 async fn with_client(opts: Options, f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a>) -> u8 {
     let mut client = match Client::new(opts) {
@@ -186,7 +212,11 @@ async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -
     code
 }
 
-async fn upload_one(client: &mut Client, file: &Path, args: &UploadArgs) -> Result<(), ClientError> {
+async fn upload_one(
+    client: &mut Client,
+    file: &Path,
+    args: &UploadArgs,
+) -> Result<(), ClientError> {
     let r = tokio::select! {
         r = client.upload(file, &args.desc) => r?,
         _ = tokio::signal::ctrl_c() => {
@@ -204,7 +234,11 @@ async fn upload_one(client: &mut Client, file: &Path, args: &UploadArgs) -> Resu
             r.size,
             r.sha256,
             rate,
-            if r.bytes_skipped > 0 { format!(", {} bytes were already on the server", r.bytes_skipped) } else { String::new() },
+            if r.bytes_skipped > 0 {
+                format!(", {} bytes were already on the server", r.bytes_skipped)
+            } else {
+                String::new()
+            },
         );
     }
     Ok(())
@@ -225,10 +259,20 @@ async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {
             Err(e) => break report(&format!("cannot list {}", dir.display()), &e),
         };
         if files.is_empty() {
-            break report("nothing to pick", &ClientError::Usage(format!("{} has no files", dir.display())));
+            break report(
+                "nothing to pick",
+                &ClientError::Usage(format!("{} has no files", dir.display())),
+            );
         }
         for (n, (path, size)) in files.iter().enumerate() {
-            println!("{:>3}  {:>12}  {}", n + 1, human(*size), path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            println!(
+                "{:>3}  {:>12}  {}",
+                n + 1,
+                human(*size),
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            );
         }
         print!("Upload which file? [1-{}, q to quit]: ", files.len());
         let _ = std::io::stdout().flush();
@@ -243,11 +287,17 @@ async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {
         let choice = match answer.parse::<usize>() {
             Ok(n) if (1..=files.len()).contains(&n) => n,
             Ok(n) => {
-                eprintln!("ferry: {n} is out of range; enter a number from 1 to {} or q", files.len());
+                eprintln!(
+                    "ferry: {n} is out of range; enter a number from 1 to {} or q",
+                    files.len()
+                );
                 continue;
             }
             Err(_) => {
-                eprintln!("ferry: {answer:?} is not a number; enter a number from 1 to {} or q", files.len());
+                eprintln!(
+                    "ferry: {answer:?} is not a number; enter a number from 1 to {} or q",
+                    files.len()
+                );
                 continue;
             }
         };
@@ -278,7 +328,10 @@ fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, u64)>, ClientError> {
 }
 
 async fn list(client: &mut Client, json: bool) -> Result<(), (String, ClientError)> {
-    let uploads = client.list().await.map_err(|e| ("list failed".to_owned(), e))?;
+    let uploads = client
+        .list()
+        .await
+        .map_err(|e| ("list failed".to_owned(), e))?;
     for u in &uploads {
         if json {
             println!("{}", serde_json::to_string(u).unwrap_or_default());
@@ -290,13 +343,19 @@ async fn list(client: &mut Client, json: bool) -> Result<(), (String, ClientErro
 }
 
 async fn status(client: &mut Client, target: Option<String>) -> Result<(), (String, ClientError)> {
-    let uploads = client.list().await.map_err(|e| ("status failed".to_owned(), e))?;
+    let uploads = client
+        .list()
+        .await
+        .map_err(|e| ("status failed".to_owned(), e))?;
     let wanted: Option<String> = match &target {
         None => None,
         Some(t) if Path::new(t).exists() => match client.journal_entry(Path::new(t)) {
             Some(entry) => Some(entry.upload_id),
             None => {
-                println!("{t}: no interrupted upload of this file to {}", client.options().target.server);
+                println!(
+                    "{t}: no interrupted upload of this file to {}",
+                    client.options().target.server
+                );
                 return Ok(());
             }
         },
@@ -310,7 +369,10 @@ async fn status(client: &mut Client, target: Option<String>) -> Result<(), (Stri
         })
         .collect();
     if let (Some(id), true) = (&wanted, shown.is_empty()) {
-        return Err(("status failed".into(), ClientError::Usage(format!("no upload {id} on the server"))));
+        return Err((
+            "status failed".into(),
+            ClientError::Usage(format!("no upload {id} on the server")),
+        ));
     }
     for u in shown {
         println!("{}", line(u));
@@ -319,14 +381,28 @@ async fn status(client: &mut Client, target: Option<String>) -> Result<(), (Stri
 }
 
 async fn abort(client: &mut Client, upload_id: String) -> Result<(), (String, ClientError)> {
-    client.abort(&upload_id).await.map_err(|e| (format!("abort of {upload_id} failed"), e))?;
+    client
+        .abort(&upload_id)
+        .await
+        .map_err(|e| (format!("abort of {upload_id} failed"), e))?;
     println!("aborted {upload_id}");
     Ok(())
 }
 
 fn line(u: &UploadSummary) -> String {
-    let pct = if u.size == 0 { 100.0 } else { u.durable_bytes as f64 * 100.0 / u.size as f64 };
-    format!("{}  {:<9}  {:>5.1}%  {:>12}  {}", u.upload_id, u.state, pct, human(u.size), u.file_name)
+    let pct = if u.size == 0 {
+        100.0
+    } else {
+        u.durable_bytes as f64 * 100.0 / u.size as f64
+    };
+    format!(
+        "{}  {:<9}  {:>5.1}%  {:>12}  {}",
+        u.upload_id,
+        u.state,
+        pct,
+        human(u.size),
+        u.file_name
+    )
 }
 
 fn human(bytes: u64) -> String {
@@ -345,7 +421,8 @@ fn human(bytes: u64) -> String {
 }
 
 fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {
-    base.or_else(|| dirs::home_dir().map(|h| h.join(fallback))).unwrap_or_else(|| PathBuf::from("."))
+    base.or_else(|| dirs::home_dir().map(|h| h.join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Prints `ferry: <what>: <cause>` once and returns the exit code.

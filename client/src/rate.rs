@@ -11,7 +11,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
-        Self { bytes_per_sec: bytes_per_sec.max(1), next: Mutex::new(Instant::now()) }
+        Self {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next: Mutex::new(Instant::now()),
+        }
     }
 
     /// Waits until `n` more bytes may be sent.
@@ -30,9 +33,13 @@ impl RateLimiter {
 /// and rsync: 1k = 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a size like 4MiB, 512k or 1000"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 4MiB, 512k or 1000"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,

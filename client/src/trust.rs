@@ -21,7 +21,12 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// Normalises a user-given fingerprint: `sha256:` prefix optional, hex case and `:` separators
 /// ignored.
 pub fn parse_fingerprint(text: &str) -> Option<String> {
-    let hex: String = text.trim().trim_start_matches("sha256:").chars().filter(|&c| c != ':').collect();
+    let hex: String = text
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|&c| c != ':')
+        .collect();
     let hex = hex.to_ascii_lowercase();
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
 }
@@ -37,7 +42,11 @@ pub struct PinVerifier {
 
 impl PinVerifier {
     pub fn new(expected: Option<String>, provider: Arc<CryptoProvider>) -> Self {
-        Self { expected, seen: Mutex::new(None), provider }
+        Self {
+            expected,
+            seen: Mutex::new(None),
+            provider,
+        }
     }
 
     /// The fingerprint of the last certificate presented.
@@ -75,7 +84,12 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -84,11 +98,18 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -138,7 +159,10 @@ mod tests {
         let hex = "AB".repeat(32);
         let want = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(parse_fingerprint(&hex).as_deref(), Some(want.as_str()));
-        assert_eq!(parse_fingerprint(&format!("sha256:{hex}")).as_deref(), Some(want.as_str()));
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{hex}")).as_deref(),
+            Some(want.as_str())
+        );
         assert_eq!(parse_fingerprint("sha256:abc"), None);
     }
 
@@ -149,7 +173,9 @@ mod tests {
         let fp = format!("sha256:{}", "cd".repeat(32));
         assert_eq!(known.get("h:1"), None);
         known.add("h:1", &fp).unwrap();
-        known.add("h:2", &format!("sha256:{}", "ef".repeat(32))).unwrap();
+        known
+            .add("h:2", &format!("sha256:{}", "ef".repeat(32)))
+            .unwrap();
         assert_eq!(known.get("h:1"), Some(fp));
     }
 }

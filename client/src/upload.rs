@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_proto::{ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, Span, UploadInfo, UploadSender};
+use ferry_proto::{
+    ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, Span, UploadInfo, UploadSender,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
@@ -61,8 +63,14 @@ impl Client {
         let started = Instant::now();
         let key = FileKey::of(&self.opts.target.server, path)
             .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
-        let file = Arc::new(File::open(&key.path).map_err(|e| ClientError::local(format!("cannot open {}", path.display()), e))?);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = Arc::new(
+            File::open(&key.path)
+                .map_err(|e| ClientError::local(format!("cannot open {}", path.display()), e))?,
+        );
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let hashing = {
             let file = file.clone();
             let size = key.size;
@@ -81,20 +89,33 @@ impl Client {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
                 let durable = match &mut active {
                     None => {
-                        let (info, was_resumed) = open(conn, &self.journal, &key, &name, desc, self.opts.chunk_size).await?;
+                        let (info, was_resumed) =
+                            open(conn, &self.journal, &key, &name, desc, self.opts.chunk_size)
+                                .await?;
                         resumed = was_resumed;
                         let layout = layout_of(&info)?;
                         let durable = ChunkSet::from_wire(&info.durable, layout.count())
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
                         skipped.get_or_insert(layout.bytes_in(&durable));
-                        active = Some(Active { sender: UploadSender::new(layout, durable.clone(), self.opts.parallel), info });
+                        active = Some(Active {
+                            sender: UploadSender::new(layout, durable.clone(), self.opts.parallel),
+                            info,
+                        });
                         durable
                     }
                     Some(a) => {
                         let id = a.info.upload_id.clone();
-                        let info = match conn.request(|req| Frame::Resume { req, upload_id: id }).await? {
+                        let info = match conn
+                            .request(|req| Frame::Resume { req, upload_id: id })
+                            .await?
+                        {
                             Frame::Resumed { upload, .. } => upload,
-                            other => return Err(ClientError::Protocol(format!("expected resumed, got {}", other.kind()))),
+                            other => {
+                                return Err(ClientError::Protocol(format!(
+                                    "expected resumed, got {}",
+                                    other.kind()
+                                )))
+                            }
                         };
                         let durable = ChunkSet::from_wire(&info.durable, a.sender.layout().count())
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -104,7 +125,16 @@ impl Client {
                 };
                 let a = active.as_mut().expect("set above");
                 progress.set_position(a.sender.layout().bytes_in(&durable));
-                pump(conn, a, &file, &sent, self.limiter.as_ref(), &progress, &mut last_progress).await?;
+                pump(
+                    conn,
+                    a,
+                    &file,
+                    &sent,
+                    self.limiter.as_ref(),
+                    &progress,
+                    &mut last_progress,
+                )
+                .await?;
                 Ok::<_, ClientError>(())
             }
             .await;
@@ -113,7 +143,9 @@ impl Client {
                 Err(e) if e.is_retryable() && last_progress.elapsed() < self.opts.reconnect_for => {
                     self.drop_connection();
                     reconnects += 1;
-                    progress.suspend(|| eprintln!("ferry: {e}; reconnecting in {} ms", backoff.as_millis()));
+                    progress.suspend(|| {
+                        eprintln!("ferry: {e}; reconnecting in {} ms", backoff.as_millis())
+                    });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -134,12 +166,18 @@ impl Client {
         let reply = self.finish(&upload_id, digest, &mut reconnects).await;
         let (file_name, size) = match reply {
             Ok(done) => done,
-            Err(ClientError::Server { code: ErrorCode::FileDigestMismatch, message }) => {
+            Err(ClientError::Server {
+                code: ErrorCode::FileDigestMismatch,
+                message,
+            }) => {
                 // The bytes the server holds are not this file any more (it changed while being
                 // uploaded): drop the upload so the next run starts afresh.
-                if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await {
+                if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await
+                {
                     let id = upload_id.clone();
-                    let _ = conn.request(|req| Frame::Abort { req, upload_id: id }).await;
+                    let _ = conn
+                        .request(|req| Frame::Abort { req, upload_id: id })
+                        .await;
                 }
                 self.journal.remove(&key);
                 return Err(ClientError::Local(format!(
@@ -167,16 +205,33 @@ impl Client {
 
     /// Sends `finish`, reconnecting (and re-sending it) if the connection drops meanwhile; the
     /// server answers a repeated finish of a completed upload with the same reply.
-    async fn finish(&mut self, upload_id: &str, digest: Digest, reconnects: &mut u32) -> Result<(String, u64), ClientError> {
+    async fn finish(
+        &mut self,
+        upload_id: &str,
+        digest: Digest,
+        reconnects: &mut u32,
+    ) -> Result<(String, u64), ClientError> {
         let deadline = Instant::now() + self.opts.reconnect_for;
         let mut backoff = Duration::from_millis(250);
         loop {
             let attempt = async {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
                 let id = upload_id.to_owned();
-                match conn.request(|req| Frame::Finish { req, upload_id: id, sha256: digest.to_hex() }).await? {
-                    Frame::Finished { file_name, size, .. } => Ok((file_name, size)),
-                    other => Err(ClientError::Protocol(format!("expected finished, got {}", other.kind()))),
+                match conn
+                    .request(|req| Frame::Finish {
+                        req,
+                        upload_id: id,
+                        sha256: digest.to_hex(),
+                    })
+                    .await?
+                {
+                    Frame::Finished {
+                        file_name, size, ..
+                    } => Ok((file_name, size)),
+                    other => Err(ClientError::Protocol(format!(
+                        "expected finished, got {}",
+                        other.kind()
+                    ))),
                 }
             }
             .await;
@@ -205,16 +260,36 @@ async fn open(
 ) -> Result<(UploadInfo, bool), ClientError> {
     if let Some(entry) = journal.get(key) {
         let id = entry.upload_id.clone();
-        match conn.request(|req| Frame::Resume { req, upload_id: id }).await {
-            Ok(Frame::Resumed { upload, .. }) if upload.size == key.size => return Ok((upload, true)),
-            Ok(_) | Err(ClientError::Server { code: ErrorCode::NotFound, .. }) => journal.remove(key),
+        match conn
+            .request(|req| Frame::Resume { req, upload_id: id })
+            .await
+        {
+            Ok(Frame::Resumed { upload, .. }) if upload.size == key.size => {
+                return Ok((upload, true))
+            }
+            Ok(_)
+            | Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => journal.remove(key),
             Err(e) => return Err(e),
         }
     }
-    let create = |req| Frame::Create { req, file_name: name.to_owned(), size: key.size, chunk_size, desc: desc.to_owned() };
+    let create = |req| Frame::Create {
+        req,
+        file_name: name.to_owned(),
+        size: key.size,
+        chunk_size,
+        desc: desc.to_owned(),
+    };
     let info = match conn.request(create).await? {
         Frame::Created { upload, .. } => upload,
-        other => return Err(ClientError::Protocol(format!("expected created, got {}", other.kind()))),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected created, got {}",
+                other.kind()
+            )))
+        }
     };
     let entry = Entry {
         upload_id: info.upload_id.clone(),
@@ -317,16 +392,34 @@ struct ChunkJob {
 impl ChunkJob {
     async fn send(self) -> Result<(), ClientError> {
         let (file, span) = (self.file.clone(), self.span);
-        let (data, digest) = tokio::task::spawn_blocking(move || -> std::io::Result<(Bytes, Digest)> {
-            let mut buf = vec![0u8; span.len as usize];
-            file.read_exact_at(&mut buf, span.offset)?;
-            let digest = Digest::of(&buf);
-            Ok((Bytes::from(buf), digest))
-        })
+        let (data, digest) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Bytes, Digest)> {
+                let mut buf = vec![0u8; span.len as usize];
+                file.read_exact_at(&mut buf, span.offset)?;
+                let digest = Digest::of(&buf);
+                Ok((Bytes::from(buf), digest))
+            })
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?
+            .map_err(|e| {
+                ClientError::local(
+                    format!(
+                        "cannot read chunk {} of the source file (did it shrink?)",
+                        self.index
+                    ),
+                    e,
+                )
+            })?;
+        send_chunk(
+            &self.quic,
+            &self.upload_id,
+            self.index,
+            data,
+            digest,
+            self.limiter.as_deref(),
+            &self.sent,
+        )
         .await
-        .map_err(|e| ClientError::Local(e.to_string()))?
-        .map_err(|e| ClientError::local(format!("cannot read chunk {} of the source file (did it shrink?)", self.index), e))?;
-        send_chunk(&self.quic, &self.upload_id, self.index, data, digest, self.limiter.as_deref(), &self.sent).await
     }
 }
 
@@ -343,8 +436,15 @@ pub async fn send_chunk(
 ) -> Result<(), ClientError> {
     let lost = |e: &dyn std::fmt::Display| ClientError::Connection(e.to_string());
     let mut stream = quic.open_uni().await.map_err(|e| lost(&e))?;
-    let header = Frame::Chunk { upload_id: upload_id.to_owned(), index, size: data.len() as u64, sha256: digest.to_hex() };
-    write_frame(&mut stream, &header).await.map_err(|e| lost(&e))?;
+    let header = Frame::Chunk {
+        upload_id: upload_id.to_owned(),
+        index,
+        size: data.len() as u64,
+        sha256: digest.to_hex(),
+    };
+    write_frame(&mut stream, &header)
+        .await
+        .map_err(|e| lost(&e))?;
     let mut offset = 0;
     while offset < data.len() {
         let piece = data.slice(offset..data.len().min(offset + PIECE));

@@ -20,7 +20,10 @@ impl ReadError {
     pub fn code(&self) -> Option<(ErrorCode, String)> {
         match self {
             Self::Frame(e) => Some((e.code(), e.to_string())),
-            Self::Truncated => Some((ErrorCode::TruncatedFrame, "stream ended inside a frame".into())),
+            Self::Truncated => Some((
+                ErrorCode::TruncatedFrame,
+                "stream ended inside a frame".into(),
+            )),
             Self::Gone => None,
         }
     }
@@ -35,14 +38,18 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, ReadErro
         Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
         Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
-    let len = Frame::peek_len(&prefix).map_err(ReadError::Frame)?.unwrap_or(0);
+    let len = Frame::peek_len(&prefix)
+        .map_err(ReadError::Frame)?
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     match recv.read_exact(&mut body).await {
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
         Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
-    Frame::decode_body(&body).map(Some).map_err(ReadError::Frame)
+    Frame::decode_body(&body)
+        .map(Some)
+        .map_err(ReadError::Frame)
 }
 
 /// Writes one frame.

@@ -47,7 +47,10 @@ pub fn version(db: &sled::Db) -> Result<u32, MigrationError> {
     match db.open_tree(META)?.get(SCHEMA_VERSION)? {
         None => Ok(0),
         Some(v) => {
-            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| MigrationError::Corrupt { len: v.len() })?;
+            let bytes: [u8; 4] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| MigrationError::Corrupt { len: v.len() })?;
             Ok(u32::from_be_bytes(bytes))
         }
     }
@@ -57,7 +60,10 @@ pub fn version(db: &sled::Db) -> Result<u32, MigrationError> {
 pub fn migrate(db: &sled::Db) -> Result<u32, MigrationError> {
     let found = version(db)?;
     if found > CURRENT {
-        return Err(MigrationError::TooNew { found, supported: CURRENT });
+        return Err(MigrationError::TooNew {
+            found,
+            supported: CURRENT,
+        });
     }
     let meta = db.open_tree(META)?;
     for step in STEPS.iter().filter(|s| s.to > found) {
@@ -71,7 +77,8 @@ pub fn migrate(db: &sled::Db) -> Result<u32, MigrationError> {
 /// Writes a schema version directly. For tests and fixtures that need a store from another
 /// version.
 pub fn set_version(db: &sled::Db, version: u32) -> Result<(), sled::Error> {
-    db.open_tree(META)?.insert(SCHEMA_VERSION, &version.to_be_bytes())?;
+    db.open_tree(META)?
+        .insert(SCHEMA_VERSION, &version.to_be_bytes())?;
     db.flush()?;
     Ok(())
 }
@@ -91,7 +98,10 @@ mod tests {
         assert_eq!(migrate(&db).unwrap(), 0);
         assert_eq!(version(&db).unwrap(), CURRENT);
         assert_eq!(migrate(&db).unwrap(), CURRENT);
-        assert!(db.tree_names().iter().any(|n| n.as_ref() == CHUNKS.as_bytes()));
+        assert!(db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == CHUNKS.as_bytes()));
     }
 
     #[test]
@@ -104,14 +114,24 @@ mod tests {
             err.to_string(),
             format!("the store has schema version {}, newer than the {CURRENT} this ferryd supports; run a newer ferryd", CURRENT + 1)
         );
-        assert_eq!(version(&db).unwrap(), CURRENT + 1, "a refused store is left untouched");
+        assert_eq!(
+            version(&db).unwrap(),
+            CURRENT + 1,
+            "a refused store is left untouched"
+        );
     }
 
     #[test]
     fn corrupt_version_record_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
-        db.open_tree(META).unwrap().insert(SCHEMA_VERSION, &b"x"[..]).unwrap();
-        assert!(matches!(migrate(&db), Err(MigrationError::Corrupt { len: 1 })));
+        db.open_tree(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION, &b"x"[..])
+            .unwrap();
+        assert!(matches!(
+            migrate(&db),
+            Err(MigrationError::Corrupt { len: 1 })
+        ));
     }
 }

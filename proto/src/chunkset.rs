@@ -71,7 +71,10 @@ impl ChunkSet {
     }
 
     pub fn contains(&self, index: u64) -> bool {
-        self.ranges.range(..=index).next_back().is_some_and(|(_, &e)| index < e)
+        self.ranges
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &e)| index < e)
     }
 
     /// Number of indices held.
@@ -131,7 +134,10 @@ impl ChunkSet {
     /// True when every index of `other` is held here.
     pub fn is_superset(&self, other: &ChunkSet) -> bool {
         other.ranges().all(|(s, e)| {
-            self.ranges.range(..=s).next_back().is_some_and(|(_, &end)| e <= end)
+            self.ranges
+                .range(..=s)
+                .next_back()
+                .is_some_and(|(_, &end)| e <= end)
         })
     }
 
@@ -145,7 +151,11 @@ impl ChunkSet {
         let mut set = ChunkSet::new();
         for &[s, e] in ranges {
             if s >= e || e > count {
-                return Err(RangeError { start: s, end: e, count });
+                return Err(RangeError {
+                    start: s,
+                    end: e,
+                    count,
+                });
             }
             set.insert_range(s, e);
         }

@@ -30,10 +30,15 @@ impl Digest {
 
     /// Parses 64 lowercase hex characters.
     pub fn parse(text: &str) -> Result<Self, DigestParseError> {
-        let valid = text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let valid = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let mut bytes = [0u8; 32];
         if !valid || hex::decode_to_slice(text, &mut bytes).is_err() {
-            return Err(DigestParseError { got: text.chars().take(80).collect() });
+            return Err(DigestParseError {
+                got: text.chars().take(80).collect(),
+            });
         }
         Ok(Self(bytes))
     }
@@ -74,7 +79,10 @@ mod tests {
     #[test]
     fn round_trips_hex() {
         let d = Digest::of(b"abc");
-        assert_eq!(d.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(Digest::parse(&d.to_hex()), Ok(d));
     }
 

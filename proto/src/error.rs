@@ -159,7 +159,10 @@ impl ErrorCode {
     /// The QUIC application error code used when closing a connection or stopping a stream
     /// because of this error: its position in [`ErrorCode::ALL`] plus one (0 means no error).
     pub fn quic_code(self) -> u32 {
-        Self::ALL.iter().position(|&c| c == self).map_or(0xffff, |p| p as u32 + 1)
+        Self::ALL
+            .iter()
+            .position(|&c| c == self)
+            .map_or(0xffff, |p| p as u32 + 1)
     }
 }
 
@@ -188,7 +191,10 @@ mod tests {
         let doc = include_str!("../../docs/protocol.md");
         for &code in ErrorCode::ALL {
             let row = format!("| `{}` | {} |", code.as_str(), code.quic_code());
-            assert!(doc.contains(&row), "docs/protocol.md lacks the row starting {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/protocol.md lacks the row starting {row}"
+            );
         }
     }
 }

@@ -17,22 +17,83 @@ pub const ALPN: &[u8] = b"ferry/1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Frame {
-    Hello { version: u32, token: String },
-    Welcome { version: u32, owner: String, limits: Limits },
-    Create { req: u64, file_name: String, size: u64, chunk_size: u64, #[serde(default)] desc: String },
-    Created { req: u64, upload: UploadInfo },
-    Resume { req: u64, upload_id: String },
-    Resumed { req: u64, upload: UploadInfo },
-    Finish { req: u64, upload_id: String, sha256: String },
-    Finished { req: u64, upload_id: String, file_name: String, size: u64, sha256: String },
-    Abort { req: u64, upload_id: String },
-    Aborted { req: u64, upload_id: String },
-    List { req: u64 },
-    Listing { req: u64, uploads: Vec<UploadSummary> },
-    Ack { upload_id: String, chunks: Vec<[u64; 2]> },
-    Reject { upload_id: String, index: u64, code: ErrorCode, message: String },
-    Detached { upload_id: String, code: ErrorCode, message: String },
-    Chunk { upload_id: String, index: u64, size: u64, sha256: String },
+    Hello {
+        version: u32,
+        token: String,
+    },
+    Welcome {
+        version: u32,
+        owner: String,
+        limits: Limits,
+    },
+    Create {
+        req: u64,
+        file_name: String,
+        size: u64,
+        chunk_size: u64,
+        #[serde(default)]
+        desc: String,
+    },
+    Created {
+        req: u64,
+        upload: UploadInfo,
+    },
+    Resume {
+        req: u64,
+        upload_id: String,
+    },
+    Resumed {
+        req: u64,
+        upload: UploadInfo,
+    },
+    Finish {
+        req: u64,
+        upload_id: String,
+        sha256: String,
+    },
+    Finished {
+        req: u64,
+        upload_id: String,
+        file_name: String,
+        size: u64,
+        sha256: String,
+    },
+    Abort {
+        req: u64,
+        upload_id: String,
+    },
+    Aborted {
+        req: u64,
+        upload_id: String,
+    },
+    List {
+        req: u64,
+    },
+    Listing {
+        req: u64,
+        uploads: Vec<UploadSummary>,
+    },
+    Ack {
+        upload_id: String,
+        chunks: Vec<[u64; 2]>,
+    },
+    Reject {
+        upload_id: String,
+        index: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    Detached {
+        upload_id: String,
+        code: ErrorCode,
+        message: String,
+    },
+    Chunk {
+        upload_id: String,
+        index: u64,
+        size: u64,
+        sha256: String,
+    },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<u64>,
@@ -167,14 +228,19 @@ impl Frame {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| FrameError::BadJson(e.to_string()))?;
         let kind = match value.get("type") {
-            Some(serde_json::Value::String(kind)) if KNOWN_TYPES.contains(&kind.as_str()) => kind.clone(),
+            Some(serde_json::Value::String(kind)) if KNOWN_TYPES.contains(&kind.as_str()) => {
+                kind.clone()
+            }
             Some(serde_json::Value::String(kind)) => {
                 return Err(FrameError::UnknownType(kind.chars().take(64).collect()))
             }
             _ if !value.is_object() => return Err(FrameError::BadJson("not an object".into())),
             _ => return Err(FrameError::UnknownType(String::new())),
         };
-        serde_json::from_value(value).map_err(|e| FrameError::BadField { kind, detail: e.to_string() })
+        serde_json::from_value(value).map_err(|e| FrameError::BadField {
+            kind,
+            detail: e.to_string(),
+        })
     }
 
     /// The name in the frame's `type` field.
@@ -213,7 +279,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_partial_input() {
-        let frame = Frame::Chunk { upload_id: "ab".into(), index: 3, size: 10, sha256: "00".into() };
+        let frame = Frame::Chunk {
+            upload_id: "ab".into(),
+            index: 3,
+            size: 10,
+            sha256: "00".into(),
+        };
         let bytes = frame.to_bytes();
         for cut in 0..bytes.len() {
             assert_eq!(Frame::decode(&bytes[..cut]), Ok(None), "cut at {cut}");
@@ -226,7 +297,12 @@ mod tests {
     #[test]
     fn oversize_is_refused_from_the_prefix_alone() {
         let prefix = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert_eq!(Frame::decode(&prefix), Err(FrameError::TooLarge { len: MAX_FRAME as u64 + 1 }));
+        assert_eq!(
+            Frame::decode(&prefix),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME as u64 + 1
+            })
+        );
     }
 
     #[test]
@@ -238,13 +314,22 @@ mod tests {
         assert_eq!(code(br#"{"type":"teleport"}"#), ErrorCode::UnknownType);
         assert_eq!(code(br#"{"no_type":1}"#), ErrorCode::UnknownType);
         assert_eq!(code(br#"{"type":"list"}"#), ErrorCode::BadField);
-        assert_eq!(code(br#"{"type":"list","req":"seven"}"#), ErrorCode::BadField);
-        assert_eq!(code(br#"{"type":"create","req":1,"file_name":"a","size":-1,"chunk_size":4}"#), ErrorCode::BadField);
+        assert_eq!(
+            code(br#"{"type":"list","req":"seven"}"#),
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            code(br#"{"type":"create","req":1,"file_name":"a","size":-1,"chunk_size":4}"#),
+            ErrorCode::BadField
+        );
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
         let body = br#"{"type":"list","req":7,"colour":"blue"}"#;
-        assert_eq!(Frame::decode(&framed(body)).unwrap().unwrap().0, Frame::List { req: 7 });
+        assert_eq!(
+            Frame::decode(&framed(body)).unwrap().unwrap().0,
+            Frame::List { req: 7 }
+        );
     }
 }

@@ -35,7 +35,11 @@ impl ChunkLayout {
         if chunk_size == 0 {
             return Err(LayoutError::ZeroChunkSize);
         }
-        Ok(Self { size, chunk_size, count: size.div_ceil(chunk_size) })
+        Ok(Self {
+            size,
+            chunk_size,
+            count: size.div_ceil(chunk_size),
+        })
     }
 
     /// Total file size in bytes.
@@ -57,13 +61,19 @@ impl ChunkLayout {
         if raw < self.count {
             Ok(ChunkIndex(raw))
         } else {
-            Err(LayoutError::IndexOutOfRange { index: raw, count: self.count })
+            Err(LayoutError::IndexOutOfRange {
+                index: raw,
+                count: self.count,
+            })
         }
     }
 
     pub fn span(&self, index: ChunkIndex) -> Span {
         let offset = index.0 * self.chunk_size;
-        Span { offset, len: self.chunk_size.min(self.size - offset) }
+        Span {
+            offset,
+            len: self.chunk_size.min(self.size - offset),
+        }
     }
 
     /// Bytes covered by the chunks in `set`.
@@ -107,8 +117,14 @@ mod tests {
     fn last_chunk_is_short() {
         let layout = ChunkLayout::new(10, 4).unwrap();
         assert_eq!(layout.count(), 3);
-        assert_eq!(layout.span(layout.index(2).unwrap()), Span { offset: 8, len: 2 });
-        assert_eq!(layout.index(3), Err(LayoutError::IndexOutOfRange { index: 3, count: 3 }));
+        assert_eq!(
+            layout.span(layout.index(2).unwrap()),
+            Span { offset: 8, len: 2 }
+        );
+        assert_eq!(
+            layout.index(3),
+            Err(LayoutError::IndexOutOfRange { index: 3, count: 3 })
+        );
     }
 
     #[test]

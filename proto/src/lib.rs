@@ -15,10 +15,14 @@ mod session;
 pub use chunkset::{ChunkSet, RangeError};
 pub use digest::{Digest, DigestParseError};
 pub use error::ErrorCode;
-pub use frame::{Frame, FrameError, Limits, UploadInfo, UploadSummary, ALPN, MAX_FRAME, PROTOCOL_VERSION};
+pub use frame::{
+    Frame, FrameError, Limits, UploadInfo, UploadSummary, ALPN, MAX_FRAME, PROTOCOL_VERSION,
+};
 pub use layout::{ChunkIndex, ChunkLayout, LayoutError, Span};
 pub use sender::{SenderError, UploadSender, MAX_DIGEST_FAILURES, RETRY_DELAY};
-pub use session::{Accept, ChunkError, ChunkHeader, CommitBatch, CommitPolicy, FinishError, Output, UploadSession};
+pub use session::{
+    Accept, ChunkError, ChunkHeader, CommitBatch, CommitPolicy, FinishError, Output, UploadSession,
+};
 
 #[cfg(test)]
 mod sim;

@@ -17,8 +17,8 @@ pub enum NameError {
 
 /// Windows device names, refused as whole stems so a file stays usable if copied to Windows.
 const RESERVED: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9",
-    "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
 /// Makes `raw` a safe single path component: path separators and control characters become
@@ -26,8 +26,13 @@ const RESERVED: &[&str] = &[
 /// trailing `_`. Only the last path component of `raw` is kept, so `../../x` becomes `x`.
 pub fn sanitize(raw: &str) -> Result<String, NameError> {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let cleaned: String = last.chars().map(|c| if c.is_control() { '_' } else { c }).collect();
-    let trimmed = cleaned.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);
+    let cleaned: String = last
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    let trimmed = cleaned
+        .trim_start_matches(['.', ' '])
+        .trim_end_matches(['.', ' ']);
     if trimmed.is_empty() {
         return Err(NameError::Empty(raw.chars().take(80).collect()));
     }
@@ -71,7 +76,10 @@ mod tests {
         assert!(matches!(sanitize("...."), Err(NameError::Empty(_))));
         assert!(matches!(sanitize(""), Err(NameError::Empty(_))));
         assert!(matches!(sanitize("../"), Err(NameError::Empty(_))));
-        assert_eq!(sanitize(&"a".repeat(10_000)), Err(NameError::TooLong { len: 10_000 }));
+        assert_eq!(
+            sanitize(&"a".repeat(10_000)),
+            Err(NameError::TooLong { len: 10_000 })
+        );
     }
 
     #[test]

@@ -19,9 +19,15 @@ pub const MAX_DIGEST_FAILURES: u32 = 5;
 pub enum SenderError {
     /// The server rejected a chunk for a reason re-sending cannot fix.
     #[error("server rejected chunk {index}: {code}: {message}")]
-    Rejected { index: u64, code: ErrorCode, message: String },
+    Rejected {
+        index: u64,
+        code: ErrorCode,
+        message: String,
+    },
     /// A chunk kept failing its digest check.
-    #[error("chunk {index} failed its digest check {failures} times; is the source file changing?")]
+    #[error(
+        "chunk {index} failed its digest check {failures} times; is the source file changing?"
+    )]
     KeepsFailing { index: u64, failures: u32 },
     /// The server acknowledged a chunk that does not exist.
     #[error("server acknowledged chunk range [{start}, {end}) of an upload with {count} chunks")]
@@ -104,8 +110,12 @@ impl UploadSender {
 
     /// The server acknowledged `ranges` as durable. Returns how many chunks were new.
     pub fn handle_ack(&mut self, ranges: &[[u64; 2]]) -> Result<u64, SenderError> {
-        let set = ChunkSet::from_wire(ranges, self.layout.count())
-            .map_err(|e| SenderError::BadAck { start: e.start, end: e.end, count: e.count })?;
+        let set =
+            ChunkSet::from_wire(ranges, self.layout.count()).map_err(|e| SenderError::BadAck {
+                start: e.start,
+                end: e.end,
+                count: e.count,
+            })?;
         let mut new = 0;
         for index in set.iter() {
             if self.acked.insert(index) {
@@ -119,7 +129,13 @@ impl UploadSender {
     }
 
     /// The server rejected chunk `index` with `code`.
-    pub fn handle_reject(&mut self, index: u64, code: ErrorCode, message: &str, now: Instant) -> Result<(), SenderError> {
+    pub fn handle_reject(
+        &mut self,
+        index: u64,
+        code: ErrorCode,
+        message: &str,
+        now: Instant,
+    ) -> Result<(), SenderError> {
         if !self.in_flight.remove(&index) || self.acked.contains(index) {
             // A late rejection of a chunk given back or acked since: nothing to do.
             return Ok(());
@@ -129,12 +145,21 @@ impl UploadSender {
                 let failures = self.failures.entry(index).or_default();
                 *failures += 1;
                 if *failures >= MAX_DIGEST_FAILURES {
-                    return Err(SenderError::KeepsFailing { index, failures: *failures });
+                    return Err(SenderError::KeepsFailing {
+                        index,
+                        failures: *failures,
+                    });
                 }
                 self.queue.insert(index);
             }
             code if code.is_retryable_chunk() => self.delayed.push((now + RETRY_DELAY, index)),
-            code => return Err(SenderError::Rejected { index, code, message: message.to_owned() }),
+            code => {
+                return Err(SenderError::Rejected {
+                    index,
+                    code,
+                    message: message.to_owned(),
+                })
+            }
         }
         Ok(())
     }
@@ -165,7 +190,9 @@ mod tests {
     fn window_bounds_unacked_chunks() {
         let now = Instant::now();
         let mut s = UploadSender::new(ChunkLayout::new(40, 4).unwrap(), ChunkSet::new(), 3);
-        let sent: Vec<u64> = std::iter::from_fn(|| s.poll_send(now)).map(|i| i.get()).collect();
+        let sent: Vec<u64> = std::iter::from_fn(|| s.poll_send(now))
+            .map(|i| i.get())
+            .collect();
         assert_eq!(sent, vec![0, 1, 2]);
         s.handle_ack(&[[1, 2]]).unwrap();
         assert_eq!(s.poll_send(now).map(|i| i.get()), Some(3));
@@ -177,7 +204,9 @@ mod tests {
         let now = Instant::now();
         let durable = ChunkSet::from_wire(&[[0, 2], [3, 4]], 5).unwrap();
         let mut s = UploadSender::new(ChunkLayout::new(20, 4).unwrap(), durable, 8);
-        let sent: Vec<u64> = std::iter::from_fn(|| s.poll_send(now)).map(|i| i.get()).collect();
+        let sent: Vec<u64> = std::iter::from_fn(|| s.poll_send(now))
+            .map(|i| i.get())
+            .collect();
         assert_eq!(sent, vec![2, 4]);
         assert_eq!(s.acked_bytes(), 12);
     }
@@ -188,14 +217,29 @@ mod tests {
         let mut s = UploadSender::new(ChunkLayout::new(8, 4).unwrap(), ChunkSet::new(), 8);
         assert_eq!(s.poll_send(now).unwrap().get(), 0);
         assert_eq!(s.poll_send(now).unwrap().get(), 1);
-        s.handle_reject(0, ErrorCode::DigestMismatch, "", now).unwrap();
-        assert_eq!(s.poll_send(now).unwrap().get(), 0, "digest mismatch is re-sent at once");
-        s.handle_reject(1, ErrorCode::ChunkInProgress, "", now).unwrap();
+        s.handle_reject(0, ErrorCode::DigestMismatch, "", now)
+            .unwrap();
+        assert_eq!(
+            s.poll_send(now).unwrap().get(),
+            0,
+            "digest mismatch is re-sent at once"
+        );
+        s.handle_reject(1, ErrorCode::ChunkInProgress, "", now)
+            .unwrap();
         assert_eq!(s.poll_send(now), None, "busy chunk waits");
         assert_eq!(s.poll_timeout(), Some(now + RETRY_DELAY));
         assert_eq!(s.poll_send(now + RETRY_DELAY).unwrap().get(), 1);
-        let err = s.handle_reject(1, ErrorCode::WrongChunkSize, "no", now).unwrap_err();
-        assert!(matches!(err, SenderError::Rejected { index: 1, code: ErrorCode::WrongChunkSize, .. }));
+        let err = s
+            .handle_reject(1, ErrorCode::WrongChunkSize, "no", now)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            SenderError::Rejected {
+                index: 1,
+                code: ErrorCode::WrongChunkSize,
+                ..
+            }
+        ));
     }
 
     #[test]

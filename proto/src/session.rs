@@ -84,7 +84,11 @@ pub enum Output {
     /// These chunks are durable.
     Ack(ChunkSet),
     /// This chunk was refused after its payload arrived; the client should act on `code`.
-    Reject { index: u64, code: ErrorCode, message: String },
+    Reject {
+        index: u64,
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Received chunks to make durable together: sync the data file, record each chunk with its
@@ -106,7 +110,10 @@ pub struct CommitPolicy {
 
 impl Default for CommitPolicy {
     fn default() -> Self {
-        Self { max_bytes: 32 << 20, max_delay: Duration::from_millis(5) }
+        Self {
+            max_bytes: 32 << 20,
+            max_delay: Duration::from_millis(5),
+        }
     }
 }
 
@@ -189,18 +196,28 @@ impl UploadSession {
     /// Checks a chunk header before any of its payload is read.
     pub fn handle_header(&mut self, header: &ChunkHeader) -> Result<Accept, ChunkError> {
         if self.state != State::Receiving {
-            return Err(ChunkError::BadState { state: self.state.name() });
+            return Err(ChunkError::BadState {
+                state: self.state.name(),
+            });
         }
-        let index = self.layout.index(header.index).map_err(|_| ChunkError::IndexOutOfRange {
-            index: header.index,
-            count: self.layout.count(),
-        })?;
+        let index = self
+            .layout
+            .index(header.index)
+            .map_err(|_| ChunkError::IndexOutOfRange {
+                index: header.index,
+                count: self.layout.count(),
+            })?;
         let span = self.layout.span(index);
         if header.size != span.len {
-            return Err(ChunkError::WrongSize { index: header.index, got: header.size, expected: span.len });
+            return Err(ChunkError::WrongSize {
+                index: header.index,
+                got: header.size,
+                expected: span.len,
+            });
         }
         if self.durable.contains(header.index) {
-            self.outputs.push_back(Output::Ack(std::iter::once(header.index).collect()));
+            self.outputs
+                .push_back(Output::Ack(std::iter::once(header.index).collect()));
             return Ok(Accept::AlreadyDurable);
         }
         // Verified bytes on disk are never written again: a re-send after a reconnect could
@@ -210,7 +227,9 @@ impl UploadSession {
         }
         // Two streams writing one span at once could interleave, so one stream per chunk.
         if self.receiving.contains_key(&header.index) {
-            return Err(ChunkError::InProgress { index: header.index });
+            return Err(ChunkError::InProgress {
+                index: header.index,
+            });
         }
         self.receiving.insert(header.index, header.sha256);
         Ok(Accept::Receive { index, span })
@@ -246,8 +265,14 @@ impl UploadSession {
         if self.committing.is_some() || self.waiting.is_empty() {
             return None;
         }
-        let bytes: u64 = self.waiting.iter().map(|(i, _)| self.layout.span(*i).len).sum();
-        let due = self.waiting_since.is_some_and(|t| now >= t + self.policy.max_delay);
+        let bytes: u64 = self
+            .waiting
+            .iter()
+            .map(|(i, _)| self.layout.span(*i).len)
+            .sum();
+        let due = self
+            .waiting_since
+            .is_some_and(|t| now >= t + self.policy.max_delay);
         // Finishing the last chunks should not wait for the timer.
         let last = self.durable.len() + self.waiting.len() as u64 == self.layout.count();
         if bytes < self.policy.max_bytes && !due && !last {
@@ -286,7 +311,11 @@ impl UploadSession {
             return;
         };
         for (index, _) in batch {
-            self.outputs.push_back(Output::Reject { index: index.get(), code, message: message.to_owned() });
+            self.outputs.push_back(Output::Reject {
+                index: index.get(),
+                code,
+                message: message.to_owned(),
+            });
         }
     }
 
@@ -308,7 +337,9 @@ impl UploadSession {
                 missing: self.layout.count() - self.durable.len(),
                 count: self.layout.count(),
             }),
-            other => Err(FinishError::BadState { state: other.name() }),
+            other => Err(FinishError::BadState {
+                state: other.name(),
+            }),
         }
     }
 
@@ -316,7 +347,11 @@ impl UploadSession {
     /// stays open so the client can decide).
     pub fn handle_finalized(&mut self, ok: bool) {
         if self.state == State::Finishing {
-            self.state = if ok { State::Complete } else { State::Receiving };
+            self.state = if ok {
+                State::Complete
+            } else {
+                State::Receiving
+            };
         }
     }
 
@@ -326,7 +361,10 @@ impl UploadSession {
     }
 
     fn is_waiting_or_committing(&self, index: ChunkIndex) -> bool {
-        self.waiting.iter().chain(self.committing.iter().flatten()).any(|(i, _)| *i == index)
+        self.waiting
+            .iter()
+            .chain(self.committing.iter().flatten())
+            .any(|(i, _)| *i == index)
     }
 }
 
@@ -335,22 +373,49 @@ mod tests {
     use super::*;
 
     fn session(size: u64, chunk: u64) -> UploadSession {
-        UploadSession::new(ChunkLayout::new(size, chunk).unwrap(), ChunkSet::new(), CommitPolicy::default())
+        UploadSession::new(
+            ChunkLayout::new(size, chunk).unwrap(),
+            ChunkSet::new(),
+            CommitPolicy::default(),
+        )
     }
 
     fn header(index: u64, data: &[u8]) -> ChunkHeader {
-        ChunkHeader { index, size: data.len() as u64, sha256: Digest::of(data) }
+        ChunkHeader {
+            index,
+            size: data.len() as u64,
+            sha256: Digest::of(data),
+        }
     }
 
     #[test]
     fn header_checks_come_before_payload() {
         let mut s = session(10, 4);
-        let h = |index, size| ChunkHeader { index, size, sha256: Digest::of(b"") };
-        assert_eq!(s.handle_header(&h(3, 4)).unwrap_err().code(), ErrorCode::IndexOutOfRange);
-        assert_eq!(s.handle_header(&h(2, 4)).unwrap_err().code(), ErrorCode::WrongChunkSize);
-        assert_eq!(s.handle_header(&h(0, 3)).unwrap_err().code(), ErrorCode::WrongChunkSize);
-        assert!(matches!(s.handle_header(&h(2, 2)), Ok(Accept::Receive { .. })));
-        assert_eq!(s.handle_header(&h(2, 2)).unwrap_err().code(), ErrorCode::ChunkInProgress);
+        let h = |index, size| ChunkHeader {
+            index,
+            size,
+            sha256: Digest::of(b""),
+        };
+        assert_eq!(
+            s.handle_header(&h(3, 4)).unwrap_err().code(),
+            ErrorCode::IndexOutOfRange
+        );
+        assert_eq!(
+            s.handle_header(&h(2, 4)).unwrap_err().code(),
+            ErrorCode::WrongChunkSize
+        );
+        assert_eq!(
+            s.handle_header(&h(0, 3)).unwrap_err().code(),
+            ErrorCode::WrongChunkSize
+        );
+        assert!(matches!(
+            s.handle_header(&h(2, 2)),
+            Ok(Accept::Receive { .. })
+        ));
+        assert_eq!(
+            s.handle_header(&h(2, 2)).unwrap_err().code(),
+            ErrorCode::ChunkInProgress
+        );
     }
 
     #[test]
@@ -358,16 +423,25 @@ mod tests {
         let now = Instant::now();
         let mut s = session(8, 4);
         let data = [7u8; 4];
-        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else { panic!() };
+        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
+            panic!()
+        };
         s.handle_payload(index, Digest::of(&data), now);
         assert_eq!(s.poll_output(), None);
-        assert_eq!(s.poll_commit(now), None, "not due yet: one chunk of two, no time passed");
+        assert_eq!(
+            s.poll_commit(now),
+            None,
+            "not due yet: one chunk of two, no time passed"
+        );
         let later = s.poll_timeout().unwrap();
         let batch = s.poll_commit(later).unwrap();
         assert_eq!(batch.chunks, vec![(index, Digest::of(&data))]);
         assert_eq!(s.poll_output(), None, "no ack while the commit runs");
         s.handle_persisted();
-        assert_eq!(s.poll_output(), Some(Output::Ack([0].into_iter().collect())));
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Ack([0].into_iter().collect()))
+        );
         assert!(!s.is_complete());
     }
 
@@ -376,25 +450,45 @@ mod tests {
         let now = Instant::now();
         let mut s = session(4, 4);
         let data = [1u8; 4];
-        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else { panic!() };
+        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
+            panic!()
+        };
         s.handle_payload(index, Digest::of(b"other"), now);
-        assert!(matches!(s.poll_output(), Some(Output::Reject { index: 0, code: ErrorCode::DigestMismatch, .. })));
-        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else { panic!() };
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Reject {
+                index: 0,
+                code: ErrorCode::DigestMismatch,
+                ..
+            })
+        ));
+        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
+            panic!()
+        };
         s.handle_payload(index, Digest::of(&data), now);
         // The last chunk commits at once.
         assert!(s.poll_commit(now).is_some());
         s.handle_persisted();
         assert!(s.is_complete());
         s.handle_finish().unwrap();
-        assert_eq!(s.handle_header(&header(0, &data)).unwrap_err().code(), ErrorCode::BadState);
+        assert_eq!(
+            s.handle_header(&header(0, &data)).unwrap_err().code(),
+            ErrorCode::BadState
+        );
     }
 
     #[test]
     fn durable_chunk_is_acked_again_without_payload() {
         let layout = ChunkLayout::new(8, 4).unwrap();
         let mut s = UploadSession::new(layout, [0].into_iter().collect(), CommitPolicy::default());
-        assert_eq!(s.handle_header(&header(0, &[0; 4])), Ok(Accept::AlreadyDurable));
-        assert_eq!(s.poll_output(), Some(Output::Ack([0].into_iter().collect())));
+        assert_eq!(
+            s.handle_header(&header(0, &[0; 4])),
+            Ok(Accept::AlreadyDurable)
+        );
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Ack([0].into_iter().collect()))
+        );
     }
 
     /// Regression: found by the simulated link. A chunk verified and waiting for its commit was
@@ -405,17 +499,31 @@ mod tests {
         let now = Instant::now();
         let mut s = session(8, 4);
         let data = [5u8; 4];
-        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else { panic!() };
+        let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
+            panic!()
+        };
         s.handle_payload(index, Digest::of(&data), now);
-        assert_eq!(s.handle_header(&header(0, &data)), Ok(Accept::AlreadyReceived));
+        assert_eq!(
+            s.handle_header(&header(0, &data)),
+            Ok(Accept::AlreadyReceived)
+        );
         let _batch = s.poll_commit(now + Duration::from_secs(1)).unwrap();
-        assert_eq!(s.handle_header(&header(0, &data)), Ok(Accept::AlreadyReceived));
+        assert_eq!(
+            s.handle_header(&header(0, &data)),
+            Ok(Accept::AlreadyReceived)
+        );
     }
 
     #[test]
     fn finish_needs_every_chunk() {
         let mut s = session(8, 4);
-        assert_eq!(s.handle_finish(), Err(FinishError::Incomplete { missing: 2, count: 2 }));
+        assert_eq!(
+            s.handle_finish(),
+            Err(FinishError::Incomplete {
+                missing: 2,
+                count: 2
+            })
+        );
         let mut empty = session(0, 4);
         assert_eq!(empty.handle_finish(), Ok(()));
     }
@@ -424,11 +532,20 @@ mod tests {
     fn failed_commit_rejects_its_chunks() {
         let now = Instant::now();
         let mut s = session(4, 4);
-        let Accept::Receive { index, .. } = s.handle_header(&header(0, &[2; 4])).unwrap() else { panic!() };
+        let Accept::Receive { index, .. } = s.handle_header(&header(0, &[2; 4])).unwrap() else {
+            panic!()
+        };
         s.handle_payload(index, Digest::of(&[2; 4]), now);
         let _batch = s.poll_commit(now).unwrap();
         s.handle_persist_failed(ErrorCode::StorageFull, "disk full");
-        assert!(matches!(s.poll_output(), Some(Output::Reject { index: 0, code: ErrorCode::StorageFull, .. })));
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Reject {
+                index: 0,
+                code: ErrorCode::StorageFull,
+                ..
+            })
+        ));
         assert!(s.durable().is_empty());
         assert!(s.received().is_empty());
     }

@@ -106,14 +106,23 @@ impl Pair {
         // Client sends what it may.
         while let Some(index) = self.sender.poll_send(self.now) {
             let span = self.layout().span(index);
-            let payload = self.source[span.offset as usize..(span.offset + span.len) as usize].to_vec();
+            let payload =
+                self.source[span.offset as usize..(span.offset + span.len) as usize].to_vec();
             let claimed = Digest::of(&payload);
-            let mut stream = Stream { copy: false, index: index.get(), claimed, payload };
+            let mut stream = Stream {
+                copy: false,
+                index: index.get(),
+                claimed,
+                payload,
+            };
             // Corruption on the link is transient: one chunk is corrupted at most twice, so even
             // with every corrupted stream duplicated it fails fewer times than the sender
             // tolerates before it blames the source.
             let corrupted = self.corruptions.entry(stream.index).or_default();
-            if *corrupted * 2 + 1 < MAX_DIGEST_FAILURES && self.rng.chance(self.faults.corrupt) && !stream.payload.is_empty() {
+            if *corrupted * 2 + 1 < MAX_DIGEST_FAILURES
+                && self.rng.chance(self.faults.corrupt)
+                && !stream.payload.is_empty()
+            {
                 *corrupted += 1;
                 let at = self.rng.below(stream.payload.len());
                 stream.payload[at] ^= 0x40;
@@ -127,7 +136,12 @@ impl Pair {
                 self.sender.handle_send_failed(stream.index);
             } else {
                 if !stream.copy && self.rng.chance(self.faults.duplicate) {
-                    let copy = Stream { copy: true, index: stream.index, claimed: stream.claimed, payload: stream.payload.clone() };
+                    let copy = Stream {
+                        copy: true,
+                        index: stream.index,
+                        claimed: stream.claimed,
+                        payload: stream.payload.clone(),
+                    };
                     self.link.push(copy);
                 }
                 self.deliver(stream);
@@ -142,7 +156,11 @@ impl Pair {
             for (index, digest) in &batch.chunks {
                 let span = self.layout().span(*index);
                 let bytes = &self.disk[span.offset as usize..(span.offset + span.len) as usize];
-                assert_eq!(Digest::of(bytes), *digest, "commit of chunk {index} with wrong bytes on disk");
+                assert_eq!(
+                    Digest::of(bytes),
+                    *digest,
+                    "commit of chunk {index} with wrong bytes on disk"
+                );
                 self.store.insert(index.get());
             }
             self.session.handle_persisted();
@@ -165,22 +183,38 @@ impl Pair {
                         self.acked_ever.insert(i);
                     }
                 }
-                Output::Reject { index, code, message } => {
-                    self.sender.handle_reject(index, code, &message, self.now).unwrap();
+                Output::Reject {
+                    index,
+                    code,
+                    message,
+                } => {
+                    self.sender
+                        .handle_reject(index, code, &message, self.now)
+                        .unwrap();
                 }
             }
         }
     }
 
     fn deliver(&mut self, stream: Stream) {
-        let header = ChunkHeader { index: stream.index, size: stream.payload.len() as u64, sha256: stream.claimed };
+        let header = ChunkHeader {
+            index: stream.index,
+            size: stream.payload.len() as u64,
+            sha256: stream.claimed,
+        };
         match self.session.handle_header(&header) {
             Ok(Accept::Receive { index, span }) => {
-                self.disk[span.offset as usize..(span.offset + span.len) as usize].copy_from_slice(&stream.payload);
-                self.session.handle_payload(index, Digest::of(&stream.payload), self.now);
+                self.disk[span.offset as usize..(span.offset + span.len) as usize]
+                    .copy_from_slice(&stream.payload);
+                self.session
+                    .handle_payload(index, Digest::of(&stream.payload), self.now);
             }
             Ok(Accept::AlreadyDurable | Accept::AlreadyReceived) => {}
-            Err(e) => self.acks.push(Output::Reject { index: stream.index, code: e.code(), message: e.to_string() }),
+            Err(e) => self.acks.push(Output::Reject {
+                index: stream.index,
+                code: e.code(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -188,7 +222,8 @@ impl Pair {
     fn reconnect(&mut self) {
         let layout = self.layout();
         for s in self.link.drain(..) {
-            self.session.handle_abandoned(layout.index(s.index).unwrap());
+            self.session
+                .handle_abandoned(layout.index(s.index).unwrap());
         }
         self.acks.clear();
         self.sender.handle_resumed(self.session.durable());
@@ -207,7 +242,10 @@ impl Pair {
             }
         }
         self.session = UploadSession::new(layout, self.store.clone(), CommitPolicy::default());
-        assert!(self.session.durable().is_superset(&before), "durable set shrank across a restart");
+        assert!(
+            self.session.durable().is_superset(&before),
+            "durable set shrank across a restart"
+        );
         self.link.clear();
         self.acks.clear();
         self.sender.handle_resumed(self.session.durable());
@@ -215,17 +253,35 @@ impl Pair {
 
     fn check_invariants(&self) {
         let received = self.session.received();
-        assert!(received.is_superset(self.session.durable()), "durable ⊄ received");
-        assert!(self.store.is_superset(self.sender.acked()), "an acked chunk is not in the store");
-        assert!(self.store.is_superset(&self.acked_ever), "an acked chunk was lost");
-        assert_eq!(self.session.is_complete(), self.session.durable().len() == self.layout().count());
+        assert!(
+            received.is_superset(self.session.durable()),
+            "durable ⊄ received"
+        );
+        assert!(
+            self.store.is_superset(self.sender.acked()),
+            "an acked chunk is not in the store"
+        );
+        assert!(
+            self.store.is_superset(&self.acked_ever),
+            "an acked chunk was lost"
+        );
+        assert_eq!(
+            self.session.is_complete(),
+            self.session.durable().len() == self.layout().count()
+        );
     }
 }
 
 fn faults() -> impl Strategy<Value = Faults> {
-    (0u64..30, 0u64..20, 0u64..20, 0u64..5, 0u64..5).prop_map(|(drop, duplicate, corrupt, lose_connection, crash)| {
-        Faults { drop, duplicate, corrupt, lose_connection, crash }
-    })
+    (0u64..30, 0u64..20, 0u64..20, 0u64..5, 0u64..5).prop_map(
+        |(drop, duplicate, corrupt, lose_connection, crash)| Faults {
+            drop,
+            duplicate,
+            corrupt,
+            lose_connection,
+            crash,
+        },
+    )
 }
 
 proptest! {
@@ -249,7 +305,13 @@ proptest! {
 
 #[test]
 fn clean_link_sends_each_chunk_once() {
-    let none = Faults { drop: 0, duplicate: 0, corrupt: 0, lose_connection: 0, crash: 0 };
+    let none = Faults {
+        drop: 0,
+        duplicate: 0,
+        corrupt: 0,
+        lose_connection: 0,
+        crash: 0,
+    };
     let mut pair = Pair::new(7, 10_000, 100, 8, none);
     let mut sends = 0;
     for _ in 0..10_000 {
@@ -267,7 +329,13 @@ fn clean_link_sends_each_chunk_once() {
 
 #[test]
 fn crash_loses_only_unpersisted_chunks() {
-    let none = Faults { drop: 0, duplicate: 0, corrupt: 0, lose_connection: 0, crash: 0 };
+    let none = Faults {
+        drop: 0,
+        duplicate: 0,
+        corrupt: 0,
+        lose_connection: 0,
+        crash: 0,
+    };
     let mut pair = Pair::new(11, 1000, 100, 4, none);
     for _ in 0..6 {
         pair.step();

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::name;
-use ferry_proto::{ChunkHeader, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSummary, PROTOCOL_VERSION};
+use ferry_proto::{
+    ChunkHeader, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSummary, PROTOCOL_VERSION,
+};
 use quinn::{RecvStream, VarInt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -44,9 +46,13 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
         Err(_) => return debug!("handshake timed out"),
     };
     let remote = connection.remote_address();
-    let accepted = tokio::time::timeout(shared.config.handshake_timeout, connection.accept_bi()).await;
+    let accepted =
+        tokio::time::timeout(shared.config.handshake_timeout, connection.accept_bi()).await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
-        connection.close(VarInt::from_u32(ErrorCode::NotAuthenticated.quic_code()), b"no control stream");
+        connection.close(
+            VarInt::from_u32(ErrorCode::NotAuthenticated.quic_code()),
+            b"no control stream",
+        );
         return;
     };
     let hello = tokio::time::timeout(shared.config.handshake_timeout, read_frame(&mut recv)).await;
@@ -60,11 +66,18 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
                 Ok(Some(owner)) => owner,
                 Ok(None) => {
                     info!(%remote, "refused an unknown token");
-                    return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token").await;
+                    return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token")
+                        .await;
                 }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "cannot read tokens");
-                    return refuse(&connection, send, ErrorCode::Internal, "server cannot check tokens").await;
+                    return refuse(
+                        &connection,
+                        send,
+                        ErrorCode::Internal,
+                        "server cannot check tokens",
+                    )
+                    .await;
                 }
             }
         }
@@ -80,7 +93,11 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
             return refuse(&connection, send, ErrorCode::NotAuthenticated, "no hello").await;
         }
     };
-    let welcome = Frame::Welcome { version: PROTOCOL_VERSION, owner: owner.clone(), limits: shared.config.limits() };
+    let welcome = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        owner: owner.clone(),
+        limits: shared.config.limits(),
+    };
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
     }
@@ -97,7 +114,14 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
         // Give the peer a moment to read the last frames (an error) before the close.
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     });
-    let conn = Arc::new(Conn { shared, connection: connection.clone(), id, owner, events, attached: Default::default() });
+    let conn = Arc::new(Conn {
+        shared,
+        connection: connection.clone(),
+        id,
+        owner,
+        events,
+        attached: Default::default(),
+    });
     let chunk_streams = tokio::spawn(accept_chunk_streams(conn.clone()));
 
     let close = loop {
@@ -110,7 +134,11 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
     chunk_streams.abort();
     conn.detach_all();
     if let Some((code, message)) = close {
-        let _ = conn.events.send(Frame::Error { req: None, code, message: message.clone() });
+        let _ = conn.events.send(Frame::Error {
+            req: None,
+            code,
+            message: message.clone(),
+        });
         drop(conn);
         let _ = writer.await;
         connection.close(VarInt::from_u32(code.quic_code()), message.as_bytes());
@@ -122,8 +150,17 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
 }
 
 /// Sends an error frame on the control stream, then closes the connection with its code.
-async fn refuse(connection: &quinn::Connection, mut send: quinn::SendStream, code: ErrorCode, message: &str) {
-    let frame = Frame::Error { req: None, code, message: message.to_owned() };
+async fn refuse(
+    connection: &quinn::Connection,
+    mut send: quinn::SendStream,
+    code: ErrorCode,
+    message: &str,
+) {
+    let frame = Frame::Error {
+        req: None,
+        code,
+        message: message.to_owned(),
+    };
     if write_frame(&mut send, &frame).await.is_ok() {
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
@@ -134,40 +171,93 @@ async fn refuse(connection: &quinn::Connection, mut send: quinn::SendStream, cod
 impl Conn {
     async fn request(&self, frame: Frame) {
         let (req, result) = match frame {
-            Frame::Create { req, file_name, size, chunk_size, desc } => {
-                (req, self.create(file_name, size, chunk_size, desc).await.map(|upload| Frame::Created { req, upload }))
-            }
-            Frame::Resume { req, upload_id } => (req, self.resume(&upload_id).await.map(|upload| Frame::Resumed { req, upload })),
-            Frame::Finish { req, upload_id, sha256 } => (req, self.finish(req, &upload_id, &sha256).await),
-            Frame::Abort { req, upload_id } => (req, self.abort(&upload_id).await.map(|()| Frame::Aborted { req, upload_id })),
-            Frame::List { req } => (req, self.list().map(|uploads| Frame::Listing { req, uploads })),
+            Frame::Create {
+                req,
+                file_name,
+                size,
+                chunk_size,
+                desc,
+            } => (
+                req,
+                self.create(file_name, size, chunk_size, desc)
+                    .await
+                    .map(|upload| Frame::Created { req, upload }),
+            ),
+            Frame::Resume { req, upload_id } => (
+                req,
+                self.resume(&upload_id)
+                    .await
+                    .map(|upload| Frame::Resumed { req, upload }),
+            ),
+            Frame::Finish {
+                req,
+                upload_id,
+                sha256,
+            } => (req, self.finish(req, &upload_id, &sha256).await),
+            Frame::Abort { req, upload_id } => (
+                req,
+                self.abort(&upload_id)
+                    .await
+                    .map(|()| Frame::Aborted { req, upload_id }),
+            ),
+            Frame::List { req } => (
+                req,
+                self.list().map(|uploads| Frame::Listing { req, uploads }),
+            ),
             other => {
                 let message = format!("{} is not a request", other.kind());
-                let _ = self.events.send(Frame::Error { req: None, code: ErrorCode::UnexpectedFrame, message });
+                let _ = self.events.send(Frame::Error {
+                    req: None,
+                    code: ErrorCode::UnexpectedFrame,
+                    message,
+                });
                 return;
             }
         };
-        let reply = result.unwrap_or_else(|e| Frame::Error { req: Some(req), code: e.code, message: e.message });
+        let reply = result.unwrap_or_else(|e| Frame::Error {
+            req: Some(req),
+            code: e.code,
+            message: e.message,
+        });
         let _ = self.events.send(reply);
     }
 
-    async fn create(&self, file_name: String, size: u64, chunk_size: u64, desc: String) -> Result<UploadInfo, WireError> {
+    async fn create(
+        &self,
+        file_name: String,
+        size: u64,
+        chunk_size: u64,
+        desc: String,
+    ) -> Result<UploadInfo, WireError> {
         let config = &self.shared.config;
-        let file_name = name::sanitize(&file_name).map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let file_name = name::sanitize(&file_name)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
         if size > config.max_file_size {
             return Err(WireError::new(
                 ErrorCode::FileTooLarge,
-                format!("file of {size} bytes exceeds the server's limit of {} bytes", config.max_file_size),
+                format!(
+                    "file of {size} bytes exceeds the server's limit of {} bytes",
+                    config.max_file_size
+                ),
             ));
         }
         if chunk_size < config.min_chunk_size || chunk_size > config.max_chunk_size {
             return Err(WireError::new(
                 ErrorCode::BadChunkSize,
-                format!("chunk size {chunk_size} is outside [{}, {}]", config.min_chunk_size, config.max_chunk_size),
+                format!(
+                    "chunk size {chunk_size} is outside [{}, {}]",
+                    config.min_chunk_size, config.max_chunk_size
+                ),
             ));
         }
         if desc.len() > MAX_DESC {
-            return Err(WireError::new(ErrorCode::BadField, format!("description is {} bytes, the limit is {MAX_DESC}", desc.len())));
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!(
+                    "description is {} bytes, the limit is {MAX_DESC}",
+                    desc.len()
+                ),
+            ));
         }
         let now = unix_now();
         let record = UploadRecord {
@@ -215,14 +305,27 @@ impl Conn {
     async fn attach(&self, id: UploadId, record: UploadRecord) -> Result<UploadInfo, WireError> {
         let driver = self.driver(id, record)?;
         let (reply, rx) = oneshot::channel();
-        let _ = driver.send(Msg::Attach { conn: self.id, events: self.events.clone(), reply });
-        let info = rx.await.map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished or was aborted meanwhile"))?;
-        self.attached.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        let _ = driver.send(Msg::Attach {
+            conn: self.id,
+            events: self.events.clone(),
+            reply,
+        });
+        let info = rx.await.map_err(|_| {
+            WireError::new(
+                ErrorCode::BadState,
+                "the upload finished or was aborted meanwhile",
+            )
+        })?;
+        self.attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
         Ok(info)
     }
 
     async fn finish(&self, req: u64, raw_id: &str, sha256: &str) -> Result<Frame, WireError> {
-        let digest = Digest::parse(sha256).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
+        let digest = Digest::parse(sha256)
+            .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
         let (id, record) = self.owned(raw_id)?;
         if record.state == RecordState::Complete {
             let stored = record.sha256.clone().unwrap_or_default();
@@ -243,8 +346,13 @@ impl Conn {
         let driver = self.driver(id, record)?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Finish { digest, reply });
-        let published = rx.await.map_err(|_| WireError::new(ErrorCode::BadState, "the upload was aborted meanwhile"))??;
-        self.attached.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let published = rx.await.map_err(|_| {
+            WireError::new(ErrorCode::BadState, "the upload was aborted meanwhile")
+        })??;
+        self.attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         Ok(Frame::Finished {
             req,
             upload_id: id.to_string(),
@@ -257,30 +365,41 @@ impl Conn {
     async fn abort(&self, raw_id: &str) -> Result<(), WireError> {
         let (id, record) = self.owned(raw_id)?;
         if record.state == RecordState::Complete {
-            return Err(WireError::new(ErrorCode::BadState, "the upload is complete; it cannot be aborted"));
+            return Err(WireError::new(
+                ErrorCode::BadState,
+                "the upload is complete; it cannot be aborted",
+            ));
         }
         let driver = self.driver(id, record)?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Abort { reply });
-        rx.await.map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))?
+        rx.await
+            .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))?
     }
 
     fn list(&self) -> Result<Vec<UploadSummary>, WireError> {
         let store = &self.shared.store;
-        let uploads = store.list(&self.owner).map_err(|e| storage(&e, "failed to list uploads"))?;
+        let uploads = store
+            .list(&self.owner)
+            .map_err(|e| storage(&e, "failed to list uploads"))?;
         let mut out = Vec::with_capacity(uploads.len());
         for (id, record) in uploads {
             let durable_bytes = match (record.state, record.layout()) {
                 (RecordState::Complete, _) => record.size,
                 (RecordState::Receiving, Ok(layout)) => {
-                    let set = store.durable_chunks(id, &layout).map_err(|e| storage(&e, "failed to read chunks"))?;
+                    let set = store
+                        .durable_chunks(id, &layout)
+                        .map_err(|e| storage(&e, "failed to read chunks"))?;
                     layout.bytes_in(&set)
                 }
                 (RecordState::Receiving, Err(_)) => 0,
             };
             out.push(UploadSummary {
                 upload_id: id.to_string(),
-                file_name: record.final_name.clone().unwrap_or(record.file_name.clone()),
+                file_name: record
+                    .final_name
+                    .clone()
+                    .unwrap_or(record.file_name.clone()),
                 desc: record.desc,
                 size: record.size,
                 chunk_size: record.chunk_size,
@@ -308,7 +427,11 @@ impl Conn {
         }
     }
 
-    fn driver(&self, id: UploadId, record: UploadRecord) -> Result<mpsc::UnboundedSender<Msg>, WireError> {
+    fn driver(
+        &self,
+        id: UploadId,
+        record: UploadRecord,
+    ) -> Result<mpsc::UnboundedSender<Msg>, WireError> {
         let shared = &self.shared;
         shared
             .registry
@@ -317,7 +440,8 @@ impl Conn {
     }
 
     fn detach_all(&self) {
-        let attached = std::mem::take(&mut *self.attached.lock().unwrap_or_else(|p| p.into_inner()));
+        let attached =
+            std::mem::take(&mut *self.attached.lock().unwrap_or_else(|p| p.into_inner()));
         for id in attached {
             if let Some(driver) = self.shared.registry.get(id) {
                 let _ = driver.send(Msg::Detach { conn: self.id });
@@ -344,17 +468,33 @@ async fn accept_chunk_streams(conn: Arc<Conn>) {
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
 async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     let (upload_id, index, size, sha256) = match read_frame(&mut recv).await {
-        Ok(Some(Frame::Chunk { upload_id, index, size, sha256 })) => (upload_id, index, size, sha256),
+        Ok(Some(Frame::Chunk {
+            upload_id,
+            index,
+            size,
+            sha256,
+        })) => (upload_id, index, size, sha256),
         Ok(None) | Err(ReadError::Gone) => return,
         Ok(Some(other)) => {
-            let message = format!("a chunk stream must start with a chunk frame, not {}", other.kind());
-            let _ = conn.events.send(Frame::Error { req: None, code: ErrorCode::UnexpectedFrame, message });
+            let message = format!(
+                "a chunk stream must start with a chunk frame, not {}",
+                other.kind()
+            );
+            let _ = conn.events.send(Frame::Error {
+                req: None,
+                code: ErrorCode::UnexpectedFrame,
+                message,
+            });
             let _ = recv.stop(VarInt::from_u32(ErrorCode::UnexpectedFrame.quic_code()));
             return;
         }
         Err(e) => {
             if let Some((code, message)) = e.code() {
-                let _ = conn.events.send(Frame::Error { req: None, code, message });
+                let _ = conn.events.send(Frame::Error {
+                    req: None,
+                    code,
+                    message,
+                });
                 let _ = recv.stop(VarInt::from_u32(code.quic_code()));
             }
             return;
@@ -372,7 +512,15 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
             let _ = recv.stop(VarInt::from_u32(0));
             return;
         }
-        (driver, Verdict::Receive { index, span, file, takeover }) => (driver, index, span, file, takeover),
+        (
+            driver,
+            Verdict::Receive {
+                index,
+                span,
+                file,
+                takeover,
+            },
+        ) => (driver, index, span, file, takeover),
     };
 
     let mut hasher = Sha256::new();
@@ -393,8 +541,15 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
             match read {
                 Ok(Some(n)) => filled += n,
                 Ok(None) => {
-                    let message = format!("chunk {index} ended after {} of {} bytes", done + filled as u64, span.len);
-                    let _ = driver.send(Msg::Failed { index, error: WireError::new(ErrorCode::ShortPayload, message) });
+                    let message = format!(
+                        "chunk {index} ended after {} of {} bytes",
+                        done + filled as u64,
+                        span.len
+                    );
+                    let _ = driver.send(Msg::Failed {
+                        index,
+                        error: WireError::new(ErrorCode::ShortPayload, message),
+                    });
                     return;
                 }
                 Err(_) => {
@@ -417,13 +572,19 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         (hasher, buf, written) = match result {
             Ok(parts) => parts,
             Err(e) => {
-                let _ = driver.send(Msg::Failed { index, error: internal(e.to_string()) });
+                let _ = driver.send(Msg::Failed {
+                    index,
+                    error: internal(e.to_string()),
+                });
                 return;
             }
         };
         if let Err(e) = written {
             let _ = recv.stop(VarInt::from_u32(ErrorCode::StorageError.quic_code()));
-            let _ = driver.send(Msg::Failed { index, error: WireError::storage(&e, "failed to write the chunk") });
+            let _ = driver.send(Msg::Failed {
+                index,
+                error: WireError::storage(&e, "failed to write the chunk"),
+            });
             return;
         }
         done += want as u64;
@@ -431,12 +592,18 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     // The payload must end exactly here.
     match recv.read(&mut [0u8; 1]).await {
         Ok(None) => {
-            let _ = driver.send(Msg::Payload { index, digest: hasher.into() });
+            let _ = driver.send(Msg::Payload {
+                index,
+                digest: hasher.into(),
+            });
         }
         Ok(Some(_)) => {
             let _ = recv.stop(VarInt::from_u32(ErrorCode::LongPayload.quic_code()));
             let message = format!("chunk {index} carried more than its {} bytes", span.len);
-            let _ = driver.send(Msg::Failed { index, error: WireError::new(ErrorCode::LongPayload, message) });
+            let _ = driver.send(Msg::Failed {
+                index,
+                error: WireError::new(ErrorCode::LongPayload, message),
+            });
         }
         Err(_) => {
             let _ = driver.send(Msg::Abandoned { index });
@@ -452,18 +619,36 @@ async fn header_verdict(
     size: u64,
     sha256: &str,
 ) -> Result<(mpsc::UnboundedSender<Msg>, Verdict), WireError> {
-    let sha256 = Digest::parse(sha256).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
+    let sha256 =
+        Digest::parse(sha256).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
     // Someone else's upload is reported exactly like a missing one.
     let (id, _) = conn.owned(upload_id)?;
-    let attached = conn.attached.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
+    let attached = conn
+        .attached
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id);
     let driver = conn.shared.registry.get(id).filter(|_| attached);
     let Some(driver) = driver else {
-        return Err(WireError::new(ErrorCode::NotAttached, "send create or resume for this upload first"));
+        return Err(WireError::new(
+            ErrorCode::NotAttached,
+            "send create or resume for this upload first",
+        ));
     };
     let (reply, rx) = oneshot::channel();
-    let header = ChunkHeader { index, size, sha256 };
-    let _ = driver.send(Msg::Header { conn: conn.id, header, reply });
-    let verdict = rx.await.map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished or was aborted"))??;
+    let header = ChunkHeader {
+        index,
+        size,
+        sha256,
+    };
+    let _ = driver.send(Msg::Header {
+        conn: conn.id,
+        header,
+        reply,
+    });
+    let verdict = rx
+        .await
+        .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished or was aborted"))??;
     Ok((driver, verdict))
 }
 

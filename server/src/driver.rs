@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Accept, ChunkHeader, ChunkIndex, CommitBatch, CommitPolicy, Digest, ErrorCode, Frame, Output, Span, UploadInfo,
-    UploadSession,
+    Accept, ChunkHeader, ChunkIndex, CommitBatch, CommitPolicy, Digest, ErrorCode, Frame, Output,
+    Span, UploadInfo, UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,12 +30,19 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Maps an I/O failure on the server's disk to the code a client can act on.
     pub fn storage(err: &std::io::Error, what: &str) -> Self {
-        let code = if err.raw_os_error() == Some(libc::ENOSPC) { ErrorCode::StorageFull } else { ErrorCode::StorageError };
+        let code = if err.raw_os_error() == Some(libc::ENOSPC) {
+            ErrorCode::StorageFull
+        } else {
+            ErrorCode::StorageError
+        };
         Self::new(code, format!("{what}: {err}"))
     }
 }
@@ -45,7 +52,12 @@ pub enum Verdict {
     /// Read the payload into `file` at `span`, then report `Payload` (or `Failed`/`Abandoned`).
     /// Stop reading and report `Abandoned` as soon as `takeover` changes: another connection
     /// now drives the upload and may re-send this very chunk.
-    Receive { index: ChunkIndex, span: Span, file: Arc<File>, takeover: watch::Receiver<u64> },
+    Receive {
+        index: ChunkIndex,
+        span: Span,
+        file: Arc<File>,
+        takeover: watch::Receiver<u64>,
+    },
     /// Drop the stream: the chunk is durable or received already.
     Skip,
 }
@@ -58,28 +70,57 @@ pub struct Published {
 }
 
 pub enum Msg {
-    Attach { conn: u64, events: Events, reply: oneshot::Sender<UploadInfo> },
-    Detach { conn: u64 },
-    Header { conn: u64, header: ChunkHeader, reply: oneshot::Sender<Result<Verdict, WireError>> },
-    Payload { index: ChunkIndex, digest: Digest },
-    Abandoned { index: ChunkIndex },
-    Failed { index: ChunkIndex, error: WireError },
-    Finish { digest: Digest, reply: oneshot::Sender<Result<Published, WireError>> },
-    Abort { reply: oneshot::Sender<Result<(), WireError>> },
+    Attach {
+        conn: u64,
+        events: Events,
+        reply: oneshot::Sender<UploadInfo>,
+    },
+    Detach {
+        conn: u64,
+    },
+    Header {
+        conn: u64,
+        header: ChunkHeader,
+        reply: oneshot::Sender<Result<Verdict, WireError>>,
+    },
+    Payload {
+        index: ChunkIndex,
+        digest: Digest,
+    },
+    Abandoned {
+        index: ChunkIndex,
+    },
+    Failed {
+        index: ChunkIndex,
+        error: WireError,
+    },
+    Finish {
+        digest: Digest,
+        reply: oneshot::Sender<Result<Published, WireError>>,
+    },
+    Abort {
+        reply: oneshot::Sender<Result<(), WireError>>,
+    },
     Shutdown,
 }
+
+/// A running driver: its mailbox and its task.
+type Running = (mpsc::UnboundedSender<Msg>, JoinHandle<()>);
 
 /// The drivers of this server, by upload id.
 #[derive(Default)]
 pub struct Registry {
-    drivers: Mutex<HashMap<UploadId, (mpsc::UnboundedSender<Msg>, JoinHandle<()>)>>,
+    drivers: Mutex<HashMap<UploadId, Running>>,
 }
 
 impl Registry {
     /// The running driver of `id`, if any.
     pub fn get(&self, id: UploadId) -> Option<mpsc::UnboundedSender<Msg>> {
         let drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
-        drivers.get(&id).filter(|(tx, _)| !tx.is_closed()).map(|(tx, _)| tx.clone())
+        drivers
+            .get(&id)
+            .filter(|(tx, _)| !tx.is_closed())
+            .map(|(tx, _)| tx.clone())
     }
 
     /// The driver of `id`, started if needed from the stored record. The caller has checked
@@ -115,7 +156,11 @@ impl Registry {
         let handle = tokio::spawn(
             async move {
                 driver.run().await;
-                registry.drivers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                registry
+                    .drivers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
             }
             .instrument(span),
         );
@@ -174,7 +219,12 @@ impl Driver {
         loop {
             if commit.is_none() {
                 if let Some(batch) = self.session.poll_commit(Instant::now()) {
-                    commit = Some(tokio::spawn(persist(self.store.clone(), self.file.clone(), self.id, batch)));
+                    commit = Some(tokio::spawn(persist(
+                        self.store.clone(),
+                        self.file.clone(),
+                        self.id,
+                        batch,
+                    )));
                 }
             }
             self.forward_outputs();
@@ -207,13 +257,19 @@ impl Driver {
                 warn!(code = %e.code, error = %e.message, "commit failed");
                 self.session.handle_persist_failed(e.code, &e.message);
             }
-            Err(e) => self.session.handle_persist_failed(ErrorCode::Internal, &e.to_string()),
+            Err(e) => self
+                .session
+                .handle_persist_failed(ErrorCode::Internal, &e.to_string()),
         }
     }
 
     async fn handle(&mut self, msg: Msg) -> Step {
         match msg {
-            Msg::Attach { conn, events, reply } => {
+            Msg::Attach {
+                conn,
+                events,
+                reply,
+            } => {
                 if let Some((old, old_events)) = self.attached.take() {
                     if old != conn {
                         info!(old, new = conn, "upload taken over by a new connection");
@@ -233,22 +289,36 @@ impl Driver {
                     self.attached = None;
                 }
             }
-            Msg::Header { conn, header, reply } => {
+            Msg::Header {
+                conn,
+                header,
+                reply,
+            } => {
                 let verdict = if self.attached.as_ref().is_some_and(|(c, _)| *c == conn) {
                     match self.session.handle_header(&header) {
                         Ok(Accept::Receive { index, span }) => {
                             let takeover = self.takeovers.subscribe();
-                            Ok(Verdict::Receive { index, span, file: self.file.clone(), takeover })
+                            Ok(Verdict::Receive {
+                                index,
+                                span,
+                                file: self.file.clone(),
+                                takeover,
+                            })
                         }
                         Ok(Accept::AlreadyDurable | Accept::AlreadyReceived) => Ok(Verdict::Skip),
                         Err(e) => Err(WireError::new(e.code(), e.to_string())),
                     }
                 } else {
-                    Err(WireError::new(ErrorCode::TakenOver, "this connection no longer drives the upload"))
+                    Err(WireError::new(
+                        ErrorCode::TakenOver,
+                        "this connection no longer drives the upload",
+                    ))
                 };
                 let _ = reply.send(verdict);
             }
-            Msg::Payload { index, digest } => self.session.handle_payload(index, digest, Instant::now()),
+            Msg::Payload { index, digest } => {
+                self.session.handle_payload(index, digest, Instant::now())
+            }
             Msg::Abandoned { index } => self.session.handle_abandoned(index),
             Msg::Failed { index, error } => {
                 self.session.handle_abandoned(index);
@@ -271,7 +341,10 @@ impl Driver {
                         return Step::Stop;
                     }
                     Ok(Err(e)) => {
-                        let _ = reply.send(Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))));
+                        let _ = reply.send(Err(WireError::new(
+                            ErrorCode::StorageError,
+                            format!("{e:#}"),
+                        )));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(WireError::new(ErrorCode::Internal, e.to_string())));
@@ -283,25 +356,38 @@ impl Driver {
         Step::Continue
     }
 
-    async fn finish(&mut self, digest: Digest, reply: oneshot::Sender<Result<Published, WireError>>) -> Step {
+    async fn finish(
+        &mut self,
+        digest: Digest,
+        reply: oneshot::Sender<Result<Published, WireError>>,
+    ) -> Step {
         if let Err(e) = self.session.handle_finish() {
             let _ = reply.send(Err(WireError::new(e.code(), e.to_string())));
             return Step::Continue;
         }
         let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
-            let actual = store.hash_staging(id)?;
-            if actual != digest {
-                return Ok(Err(actual));
-            }
-            Ok(Ok(store.publish(id, &record, digest)?))
-        })
-        .await;
+        let result =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
+                let actual = store.hash_staging(id)?;
+                if actual != digest {
+                    return Ok(Err(actual));
+                }
+                Ok(Ok(store.publish(id, &record, digest)?))
+            })
+            .await;
         let outcome = match result {
             Ok(Ok(Ok(file_name))) => {
-                info!(file_name, elapsed_ms = started.elapsed().as_millis() as u64, "published");
-                Ok(Published { file_name, size: self.record.size, sha256: digest })
+                info!(
+                    file_name,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "published"
+                );
+                Ok(Published {
+                    file_name,
+                    size: self.record.size,
+                    sha256: digest,
+                })
             }
             Ok(Ok(Err(actual))) => Err(WireError::new(
                 ErrorCode::FileDigestMismatch,
@@ -337,10 +423,22 @@ impl Driver {
     fn forward_outputs(&mut self) {
         while let Some(output) = self.session.poll_output() {
             let frame = match output {
-                Output::Ack(set) => Frame::Ack { upload_id: self.id.to_string(), chunks: set.to_wire() },
-                Output::Reject { index, code, message } => {
+                Output::Ack(set) => Frame::Ack {
+                    upload_id: self.id.to_string(),
+                    chunks: set.to_wire(),
+                },
+                Output::Reject {
+                    index,
+                    code,
+                    message,
+                } => {
                     warn!(index, code = %code, "rejected chunk");
-                    Frame::Reject { upload_id: self.id.to_string(), index, code, message }
+                    Frame::Reject {
+                        upload_id: self.id.to_string(),
+                        index,
+                        code,
+                        message,
+                    }
                 }
             };
             self.send(frame);
@@ -369,15 +467,26 @@ impl Driver {
 
 /// The durability rule: data synced, then the records, then the flush. Only after this
 /// returns `Ok` may the chunks be acknowledged.
-async fn persist(store: Arc<Store>, file: Arc<File>, id: UploadId, batch: CommitBatch) -> Result<(), WireError> {
+async fn persist(
+    store: Arc<Store>,
+    file: Arc<File>,
+    id: UploadId,
+    batch: CommitBatch,
+) -> Result<(), WireError> {
     tokio::task::spawn_blocking(move || file.sync_data())
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(|e| WireError::storage(&e, "failed to sync the staging file"))?;
+    store.record_chunks(id, &batch.chunks).map_err(|e| {
+        WireError::new(
+            ErrorCode::StorageError,
+            format!("failed to record chunks: {e:#}"),
+        )
+    })?;
     store
-        .record_chunks(id, &batch.chunks)
-        .map_err(|e| WireError::new(ErrorCode::StorageError, format!("failed to record chunks: {e:#}")))?;
-    store.flush().await.map_err(|e| WireError::new(ErrorCode::StorageError, format!("{e:#}")))?;
+        .flush()
+        .await
+        .map_err(|e| WireError::new(ErrorCode::StorageError, format!("{e:#}")))?;
     debug!(chunks = batch.chunks.len(), "committed");
     Ok(())
 }

@@ -21,9 +21,17 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     let result = (|| -> std::io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;

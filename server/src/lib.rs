@@ -96,14 +96,19 @@ impl Server {
     /// and binds the UDP socket. Blocks while re-verifying chunks after an unclean stop.
     pub fn bind(config: Config) -> Result<Self> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create data directory {}", dir.display()))?;
-        let (store, report) = Store::open(dir).with_context(|| format!("failed to open data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        let (store, report) = Store::open(dir)
+            .with_context(|| format!("failed to open data directory {}", dir.display()))?;
         let identity = match &config.cert {
             Some((cert, key)) => tls::Identity::load(cert, key)?,
             None => {
                 let (identity, generated) = tls::Identity::load_or_generate(dir, config.listen)?;
                 if generated {
-                    info!(fingerprint = identity.fingerprint(), "generated a self-signed certificate");
+                    info!(
+                        fingerprint = identity.fingerprint(),
+                        "generated a self-signed certificate"
+                    );
                 }
                 identity
             }
@@ -114,17 +119,29 @@ impl Server {
         server_config.transport_config(Arc::new(transport::server(&config)?));
         let (reset_key, cid_key) = tls::reset_keys(dir)?;
         let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
-        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = transport::bind_udp(config.listen)?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
-            .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
         let shared = Arc::new(Shared {
             tokens: Tokens::new(dir),
             store: Arc::new(store),
             registry: Default::default(),
             config,
         });
-        Ok(Self { endpoint, shared, fingerprint, report })
+        Ok(Self {
+            endpoint,
+            shared,
+            fingerprint,
+            report,
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -156,11 +173,17 @@ impl Server {
             }
         }
         info!("shutting down");
-        self.endpoint.close(VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()), b"server shutting down");
+        self.endpoint.close(
+            VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),
+            b"server shutting down",
+        );
         self.shared.registry.shutdown(Duration::from_secs(30)).await;
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.mark_clean()).await??;
-        if tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
             warn!("connections did not close in time");
         }
         info!("stopped cleanly");

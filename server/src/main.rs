@@ -8,7 +8,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferryd", version, about = "Ferry server: resumable chunked uploads over QUIC")]
+#[command(
+    name = "ferryd",
+    version,
+    about = "Ferry server: resumable chunked uploads over QUIC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,12 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
-        #[arg(long, default_value = "./ferry-data", env = "FERRYD_DATA", global = true)]
+        #[arg(
+            long,
+            default_value = "./ferry-data",
+            env = "FERRYD_DATA",
+            global = true
+        )]
         data: PathBuf,
     },
 }
@@ -62,7 +71,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn,sled=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,sled=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -77,7 +87,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen, data, idle_timeout, cert, key } => {
+        Command::Serve {
+            listen,
+            data,
+            idle_timeout,
+            cert,
+            key,
+        } => {
             let mut config = ferry_server::Config::new(data, listen);
             config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
             config.cert = cert.zip(key);
@@ -86,9 +102,17 @@ fn run(cli: Cli) -> Result<()> {
                 let server = ferry_server::Server::bind(config)?;
                 let report = server.open_report();
                 if !report.clean {
-                    tracing::warn!(verified = report.verified, forgotten = report.forgotten, "recovered from an unclean stop");
+                    tracing::warn!(
+                        verified = report.verified,
+                        forgotten = report.forgotten,
+                        "recovered from an unclean stop"
+                    );
                 }
-                eprintln!("ferryd: listening on {} (certificate {})", server.local_addr()?, server.fingerprint());
+                eprintln!(
+                    "ferryd: listening on {} (certificate {})",
+                    server.local_addr()?,
+                    server.fingerprint()
+                );
                 server.run(shutdown_signal()).await
             })
         }

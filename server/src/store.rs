@@ -36,8 +36,11 @@ impl UploadId {
     /// Parses the wire form; `None` for anything but 32 lowercase hex characters.
     pub fn parse(text: &str) -> Option<Self> {
         let mut bytes = [0u8; 16];
-        let lower = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        (text.len() == 32 && lower && hex::decode_to_slice(text, &mut bytes).is_ok()).then_some(Self(bytes))
+        let lower = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (text.len() == 32 && lower && hex::decode_to_slice(text, &mut bytes).is_ok())
+            .then_some(Self(bytes))
     }
 
     fn chunk_key(self, index: u64) -> [u8; 24] {
@@ -117,7 +120,8 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<(Self, OpenReport)> {
         for sub in ["staging", "files"] {
             let dir = data_dir.join(sub);
-            fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
         }
         let db_path = data_dir.join("db");
         let db = sled::Config::new()
@@ -133,7 +137,11 @@ impl Store {
             db,
         };
         let clean = schema_before == 0 || store.meta.get(CLEAN)?.is_some_and(|v| v.as_ref() == [1]);
-        let mut report = OpenReport { schema_before, clean, ..Default::default() };
+        let mut report = OpenReport {
+            schema_before,
+            clean,
+            ..Default::default()
+        };
         if !clean {
             let (verified, forgotten) = store.verify_all()?;
             report.verified = verified;
@@ -168,7 +176,8 @@ impl Store {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("failed to create {}", path.display()))?;
-        file.set_len(record.size).with_context(|| format!("failed to size {}", path.display()))?;
+        file.set_len(record.size)
+            .with_context(|| format!("failed to size {}", path.display()))?;
         sync_dir(path.parent().unwrap_or(&self.data_dir))?;
         self.put_record(id, record)?;
         self.db.flush()?;
@@ -194,7 +203,11 @@ impl Store {
         let mut set = ChunkSet::new();
         for entry in self.chunks.scan_prefix(id.0) {
             let (key, value) = entry?;
-            let Some(index) = key.get(16..24).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+            let Some(index) = key
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
                 continue;
             };
             if index < layout.count() && value.len() == 32 {
@@ -220,7 +233,10 @@ impl Store {
 
     /// Makes every record written so far durable (as durable as sled 0.34 makes it).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.context("failed to flush the database")?;
+        self.db
+            .flush_async()
+            .await
+            .context("failed to flush the database")?;
         Ok(())
     }
 
@@ -229,7 +245,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.uploads.iter() {
             let (key, _) = entry?;
-            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else { continue };
+            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
+                continue;
+            };
             let id = UploadId(bytes);
             if let Some(record) = self.record(id)? {
                 if record.owner == owner {
@@ -244,9 +262,11 @@ impl Store {
     /// Hashes the whole staging file.
     pub fn hash_staging(&self, id: UploadId) -> Result<Digest> {
         let path = self.staging_path(id);
-        let mut file = File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+        let mut file =
+            File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
         let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).with_context(|| format!("failed to read {}", path.display()))?;
+        std::io::copy(&mut file, &mut hasher)
+            .with_context(|| format!("failed to read {}", path.display()))?;
         Ok(hasher.into())
     }
 
@@ -261,7 +281,11 @@ impl Store {
         fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
         let mut final_name = None;
         for n in 0..10_000 {
-            let name = if n == 0 { record.file_name.clone() } else { ferry_proto::name::numbered(&record.file_name, n) };
+            let name = if n == 0 {
+                record.file_name.clone()
+            } else {
+                ferry_proto::name::numbered(&record.file_name, n)
+            };
             // A hard link fails instead of replacing an existing file, unlike rename.
             match fs::hard_link(&staging, dir.join(&name)) {
                 Ok(()) => {
@@ -269,10 +293,14 @@ impl Store {
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("failed to publish into {}", dir.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("failed to publish into {}", dir.display()))
+                }
             }
         }
-        let final_name = final_name.with_context(|| format!("10 000 files named like {:?} exist", record.file_name))?;
+        let final_name = final_name
+            .with_context(|| format!("10 000 files named like {:?} exist", record.file_name))?;
         sync_dir(&dir)?;
         let mut done = record.clone();
         done.state = RecordState::Complete;
@@ -282,7 +310,8 @@ impl Store {
         self.put_record(id, &done)?;
         self.remove_chunk_records(id)?;
         self.db.flush()?;
-        fs::remove_file(&staging).with_context(|| format!("failed to remove {}", staging.display()))?;
+        fs::remove_file(&staging)
+            .with_context(|| format!("failed to remove {}", staging.display()))?;
         sync_dir(staging.parent().unwrap_or(&self.data_dir))?;
         Ok(final_name)
     }
@@ -293,7 +322,9 @@ impl Store {
         self.uploads.remove(id.0)?;
         self.db.flush()?;
         match fs::remove_file(self.staging_path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("failed to remove the staging file"),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("failed to remove the staging file")
+            }
             _ => Ok(()),
         }
     }
@@ -319,7 +350,11 @@ impl Store {
             .uploads
             .iter()
             .keys()
-            .filter_map(|k| k.ok().and_then(|k| <[u8; 16]>::try_from(k.as_ref()).ok()).map(UploadId))
+            .filter_map(|k| {
+                k.ok()
+                    .and_then(|k| <[u8; 16]>::try_from(k.as_ref()).ok())
+                    .map(UploadId)
+            })
             .collect();
         for id in ids {
             let Some(record) = self.record(id)? else {
@@ -345,7 +380,8 @@ impl Store {
                     .is_some_and(|(index, file)| {
                         let span = layout.span(index);
                         buf.resize(span.len as usize, 0);
-                        file.read_exact_at(&mut buf, span.offset).is_ok() && Digest::of(&buf).as_bytes()[..] == value[..]
+                        file.read_exact_at(&mut buf, span.offset).is_ok()
+                            && Digest::of(&buf).as_bytes()[..] == value[..]
                     });
                 if !good {
                     bad.push(key);
@@ -358,11 +394,16 @@ impl Store {
             }
         }
         self.db.flush()?;
-        info!(verified, forgotten, "re-verified durable chunks after an unclean stop");
+        info!(
+            verified,
+            forgotten, "re-verified durable chunks after an unclean stop"
+        );
         Ok((verified, forgotten))
     }
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

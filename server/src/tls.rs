@@ -26,7 +26,8 @@ impl Identity {
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         let generated = !cert_path.exists();
         if generated {
-            fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
             let mut names = vec!["localhost".to_owned()];
             if let Ok(host) = gethostname::gethostname().into_string() {
                 if !host.is_empty() && host != "localhost" {
@@ -36,8 +37,12 @@ impl Identity {
             if !listen.ip().is_unspecified() {
                 names.push(listen.ip().to_string());
             }
-            let certified = rcgen::generate_simple_self_signed(names).context("failed to generate a certificate")?;
-            crate::fsutil::write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+            let certified = rcgen::generate_simple_self_signed(names)
+                .context("failed to generate a certificate")?;
+            crate::fsutil::write_private(
+                &key_path,
+                certified.signing_key.serialize_pem().as_bytes(),
+            )?;
             crate::fsutil::write_atomic(&cert_path, certified.cert.pem().as_bytes())?;
         }
         Ok((Self::load(&cert_path, &key_path)?, generated))
@@ -48,7 +53,11 @@ impl Identity {
         let certs = CertificateDer::pem_file_iter(cert_path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .with_context(|| format!("failed to read certificate {}", cert_path.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert_path.display());
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "no certificate in {}",
+            cert_path.display()
+        );
         let key = PrivateKeyDer::from_pem_file(key_path)
             .with_context(|| format!("failed to read private key {}", key_path.display()))?;
         Ok(Self { certs, key })
@@ -68,8 +77,12 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// The fingerprint of the certificate in `DATA/tls/cert.pem`, without generating one.
 pub fn stored_fingerprint(data_dir: &Path) -> Result<String> {
     let path = data_dir.join("tls").join("cert.pem");
-    let cert = CertificateDer::from_pem_file(&path)
-        .with_context(|| format!("failed to read certificate {} (has `ferryd serve` run once?)", path.display()))?;
+    let cert = CertificateDer::from_pem_file(&path).with_context(|| {
+        format!(
+            "failed to read certificate {} (has `ferryd serve` run once?)",
+            path.display()
+        )
+    })?;
     Ok(fingerprint(&cert))
 }
 
@@ -88,9 +101,19 @@ pub fn reset_keys(data_dir: &Path) -> Result<(Arc<ring::hmac::Key>, u64)> {
             bytes
         }
     };
-    let cid_key = Sha256::new().chain_update(b"ferry connection ids").chain_update(&secret).finalize();
-    let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
-    Ok((Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)), cid_key))
+    let cid_key = Sha256::new()
+        .chain_update(b"ferry connection ids")
+        .chain_update(&secret)
+        .finalize();
+    let cid_key = u64::from_le_bytes(
+        cid_key[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 8 bytes"),
+    );
+    Ok((
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)),
+        cid_key,
+    ))
 }
 
 /// rustls server configuration: TLS 1.3 only, ring, ALPN `ferry/1`.
@@ -103,5 +126,6 @@ pub fn server_crypto(identity: Identity) -> Result<quinn::crypto::rustls::QuicSe
         .with_single_cert(identity.certs, identity.key)
         .context("the certificate and key do not fit together")?;
     config.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
-    quinn::crypto::rustls::QuicServerConfig::try_from(config).context("TLS configuration unusable for QUIC")
+    quinn::crypto::rustls::QuicServerConfig::try_from(config)
+        .context("TLS configuration unusable for QUIC")
 }

@@ -23,7 +23,9 @@ pub struct Entry {
 
 impl Tokens {
     pub fn new(data_dir: &Path) -> Self {
-        Self { path: data_dir.join("tokens") }
+        Self {
+            path: data_dir.join("tokens"),
+        }
     }
 
     /// Every entry, in file order. A missing file means no tokens.
@@ -31,18 +33,31 @@ impl Tokens {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("failed to read {}", self.path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to read {}", self.path.display()))
+            }
         };
         let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let parsed = line.split_once(' ').and_then(|(name, hex_hash)| {
                 let mut hash = [0u8; 32];
                 hex::decode_to_slice(hex_hash.trim(), &mut hash).ok()?;
-                Some(Entry { name: name.to_owned(), hash })
+                Some(Entry {
+                    name: name.to_owned(),
+                    hash,
+                })
             });
             match parsed {
                 Some(entry) => entries.push(entry),
-                None => bail!("{} line {}: expected `NAME SHA256HEX`", self.path.display(), n + 1),
+                None => bail!(
+                    "{} line {}: expected `NAME SHA256HEX`",
+                    self.path.display(),
+                    n + 1
+                ),
             }
         }
         Ok(entries)
@@ -59,7 +74,10 @@ impl Tokens {
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let token = format!("fy_{}", hex::encode(secret));
-        entries.push(Entry { name: name.to_owned(), hash: Sha256::digest(token.as_bytes()).into() });
+        entries.push(Entry {
+            name: name.to_owned(),
+            hash: Sha256::digest(token.as_bytes()).into(),
+        });
         self.save(&entries)?;
         Ok(token)
     }
@@ -88,7 +106,10 @@ impl Tokens {
     }
 
     fn save(&self, entries: &[Entry]) -> Result<()> {
-        let text: String = entries.iter().map(|e| format!("{} {}\n", e.name, hex::encode(e.hash))).collect();
+        let text: String = entries
+            .iter()
+            .map(|e| format!("{} {}\n", e.name, hex::encode(e.hash)))
+            .collect();
         crate::fsutil::write_private(&self.path, text.as_bytes())
     }
 }
@@ -98,7 +119,9 @@ fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         bail!("token name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with a dot");
     }
@@ -118,7 +141,12 @@ mod tests {
         assert_ne!(alice, bob);
         assert_eq!(tokens.verify(&alice).unwrap().as_deref(), Some("alice"));
         assert_eq!(tokens.verify("fy_nonsense").unwrap(), None);
-        assert!(!fs::read_to_string(dir.path().join("tokens")).unwrap().contains(&alice), "only hashes are stored");
+        assert!(
+            !fs::read_to_string(dir.path().join("tokens"))
+                .unwrap()
+                .contains(&alice),
+            "only hashes are stored"
+        );
         assert!(tokens.add("alice").is_err());
         tokens.revoke("alice").unwrap();
         assert_eq!(tokens.verify(&alice).unwrap(), None);

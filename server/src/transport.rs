@@ -14,14 +14,21 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 pub fn server(config: &crate::Config) -> Result<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.max_concurrent_uni_streams(VarInt::from_u64(config.max_streams).context("max_streams too large")?);
+    t.max_concurrent_uni_streams(
+        VarInt::from_u64(config.max_streams).context("max_streams too large")?,
+    );
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
     // One stream may have up to 8 MiB unread; the whole connection 32 MiB. That is the most a
     // client can make the server buffer, whatever the file size.
     t.stream_receive_window(VarInt::from_u32(8 << 20));
     t.receive_window(VarInt::from_u32(32 << 20));
     t.send_window(4 << 20);
-    t.max_idle_timeout(Some(config.idle_timeout.try_into().context("idle timeout too large")?));
+    t.max_idle_timeout(Some(
+        config
+            .idle_timeout
+            .try_into()
+            .context("idle timeout too large")?,
+    ));
     t.keep_alive_interval(Some(Duration::from_secs(5).min(config.idle_timeout / 3)));
     Ok(t)
 }

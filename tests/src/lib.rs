@@ -29,7 +29,11 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let tokens = ferry_server::Tokens::new(dir.path());
         let (alice, bob) = (tokens.add("alice").unwrap(), tokens.add("bob").unwrap());
-        let mut server = Self::start_in(dir, ferry_server::Config::new(PathBuf::new(), "127.0.0.1:0".parse().unwrap())).await;
+        let mut server = Self::start_in(
+            dir,
+            ferry_server::Config::new(PathBuf::new(), "127.0.0.1:0".parse().unwrap()),
+        )
+        .await;
         server.alice = alice;
         server.bob = bob;
         server
@@ -45,7 +49,15 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Self { addr, fingerprint, dir, alice: String::new(), bob: String::new(), stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            fingerprint,
+            dir,
+            alice: String::new(),
+            bob: String::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn data(&self) -> &Path {
@@ -83,7 +95,9 @@ impl TestServer {
                 .expect("server task")
                 .expect("server run");
         }
-        tempfile::tempdir().map(|empty| std::mem::replace(&mut self.dir, empty)).unwrap()
+        tempfile::tempdir()
+            .map(|empty| std::mem::replace(&mut self.dir, empty))
+            .unwrap()
     }
 
     /// The path of a published file.
@@ -109,7 +123,8 @@ pub fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
 }
 
 pub fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).unwrap();
     hex::encode(hasher.finalize())
@@ -118,17 +133,35 @@ pub fn sha256_file(path: &Path) -> String {
 /// Asserts two files have identical bytes.
 pub fn assert_same_file(a: &Path, b: &Path) {
     let (da, db) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert_eq!(da.len(), db.len(), "{} and {} differ in size", a.display(), b.display());
-    assert!(da == db, "{} and {} differ in content", a.display(), b.display());
+    assert_eq!(
+        da.len(),
+        db.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    assert!(
+        da == db,
+        "{} and {} differ in content",
+        a.display(),
+        b.display()
+    );
 }
 
 /// A built binary of the workspace (`cargo build --bins` puts them next to the test's
 /// `deps/` directory).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` before the tests", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
     path
 }
 
@@ -144,7 +177,11 @@ impl ServerProcess {
     /// Starts `ferryd serve` on `listen` (port 0 picks one) and waits for its "listening" line.
     pub fn start(data: &Path, listen: &str) -> Self {
         let log = data.with_extension(format!("log{}", std::process::id()));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(binary("ferryd"))
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
@@ -164,10 +201,20 @@ impl ServerProcess {
                 }
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("ferryd prints its address within 60 s");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ferryd prints its address within 60 s");
         let (addr, rest) = line.split_once(' ').unwrap();
-        let fingerprint = rest.trim_start_matches("(certificate ").trim_end_matches(')').to_owned();
-        Self { child, addr: addr.parse().unwrap(), fingerprint, log }
+        let fingerprint = rest
+            .trim_start_matches("(certificate ")
+            .trim_end_matches(')')
+            .to_owned();
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+            fingerprint,
+            log,
+        }
     }
 
     /// SIGKILL, then reap.
@@ -178,7 +225,10 @@ impl ServerProcess {
 
     /// SIGTERM by PID, then wait (bounded) for a clean exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         wait_child(&mut self.child, Duration::from_secs(40)).and_then(|s| s.code())
     }
 }

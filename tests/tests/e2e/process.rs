@@ -10,21 +10,53 @@ const CHUNK: u64 = 1 << 20;
 const PARALLEL: u64 = 8;
 
 fn token(data: &std::path::Path) -> String {
-    let out = Command::new(binary("ferryd")).args(["token", "add", "alice", "--data"]).arg(data).output().unwrap();
-    assert!(out.status.success(), "token add: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary("ferryd"))
+        .args(["token", "add", "alice", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "token add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn upload_command(server: &ServerProcess, token: &str, state: &std::path::Path, file: &std::path::Path, rate: &str) -> Command {
+fn upload_command(
+    server: &ServerProcess,
+    token: &str,
+    state: &std::path::Path,
+    file: &std::path::Path,
+    rate: &str,
+) -> Command {
     let mut cmd = Command::new(binary("ferry"));
-    cmd.args(["--server", &server.addr.to_string(), "--token", token, "--fingerprint", &server.fingerprint])
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--idle-timeout", "5", "--reconnect-for", "60", "upload", "--json", "--chunk-size", "1MiB", "--parallel", "8"])
-        .args(["--limit-rate", rate])
-        .arg(file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--server",
+        &server.addr.to_string(),
+        "--token",
+        token,
+        "--fingerprint",
+        &server.fingerprint,
+    ])
+    .arg("--state-dir")
+    .arg(state)
+    .args([
+        "--idle-timeout",
+        "5",
+        "--reconnect-for",
+        "60",
+        "upload",
+        "--json",
+        "--chunk-size",
+        "1MiB",
+        "--parallel",
+        "8",
+    ])
+    .args(["--limit-rate", rate])
+    .arg(file)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     cmd
 }
 
@@ -37,15 +69,23 @@ async fn durable(server: &ServerProcess, token: &str, state: &std::path::Path) -
         known_servers: state.join("known"),
         idle_timeout: Duration::from_secs(5),
     };
-    let mut client = ferry_client::Client::new(ferry_client::Options::new(target, state.join("probe"))).unwrap();
-    let listed = client.list().await.map(|l| l.first().map_or(0, |u| u.durable_bytes)).unwrap_or(0);
+    let mut client =
+        ferry_client::Client::new(ferry_client::Options::new(target, state.join("probe"))).unwrap();
+    let listed = client
+        .list()
+        .await
+        .map(|l| l.first().map_or(0, |u| u.durable_bytes))
+        .unwrap_or(0);
     client.close();
     listed
 }
 
 fn json_report(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
-    let line = text.lines().last().unwrap_or_else(|| panic!("no JSON line in {text:?}"));
+    let line = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no JSON line in {text:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
 }
 
@@ -59,8 +99,13 @@ async fn kill_9_client_then_rerun_resumes() {
     let source = random_file(work.path(), "video.mp4", SIZE, 30);
     let state = work.path().join("state");
 
-    let mut first = upload_command(&server, &token, &state, &source, "24M").spawn().unwrap();
-    let reached = eventually(Duration::from_secs(60), async || durable(&server, &token, &state).await >= SIZE as u64 / 3).await;
+    let mut first = upload_command(&server, &token, &state, &source, "24M")
+        .spawn()
+        .unwrap();
+    let reached = eventually(Duration::from_secs(60), async || {
+        durable(&server, &token, &state).await >= SIZE as u64 / 3
+    })
+    .await;
     assert!(reached, "a third acknowledged within 60 s");
     let _ = first.kill();
     let _ = first.wait();
@@ -68,15 +113,24 @@ async fn kill_9_client_then_rerun_resumes() {
     assert!(held < SIZE as u64, "the kill landed mid-transfer");
 
     let started = Instant::now();
-    let out = upload_command(&server, &token, &state, &source, "1G").output().unwrap();
+    let out = upload_command(&server, &token, &state, &source, "1G")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "re-run exit {:?}", out.status.code());
     let report = json_report(&out.stdout);
     let sent = report["bytes_sent"].as_u64().unwrap();
     let skipped = report["bytes_skipped"].as_u64().unwrap();
-    eprintln!("client kill: held {held} at kill, re-run sent {sent}, skipped {skipped}, took {:?}", started.elapsed());
+    eprintln!(
+        "client kill: held {held} at kill, re-run sent {sent}, skipped {skipped}, took {:?}",
+        started.elapsed()
+    );
     assert_eq!(report["status"], "complete");
     assert_eq!(report["resumed"], true);
-    assert!(sent <= SIZE as u64 - held + PARALLEL * CHUNK, "re-sent {sent} > missing {} + window", SIZE as u64 - held);
+    assert!(
+        sent <= SIZE as u64 - held + PARALLEL * CHUNK,
+        "re-sent {sent} > missing {} + window",
+        SIZE as u64 - held
+    );
     assert_eq!(sent + skipped, SIZE as u64);
     assert_same_file(&source, &data.join("files").join("alice").join("video.mp4"));
 }
@@ -91,15 +145,24 @@ async fn kill_9_server_then_restart_and_the_client_completes() {
     let source = random_file(work.path(), "movie.mkv", SIZE, 31);
     let state = work.path().join("state");
 
-    let mut client = upload_command(&server, &token, &state, &source, "32M").spawn().unwrap();
-    let reached = eventually(Duration::from_secs(60), async || durable(&server, &token, &state).await >= SIZE as u64 / 3).await;
+    let mut client = upload_command(&server, &token, &state, &source, "32M")
+        .spawn()
+        .unwrap();
+    let reached = eventually(Duration::from_secs(60), async || {
+        durable(&server, &token, &state).await >= SIZE as u64 / 3
+    })
+    .await;
     assert!(reached, "a third acknowledged within 60 s");
     let addr = server.addr.to_string();
     server.kill9();
     let restarted = ServerProcess::start(&data, &addr);
-    assert_eq!(restarted.fingerprint, server.fingerprint, "the certificate survives a restart");
+    assert_eq!(
+        restarted.fingerprint, server.fingerprint,
+        "the certificate survives a restart"
+    );
 
-    let status = wait_child(&mut client, Duration::from_secs(120)).expect("client finishes within 120 s");
+    let status =
+        wait_child(&mut client, Duration::from_secs(120)).expect("client finishes within 120 s");
     let mut stdout = Vec::new();
     std::io::Read::read_to_end(client.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     assert!(status.success(), "client exit {:?}", status.code());
@@ -109,7 +172,10 @@ async fn kill_9_server_then_restart_and_the_client_completes() {
     assert!(report["reconnects"].as_u64().unwrap() >= 1);
     assert_same_file(&source, &data.join("files").join("alice").join("movie.mkv"));
     let log = std::fs::read_to_string(&restarted.log).unwrap();
-    assert!(log.contains("recovered from an unclean stop"), "restart re-verified the store: {log}");
+    assert!(
+        log.contains("recovered from an unclean stop"),
+        "restart re-verified the store: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,9 +192,15 @@ async fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn cli_usage_errors_exit_2() {
-    let out = Command::new(binary("ferry")).args(["upload", "x", "--parallel", "0"]).output().unwrap();
+    let out = Command::new(binary("ferry"))
+        .args(["upload", "x", "--parallel", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(binary("ferry")).args(["--token", "t", "--fingerprint", "nope", "list"]).output().unwrap();
+    let out = Command::new(binary("ferry"))
+        .args(["--token", "t", "--fingerprint", "nope", "list"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("ferry: bad --fingerprint: "));
 }
@@ -146,7 +218,14 @@ async fn pick_validates_answers_uploads_the_choice_and_quits() {
     let chosen = random_file(&folder, "b.mp4", 300_000, 41);
 
     let mut child = Command::new(binary("ferry"))
-        .args(["--server", &server.addr.to_string(), "--token", &token, "--fingerprint", &server.fingerprint])
+        .args([
+            "--server",
+            &server.addr.to_string(),
+            "--token",
+            &token,
+            "--fingerprint",
+            &server.fingerprint,
+        ])
         .arg("--state-dir")
         .arg(work.path().join("state"))
         .args(["pick", "--desc", "second take"])
@@ -157,7 +236,12 @@ async fn pick_validates_answers_uploads_the_choice_and_quits() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"abc\n7\n2\nq\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"abc\n7\n2\nq\n")
+        .unwrap();
     let status = wait_child(&mut child, Duration::from_secs(60)).expect("pick ends within 60 s");
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -165,10 +249,26 @@ async fn pick_validates_answers_uploads_the_choice_and_quits() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
 
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
-    assert!(stdout.contains("  1 ") && stdout.contains("a.mp4") && stdout.contains("b.mp4"), "numbered list: {stdout}");
-    assert_eq!(stdout.matches("Upload which file?").count(), 4, "asked once per answer: {stdout}");
-    assert!(stderr.contains("ferry: \"abc\" is not a number; enter a number from 1 to 2 or q"), "{stderr}");
-    assert!(stderr.contains("ferry: 7 is out of range; enter a number from 1 to 2 or q"), "{stderr}");
+    assert!(
+        stdout.contains("  1 ") && stdout.contains("a.mp4") && stdout.contains("b.mp4"),
+        "numbered list: {stdout}"
+    );
+    assert_eq!(
+        stdout.matches("Upload which file?").count(),
+        4,
+        "asked once per answer: {stdout}"
+    );
+    assert!(
+        stderr.contains("ferry: \"abc\" is not a number; enter a number from 1 to 2 or q"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ferry: 7 is out of range; enter a number from 1 to 2 or q"),
+        "{stderr}"
+    );
     assert_same_file(&chosen, &data.join("files").join("alice").join("b.mp4"));
-    assert!(!data.join("files").join("alice").join("a.mp4").exists(), "only the chosen file is uploaded");
+    assert!(
+        !data.join("files").join("alice").join("a.mp4").exists(),
+        "only the chosen file is uploaded"
+    );
 }

@@ -19,13 +19,25 @@ async fn multi_chunk_upload_lands_byte_for_byte() {
     assert_eq!(report.file_name, "clip.mp4");
     assert_eq!(report.size, 3 * 1024 * 1024 + 12_345);
     assert_eq!(report.sha256, sha256_file(&source));
-    assert_eq!(report.bytes_sent, report.size, "a fresh upload sends every byte once");
+    assert_eq!(
+        report.bytes_sent, report.size,
+        "a fresh upload sends every byte once"
+    );
     assert_eq!(report.bytes_skipped, 0);
     assert_same_file(&source, &server.published("alice", "clip.mp4"));
     let listed = client.list().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].state.as_str(), listed[0].desc.as_str()), ("complete", "holiday"));
-    assert!(std::fs::read_dir(server.data().join("staging")).unwrap().next().is_none(), "staging is empty afterwards");
+    assert_eq!(
+        (listed[0].state.as_str(), listed[0].desc.as_str()),
+        ("complete", "holiday")
+    );
+    assert!(
+        std::fs::read_dir(server.data().join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "staging is empty afterwards"
+    );
 }
 
 #[tokio::test]
@@ -33,10 +45,22 @@ async fn empty_file_uploads() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let source = random_file(local.path(), "empty.bin", 0, 2);
-    let report = server.client(&server.alice, local.path()).upload(&source, "").await.unwrap();
+    let report = server
+        .client(&server.alice, local.path())
+        .upload(&source, "")
+        .await
+        .unwrap();
     assert_eq!(report.size, 0);
-    assert_eq!(report.sha256, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    assert_eq!(std::fs::metadata(server.published("alice", "empty.bin")).unwrap().len(), 0);
+    assert_eq!(
+        report.sha256,
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    assert_eq!(
+        std::fs::metadata(server.published("alice", "empty.bin"))
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -44,7 +68,11 @@ async fn size_an_exact_multiple_of_the_chunk() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let source = random_file(local.path(), "exact.bin", 16 * 64 * 1024, 3);
-    let report = server.client(&server.alice, local.path()).upload(&source, "").await.unwrap();
+    let report = server
+        .client(&server.alice, local.path())
+        .upload(&source, "")
+        .await
+        .unwrap();
     assert_eq!(report.bytes_sent, 16 * 64 * 1024);
     assert_same_file(&source, &server.published("alice", "exact.bin"));
 }
@@ -54,7 +82,11 @@ async fn unicode_name_is_kept() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let source = random_file(local.path(), "视频 第一集.mp4", 200_000, 4);
-    let report = server.client(&server.alice, local.path()).upload(&source, "").await.unwrap();
+    let report = server
+        .client(&server.alice, local.path())
+        .upload(&source, "")
+        .await
+        .unwrap();
     assert_eq!(report.file_name, "视频 第一集.mp4");
     assert_same_file(&source, &server.published("alice", "视频 第一集.mp4"));
 }
@@ -66,7 +98,10 @@ async fn two_concurrent_uploads() {
     let a = random_file(local.path(), "a.bin", 2_000_000, 5);
     let b = random_file(local.path(), "b.bin", 1_500_000, 6);
     let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut ca, mut cb) = (server.client(&server.alice, sa.path()), server.client(&server.bob, sb.path()));
+    let (mut ca, mut cb) = (
+        server.client(&server.alice, sa.path()),
+        server.client(&server.bob, sb.path()),
+    );
     let (ra, rb) = tokio::join!(ca.upload(&a, ""), cb.upload(&b, ""));
     assert_eq!(ra.unwrap().bytes_sent, 2_000_000);
     assert_eq!(rb.unwrap().bytes_sent, 1_500_000);
@@ -84,7 +119,12 @@ async fn same_name_twice_does_not_overwrite() {
     let second = random_file(local.path(), "v.mp4", 90_000, 8);
     let report = client.upload(&second, "").await.unwrap();
     assert_eq!(report.file_name, "v (1).mp4");
-    assert_eq!(std::fs::metadata(server.published("alice", "v.mp4")).unwrap().len(), 100_000);
+    assert_eq!(
+        std::fs::metadata(server.published("alice", "v.mp4"))
+            .unwrap()
+            .len(),
+        100_000
+    );
     assert_same_file(&second, &server.published("alice", "v (1).mp4"));
 }
 
@@ -93,10 +133,29 @@ async fn wrong_token_is_refused() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let source = random_file(local.path(), "x.bin", 1000, 9);
-    let err = server.client("fy_not_a_token", local.path()).upload(&source, "").await.unwrap_err();
-    assert!(matches!(err, ClientError::Server { code: ErrorCode::Unauthorized, .. }), "got {err:?}");
+    let err = server
+        .client("fy_not_a_token", local.path())
+        .upload(&source, "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "got {err:?}"
+    );
     assert_eq!(err.exit_code(), 2);
-    assert!(std::fs::read_dir(server.data().join("staging")).unwrap().next().is_none(), "nothing was created");
+    assert!(
+        std::fs::read_dir(server.data().join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was created"
+    );
 }
 
 #[tokio::test]
@@ -106,9 +165,16 @@ async fn wrong_fingerprint_is_refused_loudly() {
     let mut opts = server.options(&server.alice, local.path());
     let wrong = format!("sha256:{}", "0".repeat(64));
     opts.target.fingerprint = Some(wrong.clone());
-    let err = ferry_client::Client::new(opts).unwrap().list().await.unwrap_err();
+    let err = ferry_client::Client::new(opts)
+        .unwrap()
+        .list()
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(&server.fingerprint) && text.contains(&wrong), "message shows both fingerprints: {text}");
+    assert!(
+        text.contains(&server.fingerprint) && text.contains(&wrong),
+        "message shows both fingerprints: {text}"
+    );
     assert_eq!(err.exit_code(), 2);
 }
 
@@ -118,12 +184,24 @@ async fn trust_on_first_use_records_and_then_pins() {
     let local = tempfile::tempdir().unwrap();
     let mut opts = server.options(&server.alice, local.path());
     opts.target.fingerprint = None;
-    ferry_client::Client::new(opts.clone()).unwrap().list().await.unwrap();
+    ferry_client::Client::new(opts.clone())
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
     let known = std::fs::read_to_string(local.path().join("known_servers")).unwrap();
     assert_eq!(known, format!("{} {}\n", server.addr, server.fingerprint));
     // A different server on the same address would now be refused.
-    std::fs::write(local.path().join("known_servers"), format!("{} sha256:{}\n", server.addr, "1".repeat(64))).unwrap();
-    let err = ferry_client::Client::new(opts).unwrap().list().await.unwrap_err();
+    std::fs::write(
+        local.path().join("known_servers"),
+        format!("{} sha256:{}\n", server.addr, "1".repeat(64)),
+    )
+    .unwrap();
+    let err = ferry_client::Client::new(opts)
+        .unwrap()
+        .list()
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Trust { .. }), "got {err:?}");
 }
 
@@ -136,13 +214,43 @@ async fn another_token_cannot_see_resume_or_abort() {
 
     let bob_state = tempfile::tempdir().unwrap();
     let mut bob = server.client(&server.bob, bob_state.path());
-    assert!(bob.list().await.unwrap().is_empty(), "bob sees none of alice's uploads");
+    assert!(
+        bob.list().await.unwrap().is_empty(),
+        "bob sees none of alice's uploads"
+    );
     let id = upload_id.clone();
-    let resume = bob.connection().await.unwrap().request(|req| ferry_proto::Frame::Resume { req, upload_id: id }).await;
-    assert!(matches!(resume, Err(ClientError::Server { code: ErrorCode::NotFound, .. })), "got {resume:?}");
+    let resume = bob
+        .connection()
+        .await
+        .unwrap()
+        .request(|req| ferry_proto::Frame::Resume { req, upload_id: id })
+        .await;
+    assert!(
+        matches!(
+            resume,
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            })
+        ),
+        "got {resume:?}"
+    );
     let abort = bob.abort(&upload_id).await;
-    assert!(matches!(abort, Err(ClientError::Server { code: ErrorCode::NotFound, .. })), "got {abort:?}");
-    assert_eq!(alice.list().await.unwrap().len(), 1, "alice's upload is still there");
+    assert!(
+        matches!(
+            abort,
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            })
+        ),
+        "got {abort:?}"
+    );
+    assert_eq!(
+        alice.list().await.unwrap().len(),
+        1,
+        "alice's upload is still there"
+    );
     alice.abort(&upload_id).await.unwrap();
     assert!(alice.list().await.unwrap().is_empty());
 }
@@ -170,11 +278,23 @@ async fn interrupted_run_resumes_sending_only_what_is_missing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let held = probe.list().await.unwrap()[0].durable_bytes;
 
-    let report = server.client(&server.alice, local.path()).upload(&source, "").await.unwrap();
+    let report = server
+        .client(&server.alice, local.path())
+        .upload(&source, "")
+        .await
+        .unwrap();
 
     assert!(report.resumed);
-    assert!(report.bytes_skipped >= held, "skipped {} < held {held}", report.bytes_skipped);
-    assert_eq!(report.bytes_sent + report.bytes_skipped, size as u64, "no byte sent twice on a clean link");
+    assert!(
+        report.bytes_skipped >= held,
+        "skipped {} < held {held}",
+        report.bytes_skipped
+    );
+    assert_eq!(
+        report.bytes_sent + report.bytes_skipped,
+        size as u64,
+        "no byte sent twice on a clean link"
+    );
     assert_same_file(&source, &server.published("alice", "big.bin"));
 }
 
@@ -186,10 +306,24 @@ async fn resuming_connection_takes_over_at_once() {
     let upload_id = create_raw(&mut first, "t.bin", 1 << 20).await;
     let mut second = server.client(&server.alice, local.path());
     let id = upload_id.clone();
-    second.connection().await.unwrap().request(|req| ferry_proto::Frame::Resume { req, upload_id: id }).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), first.connection().await.unwrap().events.recv()).await;
+    second
+        .connection()
+        .await
+        .unwrap()
+        .request(|req| ferry_proto::Frame::Resume { req, upload_id: id })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(
+        Duration::from_secs(5),
+        first.connection().await.unwrap().events.recv(),
+    )
+    .await;
     match event {
-        Ok(Some(ferry_proto::Frame::Detached { code, upload_id: id, .. })) => {
+        Ok(Some(ferry_proto::Frame::Detached {
+            code,
+            upload_id: id,
+            ..
+        })) => {
             assert_eq!(code, ErrorCode::TakenOver);
             assert_eq!(id, upload_id);
         }
@@ -199,8 +333,21 @@ async fn resuming_connection_takes_over_at_once() {
 
 /// Creates an upload through the raw request API and returns its id.
 pub async fn create_raw(client: &mut ferry_client::Client, name: &str, size: u64) -> String {
-    let create = |req| ferry_proto::Frame::Create { req, file_name: name.into(), size, chunk_size: 64 << 10, desc: String::new() };
-    match client.connection().await.unwrap().request(create).await.unwrap() {
+    let create = |req| ferry_proto::Frame::Create {
+        req,
+        file_name: name.into(),
+        size,
+        chunk_size: 64 << 10,
+        desc: String::new(),
+    };
+    match client
+        .connection()
+        .await
+        .unwrap()
+        .request(create)
+        .await
+        .unwrap()
+    {
         ferry_proto::Frame::Created { upload, .. } => upload.upload_id,
         other => panic!("expected created, got {other:?}"),
     }

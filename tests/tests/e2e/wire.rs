@@ -12,7 +12,10 @@ use crate::upload::create_raw;
 
 async fn next_event(client: &mut ferry_client::Client) -> Frame {
     let conn = client.connection().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), conn.events.recv()).await.expect("event within 10 s").expect("connection open")
+    tokio::time::timeout(Duration::from_secs(10), conn.events.recv())
+        .await
+        .expect("event within 10 s")
+        .expect("connection open")
 }
 
 #[tokio::test]
@@ -27,21 +30,50 @@ async fn chunk_not_matching_its_digest_is_rejected_then_resent() {
 
     let mut corrupted = data.to_vec();
     corrupted[1000] ^= 1;
-    send_chunk(&quic, &id, 0, Bytes::from(corrupted), Digest::of(&data), None, &sent).await.unwrap();
+    send_chunk(
+        &quic,
+        &id,
+        0,
+        Bytes::from(corrupted),
+        Digest::of(&data),
+        None,
+        &sent,
+    )
+    .await
+    .unwrap();
     match next_event(&mut client).await {
-        Frame::Reject { index: 0, code: ErrorCode::DigestMismatch, .. } => {}
+        Frame::Reject {
+            index: 0,
+            code: ErrorCode::DigestMismatch,
+            ..
+        } => {}
         other => panic!("expected a digest_mismatch rejection, got {other:?}"),
     }
 
-    send_chunk(&quic, &id, 0, data.clone(), Digest::of(&data), None, &sent).await.unwrap();
+    send_chunk(&quic, &id, 0, data.clone(), Digest::of(&data), None, &sent)
+        .await
+        .unwrap();
     match next_event(&mut client).await {
         Frame::Ack { chunks, .. } => assert_eq!(chunks, vec![[0, 1]]),
         other => panic!("expected an ack, got {other:?}"),
     }
-    let finish = |req| Frame::Finish { req, upload_id: id.clone(), sha256: Digest::of(&data).to_hex() };
-    let reply = client.connection().await.unwrap().request(finish).await.unwrap();
+    let finish = |req| Frame::Finish {
+        req,
+        upload_id: id.clone(),
+        sha256: Digest::of(&data).to_hex(),
+    };
+    let reply = client
+        .connection()
+        .await
+        .unwrap()
+        .request(finish)
+        .await
+        .unwrap();
     assert!(matches!(reply, Frame::Finished { .. }), "got {reply:?}");
-    assert_eq!(std::fs::read(server.published("alice", "d.bin")).unwrap(), data.to_vec());
+    assert_eq!(
+        std::fs::read(server.published("alice", "d.bin")).unwrap(),
+        data.to_vec()
+    );
 }
 
 #[tokio::test]
@@ -59,9 +91,20 @@ async fn header_errors_are_rejected_before_the_payload() {
     ];
     for (index, len, code) in cases {
         let data = Bytes::from(vec![1u8; len]);
-        let _ = send_chunk(&quic, &id, index, data.clone(), Digest::of(&data), None, &sent).await;
+        let _ = send_chunk(
+            &quic,
+            &id,
+            index,
+            data.clone(),
+            Digest::of(&data),
+            None,
+            &sent,
+        )
+        .await;
         match next_event(&mut client).await {
-            Frame::Reject { index: i, code: c, .. } => assert_eq!((i, c), (index, code)),
+            Frame::Reject {
+                index: i, code: c, ..
+            } => assert_eq!((i, c), (index, code)),
             other => panic!("expected {code} for chunk {index}, got {other:?}"),
         }
     }
@@ -77,20 +120,64 @@ async fn finish_before_all_chunks_and_with_a_wrong_digest() {
     let conn = client.connection().await.unwrap();
     let finish = |sha: String| {
         let upload_id = id.clone();
-        move |req| Frame::Finish { req, upload_id, sha256: sha }
+        move |req| Frame::Finish {
+            req,
+            upload_id,
+            sha256: sha,
+        }
     };
     let early = conn.request(finish(Digest::of(&data).to_hex())).await;
-    assert!(matches!(early, Err(ferry_client::ClientError::Server { code: ErrorCode::Incomplete, .. })), "got {early:?}");
+    assert!(
+        matches!(
+            early,
+            Err(ferry_client::ClientError::Server {
+                code: ErrorCode::Incomplete,
+                ..
+            })
+        ),
+        "got {early:?}"
+    );
     let not_hex = conn.request(finish("xyz".into())).await;
-    assert!(matches!(not_hex, Err(ferry_client::ClientError::Server { code: ErrorCode::BadDigest, .. })), "got {not_hex:?}");
+    assert!(
+        matches!(
+            not_hex,
+            Err(ferry_client::ClientError::Server {
+                code: ErrorCode::BadDigest,
+                ..
+            })
+        ),
+        "got {not_hex:?}"
+    );
 
     let quic = conn.quic().clone();
-    send_chunk(&quic, &id, 0, data.clone(), Digest::of(&data), None, &AtomicU64::new(0)).await.unwrap();
+    send_chunk(
+        &quic,
+        &id,
+        0,
+        data.clone(),
+        Digest::of(&data),
+        None,
+        &AtomicU64::new(0),
+    )
+    .await
+    .unwrap();
     assert!(matches!(next_event(&mut client).await, Frame::Ack { .. }));
     let conn = client.connection().await.unwrap();
     let wrong = conn.request(finish(Digest::of(b"other").to_hex())).await;
-    assert!(matches!(wrong, Err(ferry_client::ClientError::Server { code: ErrorCode::FileDigestMismatch, .. })), "got {wrong:?}");
-    let right = conn.request(finish(Digest::of(&data).to_hex())).await.unwrap();
+    assert!(
+        matches!(
+            wrong,
+            Err(ferry_client::ClientError::Server {
+                code: ErrorCode::FileDigestMismatch,
+                ..
+            })
+        ),
+        "got {wrong:?}"
+    );
+    let right = conn
+        .request(finish(Digest::of(&data).to_hex()))
+        .await
+        .unwrap();
     assert!(matches!(right, Frame::Finished { .. }));
 }
 
@@ -100,21 +187,75 @@ async fn dot_dot_name_lands_sanitised_inside_files() {
     let local = tempfile::tempdir().unwrap();
     let mut client = server.client(&server.alice, local.path());
     let data = Bytes::from(vec![3u8; 5000]);
-    let create = |req| Frame::Create { req, file_name: "../../x".into(), size: 5000, chunk_size: 64 << 10, desc: String::new() };
-    let upload = match client.connection().await.unwrap().request(create).await.unwrap() {
+    let create = |req| Frame::Create {
+        req,
+        file_name: "../../x".into(),
+        size: 5000,
+        chunk_size: 64 << 10,
+        desc: String::new(),
+    };
+    let upload = match client
+        .connection()
+        .await
+        .unwrap()
+        .request(create)
+        .await
+        .unwrap()
+    {
         Frame::Created { upload, .. } => upload,
         other => panic!("{other:?}"),
     };
     assert_eq!(upload.file_name, "x");
     let quic = client.connection().await.unwrap().quic().clone();
-    send_chunk(&quic, &upload.upload_id, 0, data.clone(), Digest::of(&data), None, &AtomicU64::new(0)).await.unwrap();
+    send_chunk(
+        &quic,
+        &upload.upload_id,
+        0,
+        data.clone(),
+        Digest::of(&data),
+        None,
+        &AtomicU64::new(0),
+    )
+    .await
+    .unwrap();
     assert!(matches!(next_event(&mut client).await, Frame::Ack { .. }));
-    let finish = |req| Frame::Finish { req, upload_id: upload.upload_id.clone(), sha256: Digest::of(&data).to_hex() };
-    client.connection().await.unwrap().request(finish).await.unwrap();
-    assert_eq!(std::fs::read(server.published("alice", "x")).unwrap(), data.to_vec());
-    assert!(!server.data().parent().unwrap().join("x").exists(), "nothing escaped the data directory");
+    let finish = |req| Frame::Finish {
+        req,
+        upload_id: upload.upload_id.clone(),
+        sha256: Digest::of(&data).to_hex(),
+    };
+    client
+        .connection()
+        .await
+        .unwrap()
+        .request(finish)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(server.published("alice", "x")).unwrap(),
+        data.to_vec()
+    );
+    assert!(
+        !server.data().parent().unwrap().join("x").exists(),
+        "nothing escaped the data directory"
+    );
 
-    let create = |req| Frame::Create { req, file_name: "....".into(), size: 1, chunk_size: 64 << 10, desc: String::new() };
+    let create = |req| Frame::Create {
+        req,
+        file_name: "....".into(),
+        size: 1,
+        chunk_size: 64 << 10,
+        desc: String::new(),
+    };
     let refused = client.connection().await.unwrap().request(create).await;
-    assert!(matches!(refused, Err(ferry_client::ClientError::Server { code: ErrorCode::InvalidName, .. })), "got {refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(ferry_client::ClientError::Server {
+                code: ErrorCode::InvalidName,
+                ..
+            })
+        ),
+        "got {refused:?}"
+    );
 }
