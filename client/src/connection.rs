@@ -42,7 +42,8 @@ pub struct Connection {
     pub limits: Limits,
 }
 
-/// A client endpoint: one UDP socket, reused across reconnects.
+/// A client endpoint: one UDP socket, reused across reconnects. Cloning shares it.
+#[derive(Clone)]
 pub struct Endpoint {
     endpoint: quinn::Endpoint,
 }

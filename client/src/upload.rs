@@ -28,7 +28,8 @@ use crate::{connected, Client, ClientError};
 
 /// Bytes written to a stream per call: the unit of rate limiting and progress.
 const PIECE: usize = 256 * 1024;
-/// With chunks in flight and no ack for this long, the connection is treated as lost.
+/// With chunks in flight and no ack for this long, the connection is treated as lost (or
+/// `--reconnect-for`, if shorter).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `ferry upload --json` prints, one line per file.
@@ -125,16 +126,14 @@ impl Client {
                 };
                 let a = active.as_mut().expect("set above");
                 progress.set_position(a.sender.layout().bytes_in(&durable));
-                pump(
-                    conn,
-                    a,
-                    &file,
-                    &sent,
-                    self.limiter.as_ref(),
-                    &progress,
-                    &mut last_progress,
-                )
-                .await?;
+                let io = Io {
+                    file: &file,
+                    sent: &sent,
+                    limiter: self.limiter.as_ref(),
+                    progress: &progress,
+                    stall: STALL_TIMEOUT.min(self.opts.reconnect_for),
+                };
+                pump(conn, a, &io, &mut last_progress).await?;
                 Ok::<_, ClientError>(())
             }
             .await;
@@ -162,6 +161,25 @@ impl Client {
             .await
             .map_err(|e| ClientError::Local(e.to_string()))?
             .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
+        // A file written to during the upload must not be published: what the server holds may
+        // mix old and new bytes. Size and modification time tell.
+        let now = FileKey::of(&self.opts.target.server, path).ok();
+        if now
+            .as_ref()
+            .is_none_or(|k| k.size != key.size || k.mtime_ns != key.mtime_ns)
+        {
+            let id = finished.info.upload_id.clone();
+            if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await {
+                let _ = conn
+                    .request(|req| Frame::Abort { req, upload_id: id })
+                    .await;
+            }
+            self.journal.remove(&key);
+            return Err(ClientError::Local(format!(
+                "{} changed while it was being uploaded; the upload was discarded, nothing was published",
+                path.display()
+            )));
+        }
         let upload_id = finished.info.upload_id.clone();
         let reply = self.finish(&upload_id, digest, &mut reconnects).await;
         let (file_name, size) = match reply {
@@ -308,21 +326,38 @@ fn layout_of(info: &UploadInfo) -> Result<ChunkLayout, ClientError> {
     ChunkLayout::new(info.size, info.chunk_size).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// What the pump reads from and reports to, the same across reconnects.
+struct Io<'a> {
+    file: &'a Arc<File>,
+    /// Payload bytes written to streams, this run.
+    sent: &'a Arc<AtomicU64>,
+    limiter: Option<&'a Arc<RateLimiter>>,
+    progress: &'a indicatif::ProgressBar,
+    /// No ack for this long while chunks are outstanding ends the pump with an error.
+    stall: Duration,
+}
+
 /// Sends chunks until every one is acknowledged.
 async fn pump(
     conn: &mut crate::Connection,
     active: &mut Active,
-    file: &Arc<File>,
-    sent: &Arc<AtomicU64>,
-    limiter: Option<&Arc<RateLimiter>>,
-    progress: &indicatif::ProgressBar,
+    io: &Io<'_>,
     last_progress: &mut Instant,
 ) -> Result<(), ClientError> {
+    let Io {
+        file,
+        sent,
+        limiter,
+        progress,
+        stall,
+    } = *io;
     let quic = conn.quic().clone();
     let layout = *active.sender.layout();
     let upload_id = active.info.upload_id.clone();
     let mut tasks = JoinSet::new();
     let mut last_ack = Instant::now();
+    // The latest rejection, to say why acks stopped if they do (a full disk, say).
+    let mut last_reject: Option<(ErrorCode, String)> = None;
     loop {
         let now = Instant::now();
         while let Some(index) = active.sender.poll_send(now) {
@@ -364,6 +399,7 @@ async fn pump(
                 Some(Frame::Reject { upload_id: id, index, code, message }) if id == upload_id => {
                     tracing::debug!(index, %code, message, "chunk rejected");
                     active.sender.handle_reject(index, code, &message, Instant::now())?;
+                    last_reject = Some((code, message));
                 }
                 Some(Frame::Detached { message, .. }) => return Err(ClientError::TakenOver(message)),
                 Some(Frame::Error { code, message, .. }) => return Err(ClientError::Server { code, message }),
@@ -371,8 +407,12 @@ async fn pump(
                 None => return Err(conn.lost()),
             },
             _ = tokio::time::sleep_until(retry.unwrap_or(now).into()), if retry.is_some() => {}
-            _ = tokio::time::sleep_until((last_ack + STALL_TIMEOUT).into()), if active.sender.in_flight() > 0 => {
-                return Err(ClientError::Connection(format!("no acknowledgement for {} s", STALL_TIMEOUT.as_secs())));
+            _ = tokio::time::sleep_until((last_ack + stall).into()), if active.sender.in_flight() > 0 || retry.is_some() => {
+                let silence = format!("no acknowledgement for {} s", stall.as_secs());
+                return Err(match last_reject {
+                    Some((code, message)) => ClientError::Server { code, message: format!("{message} ({silence})") },
+                    None => ClientError::Connection(silence),
+                });
             }
         }
     }

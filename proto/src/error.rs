@@ -67,6 +67,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug or an unexpected condition on the server.
     Internal,
+    /// At create: the file is larger than the server's free disk space.
+    InsufficientStorage,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -105,6 +107,8 @@ impl ErrorCode {
         Self::StorageFull,
         Self::ShuttingDown,
         Self::Internal,
+        // New codes go here, at the end: a code's QUIC number is its position.
+        Self::InsufficientStorage,
     ];
 
     /// The wire spelling.
@@ -140,6 +144,7 @@ impl ErrorCode {
             Self::StorageFull => "storage_full",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::InsufficientStorage => "insufficient_storage",
             Self::Unknown => "unknown",
         }
     }

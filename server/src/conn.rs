@@ -277,7 +277,12 @@ impl Conn {
         let id = tokio::task::spawn_blocking(move || store.create(&stored))
             .await
             .map_err(internal)?
-            .map_err(|e| storage(&e, "failed to create the upload"))?;
+            .map_err(|e| match e.downcast_ref::<crate::store::NoSpace>() {
+                Some(no_space) => {
+                    WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
+                }
+                None => storage(&e, "failed to create the upload"),
+            })?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         self.attach(id, record).await
     }

@@ -465,6 +465,20 @@ impl Driver {
     }
 }
 
+/// A database failure as the client should see it: a full disk is `storage_full`.
+fn database_error(e: &anyhow::Error, what: &str) -> WireError {
+    let io = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<sled::Error>() {
+            Some(sled::Error::Io(io)) => Some(io),
+            _ => cause.downcast_ref::<std::io::Error>(),
+        });
+    match io {
+        Some(io) => WireError::storage(io, what),
+        None => WireError::new(ErrorCode::StorageError, format!("{what}: {e:#}")),
+    }
+}
+
 /// The durability rule: data synced, then the records, then the flush. Only after this
 /// returns `Ok` may the chunks be acknowledged.
 async fn persist(
@@ -477,16 +491,13 @@ async fn persist(
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(|e| WireError::storage(&e, "failed to sync the staging file"))?;
-    store.record_chunks(id, &batch.chunks).map_err(|e| {
-        WireError::new(
-            ErrorCode::StorageError,
-            format!("failed to record chunks: {e:#}"),
-        )
-    })?;
+    store
+        .record_chunks(id, &batch.chunks)
+        .map_err(|e| database_error(&e, "failed to record chunks"))?;
     store
         .flush()
         .await
-        .map_err(|e| WireError::new(ErrorCode::StorageError, format!("{e:#}")))?;
+        .map_err(|e| database_error(&e, "failed to flush the database"))?;
     debug!(chunks = batch.chunks.len(), "committed");
     Ok(())
 }

@@ -176,9 +176,13 @@ impl Store {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("failed to create {}", path.display()))?;
-        file.set_len(record.size)
-            .with_context(|| format!("failed to size {}", path.display()))?;
-        sync_dir(path.parent().unwrap_or(&self.data_dir))?;
+        let staging_dir = path.parent().unwrap_or(&self.data_dir);
+        if let Err(e) = reserve(&file, record.size, staging_dir) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        sync_dir(staging_dir)?;
         self.put_record(id, record)?;
         self.db.flush()?;
         Ok(id)
@@ -399,6 +403,53 @@ impl Store {
             forgotten, "re-verified durable chunks after an unclean stop"
         );
         Ok((verified, forgotten))
+    }
+}
+
+/// The whole file is refused for lack of space; `free` is what the file system had.
+#[derive(Debug, thiserror::Error)]
+#[error("the file needs {needed} bytes, the server has {free} bytes free")]
+pub struct NoSpace {
+    pub needed: u64,
+    pub free: u64,
+}
+
+/// Bytes available to unprivileged writers on the file system holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Allocates every block of the staging file now, so a full disk shows at create and never
+/// in the middle of an upload.
+fn reserve(file: &File, size: u64, dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(size).context("file size does not fit off_t")?;
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        libc::ENOSPC => Err(NoSpace {
+            needed: size,
+            free: free_space(dir).unwrap_or(0),
+        }
+        .into()),
+        // File systems without fallocate: fall back to a sparse file of the right size.
+        libc::EOPNOTSUPP => file
+            .set_len(size)
+            .context("failed to size the staging file"),
+        errno => Err(std::io::Error::from_raw_os_error(errno))
+            .context("failed to reserve space for the staging file"),
     }
 }
 

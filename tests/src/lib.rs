@@ -2,6 +2,8 @@
 //! data directory, clients pinned to its certificate, seeded random files, and helpers to run
 //! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
