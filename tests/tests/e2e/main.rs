@@ -2,6 +2,7 @@
 //! test. `process` runs the built binaries and kills them.
 
 mod process;
+mod resilience;
 mod storage;
 mod upload;
 mod wire;
