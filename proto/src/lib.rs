@@ -11,6 +11,7 @@ mod layout;
 pub mod name;
 mod sender;
 mod session;
+pub mod units;
 
 pub use chunkset::{ChunkSet, RangeError};
 pub use digest::{Digest, DigestParseError};

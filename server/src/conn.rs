@@ -662,8 +662,5 @@ fn internal(e: impl ToString) -> WireError {
 }
 
 fn storage(e: &anyhow::Error, what: &str) -> WireError {
-    match e.root_cause().downcast_ref::<std::io::Error>() {
-        Some(io) => WireError::storage(io, what),
-        None => WireError::new(ErrorCode::StorageError, format!("{what}: {e:#}")),
-    }
+    WireError::from_error(e, what)
 }

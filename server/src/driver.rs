@@ -36,15 +36,35 @@ impl WireError {
         }
     }
 
+    /// Maps a failure with an I/O error somewhere in its chain (the disk, the database) to the
+    /// code a client can act on: a full disk is `storage_full`.
+    pub fn from_error(e: &anyhow::Error, what: &str) -> Self {
+        let io = e
+            .chain()
+            .find_map(|cause| match cause.downcast_ref::<sled::Error>() {
+                Some(sled::Error::Io(io)) => Some(io),
+                _ => cause.downcast_ref::<std::io::Error>(),
+            });
+        let code = match io {
+            Some(io) if is_disk_full(io) => ErrorCode::StorageFull,
+            _ => ErrorCode::StorageError,
+        };
+        Self::new(code, format!("{what}: {e:#}"))
+    }
+
     /// Maps an I/O failure on the server's disk to the code a client can act on.
     pub fn storage(err: &std::io::Error, what: &str) -> Self {
-        let code = if err.raw_os_error() == Some(libc::ENOSPC) {
+        let code = if is_disk_full(err) {
             ErrorCode::StorageFull
         } else {
             ErrorCode::StorageError
         };
         Self::new(code, format!("{what}: {err}"))
     }
+}
+
+fn is_disk_full(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOSPC) || err.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// What a connection should do with a chunk stream.
@@ -465,20 +485,6 @@ impl Driver {
     }
 }
 
-/// A database failure as the client should see it: a full disk is `storage_full`.
-fn database_error(e: &anyhow::Error, what: &str) -> WireError {
-    let io = e
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<sled::Error>() {
-            Some(sled::Error::Io(io)) => Some(io),
-            _ => cause.downcast_ref::<std::io::Error>(),
-        });
-    match io {
-        Some(io) => WireError::storage(io, what),
-        None => WireError::new(ErrorCode::StorageError, format!("{what}: {e:#}")),
-    }
-}
-
 /// The durability rule: data synced, then the records, then the flush. Only after this
 /// returns `Ok` may the chunks be acknowledged.
 async fn persist(
@@ -491,13 +497,28 @@ async fn persist(
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(|e| WireError::storage(&e, "failed to sync the staging file"))?;
-    store
-        .record_chunks(id, &batch.chunks)
-        .map_err(|e| database_error(&e, "failed to record chunks"))?;
-    store
-        .flush()
-        .await
-        .map_err(|e| database_error(&e, "failed to flush the database"))?;
+    // Writing the database on a full disk would break it (see `Store::close_after_failure`):
+    // stop before, and tell the client to come back.
+    store.check_space().map_err(|e| {
+        WireError::new(
+            ErrorCode::StorageFull,
+            format!(
+                "the server's disk is full ({} bytes free); retry later",
+                e.free
+            ),
+        )
+    })?;
+    let recorded = match store.record_chunks(id, &batch.chunks) {
+        Ok(()) => store
+            .flush()
+            .await
+            .map_err(|e| WireError::from_error(&e, "failed to flush the database")),
+        Err(e) => Err(WireError::from_error(&e, "failed to record chunks")),
+    };
+    if recorded.is_err() {
+        store.close_after_failure();
+    }
+    recorded?;
     debug!(chunks = batch.chunks.len(), "committed");
     Ok(())
 }

@@ -45,6 +45,10 @@ pub struct Config {
     pub commit: CommitPolicy,
     /// Use this certificate and key instead of the generated one.
     pub cert: Option<(PathBuf, PathBuf)>,
+    /// Free disk space kept for the database: uploads that would eat into it are refused at
+    /// create, and commits stop (clients are told `storage_full` and retry) while free space
+    /// is below it.
+    pub min_free_space: u64,
 }
 
 impl Config {
@@ -60,6 +64,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             commit: CommitPolicy::default(),
             cert: None,
+            min_free_space: 64 << 20,
         }
     }
 
@@ -98,7 +103,7 @@ impl Server {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
-        let (store, report) = Store::open(dir)
+        let (store, report) = Store::open(dir, config.min_free_space)
             .with_context(|| format!("failed to open data directory {}", dir.display()))?;
         let identity = match &config.cert {
             Some((cert, key)) => tls::Identity::load(cert, key)?,

@@ -31,6 +31,10 @@ enum Command {
         /// Idle timeout in seconds: a connection silent this long is closed.
         #[arg(long, default_value_t = 30)]
         idle_timeout: u64,
+        /// Free disk space kept for the database (e.g. 64M): uploads that would eat into it are
+        /// refused, and commits pause while free space is below it.
+        #[arg(long, default_value = "64M", value_parser = ferry_proto::units::parse_size)]
+        min_free_space: u64,
         /// PEM certificate chain to present instead of the generated one (needs --key).
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
@@ -91,12 +95,14 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             data,
             idle_timeout,
+            min_free_space,
             cert,
             key,
         } => {
             let mut config = ferry_server::Config::new(data, listen);
             config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
             config.cert = cert.zip(key);
+            config.min_free_space = min_free_space;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;

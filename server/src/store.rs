@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -106,10 +107,36 @@ pub struct OpenReport {
 
 pub struct Store {
     data_dir: PathBuf,
+    /// Free space kept for the database: commits and creates that would eat into it are
+    /// refused, because sled 0.34 stays failed after one write hits a full disk.
+    min_free: u64,
+    /// The open database; `None` after a write failed, until it is reopened. sled 0.34 keeps
+    /// the first I/O error and fails every later call, so after a failure (a full disk, say)
+    /// the only way on is to drop it and open it again once the cause is gone.
+    db: RwLock<Option<Arc<Db>>>,
+}
+
+/// The database and its trees.
+struct Db {
     db: sled::Db,
     uploads: sled::Tree,
     chunks: sled::Tree,
     meta: sled::Tree,
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .with_context(|| format!("failed to open the database {}", path.display()))?;
+        Ok(Self {
+            uploads: db.open_tree(migrations::UPLOADS)?,
+            chunks: db.open_tree(migrations::CHUNKS)?,
+            meta: db.open_tree(migrations::META)?,
+            db,
+        })
+    }
 }
 
 impl Store {
@@ -117,26 +144,23 @@ impl Store {
     /// unclean stop re-hashes every chunk recorded durable, forgetting those that no longer
     /// match: sled 0.34's flush is weaker than fsync, so its records are trusted only as far as
     /// the bytes they describe.
-    pub fn open(data_dir: &Path) -> Result<(Self, OpenReport)> {
+    pub fn open(data_dir: &Path, min_free: u64) -> Result<(Self, OpenReport)> {
         for sub in ["staging", "files"] {
             let dir = data_dir.join(sub);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
         }
         let db_path = data_dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .open()
-            .with_context(|| format!("failed to open the database {}", db_path.display()))?;
-        let schema_before = migrations::migrate(&db).context("failed to prepare the database")?;
+        let db = Db::open(&db_path)?;
+        let schema_before =
+            migrations::migrate(&db.db).context("failed to prepare the database")?;
+        let clean = schema_before == 0 || db.meta.get(CLEAN)?.is_some_and(|v| v.as_ref() == [1]);
+        db.meta.insert(CLEAN, &[0])?;
         let store = Self {
             data_dir: data_dir.to_owned(),
-            uploads: db.open_tree(migrations::UPLOADS)?,
-            chunks: db.open_tree(migrations::CHUNKS)?,
-            meta: db.open_tree(migrations::META)?,
-            db,
+            min_free,
+            db: RwLock::new(Some(Arc::new(db))),
         };
-        let clean = schema_before == 0 || store.meta.get(CLEAN)?.is_some_and(|v| v.as_ref() == [1]);
         let mut report = OpenReport {
             schema_before,
             clean,
@@ -147,8 +171,7 @@ impl Store {
             report.verified = verified;
             report.forgotten = forgotten;
         }
-        store.meta.insert(CLEAN, &[0])?;
-        store.db.flush()?;
+        store.db()?.db.flush()?;
         Ok((store, report))
     }
 
@@ -162,9 +185,38 @@ impl Store {
 
     /// Records the clean stop. Called last, after every driver has stopped.
     pub fn mark_clean(&self) -> Result<()> {
-        self.meta.insert(CLEAN, &[1])?;
-        self.db.flush()?;
+        let db = self.db()?;
+        db.meta.insert(CLEAN, &[1])?;
+        db.db.flush()?;
         Ok(())
+    }
+
+    /// The open database, reopening it first if a failure closed it.
+    fn db(&self) -> Result<Arc<Db>> {
+        if let Some(db) = self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        self.check_space()
+            .map_err(|e| anyhow::anyhow!("database paused: {e}"))?;
+        let db =
+            Arc::new(Db::open(&self.data_dir.join("db")).context("failed to reopen the database")?);
+        // The records written since the failure may be lost; none of them was acknowledged.
+        // The clean-shutdown marker stays 0, so a restart re-verifies as after a crash.
+        warn!("database reopened after a failure");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes the database after a write failed; the next call reopens it.
+    pub fn close_after_failure(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.take().is_some() {
+            warn!("database write failed; closed until it can be reopened");
+        }
     }
 
     /// Creates the staging file and the record of a new upload.
@@ -177,19 +229,30 @@ impl Store {
             .open(&path)
             .with_context(|| format!("failed to create {}", path.display()))?;
         let staging_dir = path.parent().unwrap_or(&self.data_dir);
-        if let Err(e) = reserve(&file, record.size, staging_dir) {
+        let free = free_space(staging_dir).unwrap_or(u64::MAX);
+        let needed = record.size.saturating_add(self.min_free);
+        let result = if free < needed {
+            Err(NoSpace {
+                needed: record.size,
+                free: free.saturating_sub(self.min_free),
+            }
+            .into())
+        } else {
+            reserve(&file, record.size, staging_dir)
+        };
+        if let Err(e) = result {
             drop(file);
             let _ = fs::remove_file(&path);
             return Err(e);
         }
         sync_dir(staging_dir)?;
         self.put_record(id, record)?;
-        self.db.flush()?;
+        self.db()?.db.flush()?;
         Ok(id)
     }
 
     pub fn record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
-        let Some(raw) = self.uploads.get(id.0)? else {
+        let Some(raw) = self.db()?.uploads.get(id.0)? else {
             return Ok(None);
         };
         match serde_json::from_slice(&raw) {
@@ -205,7 +268,7 @@ impl Store {
     /// are ignored (and so re-sent), never trusted.
     pub fn durable_chunks(&self, id: UploadId, layout: &ChunkLayout) -> Result<ChunkSet> {
         let mut set = ChunkSet::new();
-        for entry in self.chunks.scan_prefix(id.0) {
+        for entry in self.db()?.chunks.scan_prefix(id.0) {
             let (key, value) = entry?;
             let Some(index) = key
                 .get(16..24)
@@ -221,13 +284,24 @@ impl Store {
         Ok(set)
     }
 
+    /// Refuses to write when the disk is down to the database's reserve.
+    pub fn check_space(&self) -> Result<(), NoSpace> {
+        match free_space(&self.data_dir) {
+            Ok(free) if free < self.min_free => Err(NoSpace {
+                needed: self.min_free,
+                free,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Records chunks as durable (in memory until [`Store::flush`]) and touches the upload.
     pub fn record_chunks(&self, id: UploadId, chunks: &[(ChunkIndex, Digest)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (index, digest) in chunks {
             batch.insert(&id.chunk_key(index.get())[..], &digest.as_bytes()[..]);
         }
-        self.chunks.apply_batch(batch)?;
+        self.db()?.chunks.apply_batch(batch)?;
         if let Some(mut record) = self.record(id)? {
             record.updated_at = unix_now();
             self.put_record(id, &record)?;
@@ -237,7 +311,8 @@ impl Store {
 
     /// Makes every record written so far durable (as durable as sled 0.34 makes it).
     pub async fn flush(&self) -> Result<()> {
-        self.db
+        let db = self.db()?;
+        db.db
             .flush_async()
             .await
             .context("failed to flush the database")?;
@@ -247,7 +322,7 @@ impl Store {
     /// Every upload of `owner`, oldest first.
     pub fn list(&self, owner: &str) -> Result<Vec<(UploadId, UploadRecord)>> {
         let mut out = Vec::new();
-        for entry in self.uploads.iter() {
+        for entry in self.db()?.uploads.iter() {
             let (key, _) = entry?;
             let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
                 continue;
@@ -313,7 +388,7 @@ impl Store {
         done.sha256 = Some(digest.to_hex());
         self.put_record(id, &done)?;
         self.remove_chunk_records(id)?;
-        self.db.flush()?;
+        self.db()?.db.flush()?;
         fs::remove_file(&staging)
             .with_context(|| format!("failed to remove {}", staging.display()))?;
         sync_dir(staging.parent().unwrap_or(&self.data_dir))?;
@@ -323,8 +398,9 @@ impl Store {
     /// Deletes an upload: records, chunk records and staging file.
     pub fn remove(&self, id: UploadId) -> Result<()> {
         self.remove_chunk_records(id)?;
-        self.uploads.remove(id.0)?;
-        self.db.flush()?;
+        let db = self.db()?;
+        db.uploads.remove(id.0)?;
+        db.db.flush()?;
         match fs::remove_file(self.staging_path(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).context("failed to remove the staging file")
@@ -334,23 +410,27 @@ impl Store {
     }
 
     fn put_record(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
-        self.uploads.insert(id.0, serde_json::to_vec(record)?)?;
+        self.db()?
+            .uploads
+            .insert(id.0, serde_json::to_vec(record)?)?;
         Ok(())
     }
 
     fn remove_chunk_records(&self, id: UploadId) -> Result<()> {
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
-        for key in self.chunks.scan_prefix(id.0).keys() {
+        for key in db.chunks.scan_prefix(id.0).keys() {
             batch.remove(key?);
         }
-        self.chunks.apply_batch(batch)?;
+        db.chunks.apply_batch(batch)?;
         Ok(())
     }
 
     /// Re-hashes every recorded chunk of every receiving upload; forgets mismatches.
     fn verify_all(&self) -> Result<(u64, u64)> {
         let (mut verified, mut forgotten) = (0, 0);
-        let ids: Vec<UploadId> = self
+        let db = self.db()?;
+        let ids: Vec<UploadId> = db
             .uploads
             .iter()
             .keys()
@@ -372,7 +452,7 @@ impl Store {
             let file = File::open(self.staging_path(id)).ok();
             let mut bad = Vec::new();
             let mut buf = Vec::new();
-            for entry in self.chunks.scan_prefix(id.0) {
+            for entry in db.chunks.scan_prefix(id.0) {
                 let (key, value) = entry?;
                 verified += 1;
                 let good = key
@@ -394,10 +474,10 @@ impl Store {
             for key in bad {
                 forgotten += 1;
                 warn!(%id, "chunk failed re-verification after an unclean stop; it will be re-sent");
-                self.chunks.remove(key)?;
+                db.chunks.remove(key)?;
             }
         }
-        self.db.flush()?;
+        db.db.flush()?;
         info!(
             verified,
             forgotten, "re-verified durable chunks after an unclean stop"

@@ -178,7 +178,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `ferryd serve` on `listen` (port 0 picks one) and waits for its "listening" line.
     pub fn start(data: &Path, listen: &str) -> Self {
-        let log = data.with_extension(format!("log{}", std::process::id()));
+        Self::start_with(data, listen, &[])
+    }
+
+    /// Like `start`, with more `serve` arguments.
+    pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("ferryd-test-{}-{n}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,6 +194,7 @@ impl ServerProcess {
         let mut child = Command::new(binary("ferryd"))
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -238,6 +246,7 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

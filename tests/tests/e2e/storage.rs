@@ -1,6 +1,5 @@
 //! The data directory: schema versions. (Unclean stops and tampering are in `resilience`.)
 
-
 #[tokio::test]
 async fn store_from_a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
