@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One upload of SIZE bytes (default 1 GiB) on loopback with the release binaries, ferryd and
 # ferry as separate processes, each under /usr/bin/time -v. Prints throughput, CPU and peak RSS
-# of both sides, and checks the published file's SHA-256. Usage: bench/one-gib.sh [SIZE_MIB]
+# of both sides, and checks the published file's SHA-256.
+# Usage: [CONGESTION=cubic|bbr|newreno] bench/one-gib.sh [SIZE_MIB]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-1024}
@@ -18,14 +19,14 @@ addr=$(sed -n 's/^ferryd: listening on \([^ ]*\) .*/\1/p' "$work/server.log")
 server_pid=$(pgrep -P "$time_pid" ferryd)
 fp=$("$bin/ferryd" fingerprint --data "$work/data")
 /usr/bin/time -v -o "$work/client.time" "$bin/ferry" --server "$addr" --token "$token" --fingerprint "$fp" \
-  --state-dir "$work/state" upload --json "$work/src.bin" > "$work/report.json"
+  --state-dir "$work/state" --congestion "${CONGESTION:-bbr}" upload --json "$work/src.bin" > "$work/report.json"
 kill -TERM "$server_pid"
 wait "$time_pid" || true
 want=$(sha256sum < "$work/src.bin" | cut -d' ' -f1)
 got=$(sha256sum < "$work/data/files/bench/src.bin" | cut -d' ' -f1)
 [ "$want" = "$got" ] || { echo "MISMATCH: published file differs from the source"; exit 1; }
 python3 - "$work" "$mib" <<'PY'
-import json, re, sys
+import json, os, re, sys
 work, mib = sys.argv[1], int(sys.argv[2])
 r = json.load(open(f"{work}/report.json"))
 def t(side):
@@ -34,5 +35,5 @@ def t(side):
     return get("User time (seconds)") + get("System time (seconds)"), get("Maximum resident set size (kbytes)") / 1024
 (scpu, srss), (ccpu, crss) = t("server"), t("client")
 secs = r["elapsed_ms"] / 1000
-print(f"| {mib} MiB | {mib / secs:.0f} MiB/s | {secs:.2f} s | server {scpu:.2f} s CPU, {srss:.0f} MiB peak RSS | client {ccpu:.2f} s CPU, {crss:.0f} MiB peak RSS | sha256 ok |")
+print(f"| {mib} MiB | {os.environ.get('CONGESTION', 'bbr')} | {mib / secs:.0f} MiB/s | {secs:.2f} s | server {scpu:.2f} s CPU, {srss:.0f} MiB peak RSS | client {ccpu:.2f} s CPU, {crss:.0f} MiB peak RSS | sha256 ok |")
 PY

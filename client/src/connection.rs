@@ -27,6 +27,8 @@ pub struct Target {
     pub fingerprint: Option<String>,
     pub known_servers: PathBuf,
     pub idle_timeout: Duration,
+    /// Congestion controller for this side's sending (the upload's direction).
+    pub congestion: ferry_proto::Congestion,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -92,7 +94,10 @@ impl Endpoint {
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::local("TLS setup failed", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(crate::transport::client(target.idle_timeout)));
+        config.transport_config(Arc::new(crate::transport::client(
+            target.idle_timeout,
+            target.congestion,
+        )));
         let host = target
             .server
             .rsplit_once(':')

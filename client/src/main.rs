@@ -49,6 +49,9 @@ struct Global {
     /// After a connection loss, keep reconnecting this many seconds without progress.
     #[arg(long, default_value_t = 300, global = true)]
     reconnect_for: u64,
+    /// Congestion controller for the upload: cubic, bbr or newreno.
+    #[arg(long, global = true, default_value_t = ferry_proto::Congestion::default())]
+    congestion: ferry_proto::Congestion,
     /// Seconds without any packet from the server before a connection counts as lost.
     #[arg(long, default_value_t = 15, global = true)]
     idle_timeout: u64,
@@ -157,6 +160,7 @@ async fn run(cli: Cli) -> ExitCode {
         fingerprint,
         known_servers,
         idle_timeout: Duration::from_secs(g.idle_timeout.max(1)),
+        congestion: g.congestion,
     };
     let mut opts = Options::new(target, state_dir);
     opts.reconnect_for = Duration::from_secs(g.reconnect_for);

@@ -2,13 +2,27 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use ferry_proto::Congestion;
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{TransportConfig, VarInt};
+
+/// quinn's implementation of `congestion`.
+pub fn controller(congestion: Congestion) -> Arc<dyn ControllerFactory + Send + Sync> {
+    match congestion {
+        Congestion::Cubic => Arc::new(CubicConfig::default()),
+        Congestion::Bbr => Arc::new(BbrConfig::default()),
+        Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+    }
+}
 
 /// Wanted size of the UDP send and receive buffers.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-pub fn client(idle_timeout: Duration) -> TransportConfig {
+pub fn client(idle_timeout: Duration, congestion: Congestion) -> TransportConfig {
     let mut t = TransportConfig::default();
+    t.congestion_controller_factory(controller(congestion));
     // The client receives only control frames; it sends chunk payloads, so its send buffer must
     // cover the bytes in flight of the whole window.
     t.send_window(64 << 20);

@@ -4,6 +4,7 @@
 //! number generator: time and ids are arguments, effects are return values.
 
 mod chunkset;
+mod congestion;
 mod digest;
 mod error;
 pub mod frame;
@@ -14,6 +15,7 @@ mod session;
 pub mod units;
 
 pub use chunkset::{ChunkSet, RangeError};
+pub use congestion::Congestion;
 pub use digest::{Digest, DigestParseError};
 pub use error::ErrorCode;
 pub use frame::{

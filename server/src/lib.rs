@@ -49,6 +49,8 @@ pub struct Config {
     /// create, and commits stop (clients are told `storage_full` and retry) while free space
     /// is below it.
     pub min_free_space: u64,
+    /// Congestion controller for what the server sends (acks and replies: little).
+    pub congestion: ferry_proto::Congestion,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             commit: CommitPolicy::default(),
             cert: None,
             min_free_space: 64 << 20,
+            congestion: ferry_proto::Congestion::default(),
         }
     }
 

@@ -35,6 +35,9 @@ enum Command {
         /// refused, and commits pause while free space is below it.
         #[arg(long, default_value = "64M", value_parser = ferry_proto::units::parse_size)]
         min_free_space: u64,
+        /// Congestion controller: cubic, bbr or newreno.
+        #[arg(long, default_value_t = ferry_proto::Congestion::default())]
+        congestion: ferry_proto::Congestion,
         /// PEM certificate chain to present instead of the generated one (needs --key).
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
             data,
             idle_timeout,
             min_free_space,
+            congestion,
             cert,
             key,
         } => {
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
             config.cert = cert.zip(key);
             config.min_free_space = min_free_space;
+            config.congestion = congestion;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;

@@ -6,6 +6,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use std::sync::Arc;
+
+use ferry_proto::Congestion;
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{TransportConfig, VarInt};
 use tracing::warn;
 
@@ -14,6 +18,13 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 pub fn server(config: &crate::Config) -> Result<TransportConfig> {
     let mut t = TransportConfig::default();
+    t.congestion_controller_factory(match config.congestion {
+        Congestion::Cubic => {
+            Arc::new(CubicConfig::default()) as Arc<dyn ControllerFactory + Send + Sync>
+        }
+        Congestion::Bbr => Arc::new(BbrConfig::default()),
+        Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+    });
     t.max_concurrent_uni_streams(
         VarInt::from_u64(config.max_streams).context("max_streams too large")?,
     );

@@ -74,6 +74,7 @@ impl TestServer {
             fingerprint: Some(self.fingerprint.clone()),
             known_servers: state.join("known_servers"),
             idle_timeout: Duration::from_secs(5),
+            congestion: Default::default(),
         };
         let mut opts = Options::new(target, state.to_owned());
         opts.chunk_size = 64 << 10;

@@ -295,6 +295,7 @@ fn durable_bytes(server: &ServerProcess, token: &str, state: &Path) -> u64 {
             fingerprint: Some(server.fingerprint.clone()),
             known_servers: state.join("known"),
             idle_timeout: Duration::from_secs(5),
+            congestion: Default::default(),
         };
         let mut client =
             ferry_client::Client::new(ferry_client::Options::new(target, state.to_owned()))

@@ -68,6 +68,7 @@ async fn durable(server: &ServerProcess, token: &str, state: &std::path::Path) -
         fingerprint: Some(server.fingerprint.clone()),
         known_servers: state.join("known"),
         idle_timeout: Duration::from_secs(5),
+        congestion: Default::default(),
     };
     let mut client =
         ferry_client::Client::new(ferry_client::Options::new(target, state.join("probe"))).unwrap();
