@@ -29,6 +29,9 @@ pub struct Target {
     pub idle_timeout: Duration,
     /// Congestion controller for this side's sending (the upload's direction).
     pub congestion: ferry_proto::Congestion,
+    /// Trust server certificates signed by the CAs in this PEM file (checking the name)
+    /// instead of pinning a fingerprint.
+    pub ca: Option<PathBuf>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -68,6 +71,11 @@ impl Endpoint {
         Ok(Self { endpoint })
     }
 
+    /// Resolves when every connection of this endpoint is closed and the peer was told.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+
     /// Moves the endpoint to a new local UDP socket (as when the network changes); open
     /// connections migrate to it.
     pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
@@ -84,12 +92,19 @@ impl Endpoint {
             .or_else(|| known.get(&target.server));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PinVerifier::new(pinned.clone(), provider.clone()));
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::local("TLS setup failed", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
+            .map_err(|e| ClientError::local("TLS setup failed", e))?;
+        let mut tls = match &target.ca {
+            // A CA-signed server certificate: verified against the CA and the server's name.
+            Some(ca) => builder
+                .with_root_certificates(load_roots(ca)?)
+                .with_no_client_auth(),
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth(),
+        };
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::local("TLS setup failed", e))?;
@@ -127,7 +142,7 @@ impl Endpoint {
                 )));
             }
         };
-        if pinned.is_none() {
+        if pinned.is_none() && target.ca.is_none() {
             if let Some(seen) = verifier.seen() {
                 known.add(&target.server, &seen).map_err(|e| {
                     ClientError::local(
@@ -282,6 +297,22 @@ fn close_reason(connection: &quinn::Connection) -> ClientError {
         Some(e) => ClientError::Connection(e.to_string()),
         None => ClientError::Connection("control stream closed".into()),
     }
+}
+
+/// The CA certificates of a PEM file.
+fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, ClientError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |e: &dyn std::fmt::Display| {
+        ClientError::Usage(format!("cannot read CA file {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in it"));
+    }
+    Ok(roots)
 }
 
 async fn resolve(server: &str) -> Result<SocketAddr, ClientError> {

@@ -38,8 +38,12 @@ struct Global {
     token: Option<String>,
     /// Pin the server certificate: sha256:HEX as printed by `ferryd fingerprint`. Without it
     /// the first certificate seen is trusted and recorded in the known-servers file.
-    #[arg(long, env = "FERRY_FINGERPRINT", global = true)]
+    #[arg(long, env = "FERRY_FINGERPRINT", global = true, conflicts_with = "ca")]
     fingerprint: Option<String>,
+    /// Trust a CA-signed server certificate: PEM file of the CA(s); the server's name (the HOST
+    /// of --server) must match the certificate.
+    #[arg(long, env = "FERRY_CA", global = true)]
+    ca: Option<PathBuf>,
     /// Directory of the resume journal [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
     #[arg(long, env = "FERRY_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
@@ -161,6 +165,7 @@ async fn run(cli: Cli) -> ExitCode {
         known_servers,
         idle_timeout: Duration::from_secs(g.idle_timeout.max(1)),
         congestion: g.congestion,
+        ca: g.ca.clone(),
     };
     let mut opts = Options::new(target, state_dir);
     opts.reconnect_for = Duration::from_secs(g.reconnect_for);
@@ -183,7 +188,7 @@ async fn with_client(opts: Options, f: impl for<'a> FnOnce(&'a mut Client) -> Bo
         Err(e) => return report("cannot start", &e),
     };
     let result = f(&mut client).await;
-    client.close();
+    client.close().await;
     match result {
         Ok(()) => 0,
         Err((what, e)) => report(&what, &e),
@@ -212,7 +217,7 @@ async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -
             }
         }
     }
-    client.close();
+    client.close().await;
     code
 }
 
@@ -313,7 +318,7 @@ async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {
             }
         }
     };
-    client.close();
+    client.close().await;
     code
 }
 
@@ -399,8 +404,20 @@ fn line(u: &UploadSummary) -> String {
     } else {
         u.durable_bytes as f64 * 100.0 / u.size as f64
     };
+    let expiry = match u.expires_at {
+        0 => String::new(),
+        at => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "  (expires in {} h without progress)",
+                at.saturating_sub(now).div_ceil(3600)
+            )
+        }
+    };
     format!(
-        "{}  {:<9}  {:>5.1}%  {:>12}  {}",
+        "{}  {:<9}  {:>5.1}%  {:>12}  {}{expiry}",
         u.upload_id,
         u.state,
         pct,

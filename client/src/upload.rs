@@ -290,6 +290,15 @@ async fn open(
                 code: ErrorCode::NotFound,
                 ..
             }) => journal.remove(key),
+            Err(ClientError::Server {
+                code: ErrorCode::Expired,
+                ..
+            }) => {
+                eprintln!(
+                    "ferry: the earlier upload of {name} expired on the server; starting afresh"
+                );
+                journal.remove(key);
+            }
             Err(e) => return Err(e),
         }
     }

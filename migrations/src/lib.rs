@@ -3,13 +3,16 @@
 //! (recording the version after each), and refuses a store written by a newer Ferry.
 
 /// The schema version this build writes.
-pub const CURRENT: u32 = 1;
+pub const CURRENT: u32 = 2;
 /// Tree holding `schema_version` and the clean-shutdown marker.
 pub const META: &str = "meta";
 /// Tree of upload records: upload id (16 bytes) → JSON record.
 pub const UPLOADS: &str = "uploads";
 /// Tree of durable chunks: upload id (16 bytes) ++ chunk index (u64 BE) → SHA-256 (32 bytes).
 pub const CHUNKS: &str = "chunks";
+/// Tree of expired uploads (since v2): upload id (16 bytes) → JSON `{owner, expired_at}`, so a
+/// client resuming one learns it expired instead of "not found".
+pub const EXPIRED: &str = "expired";
 /// Key of the schema version (u32 BE) in `meta`.
 pub const SCHEMA_VERSION: &[u8] = b"schema_version";
 
@@ -32,13 +35,19 @@ struct Step {
     apply: fn(&sled::Db) -> Result<(), sled::Error>,
 }
 
-const STEPS: &[Step] = &[Step { to: 1, apply: v1 }];
+const STEPS: &[Step] = &[Step { to: 1, apply: v1 }, Step { to: 2, apply: v2 }];
 
 /// v1: the three trees of the first release.
 fn v1(db: &sled::Db) -> Result<(), sled::Error> {
     for tree in [META, UPLOADS, CHUNKS] {
         db.open_tree(tree)?;
     }
+    Ok(())
+}
+
+/// v2: the `expired` tree of tombstones.
+fn v2(db: &sled::Db) -> Result<(), sled::Error> {
+    db.open_tree(EXPIRED)?;
     Ok(())
 }
 
@@ -102,6 +111,25 @@ mod tests {
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == CHUNKS.as_bytes()));
+    }
+
+    #[test]
+    fn v1_store_is_brought_to_v2_keeping_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        v1(&db).unwrap();
+        set_version(&db, 1).unwrap();
+        db.open_tree(UPLOADS).unwrap().insert(b"k", b"v").unwrap();
+        assert_eq!(migrate(&db).unwrap(), 1);
+        assert_eq!(version(&db).unwrap(), 2);
+        assert!(db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == EXPIRED.as_bytes()));
+        assert_eq!(
+            db.open_tree(UPLOADS).unwrap().get(b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub enum ErrorCode {
     Internal,
     /// At create: the file is larger than the server's free disk space.
     InsufficientStorage,
+    /// At create: the owner has as many uploads in progress as the server allows.
+    TooManyUploads,
+    /// At create: the owner's stored and staged bytes plus this file exceed the quota.
+    QuotaExceeded,
+    /// The server has as many connections as it allows, in total or from this address.
+    TooManyConnections,
+    /// The upload made no progress for the server's expiry time and was removed. Start afresh.
+    Expired,
+    /// A stream stalled in the middle of a frame or a chunk for too long and was cut off.
+    StreamTimeout,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -109,6 +119,11 @@ impl ErrorCode {
         Self::Internal,
         // New codes go here, at the end: a code's QUIC number is its position.
         Self::InsufficientStorage,
+        Self::TooManyUploads,
+        Self::QuotaExceeded,
+        Self::TooManyConnections,
+        Self::Expired,
+        Self::StreamTimeout,
     ];
 
     /// The wire spelling.
@@ -145,6 +160,11 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
             Self::InsufficientStorage => "insufficient_storage",
+            Self::TooManyUploads => "too_many_uploads",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Expired => "expired",
+            Self::StreamTimeout => "stream_timeout",
             Self::Unknown => "unknown",
         }
     }
@@ -158,6 +178,7 @@ impl ErrorCode {
                 | Self::ShortPayload
                 | Self::StorageError
                 | Self::StorageFull
+                | Self::StreamTimeout
         )
     }
 

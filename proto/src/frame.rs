@@ -111,6 +111,15 @@ pub struct Limits {
     /// Chunk streams the client may have open at once.
     pub max_streams: u64,
     pub max_frame: u64,
+    /// Uploads in progress one owner may have; 0 means no limit.
+    #[serde(default)]
+    pub max_uploads: u64,
+    /// Bytes one owner may have stored and staged; 0 means no limit.
+    #[serde(default)]
+    pub quota: u64,
+    /// Seconds without progress after which an upload is removed; 0 means never.
+    #[serde(default)]
+    pub expire_after: u64,
 }
 
 /// An upload as `created` and `resumed` describe it.
@@ -142,6 +151,10 @@ pub struct UploadSummary {
     /// Unix seconds.
     pub created_at: u64,
     pub updated_at: u64,
+    /// Unix seconds at which an unfinished upload will be removed if it makes no progress;
+    /// 0 for complete uploads or when uploads never expire.
+    #[serde(default)]
+    pub expires_at: u64,
 }
 
 /// Why bytes could not be decoded into a frame.

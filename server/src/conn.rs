@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::driver::{Msg, Verdict, WireError};
+use crate::guard::ConnSlot;
 use crate::store::{unix_now, RecordState, UploadId, UploadRecord};
 use crate::wire::{read_frame, write_frame, ReadError};
 use crate::Shared;
@@ -38,7 +39,14 @@ struct Conn {
     attached: Mutex<HashSet<UploadId>>,
 }
 
-pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
+/// Serves one connection. `slot` is its place under the connection limits, or why it has
+/// none (then the client is told, once it has said hello, and the connection closes).
+pub async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    id: u64,
+    slot: Result<ConnSlot, String>,
+) {
     let handshake = tokio::time::timeout(shared.config.handshake_timeout, incoming);
     let connection = match handshake.await {
         Ok(Ok(c)) => c,
@@ -55,7 +63,15 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
         );
         return;
     };
-    let hello = tokio::time::timeout(shared.config.handshake_timeout, read_frame(&mut recv)).await;
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err(message) => {
+            info!(%remote, message, "refused: too many connections");
+            return refuse(&connection, send, ErrorCode::TooManyConnections, &message).await;
+        }
+    };
+    let limit = shared.config.handshake_timeout;
+    let hello = tokio::time::timeout(limit, read_frame(&mut recv, limit, false)).await;
     let owner = match hello {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
@@ -63,9 +79,15 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
                 return refuse(&connection, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
             match shared.tokens.verify(&token) {
-                Ok(Some(owner)) => owner,
+                Ok(Some(owner)) => {
+                    shared.throttle.succeed(remote.ip());
+                    owner
+                }
                 Ok(None) => {
-                    info!(%remote, "refused an unknown token");
+                    // Each failure from the same address waits longer before its answer.
+                    let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
+                    info!(%remote, delay_ms = delay.as_millis() as u64, "refused an unknown token");
+                    tokio::time::sleep(delay).await;
                     return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token")
                         .await;
                 }
@@ -125,7 +147,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64) {
     let chunk_streams = tokio::spawn(accept_chunk_streams(conn.clone()));
 
     let close = loop {
-        match read_frame(&mut recv).await {
+        match read_frame(&mut recv, conn.shared.config.stream_timeout, true).await {
             Ok(Some(frame)) => conn.request(frame).await,
             Ok(None) => break None,
             Err(e) => break e.code(),
@@ -259,6 +281,7 @@ impl Conn {
                 ),
             ));
         }
+        self.check_owner_limits(size)?;
         let now = unix_now();
         let record = UploadRecord {
             owner: self.owner.clone(),
@@ -415,6 +438,10 @@ impl Conn {
                 },
                 created_at: record.created_at,
                 updated_at: record.updated_at,
+                expires_at: match (record.state, self.shared.config.expire_after.as_secs()) {
+                    (RecordState::Receiving, secs) if secs > 0 => record.updated_at + secs,
+                    _ => 0,
+                },
             });
         }
         Ok(out)
@@ -427,9 +454,51 @@ impl Conn {
         let id = UploadId::parse(raw_id).ok_or_else(not_found)?;
         match self.shared.store.record(id) {
             Ok(Some(record)) if record.owner == self.owner => Ok((id, record)),
-            Ok(_) => Err(not_found()),
+            Ok(Some(_)) => Err(not_found()),
+            Ok(None) => match self.shared.store.tombstone(id) {
+                Ok(Some(t)) if t.owner == self.owner => Err(WireError::new(
+                    ErrorCode::Expired,
+                    format!("upload {id} expired at {} (Unix time) after making no progress; start it afresh", t.expired_at),
+                )),
+                Ok(_) => Err(not_found()),
+                Err(e) => Err(storage(&e, "failed to read the upload")),
+            },
             Err(e) => Err(storage(&e, "failed to read the upload")),
         }
+    }
+
+    /// Uploads in progress and the quota, checked before a new upload is created.
+    fn check_owner_limits(&self, size: u64) -> Result<(), WireError> {
+        let config = &self.shared.config;
+        let uploads = self
+            .shared
+            .store
+            .list(&self.owner)
+            .map_err(|e| storage(&e, "failed to list uploads"))?;
+        let receiving = uploads
+            .iter()
+            .filter(|(_, r)| r.state == RecordState::Receiving)
+            .count() as u64;
+        if config.max_uploads_per_owner > 0 && receiving >= config.max_uploads_per_owner {
+            return Err(WireError::new(
+                ErrorCode::TooManyUploads,
+                format!(
+                    "{} has {receiving} uploads in progress, the limit is {}",
+                    self.owner, config.max_uploads_per_owner
+                ),
+            ));
+        }
+        let used: u64 = uploads.iter().map(|(_, r)| r.size).sum();
+        if config.quota_per_owner > 0 && used.saturating_add(size) > config.quota_per_owner {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} uses {used} bytes; {size} more would exceed the quota of {} bytes",
+                    self.owner, config.quota_per_owner
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn driver(
@@ -472,7 +541,8 @@ async fn accept_chunk_streams(conn: Arc<Conn>) {
 
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
 async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
-    let (upload_id, index, size, sha256) = match read_frame(&mut recv).await {
+    let stall = conn.shared.config.stream_timeout;
+    let (upload_id, index, size, sha256) = match read_frame(&mut recv, stall, false).await {
         Ok(Some(Frame::Chunk {
             upload_id,
             index,
@@ -536,7 +606,15 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         let mut filled = 0;
         while filled < want {
             let read = tokio::select! {
-                read = recv.read(&mut buf[filled..want]) => read,
+                read = tokio::time::timeout(stall, recv.read(&mut buf[filled..want])) => match read {
+                    Ok(read) => read,
+                    Err(_) => {
+                        let _ = recv.stop(VarInt::from_u32(ErrorCode::StreamTimeout.quic_code()));
+                        let message = format!("chunk {index} sent nothing for {} s", stall.as_secs());
+                        let _ = driver.send(Msg::Failed { index, error: WireError::new(ErrorCode::StreamTimeout, message) });
+                        return;
+                    }
+                },
                 _ = takeover.changed() => {
                     let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
                     let _ = driver.send(Msg::Abandoned { index });

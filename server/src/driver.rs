@@ -121,6 +121,12 @@ pub enum Msg {
     Abort {
         reply: oneshot::Sender<Result<(), WireError>>,
     },
+    /// Remove the upload for lack of progress, unless a connection drives it; replies whether
+    /// it was removed.
+    Expire {
+        now: u64,
+        reply: oneshot::Sender<bool>,
+    },
     Shutdown,
 }
 
@@ -186,6 +192,27 @@ impl Registry {
         );
         drivers.insert(id, (tx.clone(), handle));
         Ok(tx)
+    }
+
+    /// Removes a stale upload unless a connection is driving it. Without a running driver the
+    /// removal happens under the registry lock, so no driver can start on it meanwhile.
+    pub async fn expire_if_idle(
+        &self,
+        store: &Arc<Store>,
+        id: UploadId,
+        owner: &str,
+        now: u64,
+    ) -> bool {
+        let driver = {
+            let drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+            match drivers.get(&id).filter(|(tx, _)| !tx.is_closed()) {
+                Some((tx, _)) => tx.clone(),
+                None => return store.expire(id, owner, now).is_ok(),
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let _ = driver.send(Msg::Expire { now, reply });
+        rx.await.unwrap_or(false)
     }
 
     /// Asks every driver to commit what it has received and stop; waits for them.
@@ -369,6 +396,21 @@ impl Driver {
                     Err(e) => {
                         let _ = reply.send(Err(WireError::new(ErrorCode::Internal, e.to_string())));
                     }
+                }
+            }
+            Msg::Expire { now, reply } => {
+                if self.attached.is_some() {
+                    let _ = reply.send(false);
+                    return Step::Continue;
+                }
+                let (store, id, owner) = (self.store.clone(), self.id, self.record.owner.clone());
+                let removed =
+                    tokio::task::spawn_blocking(move || store.expire(id, &owner, now)).await;
+                let removed = matches!(removed, Ok(Ok(())));
+                let _ = reply.send(removed);
+                if removed {
+                    info!("expired");
+                    return Step::Stop;
                 }
             }
             Msg::Shutdown => {}

@@ -6,6 +6,7 @@
 mod conn;
 mod driver;
 mod fsutil;
+mod guard;
 pub mod store;
 pub mod tls;
 pub mod tokens;
@@ -51,6 +52,20 @@ pub struct Config {
     pub min_free_space: u64,
     /// Congestion controller for what the server sends (acks and replies: little).
     pub congestion: ferry_proto::Congestion,
+    /// Uploads in progress per owner; 0 for no limit.
+    pub max_uploads_per_owner: u64,
+    /// Stored plus staged bytes per owner; 0 for no limit.
+    pub quota_per_owner: u64,
+    /// Connections at once, in total and from one IP address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A stream that stops in the middle of a frame or a chunk payload for this long is cut
+    /// off (`stream_timeout`), so a slow or stuck client cannot hold a slot forever.
+    pub stream_timeout: Duration,
+    /// Unfinished uploads without progress for this long are removed; zero for never.
+    pub expire_after: Duration,
+    /// How often the sweeper looks for expired uploads.
+    pub sweep_interval: Duration,
 }
 
 impl Config {
@@ -68,6 +83,13 @@ impl Config {
             cert: None,
             min_free_space: 64 << 20,
             congestion: ferry_proto::Congestion::default(),
+            max_uploads_per_owner: 16,
+            quota_per_owner: 0,
+            max_connections: 256,
+            max_connections_per_ip: 16,
+            stream_timeout: Duration::from_secs(30),
+            expire_after: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(600),
         }
     }
 
@@ -79,6 +101,9 @@ impl Config {
             max_chunk_size: self.max_chunk_size,
             max_streams: self.max_streams,
             max_frame: MAX_FRAME as u64,
+            max_uploads: self.max_uploads_per_owner,
+            quota: self.quota_per_owner,
+            expire_after: self.expire_after.as_secs(),
         }
     }
 }
@@ -89,6 +114,8 @@ pub(crate) struct Shared {
     store: Arc<Store>,
     tokens: Tokens,
     registry: Arc<driver::Registry>,
+    limiter: Arc<guard::ConnLimiter>,
+    throttle: guard::AuthThrottle,
 }
 
 /// A bound server, not yet accepting.
@@ -142,6 +169,8 @@ impl Server {
             tokens: Tokens::new(dir),
             store: Arc::new(store),
             registry: Default::default(),
+            limiter: guard::ConnLimiter::new(config.max_connections, config.max_connections_per_ip),
+            throttle: Default::default(),
             config,
         });
         Ok(Self {
@@ -169,18 +198,21 @@ impl Server {
     /// Accepts connections until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let next_id = AtomicU64::new(1);
+        let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id));
+                    let slot = self.shared.limiter.acquire(incoming.remote_address().ip());
+                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id, slot));
                 }
                 () = &mut shutdown => break,
             }
         }
         info!("shutting down");
+        sweeper.abort();
         self.endpoint.close(
             VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),
             b"server shutting down",
@@ -196,6 +228,44 @@ impl Server {
         }
         info!("stopped cleanly");
         Ok(())
+    }
+}
+
+/// Tombstones of expired uploads are kept this long, for a clear error on resume.
+const TOMBSTONE_LIFE: u64 = 30 * 24 * 3600;
+
+/// Removes uploads that made no progress for `expire_after`, every `sweep_interval`.
+async fn sweep_forever(shared: Arc<Shared>) {
+    let expire = shared.config.expire_after.as_secs();
+    if expire == 0 {
+        return;
+    }
+    loop {
+        tokio::time::sleep(shared.config.sweep_interval).await;
+        let now = store::unix_now();
+        let store = shared.store.clone();
+        let stale =
+            tokio::task::spawn_blocking(move || store.stale(now.saturating_sub(expire))).await;
+        let stale = match stale {
+            Ok(Ok(stale)) => stale,
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "sweep failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for (id, record) in stale {
+            if shared
+                .registry
+                .expire_if_idle(&shared.store, id, &record.owner, now)
+                .await
+            {
+                info!(upload = %id, owner = record.owner, "expired after making no progress");
+            }
+        }
+        let _ = shared
+            .store
+            .prune_tombstones(now.saturating_sub(TOMBSTONE_LIFE));
     }
 }
 

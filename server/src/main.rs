@@ -35,6 +35,20 @@ enum Command {
         /// refused, and commits pause while free space is below it.
         #[arg(long, default_value = "64M", value_parser = ferry_proto::units::parse_size)]
         min_free_space: u64,
+        /// Remove unfinished uploads that made no progress for this many hours (0: never).
+        #[arg(long, default_value_t = 7 * 24)]
+        expire_after_hours: u64,
+        /// Uploads in progress per token (0: no limit).
+        #[arg(long, default_value_t = 16)]
+        max_uploads: u64,
+        /// Stored plus staged bytes per token, e.g. 500G (default: no quota).
+        #[arg(long, value_parser = ferry_proto::units::parse_size)]
+        quota: Option<u64>,
+        /// Connections at once, in total and per client IP address.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+        #[arg(long, default_value_t = 16)]
+        max_connections_per_ip: usize,
         /// Congestion controller: cubic, bbr or newreno.
         #[arg(long, default_value_t = ferry_proto::Congestion::default())]
         congestion: ferry_proto::Congestion,
@@ -99,6 +113,11 @@ fn run(cli: Cli) -> Result<()> {
             data,
             idle_timeout,
             min_free_space,
+            expire_after_hours,
+            max_uploads,
+            quota,
+            max_connections,
+            max_connections_per_ip,
             congestion,
             cert,
             key,
@@ -108,6 +127,11 @@ fn run(cli: Cli) -> Result<()> {
             config.cert = cert.zip(key);
             config.min_free_space = min_free_space;
             config.congestion = congestion;
+            config.expire_after = std::time::Duration::from_secs(expire_after_hours * 3600);
+            config.max_uploads_per_owner = max_uploads;
+            config.quota_per_owner = quota.unwrap_or(0);
+            config.max_connections = max_connections.max(1);
+            config.max_connections_per_ip = max_connections_per_ip.max(1);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;

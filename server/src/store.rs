@@ -95,6 +95,14 @@ impl UploadRecord {
     }
 }
 
+/// What remains of an expired upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub owner: String,
+    /// Unix seconds.
+    pub expired_at: u64,
+}
+
 /// What opening the store found.
 #[derive(Debug, Default)]
 pub struct OpenReport {
@@ -122,6 +130,7 @@ struct Db {
     uploads: sled::Tree,
     chunks: sled::Tree,
     meta: sled::Tree,
+    expired: sled::Tree,
 }
 
 impl Db {
@@ -134,6 +143,7 @@ impl Db {
             uploads: db.open_tree(migrations::UPLOADS)?,
             chunks: db.open_tree(migrations::CHUNKS)?,
             meta: db.open_tree(migrations::META)?,
+            expired: db.open_tree(migrations::EXPIRED)?,
             db,
         })
     }
@@ -407,6 +417,58 @@ impl Store {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Removes an upload that made no progress and leaves a tombstone, so its owner learns
+    /// that it expired.
+    pub fn expire(&self, id: UploadId, owner: &str, now: u64) -> Result<()> {
+        let tombstone = serde_json::to_vec(&Tombstone {
+            owner: owner.to_owned(),
+            expired_at: now,
+        })?;
+        self.db()?.expired.insert(id.0, tombstone)?;
+        self.remove(id)
+    }
+
+    /// The tombstone of an expired upload.
+    pub fn tombstone(&self, id: UploadId) -> Result<Option<Tombstone>> {
+        let raw = self.db()?.expired.get(id.0)?;
+        Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok()))
+    }
+
+    /// Receiving uploads whose last progress is before `cutoff` (Unix seconds).
+    pub fn stale(&self, cutoff: u64) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = Vec::new();
+        for entry in self.db()?.uploads.iter() {
+            let (key, _) = entry?;
+            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            if let Some(record) = self.record(UploadId(bytes))? {
+                if record.state == RecordState::Receiving && record.updated_at < cutoff {
+                    out.push((UploadId(bytes), record));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets tombstones older than `cutoff`; they only serve a better error message.
+    pub fn prune_tombstones(&self, cutoff: u64) -> Result<usize> {
+        let db = self.db()?;
+        let mut old = Vec::new();
+        for entry in db.expired.iter() {
+            let (key, raw) = entry?;
+            let keep =
+                serde_json::from_slice::<Tombstone>(&raw).is_ok_and(|t| t.expired_at >= cutoff);
+            if !keep {
+                old.push(key);
+            }
+        }
+        for key in &old {
+            db.expired.remove(key)?;
+        }
+        Ok(old.len())
     }
 
     fn put_record(&self, id: UploadId, record: &UploadRecord) -> Result<()> {

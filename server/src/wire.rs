@@ -1,5 +1,7 @@
 //! Reading and writing frames on QUIC streams: exact reads, the length checked before the
-//! body is read.
+//! body is read, and a bound on how long a frame may take once it has started.
+
+use std::time::Duration;
 
 use ferry_proto::{ErrorCode, Frame, FrameError};
 use quinn::{ReadExactError, RecvStream, SendStream};
@@ -11,6 +13,8 @@ pub enum ReadError {
     Frame(FrameError),
     /// The stream ended inside a frame.
     Truncated,
+    /// The frame started but did not complete in time.
+    Timeout(Duration),
     /// The stream or connection failed: nobody to tell.
     Gone,
 }
@@ -24,32 +28,55 @@ impl ReadError {
                 ErrorCode::TruncatedFrame,
                 "stream ended inside a frame".into(),
             )),
+            Self::Timeout(limit) => Some((
+                ErrorCode::StreamTimeout,
+                format!("a frame took longer than {} s to arrive", limit.as_secs()),
+            )),
             Self::Gone => None,
         }
     }
 }
 
-/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
-pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, ReadError> {
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it. With `idle_first`, the
+/// wait for the frame's first byte is unbounded (a control stream may be quiet between
+/// requests); every other byte must arrive within `stall` of the first.
+pub async fn read_frame(
+    recv: &mut RecvStream,
+    stall: Duration,
+    idle_first: bool,
+) -> Result<Option<Frame>, ReadError> {
     let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
-        Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+    if idle_first {
+        match recv.read(&mut prefix[..1]).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(ReadError::Gone),
+        }
     }
-    let len = Frame::peek_len(&prefix)
-        .map_err(ReadError::Frame)?
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
-        Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
-    }
-    Frame::decode_body(&body)
-        .map(Some)
-        .map_err(ReadError::Frame)
+    let start = if idle_first { 1 } else { 0 };
+    let rest = async {
+        match recv.read_exact(&mut prefix[start..]).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(0)) if start == 0 => return Ok(None),
+            Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
+            Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+        }
+        let len = Frame::peek_len(&prefix)
+            .map_err(ReadError::Frame)?
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        match recv.read_exact(&mut body).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
+            Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+        }
+        Frame::decode_body(&body)
+            .map(Some)
+            .map_err(ReadError::Frame)
+    };
+    tokio::time::timeout(stall, rest)
+        .await
+        .unwrap_or(Err(ReadError::Timeout(stall)))
 }
 
 /// Writes one frame.

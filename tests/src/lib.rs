@@ -75,6 +75,7 @@ impl TestServer {
             known_servers: state.join("known_servers"),
             idle_timeout: Duration::from_secs(5),
             congestion: Default::default(),
+            ca: None,
         };
         let mut opts = Options::new(target, state.to_owned());
         opts.chunk_size = 64 << 10;

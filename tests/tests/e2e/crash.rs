@@ -296,12 +296,13 @@ fn durable_bytes(server: &ServerProcess, token: &str, state: &Path) -> u64 {
             known_servers: state.join("known"),
             idle_timeout: Duration::from_secs(5),
             congestion: Default::default(),
+            ca: None,
         };
         let mut client =
             ferry_client::Client::new(ferry_client::Options::new(target, state.to_owned()))
                 .unwrap();
         let listed = client.list().await.ok();
-        client.close();
+        client.close().await;
         listed
             .and_then(|l| l.into_iter().find(|u| u.state == "receiving"))
             .map_or(0, |u| u.durable_bytes)
@@ -328,7 +329,11 @@ async fn twenty_clients_through_a_lossy_link() {
     const CLIENTS: usize = 20;
     const SIZE: usize = 3 << 20;
     let setup = Setup::new();
-    let server = ServerProcess::start(&setup.data, "127.0.0.1:0");
+    let server = ServerProcess::start_with(
+        &setup.data,
+        "127.0.0.1:0",
+        &["--max-connections-per-ip", "64"],
+    );
     let link = Impairment::lossy(5, 0.01, 0.01);
     let relay = Relay::start(server.addr, link, link, 104).await;
     let addr = relay.addr.to_string();

@@ -69,6 +69,7 @@ async fn durable(server: &ServerProcess, token: &str, state: &std::path::Path) -
         known_servers: state.join("known"),
         idle_timeout: Duration::from_secs(5),
         congestion: Default::default(),
+        ca: None,
     };
     let mut client =
         ferry_client::Client::new(ferry_client::Options::new(target, state.join("probe"))).unwrap();
@@ -77,7 +78,7 @@ async fn durable(server: &ServerProcess, token: &str, state: &std::path::Path) -
         .await
         .map(|l| l.first().map_or(0, |u| u.durable_bytes))
         .unwrap_or(0);
-    client.close();
+    client.close().await;
     listed
 }
 

@@ -1,0 +1,158 @@
+//! Protection against floods: a cap on connections (in total and per IP address), and a
+//! growing delay before answering repeated authentication failures from one address. Both keep
+//! bounded state, so a flood of addresses cannot grow the server's memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts open connections.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open connection's place; given back on drop.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for a connection from `ip`, or why there is none.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, String> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max_total {
+            return Err(format!(
+                "the server has {} connections, its limit",
+                self.max_total
+            ));
+        }
+        let from_ip = open.1.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.max_per_ip {
+            return Err(format!(
+                "{ip} has {from_ip} connections, the limit per address is {}",
+                self.max_per_ip
+            ));
+        }
+        open.0 += 1;
+        *open.1.entry(ip).or_default() += 1;
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Most addresses remembered; beyond it, old entries are forgotten first.
+const THROTTLE_ENTRIES: usize = 4096;
+/// Failures older than this are forgotten.
+const THROTTLE_MEMORY: Duration = Duration::from_secs(600);
+
+/// Remembers authentication failures per address and says how long to wait before answering.
+#[derive(Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl AuthThrottle {
+    /// Records a failure from `ip` at `now`; returns the delay to apply before the refusal:
+    /// 0 for the first, then 250 ms doubling per failure up to 8 s.
+    pub fn fail(&self, ip: IpAddr, now: Instant) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= THROTTLE_ENTRIES && !failures.contains_key(&ip) {
+            failures.retain(|_, (_, last)| now.duration_since(*last) < THROTTLE_MEMORY);
+            if failures.len() >= THROTTLE_ENTRIES {
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= THROTTLE_MEMORY {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        match entry.0 {
+            1 => Duration::ZERO,
+            n => Duration::from_millis(250 << (n - 2).min(5)),
+        }
+    }
+
+    /// A successful authentication from `ip` clears its record.
+    pub fn succeed(&self, ip: IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps() {
+        let limiter = ConnLimiter::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let _a1 = limiter.acquire(a).unwrap();
+        let a2 = limiter.acquire(a).unwrap();
+        assert!(limiter
+            .acquire(a)
+            .unwrap_err()
+            .contains("limit per address is 2"));
+        let _b1 = limiter.acquire(b).unwrap();
+        assert!(limiter.acquire(b).unwrap_err().contains("3 connections"));
+        drop(a2);
+        assert!(limiter.acquire(b).is_ok());
+    }
+
+    #[test]
+    fn delays_grow_and_memory_stays_bounded() {
+        let throttle = AuthThrottle::default();
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let delays: Vec<u128> = (0..8).map(|_| throttle.fail(ip, now).as_millis()).collect();
+        assert_eq!(delays, vec![0, 250, 500, 1000, 2000, 4000, 8000, 8000]);
+        throttle.succeed(ip);
+        assert_eq!(throttle.fail(ip, now), Duration::ZERO);
+        for i in 0..20_000u32 {
+            throttle.fail(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(throttle.len() <= THROTTLE_ENTRIES);
+    }
+}
