@@ -51,6 +51,8 @@ pub struct Connection {
 #[derive(Clone)]
 pub struct Endpoint {
     endpoint: quinn::Endpoint,
+    /// The socket's address family; server names resolve to an address of this family.
+    ipv6: bool,
 }
 
 impl Endpoint {
@@ -68,7 +70,7 @@ impl Endpoint {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| ClientError::local("failed to start QUIC", e))?;
-        Ok(Self { endpoint })
+        Ok(Self { endpoint, ipv6 })
     }
 
     /// Resolves when every connection of this endpoint is closed and the peer was told.
@@ -84,7 +86,7 @@ impl Endpoint {
 
     /// Connects, checks the certificate, says hello.
     pub async fn connect(&self, target: &Target) -> Result<Connection, ClientError> {
-        let addr = resolve(&target.server).await?;
+        let addr = resolve(&target.server, self.ipv6).await?;
         let known = KnownServers::new(&target.known_servers);
         let pinned = target
             .fingerprint
@@ -315,13 +317,17 @@ fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, ClientErr
     Ok(roots)
 }
 
-async fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
-    let mut addrs = tokio::net::lookup_host(server).await.map_err(|e| {
-        ClientError::Usage(format!(
-            "cannot resolve server address {server:?} (want HOST:PORT): {e}"
-        ))
-    })?;
+/// The first address of `server` in the endpoint's family (a name like `localhost` may
+/// resolve to both).
+async fn resolve(server: &str, ipv6: bool) -> Result<SocketAddr, ClientError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ClientError::Usage(format!("cannot resolve server address {server:?} (want HOST:PORT): {e}")))?
+        .collect();
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv6() == ipv6)
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))
 }

@@ -28,4 +28,6 @@ pub use session::{
 };
 
 #[cfg(test)]
+mod robust;
+#[cfg(test)]
 mod sim;

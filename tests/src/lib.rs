@@ -28,14 +28,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with tokens for `alice` and `bob`.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like `start`, with the configuration adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut ferry_server::Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let tokens = ferry_server::Tokens::new(dir.path());
         let (alice, bob) = (tokens.add("alice").unwrap(), tokens.add("bob").unwrap());
-        let mut server = Self::start_in(
-            dir,
-            ferry_server::Config::new(PathBuf::new(), "127.0.0.1:0".parse().unwrap()),
-        )
-        .await;
+        let mut config = ferry_server::Config::new(PathBuf::new(), "127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
+        let mut server = Self::start_in(dir, config).await;
         server.alice = alice;
         server.bob = bob;
         server

@@ -1,6 +1,7 @@
 //! End-to-end tests of Ferry over real QUIC on 127.0.0.1: one test binary, one scenario per
 //! test. `process` runs the built binaries and kills them.
 
+mod battery;
 mod crash;
 mod process;
 mod resilience;

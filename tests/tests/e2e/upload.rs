@@ -352,3 +352,34 @@ pub async fn create_raw(client: &mut ferry_client::Client, name: &str, size: u64
         other => panic!("expected created, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn ca_signed_certificate_is_verified_with_its_name() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let certs = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
+    let (cert, key, ca) = (certs.path().join("cert.pem"), certs.path().join("key.pem"), certs.path().join("ca.pem"));
+    std::fs::write(&cert, server_cert.pem()).unwrap();
+    std::fs::write(&key, server_key.serialize_pem()).unwrap();
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+
+    let server = TestServer::start_with(|c| c.cert = Some((cert.clone(), key.clone()))).await;
+    let local = tempfile::tempdir().unwrap();
+    let with_ca = |host: &str| {
+        let mut opts = server.options(&server.alice, local.path());
+        opts.target.fingerprint = None;
+        opts.target.ca = Some(ca.clone());
+        opts.target.server = format!("{host}:{}", server.addr.port());
+        ferry_client::Client::new(opts).unwrap()
+    };
+    with_ca("localhost").list().await.expect("the name in the certificate is accepted");
+    let err = with_ca("127.0.0.1").list().await.unwrap_err();
+    assert!(err.to_string().contains("cannot connect"), "a name not in the certificate is refused: {err}");
+    assert!(!local.path().join("known_servers").exists(), "CA mode records nothing");
+}
