@@ -322,7 +322,11 @@ fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, ClientErr
 async fn resolve(server: &str, ipv6: bool) -> Result<SocketAddr, ClientError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| ClientError::Usage(format!("cannot resolve server address {server:?} (want HOST:PORT): {e}")))?
+        .map_err(|e| {
+            ClientError::Usage(format!(
+                "cannot resolve server address {server:?} (want HOST:PORT): {e}"
+            ))
+        })?
         .collect();
     addrs
         .iter()

@@ -20,6 +20,7 @@ use ferry_proto::{Frame, UploadSummary};
 
 pub use connection::{Connection, Endpoint, Target};
 pub use error::ClientError;
+pub use transport::controller as transport_controller;
 pub use upload::Report;
 
 /// Everything an upload run can be told.

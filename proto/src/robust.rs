@@ -50,7 +50,13 @@ enum Input {
 
 fn input() -> impl Strategy<Value = Input> {
     prop_oneof![
-        (0u64..12, prop_oneof![0u64..40, Just(u64::MAX)], 0u8..3).prop_map(|(index, size, digest)| Input::Header { index, size, digest }),
+        (0u64..12, prop_oneof![0u64..40, Just(u64::MAX)], 0u8..3).prop_map(
+            |(index, size, digest)| Input::Header {
+                index,
+                size,
+                digest
+            }
+        ),
         (0u64..12, 0u8..3).prop_map(|(index, digest)| Input::Payload { index, digest }),
         (0u64..12).prop_map(|index| Input::Abandoned { index }),
         (0u64..20).prop_map(|ms| Input::Tick { ms }),

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::prefix::PrefixHash;
 use crate::store::{Store, UploadId, UploadRecord};
 
 /// Frames pushed to a connection's control stream.
@@ -175,6 +176,7 @@ impl Registry {
             file: Arc::new(file),
             attached: None,
             takeovers: watch::Sender::new(0),
+            prefix: PrefixHash::new(),
             rx,
         };
         let registry = self.clone();
@@ -252,6 +254,8 @@ struct Driver {
     /// Counts takeovers; chunk streams of the previous connection watch it and stop, so a
     /// re-send from the new connection never races an old stream writing the same span.
     takeovers: watch::Sender<u64>,
+    /// The whole-file digest, kept up to date with the durable prefix.
+    prefix: PrefixHash,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
 
@@ -275,8 +279,14 @@ impl Driver {
                 }
             }
             self.forward_outputs();
+            let prefix = self.session.durable().contiguous_prefix();
+            self.prefix
+                .advance(&self.file, self.session.layout(), prefix);
             let deadline = self.session.poll_timeout();
             tokio::select! {
+                hashed = async { self.prefix.job().expect("guarded by the select condition").await }, if self.prefix.running() => {
+                    self.prefix.completed(hashed);
+                }
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     if let Msg::Shutdown = msg {
@@ -429,9 +439,11 @@ impl Driver {
         }
         let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
         let started = Instant::now();
+        // Most of the file was hashed while it arrived; only the rest is read now.
+        let actual = self.prefix.finish(&self.file, self.session.layout()).await;
         let result =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
-                let actual = store.hash_staging(id)?;
+                let actual = actual?;
                 if actual != digest {
                     return Ok(Err(actual));
                 }

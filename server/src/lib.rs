@@ -7,6 +7,7 @@ mod conn;
 mod driver;
 mod fsutil;
 mod guard;
+mod prefix;
 pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -14,7 +14,6 @@ use anyhow::{Context, Result};
 use ferry_migrations as migrations;
 use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::fsutil::sync_dir;
@@ -346,17 +345,6 @@ impl Store {
         }
         out.sort_by_key(|(_, r)| r.created_at);
         Ok(out)
-    }
-
-    /// Hashes the whole staging file.
-    pub fn hash_staging(&self, id: UploadId) -> Result<Digest> {
-        let path = self.staging_path(id);
-        let mut file =
-            File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        Ok(hasher.into())
     }
 
     /// Moves a complete upload into `files/<owner>/`, never overwriting, and records it

@@ -18,19 +18,29 @@ struct Raw {
     _endpoint: quinn::Endpoint,
 }
 
-async fn quic(server: &TestServer, alpn: &[u8]) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+async fn quic(
+    server: &TestServer,
+    alpn: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(Some(server.fingerprint.clone()), provider)))
+        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(
+            Some(server.fingerprint.clone()),
+            provider,
+        )))
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
-    let conn = endpoint.connect(server.addr, "localhost").unwrap().await.map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((endpoint, conn))
 }
 
@@ -39,13 +49,22 @@ impl Raw {
     async fn open(server: &TestServer) -> Self {
         let (endpoint, conn) = quic(server, ferry_proto::ALPN).await.expect("connects");
         let (send, recv) = conn.open_bi().await.unwrap();
-        Self { conn, send, recv, _endpoint: endpoint }
+        Self {
+            conn,
+            send,
+            recv,
+            _endpoint: endpoint,
+        }
     }
 
     /// Connected and authenticated as `token`.
     async fn hello(server: &TestServer, token: &str) -> Self {
         let mut raw = Self::open(server).await;
-        raw.frame(&Frame::Hello { version: PROTOCOL_VERSION, token: token.into() }).await;
+        raw.frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: token.into(),
+        })
+        .await;
         assert!(matches!(raw.next().await, Some(Frame::Welcome { .. })));
         raw
     }
@@ -67,7 +86,9 @@ impl Raw {
             self.recv.read_exact(&mut body).await.ok()?;
             Frame::decode_body(&body).ok()
         };
-        tokio::time::timeout(Duration::from_secs(15), read).await.expect("a frame within 15 s")
+        tokio::time::timeout(Duration::from_secs(15), read)
+            .await
+            .expect("a frame within 15 s")
     }
 
     /// The next `error` or `reject` frame's code, skipping acks.
@@ -82,8 +103,14 @@ impl Raw {
     }
 
     async fn create(&mut self, name: &str, size: u64) -> String {
-        self.frame(&Frame::Create { req: 1, file_name: name.into(), size, chunk_size: 64 << 10, desc: String::new() })
-            .await;
+        self.frame(&Frame::Create {
+            req: 1,
+            file_name: name.into(),
+            size,
+            chunk_size: 64 << 10,
+            desc: String::new(),
+        })
+        .await;
         match self.next().await {
             Some(Frame::Created { upload, .. }) => upload.upload_id,
             other => panic!("expected created, got {other:?}"),
@@ -93,7 +120,12 @@ impl Raw {
     /// A chunk stream: the header claiming `size` and `digest`, then `payload`, then FIN.
     async fn chunk(&self, upload_id: &str, index: u64, size: u64, digest: &str, payload: &[u8]) {
         let mut stream = self.conn.open_uni().await.unwrap();
-        let header = Frame::Chunk { upload_id: upload_id.into(), index, size, sha256: digest.into() };
+        let header = Frame::Chunk {
+            upload_id: upload_id.into(),
+            index,
+            size,
+            sha256: digest.into(),
+        };
         let _ = stream.write_all(&header.to_bytes()).await;
         let _ = stream.write_all(payload).await;
         let _ = stream.finish();
@@ -101,7 +133,9 @@ impl Raw {
 
     /// The connection was closed by the server.
     async fn closed(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(10), self.conn.closed()).await.is_ok()
+        tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
+            .await
+            .is_ok()
     }
 }
 
@@ -111,23 +145,46 @@ async fn control_cases(server: &TestServer) {
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
         ("frame over 64 KiB", too_long, ErrorCode::FrameTooLarge),
         ("invalid UTF-8", framed(b"\xff\xfe\xfd"), ErrorCode::BadUtf8),
-        ("invalid JSON", framed(b"{\"type\": \"list\", "), ErrorCode::BadJson),
-        ("unknown type", framed(br#"{"type":"teleport","req":1}"#), ErrorCode::UnknownType),
-        ("missing field", framed(br#"{"type":"create","req":1}"#), ErrorCode::BadField),
-        ("wrongly typed field", framed(br#"{"type":"list","req":"seven"}"#), ErrorCode::BadField),
+        (
+            "invalid JSON",
+            framed(b"{\"type\": \"list\", "),
+            ErrorCode::BadJson,
+        ),
+        (
+            "unknown type",
+            framed(br#"{"type":"teleport","req":1}"#),
+            ErrorCode::UnknownType,
+        ),
+        (
+            "missing field",
+            framed(br#"{"type":"create","req":1}"#),
+            ErrorCode::BadField,
+        ),
+        (
+            "wrongly typed field",
+            framed(br#"{"type":"list","req":"seven"}"#),
+            ErrorCode::BadField,
+        ),
         (
             "negative size",
             framed(br#"{"type":"create","req":1,"file_name":"a","size":-5,"chunk_size":65536}"#),
             ErrorCode::BadField,
         ),
-        ("a reply type as a request", framed(br#"{"type":"aborted","req":1,"upload_id":"x"}"#), ErrorCode::UnexpectedFrame),
+        (
+            "a reply type as a request",
+            framed(br#"{"type":"aborted","req":1,"upload_id":"x"}"#),
+            ErrorCode::UnexpectedFrame,
+        ),
     ];
     for (what, bytes, want) in cases {
         let mut raw = Raw::hello(server, &server.alice).await;
         raw.bytes(&bytes).await;
         assert_eq!(raw.code().await, want, "{what}");
         if want != ErrorCode::UnexpectedFrame {
-            assert!(raw.closed().await, "{what}: the connection is closed after a malformed frame");
+            assert!(
+                raw.closed().await,
+                "{what}: the connection is closed after a malformed frame"
+            );
         }
     }
     // A length prefix promising more than is sent, then the end of the stream.
@@ -146,36 +203,99 @@ fn framed(body: &[u8]) -> Vec<u8> {
 async fn hello_cases(server: &TestServer) {
     let mut raw = Raw::open(server).await;
     raw.frame(&Frame::List { req: 1 }).await;
-    assert_eq!(raw.code().await, ErrorCode::NotAuthenticated, "request before hello");
+    assert_eq!(
+        raw.code().await,
+        ErrorCode::NotAuthenticated,
+        "request before hello"
+    );
     assert!(raw.closed().await);
 
-    for (what, token) in [("no token", String::new()), ("wrong token", "fy_0000".to_owned())] {
+    for (what, token) in [
+        ("no token", String::new()),
+        ("wrong token", "fy_0000".to_owned()),
+    ] {
         let mut raw = Raw::open(server).await;
-        raw.frame(&Frame::Hello { version: PROTOCOL_VERSION, token }).await;
+        raw.frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token,
+        })
+        .await;
         assert_eq!(raw.code().await, ErrorCode::Unauthorized, "{what}");
         assert!(raw.closed().await);
     }
 
     let mut raw = Raw::open(server).await;
-    raw.frame(&Frame::Hello { version: 99, token: server.alice.clone() }).await;
+    raw.frame(&Frame::Hello {
+        version: 99,
+        token: server.alice.clone(),
+    })
+    .await;
     assert_eq!(raw.code().await, ErrorCode::UnsupportedVersion);
 
     let wrong_alpn = quic(server, b"http/1.1").await;
-    assert!(wrong_alpn.is_err(), "a connection with another ALPN fails the handshake");
+    assert!(
+        wrong_alpn.is_err(),
+        "a connection with another ALPN fails the handshake"
+    );
 }
 
 async fn request_cases(server: &TestServer) {
     let mut raw = Raw::hello(server, &server.alice).await;
-    let create = |req, name: &str, size, chunk_size| Frame::Create { req, file_name: name.into(), size, chunk_size, desc: String::new() };
+    let create = |req, name: &str, size, chunk_size| Frame::Create {
+        req,
+        file_name: name.into(),
+        size,
+        chunk_size,
+        desc: String::new(),
+    };
     let cases = [
-        ("u64::MAX size", create(2, "a", u64::MAX, 65536), ErrorCode::FileTooLarge),
-        ("zero chunk size", create(3, "a", 10, 0), ErrorCode::BadChunkSize),
-        ("tiny chunk size", create(4, "a", 10, 1), ErrorCode::BadChunkSize),
-        ("huge chunk size", create(5, "a", 10, 1 << 30), ErrorCode::BadChunkSize),
-        ("10 000-byte name", create(6, &"n".repeat(10_000), 10, 65536), ErrorCode::InvalidName),
-        ("name of only dots", create(7, "....", 10, 65536), ErrorCode::InvalidName),
-        ("resume of nonsense", Frame::Resume { req: 8, upload_id: "../../etc".into() }, ErrorCode::NotFound),
-        ("finish with a digest not hex", Frame::Finish { req: 9, upload_id: "0".repeat(32), sha256: "zz".into() }, ErrorCode::BadDigest),
+        (
+            "u64::MAX size",
+            create(2, "a", u64::MAX, 65536),
+            ErrorCode::FileTooLarge,
+        ),
+        (
+            "zero chunk size",
+            create(3, "a", 10, 0),
+            ErrorCode::BadChunkSize,
+        ),
+        (
+            "tiny chunk size",
+            create(4, "a", 10, 1),
+            ErrorCode::BadChunkSize,
+        ),
+        (
+            "huge chunk size",
+            create(5, "a", 10, 1 << 30),
+            ErrorCode::BadChunkSize,
+        ),
+        (
+            "10 000-byte name",
+            create(6, &"n".repeat(10_000), 10, 65536),
+            ErrorCode::InvalidName,
+        ),
+        (
+            "name of only dots",
+            create(7, "....", 10, 65536),
+            ErrorCode::InvalidName,
+        ),
+        (
+            "resume of nonsense",
+            Frame::Resume {
+                req: 8,
+                upload_id: "../../etc".into(),
+            },
+            ErrorCode::NotFound,
+        ),
+        (
+            "finish with a digest not hex",
+            Frame::Finish {
+                req: 9,
+                upload_id: "0".repeat(32),
+                sha256: "zz".into(),
+            },
+            ErrorCode::BadDigest,
+        ),
     ];
     for (what, frame, want) in cases {
         raw.frame(&frame).await;
@@ -192,10 +312,20 @@ async fn request_cases(server: &TestServer) {
     assert!(matches!(raw.next().await, Some(Frame::Listing { .. })));
     // A zero-size file is fine.
     let id = raw.create("zero.bin", 0).await;
-    raw.frame(&Frame::Finish { req: 11, upload_id: id, sha256: Digest::of(b"").to_hex() }).await;
+    raw.frame(&Frame::Finish {
+        req: 11,
+        upload_id: id,
+        sha256: Digest::of(b"").to_hex(),
+    })
+    .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
 
-    for (name, landed) in [("../x", "x"), ("/etc/passwd", "passwd"), ("a\0b", "a_b"), ("CON", "CON_")] {
+    for (name, landed) in [
+        ("../x", "x"),
+        ("/etc/passwd", "passwd"),
+        ("a\0b", "a_b"),
+        ("CON", "CON_"),
+    ] {
         raw.frame(&create(12, name, 1, 65536)).await;
         match raw.next().await {
             Some(Frame::Created { upload, .. }) => assert_eq!(upload.file_name, landed, "{name:?}"),
@@ -210,17 +340,72 @@ async fn chunk_cases(server: &TestServer) {
     let good = Digest::of(&data).to_hex();
     let id = raw.create("chunks.bin", 2 * data.len() as u64).await;
 
-    let cases: Vec<(&str, u64, u64, String, Vec<u8>, ErrorCode)> = vec![
-        ("index out of range", 2, 65536, good.clone(), data.clone(), ErrorCode::IndexOutOfRange),
-        ("declared size wrong", 0, 100, good.clone(), vec![7; 100], ErrorCode::WrongChunkSize),
-        ("payload longer than declared", 0, 65536, good.clone(), [data.clone(), vec![1]].concat(), ErrorCode::LongPayload),
-        ("payload shorter than declared", 0, 65536, good.clone(), data[..1000].to_vec(), ErrorCode::ShortPayload),
-        ("digest mismatch", 0, 65536, Digest::of(b"other").to_hex(), data.clone(), ErrorCode::DigestMismatch),
-        ("digest not hex", 0, 65536, "not-hex".into(), data.clone(), ErrorCode::BadDigest),
-        ("unknown upload", 0, 65536, good.clone(), data.clone(), ErrorCode::NotFound),
+    // (what, index, declared size, digest, payload, expected code)
+    type Case = (&'static str, u64, u64, String, Vec<u8>, ErrorCode);
+    let cases: Vec<Case> = vec![
+        (
+            "index out of range",
+            2,
+            65536,
+            good.clone(),
+            data.clone(),
+            ErrorCode::IndexOutOfRange,
+        ),
+        (
+            "declared size wrong",
+            0,
+            100,
+            good.clone(),
+            vec![7; 100],
+            ErrorCode::WrongChunkSize,
+        ),
+        (
+            "payload longer than declared",
+            0,
+            65536,
+            good.clone(),
+            [data.clone(), vec![1]].concat(),
+            ErrorCode::LongPayload,
+        ),
+        (
+            "payload shorter than declared",
+            0,
+            65536,
+            good.clone(),
+            data[..1000].to_vec(),
+            ErrorCode::ShortPayload,
+        ),
+        (
+            "digest mismatch",
+            0,
+            65536,
+            Digest::of(b"other").to_hex(),
+            data.clone(),
+            ErrorCode::DigestMismatch,
+        ),
+        (
+            "digest not hex",
+            0,
+            65536,
+            "not-hex".into(),
+            data.clone(),
+            ErrorCode::BadDigest,
+        ),
+        (
+            "unknown upload",
+            0,
+            65536,
+            good.clone(),
+            data.clone(),
+            ErrorCode::NotFound,
+        ),
     ];
     for (what, index, size, digest, payload, want) in cases {
-        let upload = if want == ErrorCode::NotFound { "f".repeat(32) } else { id.clone() };
+        let upload = if want == ErrorCode::NotFound {
+            "f".repeat(32)
+        } else {
+            id.clone()
+        };
         raw.chunk(&upload, index, size, &digest, &payload).await;
         assert_eq!(raw.code().await, want, "{what}");
     }
@@ -229,7 +414,11 @@ async fn chunk_cases(server: &TestServer) {
     let bob = Raw::hello(server, &server.bob).await;
     bob.chunk(&id, 0, 65536, &good, &data).await;
     let mut bob = bob;
-    assert_eq!(bob.code().await, ErrorCode::NotFound, "chunk for another owner's upload");
+    assert_eq!(
+        bob.code().await,
+        ErrorCode::NotFound,
+        "chunk for another owner's upload"
+    );
 
     // The same chunk twice: both acknowledged, nothing changes.
     for _ in 0..2 {
@@ -243,15 +432,41 @@ async fn chunk_cases(server: &TestServer) {
         }
     }
     let whole = Digest::of(&[data.clone(), data.clone()].concat()).to_hex();
-    raw.frame(&Frame::Finish { req: 20, upload_id: id.clone(), sha256: whole.clone() }).await;
-    assert_eq!(raw.code().await, ErrorCode::Incomplete, "finish before every chunk is durable");
+    raw.frame(&Frame::Finish {
+        req: 20,
+        upload_id: id.clone(),
+        sha256: whole.clone(),
+    })
+    .await;
+    assert_eq!(
+        raw.code().await,
+        ErrorCode::Incomplete,
+        "finish before every chunk is durable"
+    );
     raw.chunk(&id, 1, 65536, &good, &data).await;
     assert!(matches!(raw.next().await, Some(Frame::Ack { .. })));
-    raw.frame(&Frame::Finish { req: 21, upload_id: id.clone(), sha256: good.clone() }).await;
-    assert_eq!(raw.code().await, ErrorCode::FileDigestMismatch, "finish with a wrong digest");
-    raw.frame(&Frame::Finish { req: 22, upload_id: id, sha256: whole }).await;
+    raw.frame(&Frame::Finish {
+        req: 21,
+        upload_id: id.clone(),
+        sha256: good.clone(),
+    })
+    .await;
+    assert_eq!(
+        raw.code().await,
+        ErrorCode::FileDigestMismatch,
+        "finish with a wrong digest"
+    );
+    raw.frame(&Frame::Finish {
+        req: 22,
+        upload_id: id,
+        sha256: whole,
+    })
+    .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
-    assert_eq!(std::fs::read(server.published("alice", "chunks.bin")).unwrap(), [data.clone(), data].concat());
+    assert_eq!(
+        std::fs::read(server.published("alice", "chunks.bin")).unwrap(),
+        [data.clone(), data].concat()
+    );
 }
 
 async fn stream_limit_case(server: &TestServer) {
@@ -266,12 +481,20 @@ async fn stream_limit_case(server: &TestServer) {
     let mut held = Vec::new();
     for index in 0..32u64 {
         let mut stream = raw.conn.open_uni().await.unwrap();
-        let header = Frame::Chunk { upload_id: id.clone(), index, size: 65536, sha256: "0".repeat(64) };
+        let header = Frame::Chunk {
+            upload_id: id.clone(),
+            index,
+            size: 65536,
+            sha256: "0".repeat(64),
+        };
         stream.write_all(&header.to_bytes()).await.unwrap();
         held.push(stream);
     }
     let extra = tokio::time::timeout(Duration::from_millis(500), raw.conn.open_uni()).await;
-    assert!(extra.is_err(), "a 33rd stream must wait for the server to allow it");
+    assert!(
+        extra.is_err(),
+        "a 33rd stream must wait for the server to allow it"
+    );
     drop(held);
 }
 
@@ -293,7 +516,11 @@ async fn bad_input_battery_while_a_good_upload_completes() {
     stream_limit_case(&server).await;
 
     let report = upload.await.unwrap().expect("the good upload completes");
-    assert_eq!(report.bytes_sent, 6 << 20, "the good upload re-sent nothing");
+    assert_eq!(
+        report.bytes_sent,
+        6 << 20,
+        "the good upload re-sent nothing"
+    );
     assert_same_file(&source, &server.published("alice", "good.bin"));
 }
 
@@ -306,7 +533,11 @@ async fn slow_clients_are_cut_off_by_timeouts() {
     .await;
     // One byte a second of hello: cut off by the handshake timeout.
     let mut raw = Raw::open(&server).await;
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, token: server.alice.clone() }.to_bytes();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        token: server.alice.clone(),
+    }
+    .to_bytes();
     let started = std::time::Instant::now();
     for byte in hello.iter().take(5) {
         raw.bytes(&[*byte]).await;
@@ -322,7 +553,12 @@ async fn slow_clients_are_cut_off_by_timeouts() {
     let mut raw = Raw::hello(&server, &server.alice).await;
     let id = raw.create("slow.bin", 65536).await;
     let mut stream = raw.conn.open_uni().await.unwrap();
-    let header = Frame::Chunk { upload_id: id, index: 0, size: 65536, sha256: "0".repeat(64) };
+    let header = Frame::Chunk {
+        upload_id: id,
+        index: 0,
+        size: 65536,
+        sha256: "0".repeat(64),
+    };
     stream.write_all(&header.to_bytes()).await.unwrap();
     stream.write_all(&[1]).await.unwrap();
     assert_eq!(raw.code().await, ErrorCode::StreamTimeout);
@@ -343,17 +579,42 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
     let mut raw = Raw::hello(&server, &server.alice).await;
     raw.create("one.bin", 1000).await;
     raw.create("two.bin", 1000).await;
-    raw.frame(&Frame::Create { req: 3, file_name: "three.bin".into(), size: 1000, chunk_size: 65536, desc: String::new() }).await;
+    raw.frame(&Frame::Create {
+        req: 3,
+        file_name: "three.bin".into(),
+        size: 1000,
+        chunk_size: 65536,
+        desc: String::new(),
+    })
+    .await;
     match raw.next().await {
-        Some(Frame::Error { code: ErrorCode::TooManyUploads, message, .. }) => {
-            assert!(message.contains("2 uploads in progress, the limit is 2"), "{message}")
+        Some(Frame::Error {
+            code: ErrorCode::TooManyUploads,
+            message,
+            ..
+        }) => {
+            assert!(
+                message.contains("2 uploads in progress, the limit is 2"),
+                "{message}"
+            )
         }
         other => panic!("expected too_many_uploads, got {other:?}"),
     }
     let mut bob = Raw::hello(&server, &server.bob).await;
-    bob.frame(&Frame::Create { req: 1, file_name: "big.bin".into(), size: 2 << 20, chunk_size: 65536, desc: String::new() }).await;
+    bob.frame(&Frame::Create {
+        req: 1,
+        file_name: "big.bin".into(),
+        size: 2 << 20,
+        chunk_size: 65536,
+        desc: String::new(),
+    })
+    .await;
     match bob.next().await {
-        Some(Frame::Error { code: ErrorCode::QuotaExceeded, message, .. }) => {
+        Some(Frame::Error {
+            code: ErrorCode::QuotaExceeded,
+            message,
+            ..
+        }) => {
             assert!(message.contains("quota of 1048576 bytes"), "{message}")
         }
         other => panic!("expected quota_exceeded, got {other:?}"),
@@ -361,9 +622,18 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
     // Two connections are open from 127.0.0.1; the third is allowed, the fourth is not.
     let _third = Raw::hello(&server, &server.alice).await;
     let mut fourth = Raw::open(&server).await;
-    fourth.frame(&Frame::Hello { version: PROTOCOL_VERSION, token: server.alice.clone() }).await;
+    fourth
+        .frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: server.alice.clone(),
+        })
+        .await;
     match fourth.next().await {
-        Some(Frame::Error { code: ErrorCode::TooManyConnections, message, .. }) => {
+        Some(Frame::Error {
+            code: ErrorCode::TooManyConnections,
+            message,
+            ..
+        }) => {
             assert!(message.contains("the limit per address is 3"), "{message}")
         }
         other => panic!("expected too_many_connections, got {other:?}"),
@@ -391,14 +661,39 @@ async fn stale_upload_expires_and_the_client_starts_afresh() {
     let staged = server.data().join("staging").join(format!("{id}.part"));
     assert!(staged.exists());
 
-    let gone = eventually(Duration::from_secs(10), async || first.list().await.unwrap().is_empty()).await;
+    let gone = eventually(Duration::from_secs(10), async || {
+        first.list().await.unwrap().is_empty()
+    })
+    .await;
     assert!(gone, "the sweeper removed the stale upload");
     assert!(!staged.exists(), "its staged data is gone");
-    let resume = |req| Frame::Resume { req, upload_id: id.clone() };
-    let err = first.connection().await.unwrap().request(resume).await.unwrap_err();
-    assert!(matches!(err, ferry_client::ClientError::Server { code: ErrorCode::Expired, .. }), "got {err:?}");
+    let resume = |req| Frame::Resume {
+        req,
+        upload_id: id.clone(),
+    };
+    let err = first
+        .connection()
+        .await
+        .unwrap()
+        .request(resume)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ferry_client::ClientError::Server {
+                code: ErrorCode::Expired,
+                ..
+            }
+        ),
+        "got {err:?}"
+    );
 
-    let report = server.client(&server.alice, local.path()).upload(&source, "").await.unwrap();
+    let report = server
+        .client(&server.alice, local.path())
+        .upload(&source, "")
+        .await
+        .unwrap();
     assert!(!report.resumed, "a fresh upload");
     assert_ne!(report.upload_id, id);
     assert_same_file(&source, &server.published("alice", "stale.bin"));

@@ -363,8 +363,15 @@ async fn ca_signed_certificate_is_verified_with_its_name() {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
-    let (cert, key, ca) = (certs.path().join("cert.pem"), certs.path().join("key.pem"), certs.path().join("ca.pem"));
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let (cert, key, ca) = (
+        certs.path().join("cert.pem"),
+        certs.path().join("key.pem"),
+        certs.path().join("ca.pem"),
+    );
     std::fs::write(&cert, server_cert.pem()).unwrap();
     std::fs::write(&key, server_key.serialize_pem()).unwrap();
     std::fs::write(&ca, ca_cert.pem()).unwrap();
@@ -378,8 +385,17 @@ async fn ca_signed_certificate_is_verified_with_its_name() {
         opts.target.server = format!("{host}:{}", server.addr.port());
         ferry_client::Client::new(opts).unwrap()
     };
-    with_ca("localhost").list().await.expect("the name in the certificate is accepted");
+    with_ca("localhost")
+        .list()
+        .await
+        .expect("the name in the certificate is accepted");
     let err = with_ca("127.0.0.1").list().await.unwrap_err();
-    assert!(err.to_string().contains("cannot connect"), "a name not in the certificate is refused: {err}");
-    assert!(!local.path().join("known_servers").exists(), "CA mode records nothing");
+    assert!(
+        err.to_string().contains("cannot connect"),
+        "a name not in the certificate is refused: {err}"
+    );
+    assert!(
+        !local.path().join("known_servers").exists(),
+        "CA mode records nothing"
+    );
 }
