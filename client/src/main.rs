@@ -109,6 +109,12 @@ struct UploadArgs {
 }
 
 fn main() -> ExitCode {
+    // Fewer glibc heap arenas: the blocking pool's threads read 256 KiB pieces, and one arena
+    // per thread kept freed pieces resident (the server measured -30 MiB RSS and less CPU).
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

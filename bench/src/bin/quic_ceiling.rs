@@ -71,8 +71,16 @@ fn socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The same allocator setting as ferryd and ferry, so the ceiling is measured like them.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     match Args::parse().command {
         Command::Recv {
             listen,
