@@ -124,6 +124,10 @@ class Bench:
         self.n = 0
 
     def fresh(self, name):
+        # Start every run with no dirty pages from the run before: tus and the ceiling do not
+        # sync what they write, and the kernel's writeback would otherwise land on whoever
+        # runs next. (Ferry syncs its data, and that cost is inside its own time.)
+        subprocess.run(["sync"], check=True)
         self.n += 1
         d = self.work / f"{name}-{self.n}"
         d.mkdir()

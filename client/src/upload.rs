@@ -97,7 +97,10 @@ impl Client {
                         let layout = layout_of(&info)?;
                         let durable = ChunkSet::from_wire(&info.durable, layout.count())
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                        skipped.get_or_insert(layout.bytes_in(&durable));
+                        let held = *skipped.get_or_insert(layout.bytes_in(&durable));
+                        if held > 0 {
+                            progress.set_message(format!("{name} (resumed, {} on the server)", indicatif::HumanBytes(held)));
+                        }
                         active = Some(Active {
                             sender: UploadSender::new(layout, durable.clone(), self.opts.parallel),
                             info,
@@ -126,6 +129,8 @@ impl Client {
                 };
                 let a = active.as_mut().expect("set above");
                 progress.set_position(a.sender.layout().bytes_in(&durable));
+                // The jump to what the server holds is not transfer: rate and ETA start here.
+                progress.reset_eta();
                 let io = Io {
                     file: &file,
                     sent: &sent,

@@ -1,4 +1,4 @@
-//! Human sizes on command lines: `4MiB`, `512k`, `10M`, `1G`, `1000`.
+//! Human sizes and durations on command lines: `4MiB`, `512k`, `10M`, `1G`, `1000`; `7d`, `12h`.
 
 /// Parses `4MiB`, `512k`, `10M`, `1G`, `1000` (bytes). `k`/`M`/`G` are binary units as in curl
 /// and rsync: 1k = 1024.
@@ -26,9 +26,34 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses a duration: `90s`, `30m`, `12h`, `7d`, or a plain number of seconds; `0` is zero.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?} has an unknown unit (use s, m, h or d)")),
+    };
+    value.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("0").unwrap().as_secs(), 0);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
 
     #[test]
     fn sizes() {

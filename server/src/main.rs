@@ -35,9 +35,9 @@ enum Command {
         /// refused, and commits pause while free space is below it.
         #[arg(long, default_value = "64M", value_parser = ferry_proto::units::parse_size)]
         min_free_space: u64,
-        /// Remove unfinished uploads that made no progress for this many hours (0: never).
-        #[arg(long, default_value_t = 7 * 24)]
-        expire_after_hours: u64,
+        /// Remove unfinished uploads that made no progress for this long (e.g. 7d, 12h; 0: never).
+        #[arg(long, default_value = "7d", value_parser = ferry_proto::units::parse_duration)]
+        expire_after: std::time::Duration,
         /// Uploads in progress per token (0: no limit).
         #[arg(long, default_value_t = 16)]
         max_uploads: u64,
@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             data,
             idle_timeout,
             min_free_space,
-            expire_after_hours,
+            expire_after,
             max_uploads,
             quota,
             max_connections,
@@ -134,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             config.cert = cert.zip(key);
             config.min_free_space = min_free_space;
             config.congestion = congestion;
-            config.expire_after = std::time::Duration::from_secs(expire_after_hours * 3600);
+            config.expire_after = expire_after;
             config.max_uploads_per_owner = max_uploads;
             config.quota_per_owner = quota.unwrap_or(0);
             config.max_connections = max_connections.max(1);
