@@ -14,6 +14,7 @@ and runs, with systems interleaved run by run (A B C A B C ...):
   5. kill -9 of the ferry client at 50 %, then the same command again: bytes re-sent
 
 Every received file is checked against the source's SHA-256. Traffic stays on 127.0.0.1.
+With DROP_CACHES=1 (root), the page cache is dropped before every run.
 Every process is started here and stopped by PID; every wait has a timeout.
 """
 
@@ -128,6 +129,10 @@ class Bench:
         # sync what they write, and the kernel's writeback would otherwise land on whoever
         # runs next. (Ferry syncs its data, and that cost is inside its own time.)
         subprocess.run(["sync"], check=True)
+        if os.environ.get("DROP_CACHES") == "1":
+            # Root only: every run then starts from the same cold page cache (the source file
+            # is read from disk by every system alike).
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
         self.n += 1
         d = self.work / f"{name}-{self.n}"
         d.mkdir()
