@@ -99,7 +99,10 @@ impl Client {
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
                         let held = *skipped.get_or_insert(layout.bytes_in(&durable));
                         if held > 0 {
-                            progress.set_message(format!("{name} (resumed, {} on the server)", indicatif::HumanBytes(held)));
+                            progress.set_message(format!(
+                                "{name} (resumed, {} on the server)",
+                                indicatif::HumanBytes(held)
+                            ));
                         }
                         active = Some(Active {
                             sender: UploadSender::new(layout, durable.clone(), self.opts.parallel),

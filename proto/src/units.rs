@@ -31,7 +31,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
     let secs = match unit.trim() {
         "" | "s" => 1,
         "m" => 60,
@@ -39,7 +41,10 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "d" => 86400,
         _ => return Err(format!("{text:?} has an unknown unit (use s, m, h or d)")),
     };
-    value.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+    value
+        .checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]

@@ -248,6 +248,30 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// Durable bytes of the owner's unfinished upload (0 if none, or if the server cannot be
+    /// asked right now), through a short-lived library client.
+    pub async fn durable_bytes(&self, token: &str, state: &Path) -> u64 {
+        let target = Target {
+            server: self.addr.to_string(),
+            token: token.to_owned(),
+            fingerprint: Some(self.fingerprint.clone()),
+            known_servers: state.join("known"),
+            idle_timeout: Duration::from_secs(5),
+            congestion: Default::default(),
+            ca: None,
+        };
+        let Ok(mut client) = Client::new(Options::new(target, state.to_owned())) else {
+            return 0;
+        };
+        let listed = client.list().await.ok();
+        client.close().await;
+        listed
+            .and_then(|l| l.into_iter().find(|u| u.state == "receiving"))
+            .map_or(0, |u| u.durable_bytes)
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
@@ -267,6 +291,20 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::Ex
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// Waits (at most 30 s) until `probe` sees the owner's first upload with a durable byte: the
+/// moment a test breaks something mid-upload.
+pub async fn upload_started(probe: &mut Client) {
+    let started = eventually(Duration::from_secs(30), async || {
+        probe
+            .list()
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|u| u.durable_bytes > 0)
+    });
+    assert!(started.await, "the upload started within 30 s");
 }
 
 /// Polls `check` every 50 ms until it returns true or `limit` passes.

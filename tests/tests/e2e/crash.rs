@@ -235,7 +235,11 @@ fn full_disk_is_refused_at_create_and_mid_upload_loses_nothing() {
         .spawn()
         .unwrap();
     let probe_state = setup.path("probe");
-    let durable = || durable_bytes(&server, &setup.token, &probe_state);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let durable = || runtime.block_on(server.durable_bytes(&setup.token, &probe_state));
     let started = Instant::now();
     while durable() < 2 << 20 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
@@ -280,33 +284,6 @@ fn full_disk_is_refused_at_create_and_mid_upload_loses_nothing() {
         r["bytes_skipped"]
     );
     assert_same_file(&source, &setup.published("fits.bin"));
-}
-
-/// Durable bytes of alice's only unfinished upload (a probe through the library).
-fn durable_bytes(server: &ServerProcess, token: &str, state: &Path) -> u64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let target = ferry_client::Target {
-            server: server.addr.to_string(),
-            token: token.to_owned(),
-            fingerprint: Some(server.fingerprint.clone()),
-            known_servers: state.join("known"),
-            idle_timeout: Duration::from_secs(5),
-            congestion: Default::default(),
-            ca: None,
-        };
-        let mut client =
-            ferry_client::Client::new(ferry_client::Options::new(target, state.to_owned()))
-                .unwrap();
-        let listed = client.list().await.ok();
-        client.close().await;
-        listed
-            .and_then(|l| l.into_iter().find(|u| u.state == "receiving"))
-            .map_or(0, |u| u.durable_bytes)
-    })
 }
 
 struct Unmount(PathBuf);

@@ -60,28 +60,6 @@ fn upload_command(
     cmd
 }
 
-/// Durable bytes of alice's only upload, via the library client.
-async fn durable(server: &ServerProcess, token: &str, state: &std::path::Path) -> u64 {
-    let target = ferry_client::Target {
-        server: server.addr.to_string(),
-        token: token.to_owned(),
-        fingerprint: Some(server.fingerprint.clone()),
-        known_servers: state.join("known"),
-        idle_timeout: Duration::from_secs(5),
-        congestion: Default::default(),
-        ca: None,
-    };
-    let mut client =
-        ferry_client::Client::new(ferry_client::Options::new(target, state.join("probe"))).unwrap();
-    let listed = client
-        .list()
-        .await
-        .map(|l| l.first().map_or(0, |u| u.durable_bytes))
-        .unwrap_or(0);
-    client.close().await;
-    listed
-}
-
 fn json_report(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
     let line = text
@@ -105,13 +83,13 @@ async fn kill_9_client_then_rerun_resumes() {
         .spawn()
         .unwrap();
     let reached = eventually(Duration::from_secs(60), async || {
-        durable(&server, &token, &state).await >= SIZE as u64 / 3
+        server.durable_bytes(&token, &state.join("probe")).await >= SIZE as u64 / 3
     })
     .await;
     assert!(reached, "a third acknowledged within 60 s");
     let _ = first.kill();
     let _ = first.wait();
-    let held = durable(&server, &token, &state).await;
+    let held = server.durable_bytes(&token, &state.join("probe")).await;
     assert!(held < SIZE as u64, "the kill landed mid-transfer");
 
     let started = Instant::now();
@@ -151,7 +129,7 @@ async fn kill_9_server_then_restart_and_the_client_completes() {
         .spawn()
         .unwrap();
     let reached = eventually(Duration::from_secs(60), async || {
-        durable(&server, &token, &state).await >= SIZE as u64 / 3
+        server.durable_bytes(&token, &state.join("probe")).await >= SIZE as u64 / 3
     })
     .await;
     assert!(reached, "a third acknowledged within 60 s");

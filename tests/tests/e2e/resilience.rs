@@ -70,15 +70,7 @@ async fn short_black_hole_rides_through_without_resending() {
     let started = Instant::now();
 
     let (report, ()) = tokio::join!(client.upload(&source, ""), async {
-        let moving = eventually(Duration::from_secs(30), async || {
-            probe
-                .list()
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|u| u.durable_bytes > 0)
-        });
-        assert!(moving.await, "upload started");
+        upload_started(&mut probe).await;
         relay.blackhole(Duration::from_secs(5));
     });
     let report = report.unwrap();
@@ -118,15 +110,7 @@ async fn long_black_hole_reconnects_and_resends_only_unacknowledged_chunks() {
     let started = Instant::now();
 
     let (report, ()) = tokio::join!(client.upload(&source, ""), async {
-        let moving = eventually(Duration::from_secs(30), async || {
-            probe
-                .list()
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|u| u.durable_bytes > 0)
-        });
-        assert!(moving.await, "upload started");
+        upload_started(&mut probe).await;
         relay.blackhole(Duration::from_secs(5));
     });
     let report = report.unwrap();
@@ -159,15 +143,7 @@ async fn migration_to_a_new_socket_keeps_the_connection() {
     let mut probe = server.client(&server.alice, local.path());
 
     let (report, ()) = tokio::join!(client.upload(&source, ""), async {
-        let moving = eventually(Duration::from_secs(30), async || {
-            probe
-                .list()
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|u| u.durable_bytes > 0)
-        });
-        assert!(moving.await, "upload started");
+        upload_started(&mut probe).await;
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         endpoint
             .rebind(socket)
@@ -330,15 +306,7 @@ async fn source_changed_during_upload_is_never_published() {
         let mut probe = server.client(&server.alice, local.path());
 
         let (result, ()) = tokio::join!(client.upload(&source, ""), async {
-            let moving = eventually(Duration::from_secs(30), async || {
-                probe
-                    .list()
-                    .await
-                    .unwrap()
-                    .first()
-                    .is_some_and(|u| u.durable_bytes > 0)
-            });
-            assert!(moving.await, "upload started");
+            upload_started(&mut probe).await;
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&source)
