@@ -111,7 +111,13 @@ async fn kill_9_client_then_rerun_resumes() {
         "re-sent {sent} > missing {} + window",
         SIZE as u64 - held
     );
-    assert_eq!(sent + skipped, SIZE as u64);
+    // Everything missing is sent; beyond that only a chunk the old connection was still
+    // finishing when the re-run asked for it (a race bounded by the window).
+    assert!(sent + skipped >= SIZE as u64);
+    assert!(
+        sent + skipped <= SIZE as u64 + PARALLEL * CHUNK,
+        "sent {sent} + skipped {skipped}"
+    );
     assert_same_file(&source, &data.join("files").join("alice").join("video.mp4"));
 }
 
