@@ -309,7 +309,7 @@ async fn twenty_clients_through_a_lossy_link() {
     let server = ServerProcess::start_with(
         &setup.data,
         "127.0.0.1:0",
-        &["--max-connections-per-ip", "64"],
+        &["--max-connections-per-ip", "64", "--max-uploads", "64"],
     );
     let link = Impairment::lossy(5, 0.01, 0.01);
     let relay = Relay::start(server.addr, link, link, 104).await;
