@@ -278,16 +278,7 @@ async fn tampered_chunk_and_torn_records_are_caught_after_an_unclean_stop() {
             .any(|u| u.durable_bytes == size as u64)
     });
     assert!(done.await);
-    let finish = |req| Frame::Finish {
-        req,
-        upload_id: id.clone(),
-        sha256: Digest::of(&data).to_hex(),
-    };
-    client
-        .connection()
-        .await
-        .unwrap()
-        .request(finish)
+    crate::upload::finish_raw(&mut client, &id, Digest::of(&data).to_hex())
         .await
         .unwrap();
     assert_same_file(&source, &server.published("alice", "t.bin"));

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ferry_client::ClientError;
-use ferry_proto::ErrorCode;
+use ferry_proto::{ErrorCode, Frame, UploadInfo};
 use ferry_tests::*;
 
 #[tokio::test]
@@ -225,25 +225,15 @@ async fn another_token_cannot_see_resume_or_abort() {
         .unwrap()
         .request(|req| ferry_proto::Frame::Resume { req, upload_id: id })
         .await;
-    assert!(
-        matches!(
-            resume,
-            Err(ClientError::Server {
-                code: ErrorCode::NotFound,
-                ..
-            })
-        ),
+    assert_eq!(
+        server_code(&resume),
+        Some(ErrorCode::NotFound),
         "got {resume:?}"
     );
     let abort = bob.abort(&upload_id).await;
-    assert!(
-        matches!(
-            abort,
-            Err(ClientError::Server {
-                code: ErrorCode::NotFound,
-                ..
-            })
-        ),
+    assert_eq!(
+        server_code(&abort),
+        Some(ErrorCode::NotFound),
         "got {abort:?}"
     );
     assert_eq!(
@@ -334,25 +324,49 @@ async fn resuming_connection_takes_over_at_once() {
     }
 }
 
-/// Creates an upload through the raw request API and returns its id.
-pub async fn create_raw(client: &mut ferry_client::Client, name: &str, size: u64) -> String {
-    let create = |req| ferry_proto::Frame::Create {
+/// Creates an upload through the raw request API and returns what the server answered.
+pub async fn create_named(
+    client: &mut ferry_client::Client,
+    name: &str,
+    size: u64,
+) -> Result<UploadInfo, ClientError> {
+    let create = |req| Frame::Create {
         req,
         file_name: name.into(),
         size,
         chunk_size: 64 << 10,
         desc: String::new(),
     };
-    match client
-        .connection()
-        .await
-        .unwrap()
-        .request(create)
-        .await
-        .unwrap()
-    {
-        ferry_proto::Frame::Created { upload, .. } => upload.upload_id,
+    match client.connection().await.unwrap().request(create).await? {
+        Frame::Created { upload, .. } => Ok(upload),
         other => panic!("expected created, got {other:?}"),
+    }
+}
+
+/// Creates an upload through the raw request API and returns its id.
+pub async fn create_raw(client: &mut ferry_client::Client, name: &str, size: u64) -> String {
+    create_named(client, name, size).await.unwrap().upload_id
+}
+
+/// Sends `finish` for `upload_id` claiming `sha256`, through the raw request API.
+pub async fn finish_raw(
+    client: &mut ferry_client::Client,
+    upload_id: &str,
+    sha256: String,
+) -> Result<Frame, ClientError> {
+    let finish = |req| Frame::Finish {
+        req,
+        upload_id: upload_id.to_owned(),
+        sha256,
+    };
+    client.connection().await.unwrap().request(finish).await
+}
+
+/// The error code a request failed with, if the server refused it.
+pub fn server_code<T>(result: &Result<T, ClientError>) -> Option<ErrorCode> {
+    match result {
+        Err(ClientError::Server { code, .. }) => Some(*code),
+        _ => None,
     }
 }
 

@@ -8,7 +8,7 @@ use ferry_client::upload::send_chunk;
 use ferry_proto::{Digest, ErrorCode, Frame};
 use ferry_tests::*;
 
-use crate::upload::create_raw;
+use crate::upload::{create_named, create_raw, finish_raw, server_code};
 
 async fn next_event(client: &mut ferry_client::Client) -> Frame {
     let conn = client.connection().await.unwrap();
@@ -57,16 +57,7 @@ async fn chunk_not_matching_its_digest_is_rejected_then_resent() {
         Frame::Ack { chunks, .. } => assert_eq!(chunks, vec![[0, 1]]),
         other => panic!("expected an ack, got {other:?}"),
     }
-    let finish = |req| Frame::Finish {
-        req,
-        upload_id: id.clone(),
-        sha256: Digest::of(&data).to_hex(),
-    };
-    let reply = client
-        .connection()
-        .await
-        .unwrap()
-        .request(finish)
+    let reply = finish_raw(&mut client, &id, Digest::of(&data).to_hex())
         .await
         .unwrap();
     assert!(matches!(reply, Frame::Finished { .. }), "got {reply:?}");
@@ -117,39 +108,20 @@ async fn finish_before_all_chunks_and_with_a_wrong_digest() {
     let mut client = server.client(&server.alice, local.path());
     let data = Bytes::from(vec![9u8; 64 << 10]);
     let id = create_raw(&mut client, "f.bin", data.len() as u64).await;
-    let conn = client.connection().await.unwrap();
-    let finish = |sha: String| {
-        let upload_id = id.clone();
-        move |req| Frame::Finish {
-            req,
-            upload_id,
-            sha256: sha,
-        }
-    };
-    let early = conn.request(finish(Digest::of(&data).to_hex())).await;
-    assert!(
-        matches!(
-            early,
-            Err(ferry_client::ClientError::Server {
-                code: ErrorCode::Incomplete,
-                ..
-            })
-        ),
+    let early = finish_raw(&mut client, &id, Digest::of(&data).to_hex()).await;
+    assert_eq!(
+        server_code(&early),
+        Some(ErrorCode::Incomplete),
         "got {early:?}"
     );
-    let not_hex = conn.request(finish("xyz".into())).await;
-    assert!(
-        matches!(
-            not_hex,
-            Err(ferry_client::ClientError::Server {
-                code: ErrorCode::BadDigest,
-                ..
-            })
-        ),
+    let not_hex = finish_raw(&mut client, &id, "xyz".into()).await;
+    assert_eq!(
+        server_code(&not_hex),
+        Some(ErrorCode::BadDigest),
         "got {not_hex:?}"
     );
 
-    let quic = conn.quic().clone();
+    let quic = client.connection().await.unwrap().quic().clone();
     send_chunk(
         &quic,
         &id,
@@ -162,20 +134,13 @@ async fn finish_before_all_chunks_and_with_a_wrong_digest() {
     .await
     .unwrap();
     assert!(matches!(next_event(&mut client).await, Frame::Ack { .. }));
-    let conn = client.connection().await.unwrap();
-    let wrong = conn.request(finish(Digest::of(b"other").to_hex())).await;
-    assert!(
-        matches!(
-            wrong,
-            Err(ferry_client::ClientError::Server {
-                code: ErrorCode::FileDigestMismatch,
-                ..
-            })
-        ),
+    let wrong = finish_raw(&mut client, &id, Digest::of(b"other").to_hex()).await;
+    assert_eq!(
+        server_code(&wrong),
+        Some(ErrorCode::FileDigestMismatch),
         "got {wrong:?}"
     );
-    let right = conn
-        .request(finish(Digest::of(&data).to_hex()))
+    let right = finish_raw(&mut client, &id, Digest::of(&data).to_hex())
         .await
         .unwrap();
     assert!(matches!(right, Frame::Finished { .. }));
@@ -187,24 +152,7 @@ async fn dot_dot_name_lands_sanitised_inside_files() {
     let local = tempfile::tempdir().unwrap();
     let mut client = server.client(&server.alice, local.path());
     let data = Bytes::from(vec![3u8; 5000]);
-    let create = |req| Frame::Create {
-        req,
-        file_name: "../../x".into(),
-        size: 5000,
-        chunk_size: 64 << 10,
-        desc: String::new(),
-    };
-    let upload = match client
-        .connection()
-        .await
-        .unwrap()
-        .request(create)
-        .await
-        .unwrap()
-    {
-        Frame::Created { upload, .. } => upload,
-        other => panic!("{other:?}"),
-    };
+    let upload = create_named(&mut client, "../../x", 5000).await.unwrap();
     assert_eq!(upload.file_name, "x");
     let quic = client.connection().await.unwrap().quic().clone();
     send_chunk(
@@ -219,16 +167,7 @@ async fn dot_dot_name_lands_sanitised_inside_files() {
     .await
     .unwrap();
     assert!(matches!(next_event(&mut client).await, Frame::Ack { .. }));
-    let finish = |req| Frame::Finish {
-        req,
-        upload_id: upload.upload_id.clone(),
-        sha256: Digest::of(&data).to_hex(),
-    };
-    client
-        .connection()
-        .await
-        .unwrap()
-        .request(finish)
+    finish_raw(&mut client, &upload.upload_id, Digest::of(&data).to_hex())
         .await
         .unwrap();
     assert_eq!(
@@ -240,22 +179,10 @@ async fn dot_dot_name_lands_sanitised_inside_files() {
         "nothing escaped the data directory"
     );
 
-    let create = |req| Frame::Create {
-        req,
-        file_name: "....".into(),
-        size: 1,
-        chunk_size: 64 << 10,
-        desc: String::new(),
-    };
-    let refused = client.connection().await.unwrap().request(create).await;
-    assert!(
-        matches!(
-            refused,
-            Err(ferry_client::ClientError::Server {
-                code: ErrorCode::InvalidName,
-                ..
-            })
-        ),
+    let refused = create_named(&mut client, "....", 1).await;
+    assert_eq!(
+        server_code(&refused),
+        Some(ErrorCode::InvalidName),
         "got {refused:?}"
     );
 }
