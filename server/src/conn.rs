@@ -413,7 +413,8 @@ impl Conn {
         let mut out = Vec::with_capacity(uploads.len());
         for (id, record) in uploads {
             let durable_bytes = match (record.state, record.layout()) {
-                (RecordState::Complete, _) => record.size,
+                // Publishing: every chunk is durable, the link is being made.
+                (RecordState::Complete | RecordState::Publishing, _) => record.size,
                 (RecordState::Receiving, Ok(layout)) => {
                     let set = store
                         .durable_chunks(id, &layout)
@@ -433,7 +434,7 @@ impl Conn {
                 chunk_size: record.chunk_size,
                 durable_bytes,
                 state: match record.state {
-                    RecordState::Receiving => "receiving".into(),
+                    RecordState::Receiving | RecordState::Publishing => "receiving".into(),
                     RecordState::Complete => "complete".into(),
                 },
                 created_at: record.created_at,
@@ -477,7 +478,7 @@ impl Conn {
             .map_err(|e| storage(&e, "failed to list uploads"))?;
         let receiving = uploads
             .iter()
-            .filter(|(_, r)| r.state == RecordState::Receiving)
+            .filter(|(_, r)| r.state != RecordState::Complete)
             .count() as u64;
         if config.max_uploads_per_owner > 0 && receiving >= config.max_uploads_per_owner {
             return Err(WireError::new(

@@ -1,5 +1,9 @@
 //! Small file-system helpers that get durability right: atomic replace, private files,
-//! directory sync.
+//! directories whose creation survives a crash, directory sync.
+//!
+//! The rule they follow is the strict one a power cut enforces: a create, rename, link or unlink
+//! is durable only after an fsync of the directory holding the entry, and a file's bytes and
+//! size only after an fsync (or fdatasync) of the file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -20,7 +24,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 
 fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    create_dir_durable(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
@@ -40,7 +44,35 @@ fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     result.with_context(|| format!("failed to write {}", path.display()))
 }
 
-/// fsyncs a directory so a rename or create inside it survives a crash.
+/// Creates `dir` and its missing parents like `create_dir_all`, and fsyncs the parent of each
+/// directory it created, so the new directories survive a crash.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        // Another thread may have created it a moment ago; its sync may not have run yet,
+        // so sync here as well.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    sync_dir(parent.unwrap_or(Path::new(".")))
+}
+
+/// fsyncs a directory so a create, rename, link or unlink inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Removes `path` and makes the removal durable; a missing file is not an error.
+pub fn remove_file_durable(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+    }
 }

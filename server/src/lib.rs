@@ -132,7 +132,7 @@ impl Server {
     /// and binds the UDP socket. Blocks while re-verifying chunks after an unclean stop.
     pub fn bind(config: Config) -> Result<Self> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
+        fsutil::create_dir_durable(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let (store, report) = Store::open(dir, config.min_free_space)
             .with_context(|| format!("failed to open data directory {}", dir.display()))?;

@@ -143,10 +143,17 @@ fn run(cli: Cli) -> Result<()> {
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;
                 let report = server.open_report();
-                if !report.clean {
+                let fixed = report.reconciled;
+                if !report.clean || fixed.any() {
                     tracing::warn!(
-                        verified = report.verified,
-                        forgotten = report.forgotten,
+                        clean = report.clean,
+                        chunks_verified = report.verified,
+                        chunks_mismatched = report.forgotten,
+                        published = fixed.published,
+                        rolled_back = fixed.rolled_back,
+                        orphans_removed = fixed.orphans,
+                        leftovers_removed = fixed.leftovers,
+                        lost = fixed.lost,
                         "recovered from an unclean stop"
                     );
                 }
@@ -163,7 +170,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command, data } => {
-            std::fs::create_dir_all(&data)?;
+            // `add` creates the directory (durably) when it writes the tokens file.
             let tokens = ferry_server::Tokens::new(&data);
             match command {
                 TokenCommand::Add { name } => println!("{}", tokens.add(&name)?),

@@ -5,7 +5,7 @@
 //! Layout: `db/` (sled), `staging/<upload_id>.part`, `files/<owner>/<name>`, `tls/`, `tokens`.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::fsutil::sync_dir;
+use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
 /// running.
@@ -61,6 +61,10 @@ impl std::fmt::Display for UploadId {
 #[serde(rename_all = "snake_case")]
 pub enum RecordState {
     Receiving,
+    /// Between the two durable steps of publishing: `final_name` and `sha256` name the link
+    /// about to be made. A crash here is settled at the next start: completed if the link
+    /// exists, back to `Receiving` if not (see `Store::reconcile`).
+    Publishing,
     Complete,
 }
 
@@ -80,10 +84,10 @@ pub struct UploadRecord {
     pub created_at: u64,
     /// Unix seconds of the last commit.
     pub updated_at: u64,
-    /// Set when complete: the name under `files/<owner>/`, which may carry ` (n)`.
+    /// Set when publishing starts: the name under `files/<owner>/`, which may carry ` (n)`.
     #[serde(default)]
     pub final_name: Option<String>,
-    /// Set when complete: the whole file's SHA-256.
+    /// Set when publishing starts: the whole file's SHA-256.
     #[serde(default)]
     pub sha256: Option<String>,
 }
@@ -110,6 +114,29 @@ pub struct OpenReport {
     /// Chunks re-hashed after an unclean stop, and how many of them no longer matched.
     pub verified: u64,
     pub forgotten: u64,
+    /// What start-up found half done and settled.
+    pub reconciled: Reconciled,
+}
+
+/// Work a crash left half done, settled by `Store::reconcile` at every start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Publishing interrupted after the link was made: recorded complete.
+    pub published: u64,
+    /// Publishing interrupted before the link was made: back to receiving.
+    pub rolled_back: u64,
+    /// Staging files without a record (a crash during create or abort): removed.
+    pub orphans: u64,
+    /// Staging names left by complete uploads (a crash after publishing): removed.
+    pub leftovers: u64,
+    /// Unfinished uploads whose staging file is gone: removed, so a client starts again.
+    pub lost: u64,
+}
+
+impl Reconciled {
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
 }
 
 pub struct Store {
@@ -126,6 +153,10 @@ pub struct Store {
 /// The database and its trees.
 struct Db {
     db: sled::Db,
+    /// sled's log file (`db/db` in sled 0.34), opened a second time for [`Db::sync`].
+    log: File,
+    /// sled's directory, where it renames new snapshots into place.
+    dir: PathBuf,
     uploads: sled::Tree,
     chunks: sled::Tree,
     meta: sled::Tree,
@@ -138,13 +169,42 @@ impl Db {
             .path(path)
             .open()
             .with_context(|| format!("failed to open the database {}", path.display()))?;
+        // sled writes `conf` once and never syncs it, nor the directories it creates: after a
+        // power cut it would find an empty configuration file.
+        let synced = File::open(path.join("conf"))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| sync_dir(&path.join("blobs")))
+            .and_then(|()| sync_dir(path))
+            .and_then(|()| sync_dir(path.parent().unwrap_or(Path::new("."))));
+        synced.with_context(|| format!("failed to sync the database {}", path.display()))?;
+        let log = File::open(path.join("db"))
+            .with_context(|| format!("failed to open the database log in {}", path.display()))?;
         Ok(Self {
+            log,
+            dir: path.to_owned(),
             uploads: db.open_tree(migrations::UPLOADS)?,
             chunks: db.open_tree(migrations::CHUNKS)?,
             meta: db.open_tree(migrations::META)?,
             expired: db.open_tree(migrations::EXPIRED)?,
             db,
         })
+    }
+
+    /// Makes every record written so far durable. sled 0.34's `flush` writes its buffers with
+    /// `pwrite` and waits on `sync_file_range`, which commits no metadata (the log grew), does
+    /// not flush the disk's write cache, and on some file systems (FUSE) does nothing; its real
+    /// fsync runs in a background thread every 500 ms. So after sled's flush this fdatasyncs
+    /// sled's log file through our own descriptor (fsync acts on the file, not the
+    /// descriptor) and fsyncs sled's directory, where snapshots are renamed into place. An
+    /// extra sync never puts the files in a state sled's own recovery must not already handle:
+    /// the kernel may write back dirty pages at any moment.
+    fn sync(&self) -> Result<()> {
+        self.db.flush().context("failed to flush the database")?;
+        self.log
+            .sync_data()
+            .context("failed to sync the database log")?;
+        sync_dir(&self.dir).context("failed to sync the database directory")?;
+        Ok(())
     }
 }
 
@@ -156,7 +216,7 @@ impl Store {
     pub fn open(data_dir: &Path, min_free: u64) -> Result<(Self, OpenReport)> {
         for sub in ["staging", "files"] {
             let dir = data_dir.join(sub);
-            fs::create_dir_all(&dir)
+            create_dir_durable(&dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
         }
         let db_path = data_dir.join("db");
@@ -175,12 +235,15 @@ impl Store {
             clean,
             ..Default::default()
         };
+        // The unclean marker must be durable before anything is accepted.
+        store.sync()?;
+        report.reconciled = store.reconcile()?;
         if !clean {
             let (verified, forgotten) = store.verify_all()?;
             report.verified = verified;
             report.forgotten = forgotten;
         }
-        store.db()?.db.flush()?;
+        store.sync()?;
         Ok((store, report))
     }
 
@@ -196,8 +259,12 @@ impl Store {
     pub fn mark_clean(&self) -> Result<()> {
         let db = self.db()?;
         db.meta.insert(CLEAN, &[1])?;
-        db.db.flush()?;
-        Ok(())
+        db.sync()
+    }
+
+    /// Makes every record written so far durable (see `Db::sync`).
+    pub fn sync(&self) -> Result<()> {
+        self.db()?.sync()
     }
 
     /// The open database, reopening it first if a failure closed it.
@@ -247,7 +314,9 @@ impl Store {
             }
             .into())
         } else {
+            // The reserved size is durable with the file's entry, before the record exists.
             reserve(&file, record.size, staging_dir)
+                .and_then(|()| file.sync_all().context("failed to sync the staging file"))
         };
         if let Err(e) = result {
             drop(file);
@@ -255,8 +324,10 @@ impl Store {
             return Err(e);
         }
         sync_dir(staging_dir)?;
+        // A crash before this record is durable leaves an orphan staging file, which the next
+        // start removes.
         self.put_record(id, record)?;
-        self.db()?.db.flush()?;
+        self.sync()?;
         Ok(id)
     }
 
@@ -318,18 +389,22 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every record written so far durable (as durable as sled 0.34 makes it).
-    pub async fn flush(&self) -> Result<()> {
-        let db = self.db()?;
-        db.db
-            .flush_async()
-            .await
-            .context("failed to flush the database")?;
-        Ok(())
+    /// [`Store::sync`] on the blocking pool: what a group commit waits for.
+    pub async fn flush(self: &Arc<Self>) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync()).await?
     }
 
     /// Every upload of `owner`, oldest first.
     pub fn list(&self, owner: &str) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = self.all_records()?;
+        out.retain(|(_, r)| r.owner == owner);
+        out.sort_by_key(|(_, r)| r.created_at);
+        Ok(out)
+    }
+
+    /// Every readable upload record.
+    fn all_records(&self) -> Result<Vec<(UploadId, UploadRecord)>> {
         let mut out = Vec::new();
         for entry in self.db()?.uploads.iter() {
             let (key, _) = entry?;
@@ -338,73 +413,152 @@ impl Store {
             };
             let id = UploadId(bytes);
             if let Some(record) = self.record(id)? {
-                if record.owner == owner {
-                    out.push((id, record));
-                }
+                out.push((id, record));
             }
         }
-        out.sort_by_key(|(_, r)| r.created_at);
         Ok(out)
     }
 
-    /// Moves a complete upload into `files/<owner>/`, never overwriting, and records it
-    /// complete. Returns the final name.
+    fn owner_dir(&self, owner: &str) -> PathBuf {
+        self.data_dir.join("files").join(owner)
+    }
+
+    /// Publishes a complete upload as `files/<owner>/<name>`, never overwriting, and records
+    /// it complete. Returns the final name. Two durable steps, so a crash anywhere leaves
+    /// something `reconcile` settles without publishing twice or forgetting the upload: the
+    /// intended name is recorded (`Publishing`) before the link is made, and the upload is
+    /// recorded complete only after the link is durable.
     pub fn publish(&self, id: UploadId, record: &UploadRecord, digest: Digest) -> Result<String> {
         let staging = self.staging_path(id);
         File::open(&staging)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("failed to sync {}", staging.display()))?;
-        let dir = self.data_dir.join("files").join(&record.owner);
-        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        let mut final_name = None;
+        let dir = self.owner_dir(&record.owner);
+        create_dir_durable(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
         for n in 0..10_000 {
             let name = if n == 0 {
                 record.file_name.clone()
             } else {
                 ferry_proto::name::numbered(&record.file_name, n)
             };
+            if dir.join(&name).symlink_metadata().is_ok() {
+                continue;
+            }
+            let mut intent = record.clone();
+            intent.state = RecordState::Publishing;
+            intent.final_name = Some(name.clone());
+            intent.sha256 = Some(digest.to_hex());
+            self.put_record(id, &intent)?;
+            self.sync()?;
             // A hard link fails instead of replacing an existing file, unlike rename.
             match fs::hard_link(&staging, dir.join(&name)) {
-                Ok(()) => {
-                    final_name = Some(name);
-                    break;
-                }
+                Ok(()) => return self.complete_publish(id, intent),
+                // Taken since the check: by another upload finishing at the same moment.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
+                    self.put_record(id, record)?;
+                    self.sync()?;
                     return Err(e)
-                        .with_context(|| format!("failed to publish into {}", dir.display()))
+                        .with_context(|| format!("failed to publish into {}", dir.display()));
                 }
             }
         }
-        let final_name = final_name
-            .with_context(|| format!("10 000 files named like {:?} exist", record.file_name))?;
-        sync_dir(&dir)?;
-        let mut done = record.clone();
-        done.state = RecordState::Complete;
-        done.updated_at = unix_now();
-        done.final_name = Some(final_name.clone());
-        done.sha256 = Some(digest.to_hex());
-        self.put_record(id, &done)?;
+        self.put_record(id, record)?;
+        self.sync()?;
+        anyhow::bail!("10 000 files named like {:?} exist", record.file_name)
+    }
+
+    /// The second half of publishing, also run by `reconcile` after a crash: makes the link
+    /// durable, records the upload complete (and drops its chunk records), then removes the
+    /// staging name.
+    fn complete_publish(&self, id: UploadId, mut record: UploadRecord) -> Result<String> {
+        let final_name = record
+            .final_name
+            .clone()
+            .context("publishing without a final name")?;
+        let dir = self.owner_dir(&record.owner);
+        sync_dir(&dir).with_context(|| format!("failed to sync {}", dir.display()))?;
+        record.state = RecordState::Complete;
+        record.updated_at = unix_now();
+        self.put_record(id, &record)?;
         self.remove_chunk_records(id)?;
-        self.db()?.db.flush()?;
-        fs::remove_file(&staging)
+        self.sync()?;
+        let staging = self.staging_path(id);
+        remove_file_durable(&staging)
             .with_context(|| format!("failed to remove {}", staging.display()))?;
-        sync_dir(staging.parent().unwrap_or(&self.data_dir))?;
         Ok(final_name)
     }
 
-    /// Deletes an upload: records, chunk records and staging file.
+    /// Deletes an upload: records, chunk records and staging file. A crash between the two
+    /// leaves an orphan staging file, which the next start removes.
     pub fn remove(&self, id: UploadId) -> Result<()> {
         self.remove_chunk_records(id)?;
         let db = self.db()?;
         db.uploads.remove(id.0)?;
-        db.db.flush()?;
-        match fs::remove_file(self.staging_path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).context("failed to remove the staging file")
+        db.sync()?;
+        remove_file_durable(&self.staging_path(id)).context("failed to remove the staging file")
+    }
+
+    /// Settles what a crash left half done, at every start (cheap: one pass over the records
+    /// and one over the staging directory). See [`Reconciled`].
+    fn reconcile(&self) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
+        let mut known = std::collections::HashSet::new();
+        for (id, record) in self.all_records()? {
+            known.insert(id);
+            let staging = self.staging_path(id);
+            match record.state {
+                RecordState::Publishing => {
+                    let linked = record
+                        .final_name
+                        .as_ref()
+                        .map(|name| self.owner_dir(&record.owner).join(name))
+                        .is_some_and(|published| same_file(&staging, &published));
+                    if linked {
+                        let name = self.complete_publish(id, record)?;
+                        info!(upload = %id, name, "publish completed after an unclean stop");
+                        done.published += 1;
+                    } else {
+                        let mut back = record;
+                        back.state = RecordState::Receiving;
+                        back.final_name = None;
+                        back.sha256 = None;
+                        self.put_record(id, &back)?;
+                        info!(upload = %id, "publish rolled back after an unclean stop");
+                        done.rolled_back += 1;
+                    }
+                }
+                RecordState::Complete if staging.exists() => {
+                    remove_file_durable(&staging)?;
+                    done.leftovers += 1;
+                }
+                RecordState::Receiving if !staging.exists() => {
+                    warn!(upload = %id, "staging file missing; the upload is removed");
+                    self.remove(id)?;
+                    done.lost += 1;
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        let staging_dir = self.data_dir.join("staging");
+        for entry in fs::read_dir(&staging_dir)
+            .with_context(|| format!("failed to read {}", staging_dir.display()))?
+        {
+            let path = entry?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".part"))
+                .and_then(UploadId::parse);
+            if id.is_some_and(|id| !known.contains(&id)) {
+                remove_file_durable(&path)
+                    .with_context(|| format!("failed to remove {}", path.display()))?;
+                info!(path = %path.display(), "removed a staging file without a record");
+                done.orphans += 1;
+            }
+        }
+        self.sync()?;
+        Ok(done)
     }
 
     /// Removes an upload that made no progress and leaves a tombstone, so its owner learns
@@ -426,18 +580,8 @@ impl Store {
 
     /// Receiving uploads whose last progress is before `cutoff` (Unix seconds).
     pub fn stale(&self, cutoff: u64) -> Result<Vec<(UploadId, UploadRecord)>> {
-        let mut out = Vec::new();
-        for entry in self.db()?.uploads.iter() {
-            let (key, _) = entry?;
-            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
-                continue;
-            };
-            if let Some(record) = self.record(UploadId(bytes))? {
-                if record.state == RecordState::Receiving && record.updated_at < cutoff {
-                    out.push((UploadId(bytes), record));
-                }
-            }
-        }
+        let mut out = self.all_records()?;
+        out.retain(|(_, r)| r.state == RecordState::Receiving && r.updated_at < cutoff);
         Ok(out)
     }
 
@@ -527,7 +671,7 @@ impl Store {
                 db.chunks.remove(key)?;
             }
         }
-        db.db.flush()?;
+        db.sync()?;
         info!(
             verified,
             forgotten, "re-verified durable chunks after an unclean stop"
@@ -542,6 +686,14 @@ impl Store {
 pub struct NoSpace {
     pub needed: u64,
     pub free: u64,
+}
+
+/// Whether `a` and `b` are names of one file (a hard link made by publishing).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// Bytes available to unprivileged writers on the file system holding `path`.

@@ -26,7 +26,7 @@ impl Identity {
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         let generated = !cert_path.exists();
         if generated {
-            fs::create_dir_all(&dir)
+            crate::fsutil::create_dir_durable(&dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
             let mut names = vec!["localhost".to_owned()];
             if let Ok(host) = gethostname::gethostname().into_string() {
