@@ -2,6 +2,7 @@
 //! data directory, clients pinned to its certificate, seeded random files, and helpers to run
 //! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
 
+pub mod powercut;
 pub mod relay;
 
 use std::io::{BufRead, BufReader};
