@@ -3,9 +3,11 @@
 //! through FUSE (the `fuser` crate, mounting directly as root, no libfuse needed) and keeps
 //! everything in memory; `model.rs` says what survives a cut.
 //!
-//! [`PowerCutFs::cut`] unmounts, rolls the state back to what was durable, and mounts again, so
-//! no kernel cache (page cache, dentries) outlives the cut. The caller kills every process
-//! using the mount first: a power cut stops the machine, not just the disk.
+//! A cut has two steps. [`PowerCutFs::power_off`] is the instant of the cut: from then on every
+//! change fails with EIO and reaches nothing, so what the processes above do while they are
+//! being killed cannot count. [`PowerCutFs::cut`], called after every process using the mount
+//! is dead, unmounts, rolls the state back to what was durable, and mounts again, so no kernel
+//! cache (page cache, dentries) outlives the cut.
 
 pub mod model;
 
@@ -47,8 +49,26 @@ impl PowerCutFs {
         Ok(fs)
     }
 
-    /// The power cut: unmount, forget everything not durable, mount again.
+    /// The instant of the power cut (see the module doc); `cut` brings the power back.
+    pub fn power_off(&self) {
+        self.lock().power_off();
+    }
+
+    /// Cuts the power now if some file holds written but unsynced bytes; in one step, so the
+    /// cut is sure to lose them.
+    pub fn power_off_if_unsynced(&self) -> bool {
+        let mut state = self.lock();
+        let unsynced = state.has_unsynced();
+        if unsynced {
+            state.power_off();
+        }
+        unsynced
+    }
+
+    /// After the processes are dead: unmount, forget everything not durable, power on, mount
+    /// again. Implies `power_off` if it has not happened.
     pub fn cut(&mut self) -> std::io::Result<()> {
+        self.power_off();
         if let Some(session) = self.session.take() {
             session.umount_and_join()?;
         }

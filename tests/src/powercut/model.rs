@@ -77,6 +77,21 @@ impl Content {
         self.len = self.len.max(offset + data.len() as u64);
     }
 
+    /// Pages whose bytes differ between `self` and `other`, counting a length change as one.
+    pub fn pages_differing(&self, other: &Content) -> u64 {
+        let pages: std::collections::BTreeSet<u64> =
+            self.pages.keys().chain(other.pages.keys()).copied().collect();
+        let differ = pages
+            .into_iter()
+            .filter(|page| match (self.pages.get(page), other.pages.get(page)) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b) && a != b,
+                (Some(p), None) | (None, Some(p)) => p.iter().any(|&b| b != 0),
+                (None, None) => false,
+            })
+            .count() as u64;
+        differ + u64::from(self.len != other.len)
+    }
+
     /// Truncates or extends (with zeros).
     pub fn set_len(&mut self, len: u64) {
         if len < self.len {
@@ -123,14 +138,19 @@ pub struct Stats {
     pub file_syncs: u64,
     pub dir_syncs: u64,
     pub cuts: u64,
-    /// Bytes of file content that a cut threw away (written or resized, never synced).
-    pub bytes_lost: u64,
+    /// Files whose content a cut rolled back (written or resized, never synced).
+    pub files_lost: u64,
+    /// 16 KiB pages of content a cut threw away.
+    pub pages_lost: u64,
     /// Directory entries that a cut undid (created or removed, never synced).
     pub entries_lost: u64,
 }
 
 pub struct State {
     mode: Metadata,
+    /// Set by `power_off`: from then on every operation fails with EIO and changes nothing,
+    /// until `cut` brings the power back.
+    off: bool,
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     pub stats: Stats,
@@ -153,10 +173,33 @@ impl State {
         };
         Self {
             mode,
+            off: false,
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
             stats: Stats::default(),
         }
+    }
+
+    /// The instant of the power cut: nothing after it reaches the "disk".
+    pub fn power_off(&mut self) {
+        self.off = true;
+    }
+
+    /// Fails every operation once the power is off.
+    pub fn powered(&self) -> Result<(), Errno> {
+        if self.off {
+            Err(libc::EIO)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether some file holds bytes written since its last sync.
+    pub fn has_unsynced(&self) -> bool {
+        self.inodes.values().any(|inode| match &inode.node {
+            Node::File { content, durable } => content.pages_differing(durable) > 0,
+            Node::Dir { .. } => false,
+        })
     }
 
     pub fn inode(&self, ino: u64) -> Result<&Inode, Errno> {
@@ -184,6 +227,7 @@ impl State {
         perm: u16,
         owner: (u32, u32),
     ) -> Result<u64, Errno> {
+        self.powered()?;
         if self.lookup(parent, name).is_ok() {
             return Err(libc::EEXIST);
         }
@@ -214,6 +258,7 @@ impl State {
     }
 
     pub fn link(&mut self, ino: u64, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.powered()?;
         if matches!(self.inode(ino)?.node, Node::Dir { .. }) {
             return Err(libc::EPERM);
         }
@@ -225,6 +270,7 @@ impl State {
 
     /// Removes a name: a file's (`dir == false`) or an empty directory's.
     pub fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        self.powered()?;
         let ino = self.lookup(parent, name)?;
         match (&self.inode(ino)?.node, dir) {
             (Node::Dir { entries, .. }, true) if !entries.is_empty() => {
@@ -246,6 +292,7 @@ impl State {
         new_name: &OsStr,
         no_replace: bool,
     ) -> Result<(), Errno> {
+        self.powered()?;
         let ino = self.lookup(parent, name)?;
         if let Ok(target) = self.lookup(new_parent, new_name) {
             if target == ino {
@@ -269,18 +316,21 @@ impl State {
     }
 
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.powered()?;
         self.stats.writes += 1;
         self.content_mut(ino)?.write(offset, data);
         Ok(())
     }
 
     pub fn set_len(&mut self, ino: u64, len: u64) -> Result<(), Errno> {
+        self.powered()?;
         self.content_mut(ino)?.set_len(len);
         Ok(())
     }
 
     /// fallocate mode 0: the file is at least `end` bytes long afterwards.
     pub fn allocate(&mut self, ino: u64, end: u64) -> Result<(), Errno> {
+        self.powered()?;
         let content = self.content_mut(ino)?;
         if content.len() < end {
             content.set_len(end);
@@ -289,12 +339,14 @@ impl State {
     }
 
     pub fn set_perm(&mut self, ino: u64, perm: u16) -> Result<(), Errno> {
+        self.powered()?;
         self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?.perm = perm;
         Ok(())
     }
 
     /// fsync, fdatasync, or fsync of a directory: what the inode holds now becomes durable.
     pub fn sync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.powered()?;
         match &mut self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?.node {
             Node::File { content, durable } => {
                 self.stats.file_syncs += 1;
@@ -312,11 +364,14 @@ impl State {
     /// reachable from the root is gone.
     pub fn cut(&mut self) {
         self.stats.cuts += 1;
+        self.off = false;
         for inode in self.inodes.values_mut() {
             match &mut inode.node {
                 Node::File { content, durable } => {
-                    if content != durable {
-                        self.stats.bytes_lost += content.len().max(durable.len());
+                    let pages = content.pages_differing(durable);
+                    if pages > 0 {
+                        self.stats.files_lost += 1;
+                        self.stats.pages_lost += pages;
                     }
                     *content = durable.clone();
                 }
@@ -490,7 +545,22 @@ mod tests {
         assert_eq!(fs.lookup(ROOT, name("f")), Err(libc::ENOENT));
         assert!(fs.read(f, 0, 10).unwrap().is_empty());
         assert_eq!(fs.stats.cuts, 1);
-        assert_eq!(fs.stats.bytes_lost, 4);
+        assert_eq!((fs.stats.files_lost, fs.stats.pages_lost), (1, 2), "a page and the length");
+    }
+
+    #[test]
+    fn nothing_reaches_the_disk_after_the_power_is_off() {
+        let mut fs = State::new(Metadata::Lenient);
+        let f = fs.create(ROOT, name("f"), false, 0o644, ME).unwrap();
+        fs.write(f, 0, b"before").unwrap();
+        assert!(fs.has_unsynced());
+        fs.power_off();
+        assert_eq!(fs.sync(f), Err(libc::EIO));
+        assert_eq!(fs.write(f, 0, b"after!"), Err(libc::EIO));
+        assert_eq!(fs.create(ROOT, name("g"), false, 0o644, ME), Err(libc::EIO));
+        fs.cut();
+        assert!(fs.read(f, 0, 10).unwrap().is_empty(), "the sync after the cut did not count");
+        fs.write(f, 0, b"on again").unwrap();
     }
 
     #[test]
