@@ -65,6 +65,15 @@ impl PowerCutFs {
         unsynced
     }
 
+    /// Arms a cut at the next hard link (the moment `ferryd` publishes a file).
+    pub fn power_off_after_link(&self) {
+        self.lock().power_off_after_link();
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.lock().is_off()
+    }
+
     /// After the processes are dead: unmount, forget everything not durable, power on, mount
     /// again. Implies `power_off` if it has not happened.
     pub fn cut(&mut self) -> std::io::Result<()> {

@@ -151,6 +151,8 @@ pub struct State {
     /// Set by `power_off`: from then on every operation fails with EIO and changes nothing,
     /// until `cut` brings the power back.
     off: bool,
+    /// Set by `power_off_after_link`: the next hard link cuts the power as it returns.
+    armed: bool,
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     pub stats: Stats,
@@ -174,6 +176,7 @@ impl State {
         Self {
             mode,
             off: false,
+            armed: false,
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
             stats: Stats::default(),
@@ -183,6 +186,16 @@ impl State {
     /// The instant of the power cut: nothing after it reaches the "disk".
     pub fn power_off(&mut self) {
         self.off = true;
+    }
+
+    /// Arms a cut at the next hard link: the instant a publish's link exists, before its
+    /// directory is synced.
+    pub fn power_off_after_link(&mut self) {
+        self.armed = true;
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.off
     }
 
     /// Fails every operation once the power is off.
@@ -265,7 +278,11 @@ impl State {
         if self.lookup(parent, name).is_ok() {
             return Err(libc::EEXIST);
         }
-        self.add_entry(parent, name, ino)
+        self.add_entry(parent, name, ino)?;
+        if std::mem::take(&mut self.armed) {
+            self.off = true;
+        }
+        Ok(())
     }
 
     /// Removes a name: a file's (`dir == false`) or an empty directory's.
@@ -365,6 +382,7 @@ impl State {
     pub fn cut(&mut self) {
         self.stats.cuts += 1;
         self.off = false;
+        self.armed = false;
         for inode in self.inodes.values_mut() {
             match &mut inode.node {
                 Node::File { content, durable } => {
