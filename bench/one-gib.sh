@@ -2,12 +2,15 @@
 # One upload of SIZE bytes (default 1 GiB) on loopback with the release binaries, ferryd and
 # ferry as separate processes, each under /usr/bin/time -v. Prints throughput, CPU and peak RSS
 # of both sides, and checks the published file's SHA-256.
-# Usage: [CONGESTION=cubic|bbr|newreno] bench/one-gib.sh [SIZE_MIB]
+# Usage: [CONGESTION=cubic|bbr|newreno] [BIN=DIR] bench/one-gib.sh [SIZE_MIB]
+# BIN names a folder holding other ferryd/ferry builds (no build then): bench/ab.sh uses it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-1024}
-cargo build --release --bins --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
-bin=$root/target/release
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bins --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
+fi
+bin=${BIN:-$root/target/release}
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
 trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 head -c $((mib * 1024 * 1024)) /dev/urandom > "$work/src.bin"

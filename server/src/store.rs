@@ -203,7 +203,29 @@ impl Db {
         self.log
             .sync_data()
             .context("failed to sync the database log")?;
+        self.sync_blobs()
+            .context("failed to sync the database's blob files")?;
         sync_dir(&self.dir).context("failed to sync the database directory")?;
+        Ok(())
+    }
+
+    /// sled writes a value too large for its log (over about 128 KiB serialised: a tree node of
+    /// records with long descriptions can get there) to a file in `blobs/`, and never syncs
+    /// it. The directory is almost always empty, so this usually costs one `readdir`.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let blobs = self.dir.join("blobs");
+        let mut any = false;
+        for entry in fs::read_dir(&blobs)? {
+            match File::open(entry?.path()).and_then(|f| f.sync_all()) {
+                // Removed by sled's blob collector meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                result => result?,
+            }
+            any = true;
+        }
+        if any {
+            sync_dir(&blobs)?;
+        }
         Ok(())
     }
 }
