@@ -856,7 +856,10 @@ mod tests {
         };
         assert_eq!(report.reconciled, expected);
         assert!(!orphan.exists() && !store.staging_path(done).exists());
-        assert!(unrelated.exists(), "files not named like staging files are left alone");
+        assert!(
+            unrelated.exists(),
+            "files not named like staging files are left alone"
+        );
         assert!(store.record(lost).unwrap().is_none());
         assert!(store.owner_dir("alice").join(&published).exists());
         drop(store);

@@ -79,8 +79,12 @@ impl Content {
 
     /// Pages whose bytes differ between `self` and `other`, counting a length change as one.
     pub fn pages_differing(&self, other: &Content) -> u64 {
-        let pages: std::collections::BTreeSet<u64> =
-            self.pages.keys().chain(other.pages.keys()).copied().collect();
+        let pages: std::collections::BTreeSet<u64> = self
+            .pages
+            .keys()
+            .chain(other.pages.keys())
+            .copied()
+            .collect();
         let differ = pages
             .into_iter()
             .filter(|page| match (self.pages.get(page), other.pages.get(page)) {
@@ -563,7 +567,11 @@ mod tests {
         assert_eq!(fs.lookup(ROOT, name("f")), Err(libc::ENOENT));
         assert!(fs.read(f, 0, 10).unwrap().is_empty());
         assert_eq!(fs.stats.cuts, 1);
-        assert_eq!((fs.stats.files_lost, fs.stats.pages_lost), (1, 2), "a page and the length");
+        assert_eq!(
+            (fs.stats.files_lost, fs.stats.pages_lost),
+            (1, 2),
+            "a page and the length"
+        );
     }
 
     #[test]
@@ -577,7 +585,10 @@ mod tests {
         assert_eq!(fs.write(f, 0, b"after!"), Err(libc::EIO));
         assert_eq!(fs.create(ROOT, name("g"), false, 0o644, ME), Err(libc::EIO));
         fs.cut();
-        assert!(fs.read(f, 0, 10).unwrap().is_empty(), "the sync after the cut did not count");
+        assert!(
+            fs.read(f, 0, 10).unwrap().is_empty(),
+            "the sync after the cut did not count"
+        );
         fs.write(f, 0, b"on again").unwrap();
     }
 
