@@ -101,10 +101,10 @@ impl Content {
         if len < self.len {
             let first_gone = len.div_ceil(PAGE);
             self.pages.retain(|&page, _| page < first_gone);
-            if len % PAGE != 0 {
-                if let Some(bytes) = self.pages.get_mut(&(len / PAGE)) {
-                    Arc::make_mut(bytes)[(len % PAGE) as usize..].fill(0);
-                }
+            // The page the new end falls in keeps its head; its tail reads as zeros again.
+            let (page, within) = (len / PAGE, (len % PAGE) as usize);
+            if let Some(bytes) = self.pages.get_mut(&page).filter(|_| within > 0) {
+                Arc::make_mut(bytes)[within..].fill(0);
             }
         }
         self.len = len;
