@@ -129,6 +129,22 @@ impl Glue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// mknod, mkdir and create: a new file or directory, and its attributes.
+    fn make(
+        &self,
+        req: &Request,
+        (parent, name): (INodeNo, &OsStr),
+        dir: bool,
+        (mode, umask): (u32, u32),
+    ) -> Result<FileAttr, Errno> {
+        let mut state = self.lock();
+        let perm = (mode & !umask & 0o7777) as u16;
+        let ino = state
+            .create(parent.0, name, dir, perm, (req.uid(), req.gid()))
+            .map_err(errno)?;
+        attr(&state, ino)
+    }
 }
 
 fn attr(state: &State, ino: u64) -> Result<FileAttr, Errno> {
@@ -225,14 +241,9 @@ impl Filesystem for Glue {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::ENOSYS);
         }
-        let mut state = self.lock();
-        let perm = (mode & !umask & 0o7777) as u16;
-        match state.create(parent.0, name, false, perm, (req.uid(), req.gid())) {
-            Ok(ino) => match attr(&state, ino) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(errno(e)),
+        match self.make(req, (parent, name), false, (mode, umask)) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -245,14 +256,9 @@ impl Filesystem for Glue {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut state = self.lock();
-        let perm = (mode & !umask & 0o7777) as u16;
-        match state.create(parent.0, name, true, perm, (req.uid(), req.gid())) {
-            Ok(ino) => match attr(&state, ino) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(errno(e)),
+        match self.make(req, (parent, name), true, (mode, umask)) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -446,14 +452,9 @@ impl Filesystem for Glue {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut state = self.lock();
-        let perm = (mode & !umask & 0o7777) as u16;
-        match state.create(parent.0, name, false, perm, (req.uid(), req.gid())) {
-            Ok(ino) => match attr(&state, ino) {
-                Ok(a) => reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(errno(e)),
+        match self.make(req, (parent, name), false, (mode, umask)) {
+            Ok(a) => reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         }
     }
 
