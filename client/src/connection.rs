@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_proto::{ErrorCode, Frame, Limits, ALPN, PROTOCOL_VERSION};
+use ferry_proto::{ErrorCode, Frame, Limits, UploadInfo, UploadSummary, ALPN, PROTOCOL_VERSION};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, oneshot};
 
@@ -207,6 +207,10 @@ impl Connection {
     /// becomes `ClientError::Server`.
     pub async fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<Frame, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        // The server would have to refuse a frame over the limit: refuse it here instead.
+        let bytes = make(req)
+            .to_wire()
+            .map_err(|e| ClientError::Usage(format!("request not sent: {e}")))?;
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -214,7 +218,7 @@ impl Connection {
             .insert(req, tx);
         {
             let mut send = self.send.lock().await;
-            if write_frame(&mut send, &make(req)).await.is_err() {
+            if send.write_all(&bytes).await.is_err() {
                 return Err(close_reason(&self.connection));
             }
         }
@@ -223,6 +227,78 @@ impl Connection {
             Ok(frame) => Ok(frame),
             Err(_) => Err(close_reason(&self.connection)),
         }
+    }
+
+    /// `resume`, reading every page of a long `durable` list (`durable_next`) into one answer.
+    /// The first page attaches the upload to this connection.
+    pub async fn resume(&self, upload_id: &str) -> Result<UploadInfo, ClientError> {
+        let mut info: Option<UploadInfo> = None;
+        let mut from = 0;
+        // Each page moves `from` forward past at least one range, so this ends; the bound is
+        // for a server that misbehaves.
+        for _ in 0..1_000_000 {
+            let upload_id = upload_id.to_owned();
+            let page = match self
+                .request(|req| Frame::Resume {
+                    req,
+                    upload_id,
+                    from,
+                })
+                .await?
+            {
+                Frame::Resumed { upload, .. } => upload,
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected resumed, got {}",
+                        other.kind()
+                    )))
+                }
+            };
+            let next = page.durable_next.filter(|&next| next > from);
+            match info.as_mut() {
+                None => info = Some(page),
+                Some(info) => info.durable.extend(page.durable),
+            }
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let mut info = info.ok_or_else(|| ClientError::Protocol("no resumed page".into()))?;
+        info.durable_next = None;
+        Ok(info)
+    }
+
+    /// Every upload of this token, reading `listing` page by page.
+    pub async fn list(&self) -> Result<Vec<UploadSummary>, ClientError> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        for _ in 0..1_000_000 {
+            let page_cursor = cursor.take();
+            match self
+                .request(|req| Frame::List {
+                    req,
+                    cursor: page_cursor,
+                })
+                .await?
+            {
+                Frame::Listing { uploads, next, .. } => {
+                    let empty = uploads.is_empty();
+                    all.extend(uploads);
+                    match next {
+                        Some(next) if !empty => cursor = Some(next),
+                        _ => break,
+                    }
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected listing, got {}",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// Why the connection is gone, as an error.

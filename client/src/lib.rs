@@ -90,18 +90,7 @@ impl Client {
 
     /// Every upload of this token on the server.
     pub async fn list(&mut self) -> Result<Vec<UploadSummary>, ClientError> {
-        match self
-            .connection()
-            .await?
-            .request(|req| Frame::List { req })
-            .await?
-        {
-            Frame::Listing { uploads, .. } => Ok(uploads),
-            other => Err(ClientError::Protocol(format!(
-                "expected listing, got {}",
-                other.kind()
-            ))),
-        }
+        self.connection().await?.list().await
     }
 
     /// Discards an unfinished upload on the server.

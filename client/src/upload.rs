@@ -111,19 +111,7 @@ impl Client {
                         durable
                     }
                     Some(a) => {
-                        let id = a.info.upload_id.clone();
-                        let info = match conn
-                            .request(|req| Frame::Resume { req, upload_id: id })
-                            .await?
-                        {
-                            Frame::Resumed { upload, .. } => upload,
-                            other => {
-                                return Err(ClientError::Protocol(format!(
-                                    "expected resumed, got {}",
-                                    other.kind()
-                                )))
-                            }
-                        };
+                        let info = conn.resume(&a.info.upload_id).await?;
                         let durable = ChunkSet::from_wire(&info.durable, a.sender.layout().count())
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
                         a.sender.handle_resumed(&durable);
@@ -285,14 +273,8 @@ async fn open(
     chunk_size: u64,
 ) -> Result<(UploadInfo, bool), ClientError> {
     if let Some(entry) = journal.get(key) {
-        let id = entry.upload_id.clone();
-        match conn
-            .request(|req| Frame::Resume { req, upload_id: id })
-            .await
-        {
-            Ok(Frame::Resumed { upload, .. }) if upload.size == key.size => {
-                return Ok((upload, true))
-            }
+        match conn.resume(&entry.upload_id).await {
+            Ok(upload) if upload.size == key.size => return Ok((upload, true)),
             Ok(_)
             | Err(ClientError::Server {
                 code: ErrorCode::NotFound,

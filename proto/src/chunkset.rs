@@ -146,6 +146,17 @@ impl ChunkSet {
         self.ranges().map(|(s, e)| [s, e]).collect()
     }
 
+    /// One page of the wire form: at most `max` ranges covering indices from `from` on (a range
+    /// that straddles `from` is cut there), and where the next page starts if any remain.
+    pub fn to_wire_page(&self, from: u64, max: usize) -> (Vec<[u64; 2]>, Option<u64>) {
+        let mut ranges = self
+            .ranges()
+            .filter(|&(_, e)| e > from)
+            .map(|(s, e)| [s.max(from), e]);
+        let page: Vec<[u64; 2]> = ranges.by_ref().take(max).collect();
+        (page, ranges.next().map(|[s, _]| s))
+    }
+
     /// Reads the wire form, refusing empty, inverted or out-of-range ranges.
     pub fn from_wire(ranges: &[[u64; 2]], count: u64) -> Result<Self, RangeError> {
         let mut set = ChunkSet::new();
@@ -187,6 +198,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    /// Reading page after page, each from the previous page's `next`, gives the whole set.
+    #[test]
+    fn pages_add_up_to_the_whole_set() {
+        let set: ChunkSet = (0..100u64).filter(|i| i % 3 != 1).collect();
+        let mut from = 0;
+        let mut read = ChunkSet::new();
+        let mut pages = 0;
+        loop {
+            let (page, next) = set.to_wire_page(from, 7);
+            assert!(page.len() <= 7);
+            for [s, e] in page {
+                read.insert_range(s, e);
+            }
+            pages += 1;
+            match next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        assert_eq!(read, set);
+        assert_eq!(pages, 34_usize.div_ceil(7));
+        assert_eq!(
+            set.to_wire_page(50, 1).0,
+            vec![[50, 52]],
+            "a range cut at from"
+        );
+        assert_eq!(set.to_wire_page(200, 5), (vec![], None));
+    }
 
     #[test]
     fn merges_neighbours_and_splits_on_remove() {

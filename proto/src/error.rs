@@ -79,6 +79,14 @@ pub enum ErrorCode {
     Expired,
     /// A stream stalled in the middle of a frame or a chunk for too long and was cut off.
     StreamTimeout,
+    /// The operator revoked the token this connection logged in with. Permanent.
+    TokenRevoked,
+    /// The client left too many of the server's frames unread on the control stream (replies
+    /// and acks waiting), so the server stopped waiting and closed the connection.
+    ControlStreamFull,
+    /// At finish: no free name like the upload's could be found (10 000 numbered names exist).
+    /// Permanent for the upload; abort it, or start it again under another name.
+    NameExhausted,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -124,6 +132,9 @@ impl ErrorCode {
         Self::TooManyConnections,
         Self::Expired,
         Self::StreamTimeout,
+        Self::TokenRevoked,
+        Self::ControlStreamFull,
+        Self::NameExhausted,
     ];
 
     /// The wire spelling.
@@ -165,6 +176,9 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::Expired => "expired",
             Self::StreamTimeout => "stream_timeout",
+            Self::TokenRevoked => "token_revoked",
+            Self::ControlStreamFull => "control_stream_full",
+            Self::NameExhausted => "name_exhausted",
             Self::Unknown => "unknown",
         }
     }

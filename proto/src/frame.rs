@@ -8,10 +8,16 @@ use crate::ErrorCode;
 
 /// Largest frame body, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
-/// Protocol version spoken by this build, sent in `hello` and `welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The ALPN token of protocol version 1.
+/// Protocol version spoken by this build, sent in `hello` and `welcome`. 2 added paging of
+/// `listing` and of `resumed`'s durable ranges, and the codes `token_revoked`,
+/// `control_stream_full` and `name_exhausted`.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
+/// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
+/// Most `durable` ranges in one `created` or `resumed` (each at most 43 bytes of JSON, so the
+/// frame stays far below [`MAX_FRAME`]); the rest follows on request (`resume.from`).
+pub const MAX_RANGES_PER_FRAME: usize = 1000;
 
 /// Every frame of the protocol. Unknown fields are ignored; an unknown `type` is an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +47,10 @@ pub enum Frame {
     Resume {
         req: u64,
         upload_id: String,
+        /// The first chunk index `resumed.upload.durable` should cover: 0 at first, then the
+        /// `durable_next` of the previous reply to read the rest of a long list.
+        #[serde(default)]
+        from: u64,
     },
     Resumed {
         req: u64,
@@ -68,10 +78,16 @@ pub enum Frame {
     },
     List {
         req: u64,
+        /// Where to continue: the `next` of the previous `listing`; absent for the first page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     Listing {
         req: u64,
         uploads: Vec<UploadSummary>,
+        /// Present when more uploads follow: send `list` again with this `cursor`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     Ack {
         upload_id: String,
@@ -130,10 +146,15 @@ pub struct UploadInfo {
     pub size: u64,
     pub chunk_size: u64,
     pub chunk_count: u64,
-    /// Durable chunk index ranges, `[start, end)`.
+    /// Durable chunk index ranges, `[start, end)`, from the `resume.from` index on, at most
+    /// [`MAX_RANGES_PER_FRAME`] of them.
     pub durable: Vec<[u64; 2]>,
-    /// Length in bytes of the contiguous durable prefix.
+    /// Length in bytes of the contiguous durable prefix (of the whole upload).
     pub durable_offset: u64,
+    /// Present when `durable` was cut to fit one frame: `resume` again with `from` set to it
+    /// for the ranges from there on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_next: Option<u64>,
 }
 
 /// One line of `listing`.
@@ -209,6 +230,17 @@ impl Frame {
         let mut out = Vec::new();
         self.encode(&mut out);
         out
+    }
+
+    /// The encoding to send, refused if it would break the frame limit: a peer must never
+    /// receive a frame it is required to reject.
+    pub fn to_wire(&self) -> Result<Vec<u8>, FrameError> {
+        let bytes = self.to_bytes();
+        let len = bytes.len() - 4;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge { len: len as u64 });
+        }
+        Ok(bytes)
     }
 
     /// Decodes one frame from the front of `buf`. Returns `Ok(None)` while the frame has not
@@ -342,7 +374,40 @@ mod tests {
         let body = br#"{"type":"list","req":7,"colour":"blue"}"#;
         assert_eq!(
             Frame::decode(&framed(body)).unwrap().unwrap().0,
-            Frame::List { req: 7 }
+            Frame::List {
+                req: 7,
+                cursor: None
+            }
         );
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_by_the_encoder() {
+        let summary = UploadSummary {
+            upload_id: "0".repeat(32),
+            file_name: "f".into(),
+            desc: "d".repeat(MAX_FRAME),
+            size: 0,
+            chunk_size: 0,
+            durable_bytes: 0,
+            state: "complete".into(),
+            created_at: 0,
+            updated_at: 0,
+            expires_at: 0,
+        };
+        let listing = Frame::Listing {
+            req: 1,
+            uploads: vec![summary],
+            next: None,
+        };
+        assert!(matches!(
+            listing.to_wire(),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let small = Frame::List {
+            req: 1,
+            cursor: None,
+        };
+        assert_eq!(small.to_wire().unwrap(), small.to_bytes());
     }
 }

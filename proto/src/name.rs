@@ -47,12 +47,22 @@ pub fn sanitize(raw: &str) -> Result<String, NameError> {
     Ok(name)
 }
 
-/// The `n`-th alternative for a taken name: `clip.mp4` → `clip (n).mp4`.
+/// The `n`-th alternative for a taken name: `clip.mp4` → `clip (n).mp4` (the number goes
+/// before the last dot, so `a.tar.gz` → `a.tar (n).gz`). The stem is shortened, at a character
+/// boundary, so the result stays within [`MAX_NAME_BYTES`]: a 255-byte name has alternatives
+/// too.
 pub fn numbered(name: &str, n: u32) -> String {
-    match name.rfind('.') {
-        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
-        _ => format!("{name} ({n})"),
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let tag = format!(" ({n})");
+    let room = MAX_NAME_BYTES.saturating_sub(tag.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
     }
+    format!("{}{tag}{ext}", &stem[..cut])
 }
 
 #[cfg(test)]
@@ -86,5 +96,19 @@ mod tests {
     fn numbers_before_the_extension() {
         assert_eq!(numbered("clip.mp4", 1), "clip (1).mp4");
         assert_eq!(numbered("README", 2), "README (2)");
+        assert_eq!(numbered("a.tar.gz", 3), "a.tar (3).gz");
+    }
+
+    /// Regression (issue 8): `name (1).ext` of a 255-byte name was 259 bytes, so publishing
+    /// failed with `storage_error` and the client retried forever.
+    #[test]
+    fn numbered_names_fit_the_limit_at_character_boundaries() {
+        let long = format!("{}.mov", "视".repeat(83)); // 249 + 4 = 253 bytes
+        for n in [1, 99, 9999] {
+            let alt = numbered(&long, n);
+            assert!(alt.len() <= MAX_NAME_BYTES, "{} bytes", alt.len());
+            assert!(alt.ends_with(&format!(" ({n}).mov")), "{alt}");
+        }
+        assert_eq!(numbered(&"a".repeat(255), 1).len(), 255);
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ferry_proto::name;
 use ferry_proto::{
-    ChunkHeader, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSummary, PROTOCOL_VERSION,
+    ChunkHeader, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSummary, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use quinn::{RecvStream, VarInt};
 use sha2::{Digest as _, Sha256};
@@ -26,6 +27,19 @@ use crate::Shared;
 const READ_BUF: usize = 256 * 1024;
 /// Longest description accepted at create.
 const MAX_DESC: usize = 4096;
+/// Room for summaries in one `listing`: the frame limit less the envelope (`type`, `req`,
+/// `next`), which takes under 200 bytes.
+const LISTING_BUDGET: usize = MAX_FRAME - 512;
+
+/// A `listing` cursor: the creation time and id of the last upload of the previous page.
+fn cursor_of((created_at, id): (u64, UploadId)) -> String {
+    format!("{created_at}-{id}")
+}
+
+fn parse_cursor(text: &str) -> Option<(u64, UploadId)> {
+    let (created_at, id) = text.split_once('-')?;
+    Some((created_at.parse().ok()?, UploadId::parse(id)?))
+}
 
 /// State of one authenticated connection.
 struct Conn {
@@ -75,14 +89,11 @@ pub async fn serve(
     let owner = match hello {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
-                let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}");
+                let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
                 return refuse(&connection, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
             match shared.tokens.verify(&token) {
-                Ok(Some(owner)) => {
-                    shared.throttle.succeed(remote.ip());
-                    owner
-                }
+                Ok(Some(owner)) => (owner, crate::tokens::hash(&token)),
                 Ok(None) => {
                     // Each failure from the same address waits longer before its answer.
                     let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
@@ -115,6 +126,7 @@ pub async fn serve(
             return refuse(&connection, send, ErrorCode::NotAuthenticated, "no hello").await;
         }
     };
+    let (owner, token_hash) = owner;
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
@@ -124,6 +136,7 @@ pub async fn serve(
         return;
     }
     info!(%remote, owner, conn = id, "connected");
+    let _live = Live::register(&shared, id, token_hash, &connection);
 
     let (events, mut events_rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
@@ -171,6 +184,35 @@ pub async fn serve(
     debug!(conn = id, "connection done");
 }
 
+/// A logged-in connection's entry in `Shared::live`, removed on drop.
+struct Live {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Live {
+    fn register(
+        shared: &Arc<Shared>,
+        id: u64,
+        token: [u8; 32],
+        connection: &quinn::Connection,
+    ) -> Self {
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(id, (token, connection.clone()));
+        Self {
+            shared: shared.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&self.id);
+    }
+}
+
 /// Sends an error frame on the control stream, then closes the connection with its code.
 async fn refuse(
     connection: &quinn::Connection,
@@ -205,9 +247,13 @@ impl Conn {
                     .await
                     .map(|upload| Frame::Created { req, upload }),
             ),
-            Frame::Resume { req, upload_id } => (
+            Frame::Resume {
                 req,
-                self.resume(&upload_id)
+                upload_id,
+                from,
+            } => (
+                req,
+                self.resume(&upload_id, from)
                     .await
                     .map(|upload| Frame::Resumed { req, upload }),
             ),
@@ -222,9 +268,10 @@ impl Conn {
                     .await
                     .map(|()| Frame::Aborted { req, upload_id }),
             ),
-            Frame::List { req } => (
+            Frame::List { req, cursor } => (
                 req,
-                self.list().map(|uploads| Frame::Listing { req, uploads }),
+                self.list(cursor.as_deref())
+                    .map(|(uploads, next)| Frame::Listing { req, uploads, next }),
             ),
             other => {
                 let message = format!("{} is not a request", other.kind());
@@ -307,35 +354,44 @@ impl Conn {
                 None => storage(&e, "failed to create the upload"),
             })?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
-        self.attach(id, record).await
+        self.attach(id, record, 0).await
     }
 
-    async fn resume(&self, raw_id: &str) -> Result<UploadInfo, WireError> {
+    async fn resume(&self, raw_id: &str, from: u64) -> Result<UploadInfo, WireError> {
         let (id, record) = self.owned(raw_id)?;
         if record.state == RecordState::Complete {
             // Complete already (the finish reply may have been lost): everything is durable,
             // and a finish with the same digest is answered again.
             let layout = record.layout().map_err(|e| internal(e.to_string()))?;
+            // It does not attach: there is nothing left to send (chunks get `not_attached`).
             let all = ChunkSet::full(layout.count());
+            let (durable, durable_next) = all.to_wire_page(from, ferry_proto::MAX_RANGES_PER_FRAME);
             return Ok(UploadInfo {
                 upload_id: id.to_string(),
                 file_name: record.file_name,
                 size: layout.size(),
                 chunk_size: layout.chunk_size(),
                 chunk_count: layout.count(),
-                durable: all.to_wire(),
+                durable,
                 durable_offset: layout.size(),
+                durable_next,
             });
         }
-        self.attach(id, record).await
+        self.attach(id, record, from).await
     }
 
-    async fn attach(&self, id: UploadId, record: UploadRecord) -> Result<UploadInfo, WireError> {
+    async fn attach(
+        &self,
+        id: UploadId,
+        record: UploadRecord,
+        from: u64,
+    ) -> Result<UploadInfo, WireError> {
         let driver = self.driver(id, record)?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Attach {
             conn: self.id,
             events: self.events.clone(),
+            from,
             reply,
         });
         let info = rx.await.map_err(|_| {
@@ -405,47 +461,83 @@ impl Conn {
             .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))?
     }
 
-    fn list(&self) -> Result<Vec<UploadSummary>, WireError> {
-        let store = &self.shared.store;
-        let uploads = store
+    /// One page of the owner's uploads, oldest first, from after `cursor`; with the cursor of
+    /// the next page when the rest did not fit one frame.
+    fn list(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<UploadSummary>, Option<String>), WireError> {
+        let after = match cursor {
+            None => None,
+            Some(text) => Some(parse_cursor(text).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::BadField,
+                    format!("list cursor {text:.80?} is not one this server gave"),
+                )
+            })?),
+        };
+        let uploads = self
+            .shared
+            .store
             .list(&self.owner)
             .map_err(|e| storage(&e, "failed to list uploads"))?;
-        let mut out = Vec::with_capacity(uploads.len());
+        let mut page = Vec::new();
+        let mut used = 0;
+        let mut last = None;
         for (id, record) in uploads {
-            let durable_bytes = match (record.state, record.layout()) {
-                // Publishing: every chunk is durable, the link is being made.
-                (RecordState::Complete | RecordState::Publishing, _) => record.size,
-                (RecordState::Receiving, Ok(layout)) => {
-                    let set = store
-                        .durable_chunks(id, &layout)
-                        .map_err(|e| storage(&e, "failed to read chunks"))?;
-                    layout.bytes_in(&set)
-                }
-                (RecordState::Receiving, Err(_)) => 0,
-            };
-            out.push(UploadSummary {
-                upload_id: id.to_string(),
-                file_name: record
-                    .final_name
-                    .clone()
-                    .unwrap_or(record.file_name.clone()),
-                desc: record.desc,
-                size: record.size,
-                chunk_size: record.chunk_size,
-                durable_bytes,
-                state: match record.state {
-                    RecordState::Receiving | RecordState::Publishing => "receiving".into(),
-                    RecordState::Complete => "complete".into(),
-                },
-                created_at: record.created_at,
-                updated_at: record.updated_at,
-                expires_at: match (record.state, self.shared.config.expire_after.as_secs()) {
-                    (RecordState::Receiving, secs) if secs > 0 => record.updated_at + secs,
-                    _ => 0,
-                },
-            });
+            let key = (record.created_at, id);
+            if after.is_some_and(|after| key <= after) {
+                continue;
+            }
+            let summary = self.summary(id, record)?;
+            // Each summary is measured as it will be sent; one always fits (a description is
+            // at most 4 KiB, 24 KiB as escaped JSON).
+            let len = serde_json::to_vec(&summary).map_or(MAX_FRAME, |v| v.len()) + 1;
+            if used + len > LISTING_BUDGET && !page.is_empty() {
+                return Ok((page, last.map(cursor_of)));
+            }
+            used += len;
+            page.push(summary);
+            last = Some(key);
         }
-        Ok(out)
+        Ok((page, None))
+    }
+
+    fn summary(&self, id: UploadId, record: UploadRecord) -> Result<UploadSummary, WireError> {
+        let durable_bytes = match (record.state, record.layout()) {
+            // Publishing: every chunk is durable, the link is being made.
+            (RecordState::Complete | RecordState::Publishing, _) => record.size,
+            (RecordState::Receiving, Ok(layout)) => {
+                let set = self
+                    .shared
+                    .store
+                    .durable_chunks(id, &layout)
+                    .map_err(|e| storage(&e, "failed to read chunks"))?;
+                layout.bytes_in(&set)
+            }
+            (RecordState::Receiving, Err(_)) => 0,
+        };
+        Ok(UploadSummary {
+            upload_id: id.to_string(),
+            file_name: record
+                .final_name
+                .clone()
+                .unwrap_or(record.file_name.clone()),
+            desc: record.desc,
+            size: record.size,
+            chunk_size: record.chunk_size,
+            durable_bytes,
+            state: match record.state {
+                RecordState::Receiving | RecordState::Publishing => "receiving".into(),
+                RecordState::Complete => "complete".into(),
+            },
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            expires_at: match (record.state, self.shared.config.expire_after.as_secs()) {
+                (RecordState::Receiving, secs) if secs > 0 => record.updated_at + secs,
+                _ => 0,
+            },
+        })
     }
 
     /// The record of `raw_id` if it exists and belongs to this connection's owner. Another

@@ -94,6 +94,8 @@ pub enum Msg {
     Attach {
         conn: u64,
         events: Events,
+        /// The first chunk index the reply's `durable` page covers.
+        from: u64,
         reply: oneshot::Sender<UploadInfo>,
     },
     Detach {
@@ -325,6 +327,7 @@ impl Driver {
             Msg::Attach {
                 conn,
                 events,
+                from,
                 reply,
             } => {
                 if let Some((old, old_events)) = self.attached.take() {
@@ -339,7 +342,7 @@ impl Driver {
                     }
                 }
                 self.attached = Some((conn, events));
-                let _ = reply.send(self.info());
+                let _ = reply.send(self.info(from));
             }
             Msg::Detach { conn } => {
                 if self.attached.as_ref().is_some_and(|(c, _)| *c == conn) {
@@ -467,6 +470,9 @@ impl Driver {
                 ErrorCode::FileDigestMismatch,
                 format!("the file on the server hashes to {actual}, finish said {digest}"),
             )),
+            Ok(Err(e)) if e.downcast_ref::<crate::store::NameExhausted>().is_some() => {
+                Err(WireError::new(ErrorCode::NameExhausted, format!("{e:#}")))
+            }
             Ok(Err(e)) => Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))),
             Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
         };
@@ -525,16 +531,22 @@ impl Driver {
         }
     }
 
-    fn info(&self) -> UploadInfo {
+    /// The upload as `created`/`resumed` describe it, its durable ranges paged from `from`.
+    fn info(&self, from: u64) -> UploadInfo {
         let layout = self.session.layout();
+        let (durable, durable_next) = self
+            .session
+            .durable()
+            .to_wire_page(from, ferry_proto::MAX_RANGES_PER_FRAME);
         UploadInfo {
             upload_id: self.id.to_string(),
             file_name: self.record.file_name.clone(),
             size: layout.size(),
             chunk_size: layout.chunk_size(),
             chunk_count: layout.count(),
-            durable: self.session.durable().to_wire(),
+            durable,
             durable_offset: layout.prefix_bytes(self.session.durable()),
+            durable_next,
         }
     }
 }
@@ -556,10 +568,7 @@ async fn persist(
     store.check_space().map_err(|e| {
         WireError::new(
             ErrorCode::StorageFull,
-            format!(
-                "the server's disk is full ({} bytes free); retry later",
-                e.free
-            ),
+            format!("the server's disk is full ({e}); retry later"),
         )
     })?;
     let recorded = match store.record_chunks(id, &batch.chunks) {

@@ -25,15 +25,19 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
     create_dir_durable(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    // A fresh temp file (O_EXCL, random name): never one that someone placed there first, which
+    // could be a link to elsewhere or carry other permissions.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        hex::encode(nonce)
     ));
     let result = (|| -> std::io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         file.write_all(data)?;
@@ -41,6 +45,9 @@ fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
     result.with_context(|| format!("failed to write {}", path.display()))
 }
 

@@ -73,6 +73,9 @@ impl Drop for ConnSlot {
 const THROTTLE_ENTRIES: usize = 4096;
 /// Failures older than this are forgotten.
 const THROTTLE_MEMORY: Duration = Duration::from_secs(600);
+/// One remembered failure is forgiven per this much time without a new one. Only time
+/// forgives: a success does not, or alternating right and wrong tokens would never slow down.
+const THROTTLE_DECAY: Duration = Duration::from_secs(30);
 
 /// Remembers authentication failures per address and says how long to wait before answering.
 #[derive(Default)]
@@ -82,7 +85,8 @@ pub struct AuthThrottle {
 
 impl AuthThrottle {
     /// Records a failure from `ip` at `now`; returns the delay to apply before the refusal:
-    /// 0 for the first, then 250 ms doubling per failure up to 8 s.
+    /// 0 for the first, then 250 ms doubling per failure up to 8 s. Failures decay by one per
+    /// [`THROTTLE_DECAY`] since the last one; successes change nothing.
     pub fn fail(&self, ip: IpAddr, now: Instant) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= THROTTLE_ENTRIES && !failures.contains_key(&ip) {
@@ -92,23 +96,16 @@ impl AuthThrottle {
             }
         }
         let entry = failures.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= THROTTLE_MEMORY {
-            entry.0 = 0;
-        }
+        let forgiven = now.duration_since(entry.1).as_secs() / THROTTLE_DECAY.as_secs();
+        entry.0 = entry
+            .0
+            .saturating_sub(forgiven.min(u64::from(u32::MAX)) as u32);
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
         match entry.0 {
             1 => Duration::ZERO,
             n => Duration::from_millis(250 << (n - 2).min(5)),
         }
-    }
-
-    /// A successful authentication from `ip` clears its record.
-    pub fn succeed(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ip);
     }
 
     #[cfg(test)]
@@ -148,11 +145,35 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let delays: Vec<u128> = (0..8).map(|_| throttle.fail(ip, now).as_millis()).collect();
         assert_eq!(delays, vec![0, 250, 500, 1000, 2000, 4000, 8000, 8000]);
-        throttle.succeed(ip);
-        assert_eq!(throttle.fail(ip, now), Duration::ZERO);
+        let later = now + THROTTLE_MEMORY;
+        assert_eq!(
+            throttle.fail(ip, later),
+            Duration::ZERO,
+            "forgotten after 10 min"
+        );
         for i in 0..20_000u32 {
             throttle.fail(IpAddr::from(i.to_be_bytes()), now);
         }
         assert!(throttle.len() <= THROTTLE_ENTRIES);
+    }
+
+    /// Regression (issue 8): a success used to clear the record, so alternating right and
+    /// wrong tokens was never slowed. Only time forgives now.
+    #[test]
+    fn only_time_forgives_failures() {
+        let throttle = AuthThrottle::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let delays: Vec<u128> = [0, 1, 2, 3]
+            .map(|s| throttle.fail(ip, at(s)).as_millis())
+            .into();
+        assert_eq!(
+            delays,
+            vec![0, 250, 500, 1000],
+            "successes in between change nothing"
+        );
+        // 65 s later two failures are forgiven: the next counts as the third.
+        assert_eq!(throttle.fail(ip, at(68)).as_millis(), 500);
     }
 }

@@ -114,6 +114,10 @@ pub(crate) struct Shared {
     config: Config,
     store: Arc<Store>,
     tokens: Tokens,
+    /// Logged-in connections by connection id, with the hash of the token each used, so a
+    /// revoked token's connections can be closed. At most `max_connections` entries: a
+    /// connection is added after `welcome` and removed when it ends.
+    live: std::sync::Mutex<std::collections::HashMap<u64, ([u8; 32], quinn::Connection)>>,
     registry: Arc<driver::Registry>,
     limiter: Arc<guard::ConnLimiter>,
     throttle: guard::AuthThrottle,
@@ -136,6 +140,10 @@ impl Server {
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let (store, report) = Store::open(dir, config.min_free_space)
             .with_context(|| format!("failed to open data directory {}", dir.display()))?;
+        let tokens = Tokens::new(dir);
+        tokens
+            .entries()
+            .context("cannot start with this tokens file")?;
         let identity = match &config.cert {
             Some((cert, key)) => tls::Identity::load(cert, key)?,
             None => {
@@ -167,7 +175,8 @@ impl Server {
         )
         .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
         let shared = Arc::new(Shared {
-            tokens: Tokens::new(dir),
+            tokens,
+            live: Default::default(),
             store: Arc::new(store),
             registry: Default::default(),
             limiter: guard::ConnLimiter::new(config.max_connections, config.max_connections_per_ip),
@@ -200,6 +209,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let next_id = AtomicU64::new(1);
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
+        let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -214,6 +224,7 @@ impl Server {
         }
         info!("shutting down");
         sweeper.abort();
+        revoker.abort();
         self.endpoint.close(
             VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),
             b"server shutting down",
@@ -267,6 +278,41 @@ async fn sweep_forever(shared: Arc<Shared>) {
         let _ = shared
             .store
             .prune_tombstones(now.saturating_sub(TOMBSTONE_LIFE));
+    }
+}
+
+/// How often the tokens file is looked at for revocations.
+const TOKENS_POLL: Duration = Duration::from_millis(250);
+
+/// Watches the tokens file (every [`TOKENS_POLL`]) and closes, within that time, every live
+/// connection whose token is no longer in it (`token_revoked`). New connections always read
+/// the file, so added tokens work at once without this.
+async fn revoke_forever(shared: Arc<Shared>) {
+    let mut seen = shared.tokens.snapshot();
+    loop {
+        tokio::time::sleep(TOKENS_POLL).await;
+        let now = shared.tokens.snapshot();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let entries = match shared.tokens.entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "tokens file changed but is invalid; live connections kept");
+                continue;
+            }
+        };
+        let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        for (conn, (hash, connection)) in live.iter() {
+            if Tokens::find(&entries, hash).is_none() {
+                info!(conn, "token revoked; closing its connection");
+                connection.close(
+                    VarInt::from_u32(ErrorCode::TokenRevoked.quic_code()),
+                    b"token revoked",
+                );
+            }
+        }
     }
 }
 

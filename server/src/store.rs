@@ -23,7 +23,7 @@ use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 const CLEAN: &[u8] = b"clean_shutdown";
 
 /// 16 random bytes, 32 lowercase hex characters on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UploadId([u8; 16]);
 
 impl UploadId {
@@ -332,7 +332,8 @@ impl Store {
         let result = if free < needed {
             Err(NoSpace {
                 needed: record.size,
-                free: free.saturating_sub(self.min_free),
+                free,
+                reserve: self.min_free,
             }
             .into())
         } else {
@@ -390,8 +391,9 @@ impl Store {
     pub fn check_space(&self) -> Result<(), NoSpace> {
         match free_space(&self.data_dir) {
             Ok(free) if free < self.min_free => Err(NoSpace {
-                needed: self.min_free,
+                needed: 0,
                 free,
+                reserve: self.min_free,
             }),
             _ => Ok(()),
         }
@@ -417,11 +419,12 @@ impl Store {
         tokio::task::spawn_blocking(move || store.sync()).await?
     }
 
-    /// Every upload of `owner`, oldest first.
+    /// Every upload of `owner`, oldest first (by creation time, then id: a total order, so a
+    /// listing can be paged).
     pub fn list(&self, owner: &str) -> Result<Vec<(UploadId, UploadRecord)>> {
         let mut out = self.all_records()?;
         out.retain(|(_, r)| r.owner == owner);
-        out.sort_by_key(|(_, r)| r.created_at);
+        out.sort_by_key(|(id, r)| (r.created_at, *id));
         Ok(out)
     }
 
@@ -457,7 +460,7 @@ impl Store {
             .with_context(|| format!("failed to sync {}", staging.display()))?;
         let dir = self.owner_dir(&record.owner);
         create_dir_durable(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        for n in 0..10_000 {
+        for n in 0..MAX_NUMBERED {
             let name = if n == 0 {
                 record.file_name.clone()
             } else {
@@ -487,7 +490,10 @@ impl Store {
         }
         self.put_record(id, record)?;
         self.sync()?;
-        anyhow::bail!("10 000 files named like {:?} exist", record.file_name)
+        Err(NameExhausted {
+            name: record.file_name.clone(),
+        }
+        .into())
     }
 
     /// The second half of publishing, also run by `reconcile` after a crash: makes the link
@@ -702,13 +708,42 @@ impl Store {
     }
 }
 
-/// The whole file is refused for lack of space; `free` is what the file system had.
+/// Names tried for one published file: the name itself, then `name (1)` to `name (9999)`.
+pub const MAX_NUMBERED: u32 = 10_000;
+
+/// Publishing found every name like the upload's taken; permanent (`name_exhausted`).
 #[derive(Debug, thiserror::Error)]
-#[error("the file needs {needed} bytes, the server has {free} bytes free")]
+#[error("no free name like {name:?} in the owner's folder: it and {} numbered names exist", MAX_NUMBERED - 1)]
+pub struct NameExhausted {
+    pub name: String,
+}
+
+/// Not enough disk space: for a file of `needed` bytes (at create), or for the database
+/// (`needed` 0, before a commit). `free` is what the file system has; `reserve` is the part of
+/// it kept for the database (`--min-free-space`).
+#[derive(Debug)]
 pub struct NoSpace {
     pub needed: u64,
     pub free: u64,
+    pub reserve: u64,
 }
+
+impl std::fmt::Display for NoSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ferry_proto::units::human;
+        if self.needed > 0 {
+            write!(f, "the file needs {}; ", human(self.needed))?;
+        }
+        write!(f, "the server has {} free", human(self.free))?;
+        if self.reserve > 0 {
+            let reserve = human(self.reserve);
+            write!(f, " and keeps {reserve} in reserve (--min-free-space)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoSpace {}
 
 /// Whether `a` and `b` are names of one file (a hard link made by publishing).
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -746,6 +781,7 @@ fn reserve(file: &File, size: u64, dir: &Path) -> Result<()> {
         libc::ENOSPC => Err(NoSpace {
             needed: size,
             free: free_space(dir).unwrap_or(0),
+            reserve: 0,
         }
         .into()),
         // File systems without fallocate: fall back to a sparse file of the right size.
@@ -824,6 +860,46 @@ mod tests {
         assert_eq!(record.final_name, None);
         let name = store.publish(id, &record, Digest::of(&[0; 10])).unwrap();
         assert_eq!(name, "a.mov", "published once, under its own name");
+    }
+
+    /// Regression (issue 8): "the server has 0 bytes free" when 48 MiB were free and 64 MiB
+    /// kept in reserve; both figures are said now, in human units.
+    #[test]
+    fn no_space_says_both_figures() {
+        let e = NoSpace {
+            needed: 100 << 20,
+            free: 48 << 20,
+            reserve: 64 << 20,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the file needs 100.0 MiB; the server has 48.0 MiB free and keeps 64.0 MiB in reserve (--min-free-space)"
+        );
+    }
+
+    /// Regression (issue 8): when every numbered name was taken, publishing failed with
+    /// `storage_error` and the client retried forever; it is a permanent error now, and the
+    /// upload stays open, all chunks durable.
+    #[test]
+    fn publish_with_every_name_taken_is_name_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let id = store.create(&record("x.bin", 10)).unwrap();
+        let owner = store.owner_dir("alice");
+        fs::create_dir_all(&owner).unwrap();
+        for n in 0..MAX_NUMBERED {
+            let name = match n {
+                0 => "x.bin".to_owned(),
+                n => ferry_proto::name::numbered("x.bin", n),
+            };
+            File::create(owner.join(name)).unwrap();
+        }
+        let err = store
+            .publish(id, &record("x.bin", 10), Digest::of(&[0; 10]))
+            .unwrap_err();
+        assert!(err.downcast_ref::<NameExhausted>().is_some(), "{err:#}");
+        let back = store.record(id).unwrap().unwrap();
+        assert_eq!(back.state, RecordState::Receiving);
     }
 
     #[test]

@@ -52,7 +52,13 @@ impl Tokens {
                 })
             });
             match parsed {
-                Some(entry) => entries.push(entry),
+                // A name read back becomes a directory under `files/`: a hand-edited
+                // `../../x` must never get that far.
+                Some(entry) => {
+                    validate_name(&entry.name)
+                        .with_context(|| format!("{} line {}", self.path.display(), n + 1))?;
+                    entries.push(entry)
+                }
                 None => bail!(
                     "{} line {}: expected `NAME SHA256HEX`",
                     self.path.display(),
@@ -95,14 +101,23 @@ impl Tokens {
 
     /// The owner name of `token`, if it is valid. Compares every entry in constant time.
     pub fn verify(&self, token: &str) -> Result<Option<String>> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        Ok(Self::find(&self.entries()?, &hash(token)))
+    }
+
+    /// The owner of the token with SHA-256 `hash` among `entries`, in constant time per entry.
+    pub fn find(entries: &[Entry], hash: &[u8; 32]) -> Option<String> {
         let mut found = None;
-        for entry in self.entries()? {
-            if bool::from(entry.hash.ct_eq(&presented)) {
-                found = Some(entry.name);
+        for entry in entries {
+            if bool::from(entry.hash.ct_eq(hash)) {
+                found = Some(entry.name.clone());
             }
         }
-        Ok(found)
+        found
+    }
+
+    /// The file's raw bytes (empty if it does not exist), to notice a change cheaply.
+    pub fn snapshot(&self) -> Vec<u8> {
+        fs::read(&self.path).unwrap_or_default()
     }
 
     fn save(&self, entries: &[Entry]) -> Result<()> {
@@ -112,6 +127,11 @@ impl Tokens {
             .collect();
         crate::fsutil::write_private(&self.path, text.as_bytes())
     }
+}
+
+/// The SHA-256 of a presented token: what the file stores and connections remember.
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Token names become directory names under `files/`, so they are kept plain.
@@ -152,5 +172,22 @@ mod tests {
         assert_eq!(tokens.verify(&alice).unwrap(), None);
         assert_eq!(tokens.verify(&bob).unwrap().as_deref(), Some("bob"));
         assert!(tokens.add("../evil").is_err());
+    }
+
+    /// Regression (issue 8): names read back were not validated, so a hand-edited line could
+    /// publish files outside the data directory.
+    #[test]
+    fn hand_edited_bad_name_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::new(dir.path());
+        tokens.add("alice").unwrap();
+        let good = fs::read_to_string(dir.path().join("tokens")).unwrap();
+        let bad = format!("{good}../../x {}\n", "ab".repeat(32));
+        fs::write(dir.path().join("tokens"), bad).unwrap();
+        let err = format!("{:#}", tokens.entries().unwrap_err());
+        assert!(
+            err.contains("tokens line 2: token name \"../../x\""),
+            "{err}"
+        );
     }
 }

@@ -79,7 +79,18 @@ pub async fn read_frame(
         .unwrap_or(Err(ReadError::Timeout(stall)))
 }
 
-/// Writes one frame.
+/// Writes one frame. A frame over the limit is never sent (the peer would have to refuse it):
+/// an `internal` error goes in its place, and the bug is logged. Every reply that can grow is
+/// paged to stay far below the limit, so this is a last line of defence.
 pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
-    send.write_all(&frame.to_bytes()).await
+    let bytes = frame.to_wire().unwrap_or_else(|e| {
+        tracing::error!(kind = frame.kind(), error = %e, "refused to send an oversized frame");
+        let error = Frame::Error {
+            req: None,
+            code: ErrorCode::Internal,
+            message: format!("the server's {} was too large to send", frame.kind()),
+        };
+        error.to_bytes()
+    });
+    send.write_all(&bytes).await
 }

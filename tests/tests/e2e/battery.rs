@@ -202,7 +202,11 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 async fn hello_cases(server: &TestServer) {
     let mut raw = Raw::open(server).await;
-    raw.frame(&Frame::List { req: 1 }).await;
+    raw.frame(&Frame::List {
+        req: 1,
+        cursor: None,
+    })
+    .await;
     assert_eq!(
         raw.code().await,
         ErrorCode::NotAuthenticated,
@@ -284,6 +288,7 @@ async fn request_cases(server: &TestServer) {
             Frame::Resume {
                 req: 8,
                 upload_id: "../../etc".into(),
+                from: 0,
             },
             ErrorCode::NotFound,
         ),
@@ -308,7 +313,11 @@ async fn request_cases(server: &TestServer) {
         }
     }
     // The connection survives request errors.
-    raw.frame(&Frame::List { req: 10 }).await;
+    raw.frame(&Frame::List {
+        req: 10,
+        cursor: None,
+    })
+    .await;
     assert!(matches!(raw.next().await, Some(Frame::Listing { .. })));
     // A zero-size file is fine.
     let id = raw.create("zero.bin", 0).await;
@@ -670,6 +679,7 @@ async fn stale_upload_expires_and_the_client_starts_afresh() {
     let resume = |req| Frame::Resume {
         req,
         upload_id: id.clone(),
+        from: 0,
     };
     let err = first
         .connection()

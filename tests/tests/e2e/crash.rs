@@ -215,7 +215,7 @@ fn full_disk_is_refused_at_create_and_mid_upload_loses_nothing() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("insufficient_storage") && err.contains("bytes free"),
+        err.contains("insufficient_storage") && err.contains("in reserve (--min-free-space)"),
         "{err}"
     );
     assert_eq!(

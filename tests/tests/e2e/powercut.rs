@@ -367,6 +367,7 @@ impl Rig {
             let resume = |req| Frame::Resume {
                 req,
                 upload_id: id.clone(),
+                from: 0,
             };
             let conn = client.connection().await.expect("connect after the cut");
             match conn.request(resume).await {
@@ -494,6 +495,7 @@ async fn drive(
         let resume = |req| Frame::Resume {
             req,
             upload_id: id.clone(),
+            from: 0,
         };
         conn.request(resume).await?;
     }

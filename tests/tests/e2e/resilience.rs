@@ -235,6 +235,7 @@ async fn tampered_chunk_and_torn_records_are_caught_after_an_unclean_stop() {
     let resume = |req| Frame::Resume {
         req,
         upload_id: id.clone(),
+        from: 0,
     };
     let upload = match client
         .connection()

@@ -223,7 +223,11 @@ async fn another_token_cannot_see_resume_or_abort() {
         .connection()
         .await
         .unwrap()
-        .request(|req| ferry_proto::Frame::Resume { req, upload_id: id })
+        .request(|req| ferry_proto::Frame::Resume {
+            req,
+            upload_id: id,
+            from: 0,
+        })
         .await;
     assert_eq!(
         server_code(&resume),
@@ -303,7 +307,11 @@ async fn resuming_connection_takes_over_at_once() {
         .connection()
         .await
         .unwrap()
-        .request(|req| ferry_proto::Frame::Resume { req, upload_id: id })
+        .request(|req| ferry_proto::Frame::Resume {
+            req,
+            upload_id: id,
+            from: 0,
+        })
         .await
         .unwrap();
     let event = tokio::time::timeout(
