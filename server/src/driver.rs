@@ -20,7 +20,7 @@ use crate::prefix::PrefixHash;
 use crate::store::{Store, UploadId, UploadRecord};
 
 /// Frames pushed to a connection's control stream.
-pub type Events = mpsc::UnboundedSender<Frame>;
+pub type Events = crate::outbox::Outbox;
 
 /// An error for the peer: a stable code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,7 +334,7 @@ impl Driver {
                     if old != conn {
                         info!(old, new = conn, "upload taken over by a new connection");
                         self.takeovers.send_modify(|n| *n += 1);
-                        let _ = old_events.send(Frame::Detached {
+                        old_events.push(Frame::Detached {
                             upload_id: self.id.to_string(),
                             code: ErrorCode::TakenOver,
                             message: "another connection resumed this upload".into(),
@@ -527,7 +527,7 @@ impl Driver {
 
     fn send(&self, frame: Frame) {
         if let Some((_, events)) = &self.attached {
-            let _ = events.send(frame);
+            events.push(frame);
         }
     }
 

@@ -1,13 +1,115 @@
-//! Protection against floods: a cap on connections (in total and per IP address), and a
-//! growing delay before answering repeated authentication failures from one address. Both keep
-//! bounded state, so a flood of addresses cannot grow the server's memory.
+//! Protection against floods: a budget of its own for connections that have not logged in yet
+//! (the oldest evicted when it is full, so they can never take the places of logged-in ones), a
+//! cap on logged-in connections (in total and per IP address), and a growing delay before
+//! answering repeated authentication failures from one address. All keep bounded state, so a
+//! flood of addresses cannot grow the server's memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Counts open connections.
+use tokio::sync::Notify;
+
+/// Connections between the first packet and `welcome`. At most `max_total` wait, at most
+/// `max_per_ip` from one address; a new one past either bound evicts the oldest waiting one
+/// (of its own address first). A client that logs in promptly is never starved by a flood of
+/// connections that do not.
+#[derive(Debug)]
+pub struct PendingPool {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    next: u64,
+    /// Admission order → address and the eviction signal.
+    waiting: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place while it logs in; given back on drop. `evicted` is signalled when a
+/// newer connection took the place.
+#[derive(Debug)]
+pub struct PendingSlot {
+    pool: Arc<PendingPool>,
+    seq: u64,
+    pub evicted: Arc<Notify>,
+}
+
+impl PendingPool {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_per_ip: max_per_ip.max(1),
+            state: Default::default(),
+        })
+    }
+
+    /// A place for a new connection from `ip`, evicting the oldest waiting one if needed.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> PendingSlot {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = if state.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            state
+                .waiting
+                .iter()
+                .find(|(_, (from, _))| *from == ip)
+                .map(|(&seq, _)| seq)
+        } else if state.waiting.len() >= self.max_total {
+            state.waiting.keys().next().copied()
+        } else {
+            None
+        };
+        if let Some(seq) = victim {
+            if let Some((_, evicted)) = state.remove(seq) {
+                evicted.notify_one();
+            }
+        }
+        let seq = state.next;
+        state.next += 1;
+        let evicted = Arc::new(Notify::new());
+        state.waiting.insert(seq, (ip, evicted.clone()));
+        *state.per_ip.entry(ip).or_default() += 1;
+        PendingSlot {
+            pool: self.clone(),
+            seq,
+            evicted,
+        }
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .len()
+    }
+}
+
+impl Pending {
+    fn remove(&mut self, seq: u64) -> Option<(IpAddr, Arc<Notify>)> {
+        let (ip, evicted) = self.waiting.remove(&seq)?;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        Some((ip, evicted))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.remove(self.seq);
+    }
+}
+
+/// Counts logged-in connections.
 #[derive(Debug)]
 pub struct ConnLimiter {
     max_total: usize,
@@ -136,6 +238,22 @@ mod tests {
         assert!(limiter.acquire(b).unwrap_err().contains("3 connections"));
         drop(a2);
         assert!(limiter.acquire(b).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_full_login_budget_evicts_the_oldest_waiting_connection() {
+        let pool = PendingPool::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = pool.admit(a);
+        let _a2 = pool.admit(a);
+        let a3 = pool.admit(a); // over the per-address bound: evicts a1, not anyone else's
+        a1.evicted.notified().await;
+        let b1 = pool.admit(b);
+        let _b2 = pool.admit(b); // over the total: evicts the oldest, a2
+        assert_eq!(pool.waiting(), 3);
+        drop((a3, b1));
+        assert_eq!(pool.waiting(), 1, "places come back on drop");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod conn;
 mod driver;
 mod fsutil;
 mod guard;
+mod outbox;
 mod prefix;
 pub mod store;
 pub mod tls;
@@ -60,6 +61,10 @@ pub struct Config {
     /// Connections at once, in total and from one IP address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Connections still logging in (handshake and `hello`), in total and from one address:
+    /// a budget apart from the logged-in connections, the oldest evicted when it is full.
+    pub max_pending_logins: usize,
+    pub max_pending_logins_per_ip: usize,
     /// A stream that stops in the middle of a frame or a chunk payload for this long is cut
     /// off (`stream_timeout`), so a slow or stuck client cannot hold a slot forever.
     pub stream_timeout: Duration,
@@ -88,6 +93,8 @@ impl Config {
             quota_per_owner: 0,
             max_connections: 256,
             max_connections_per_ip: 16,
+            max_pending_logins: 64,
+            max_pending_logins_per_ip: 8,
             stream_timeout: Duration::from_secs(30),
             expire_after: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(600),
@@ -120,6 +127,11 @@ pub(crate) struct Shared {
     live: std::sync::Mutex<std::collections::HashMap<u64, ([u8; 32], quinn::Connection)>>,
     registry: Arc<driver::Registry>,
     limiter: Arc<guard::ConnLimiter>,
+    pending: Arc<guard::PendingPool>,
+    /// One lock per owner, held from the check of the owner's limits to the record of a new
+    /// upload, so concurrent creates cannot all pass a check meant for one. One entry per
+    /// owner that created something: bounded by the tokens file.
+    create_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     throttle: guard::AuthThrottle,
 }
 
@@ -177,9 +189,14 @@ impl Server {
         let shared = Arc::new(Shared {
             tokens,
             live: Default::default(),
+            create_locks: Default::default(),
             store: Arc::new(store),
             registry: Default::default(),
             limiter: guard::ConnLimiter::new(config.max_connections, config.max_connections_per_ip),
+            pending: guard::PendingPool::new(
+                config.max_pending_logins,
+                config.max_pending_logins_per_ip,
+            ),
             throttle: Default::default(),
             config,
         });
@@ -216,8 +233,8 @@ impl Server {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let slot = self.shared.limiter.acquire(incoming.remote_address().ip());
-                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id, slot));
+                    let pending = self.shared.pending.admit(incoming.remote_address().ip());
+                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id, pending));
                 }
                 () = &mut shutdown => break,
             }

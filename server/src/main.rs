@@ -44,11 +44,19 @@ enum Command {
         /// Stored plus staged bytes per token, e.g. 500G (default: no quota).
         #[arg(long, value_parser = ferry_proto::units::parse_size)]
         quota: Option<u64>,
-        /// Connections at once, in total and per client IP address.
+        /// Logged-in connections at once, in total.
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
+        /// Logged-in connections at once from one client IP address.
         #[arg(long, default_value_t = 16)]
         max_connections_per_ip: usize,
+        /// Connections still logging in (handshake and hello), in total; when full, the oldest
+        /// is dropped. A budget apart, so they never take logged-in connections' places.
+        #[arg(long, default_value_t = 64)]
+        max_pending_logins: usize,
+        /// Connections still logging in from one client IP address.
+        #[arg(long, default_value_t = 8)]
+        max_pending_logins_per_ip: usize,
         /// Congestion controller: cubic, bbr or newreno.
         #[arg(long, default_value_t = ferry_proto::Congestion::default())]
         congestion: ferry_proto::Congestion,
@@ -125,6 +133,8 @@ fn run(cli: Cli) -> Result<()> {
             quota,
             max_connections,
             max_connections_per_ip,
+            max_pending_logins,
+            max_pending_logins_per_ip,
             congestion,
             cert,
             key,
@@ -139,6 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             config.quota_per_owner = quota.unwrap_or(0);
             config.max_connections = max_connections.max(1);
             config.max_connections_per_ip = max_connections_per_ip.max(1);
+            config.max_pending_logins = max_pending_logins.max(1);
+            config.max_pending_logins_per_ip = max_pending_logins_per_ip.max(1);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;

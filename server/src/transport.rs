@@ -15,6 +15,14 @@ use tracing::warn;
 
 /// Wanted size of the UDP send and receive buffers.
 pub const SOCKET_BUFFER: usize = 4 << 20;
+/// Connection receive window before login: room for `hello` (at most one 64 KiB frame) and
+/// nothing else. Raised to [`CONNECTION_WINDOW`] at `welcome`.
+pub const PRELOGIN_WINDOW: u32 = 128 << 10;
+/// Connection receive window once logged in: the most unread data one client can make the
+/// server hold, whatever the file size.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Receive window of one stream (a chunk stream, or the control stream).
+pub const STREAM_WINDOW: u32 = 8 << 20;
 
 pub fn server(config: &crate::Config) -> Result<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -25,14 +33,13 @@ pub fn server(config: &crate::Config) -> Result<TransportConfig> {
         Congestion::Bbr => Arc::new(BbrConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
     });
-    t.max_concurrent_uni_streams(
-        VarInt::from_u64(config.max_streams).context("max_streams too large")?,
-    );
+    VarInt::from_u64(config.max_streams).context("max_streams too large")?;
+    // Before login: the control stream only, and 128 KiB of credit in all. `conn::serve`
+    // raises both at `welcome` (chunk streams to `max_streams`, the window to 32 MiB).
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
-    // One stream may have up to 8 MiB unread; the whole connection 32 MiB. That is the most a
-    // client can make the server buffer, whatever the file size.
-    t.stream_receive_window(VarInt::from_u32(8 << 20));
-    t.receive_window(VarInt::from_u32(32 << 20));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(PRELOGIN_WINDOW));
     t.send_window(4 << 20);
     t.max_idle_timeout(Some(
         config

@@ -39,7 +39,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
                 "a chunk stream must start with a chunk frame, not {}",
                 other.kind()
             );
-            let _ = conn.events.send(Frame::Error {
+            conn.events.push(Frame::Error {
                 req: None,
                 code: ErrorCode::UnexpectedFrame,
                 message,
@@ -49,7 +49,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         }
         Err(e) => {
             if let Some((code, message)) = e.code() {
-                let _ = conn.events.send(Frame::Error {
+                conn.events.push(Frame::Error {
                     req: None,
                     code,
                     message,

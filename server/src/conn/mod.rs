@@ -6,16 +6,20 @@ mod chunks;
 mod requests;
 
 use std::collections::HashSet;
+use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use quinn::VarInt;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::driver::WireError;
-use crate::guard::ConnSlot;
+use crate::guard::PendingSlot;
+use crate::outbox::{Drain, Outbox, OUTBOX_FRAMES};
+use crate::transport::CONNECTION_WINDOW;
 use crate::store::UploadId;
 use crate::wire::{read_frame, write_frame};
 use crate::Shared;
@@ -26,46 +30,59 @@ struct Conn {
     connection: quinn::Connection,
     id: u64,
     owner: String,
-    /// Frames for the control stream, written in order by one writer task.
-    events: mpsc::UnboundedSender<Frame>,
+    /// Frames for the control stream, written in order by one writer task; bounded.
+    events: Outbox,
     /// Uploads this connection created or resumed; detached when it closes.
     attached: Mutex<HashSet<UploadId>>,
 }
 
-/// Serves one connection. `slot` is its place under the connection limits, or why it has
-/// none (then the client is told, once it has said hello, and the connection closes).
-pub async fn serve(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    id: u64,
-    slot: Result<ConnSlot, String>,
-) {
-    let handshake = tokio::time::timeout(shared.config.handshake_timeout, incoming);
-    let connection = match handshake.await {
+/// Why the login phase ended without a logged-in connection.
+enum Stop {
+    /// The handshake and `hello` together took longer than the handshake timeout.
+    Timeout,
+    /// A newer connection took this one's place in the login budget.
+    Evicted,
+}
+
+/// Runs one step of the login phase within the deadline, unless the connection is evicted.
+async fn step<T>(
+    deadline: Instant,
+    evicted: &Notify,
+    fut: impl Future<Output = T>,
+) -> Result<T, Stop> {
+    tokio::select! {
+        out = tokio::time::timeout_at(deadline.into(), fut) => out.map_err(|_| Stop::Timeout),
+        () = evicted.notified() => Err(Stop::Evicted),
+    }
+}
+
+/// Serves one connection. `pending` is its place in the login budget until `welcome`; then
+/// it needs a place under the logged-in connection limits. Until then it has no credit for
+/// chunk streams and a connection window of [`PRELOGIN_WINDOW`] (`transport::server`), and
+/// the TLS handshake plus `hello` must be done within one handshake timeout.
+pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pending: PendingSlot) {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let evicted = pending.evicted.clone();
+    let connection = match step(deadline, &evicted, incoming.into_future()).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
-        Err(_) => return debug!("handshake timed out"),
+        Err(_) => return debug!("handshake timed out or evicted"),
     };
     let remote = connection.remote_address();
-    let accepted =
-        tokio::time::timeout(shared.config.handshake_timeout, connection.accept_bi()).await;
-    let Ok(Ok((mut send, mut recv))) = accepted else {
-        connection.close(
-            VarInt::from_u32(ErrorCode::NotAuthenticated.quic_code()),
-            b"no control stream",
-        );
-        return;
-    };
-    let _slot = match slot {
-        Ok(slot) => slot,
-        Err(message) => {
-            info!(%remote, message, "refused: too many connections");
-            return refuse(&connection, send, ErrorCode::TooManyConnections, &message).await;
+    let streams = step(deadline, &evicted, connection.accept_bi()).await;
+    let (mut send, mut recv) = match streams {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => return,
+        Err(stop) => {
+            let (code, reason) = stop.close(config.handshake_timeout);
+            return connection.close(VarInt::from_u32(code.quic_code()), reason.as_bytes());
         }
     };
-    let limit = shared.config.handshake_timeout;
-    let hello = tokio::time::timeout(limit, read_frame(&mut recv, limit, false)).await;
-    let owner = match hello {
+    // The whole frame must arrive by the deadline; the outer deadline decides, so a stalled
+    // `hello` is `not_authenticated` like a missing one.
+    let hello = step(deadline, &evicted, read_frame(&mut recv, config.handshake_timeout, false));
+    let (owner, token_hash) = match hello.await {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
@@ -74,22 +91,19 @@ pub async fn serve(
             match shared.tokens.verify(&token) {
                 Ok(Some(owner)) => (owner, crate::tokens::hash(&token)),
                 Ok(None) => {
-                    // Each failure from the same address waits longer before its answer.
+                    // Each failure from the same address waits longer before its answer; the
+                    // wait still holds a place in the login budget, so it can be evicted.
                     let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
                     info!(%remote, delay_ms = delay.as_millis() as u64, "refused an unknown token");
-                    tokio::time::sleep(delay).await;
+                    let far = Instant::now() + delay + Duration::from_secs(1);
+                    let _ = step(far, &evicted, tokio::time::sleep(delay)).await;
                     return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token")
                         .await;
                 }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "cannot read tokens");
-                    return refuse(
-                        &connection,
-                        send,
-                        ErrorCode::Internal,
-                        "server cannot check tokens",
-                    )
-                    .await;
+                    let message = "server cannot check tokens";
+                    return refuse(&connection, send, ErrorCode::Internal, message).await;
                 }
             }
         }
@@ -101,15 +115,30 @@ pub async fn serve(
             Some((code, msg)) => return refuse(&connection, send, code, &msg).await,
             None => return,
         },
-        Ok(Ok(None)) | Err(_) => {
-            return refuse(&connection, send, ErrorCode::NotAuthenticated, "no hello").await;
+        Ok(Ok(None)) => {
+            let msg = "the control stream ended before hello";
+            return refuse(&connection, send, ErrorCode::NotAuthenticated, msg).await;
+        }
+        Err(stop) => {
+            let (code, reason) = stop.close(config.handshake_timeout);
+            return refuse(&connection, send, code, &reason).await;
         }
     };
-    let (owner, token_hash) = owner;
+    drop(pending);
+    let _slot = match shared.limiter.acquire(remote.ip()) {
+        Ok(slot) => slot,
+        Err(message) => {
+            info!(%remote, message, "refused: too many connections");
+            return refuse(&connection, send, ErrorCode::TooManyConnections, &message).await;
+        }
+    };
+    // Logged in: the credit a client needs to upload.
+    connection.set_max_concurrent_uni_streams(VarInt::from_u64(config.max_streams).unwrap_or(VarInt::MAX));
+    connection.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
-        limits: shared.config.limits(),
+        limits: config.limits(),
     };
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
@@ -117,9 +146,10 @@ pub async fn serve(
     info!(%remote, owner, conn = id, "connected");
     let _live = Live::register(&shared, id, token_hash, &connection);
 
-    let (events, mut events_rx) = mpsc::unbounded_channel::<Frame>();
+    let (events, drain) = Outbox::new();
+    let Drain { mut frames, full } = drain;
     let writer = tokio::spawn(async move {
-        while let Some(frame) = events_rx.recv().await {
+        while let Some(frame) = frames.recv().await {
             if write_frame(&mut send, &frame).await.is_err() {
                 break;
             }
@@ -138,29 +168,61 @@ pub async fn serve(
     });
     let chunk_streams = tokio::spawn(chunks::accept_chunk_streams(conn.clone()));
 
+    let stall = conn.shared.config.stream_timeout;
     let close = loop {
-        match read_frame(&mut recv, conn.shared.config.stream_timeout, true).await {
-            Ok(Some(frame)) => conn.request(frame).await,
-            Ok(None) => break None,
-            Err(e) => break e.code(),
+        tokio::select! {
+            read = read_frame(&mut recv, stall, true) => match read {
+                Ok(Some(frame)) => conn.request(frame).await,
+                Ok(None) => break None,
+                Err(e) => break e.code(),
+            },
+            () = full.notified() => {
+                let message = format!(
+                    "the client left {OUTBOX_FRAMES} frames unread on the control stream for up to {} s",
+                    stall.as_secs()
+                );
+                info!(conn = id, "closed: control stream not read");
+                break Some((ErrorCode::ControlStreamFull, message));
+            }
         }
     };
     chunk_streams.abort();
     conn.detach_all();
     if let Some((code, message)) = close {
-        let _ = conn.events.send(Frame::Error {
+        // Best effort: the outbox may be full, and the close carries the code anyway.
+        conn.events.push(Frame::Error {
             req: None,
             code,
             message: message.clone(),
         });
         drop(conn);
-        let _ = writer.await;
+        if code == ErrorCode::ControlStreamFull {
+            writer.abort();
+        } else {
+            let _ = writer.await;
+        }
         connection.close(VarInt::from_u32(code.quic_code()), message.as_bytes());
     } else {
         drop(conn);
         let _ = writer.await;
     }
     debug!(conn = id, "connection done");
+}
+
+impl Stop {
+    /// The code and reason to close with.
+    fn close(self, limit: Duration) -> (ErrorCode, String) {
+        match self {
+            Self::Timeout => (
+                ErrorCode::NotAuthenticated,
+                format!("no hello within {} s of connecting", limit.as_secs()),
+            ),
+            Self::Evicted => (
+                ErrorCode::TooManyConnections,
+                "too many connections are logging in; this one, the oldest, was dropped".into(),
+            ),
+        }
+    }
 }
 
 /// A logged-in connection's entry in `Shared::live`, removed on drop.

@@ -69,7 +69,7 @@ impl Conn {
             ),
             other => {
                 let message = format!("{} is not a request", other.kind());
-                let _ = self.events.send(Frame::Error {
+                self.events.push(Frame::Error {
                     req: None,
                     code: ErrorCode::UnexpectedFrame,
                     message,
@@ -82,7 +82,9 @@ impl Conn {
             code: e.code,
             message: e.message,
         });
-        let _ = self.events.send(reply);
+        // Waits for room: while the client does not read replies, no more requests are read.
+        let limit = self.shared.config.stream_timeout;
+        self.events.reply(reply, limit).await;
     }
 
     async fn create(
@@ -122,6 +124,16 @@ impl Conn {
                 ),
             ));
         }
+        // Check and reserve in one step per owner: concurrent creates queue here.
+        let lock = {
+            let mut locks = self
+                .shared
+                .create_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(self.owner.clone()).or_default().clone()
+        };
+        let _reserving = lock.lock().await;
         self.check_owner_limits(size)?;
         let now = unix_now();
         let record = UploadRecord {
@@ -411,7 +423,7 @@ impl Conn {
     }
 
     pub(super) fn reject(&self, upload_id: &str, index: u64, error: WireError) {
-        let _ = self.events.send(Frame::Reject {
+        self.events.push(Frame::Reject {
             upload_id: upload_id.chars().take(64).collect(),
             index,
             code: error.code,
