@@ -3,6 +3,7 @@
 //! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
 
 pub mod powercut;
+pub mod raw;
 pub mod relay;
 
 use std::io::{BufRead, BufReader};

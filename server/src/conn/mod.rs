@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 use crate::driver::WireError;
 use crate::guard::PendingSlot;
 use crate::outbox::{Drain, Outbox, OUTBOX_FRAMES};
-use crate::transport::CONNECTION_WINDOW;
 use crate::store::UploadId;
+use crate::transport::CONNECTION_WINDOW;
 use crate::wire::{read_frame, write_frame};
 use crate::Shared;
 
@@ -81,7 +81,11 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     };
     // The whole frame must arrive by the deadline; the outer deadline decides, so a stalled
     // `hello` is `not_authenticated` like a missing one.
-    let hello = step(deadline, &evicted, read_frame(&mut recv, config.handshake_timeout, false));
+    let hello = step(
+        deadline,
+        &evicted,
+        read_frame(&mut recv, config.handshake_timeout, false),
+    );
     let (owner, token_hash) = match hello.await {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
@@ -133,7 +137,9 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         }
     };
     // Logged in: the credit a client needs to upload.
-    connection.set_max_concurrent_uni_streams(VarInt::from_u64(config.max_streams).unwrap_or(VarInt::MAX));
+    connection.set_max_concurrent_uni_streams(
+        VarInt::from_u64(config.max_streams).unwrap_or(VarInt::MAX),
+    );
     connection.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,

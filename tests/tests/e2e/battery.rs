@@ -2,142 +2,11 @@
 //! broken clients and hostile ones send, and each case asserts the exact error code. A
 //! well-behaved upload runs alongside the whole time and must complete intact.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_client::trust::PinVerifier;
 use ferry_proto::{Digest, ErrorCode, Frame, PROTOCOL_VERSION};
+use ferry_tests::raw::{quic, Raw};
 use ferry_tests::*;
-use quinn::crypto::rustls::QuicClientConfig;
-
-/// A raw connection: the control stream and nothing of the client library.
-struct Raw {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    _endpoint: quinn::Endpoint,
-}
-
-async fn quic(
-    server: &TestServer,
-    alpn: &[u8],
-) -> Result<(quinn::Endpoint, quinn::Connection), String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(
-            Some(server.fingerprint.clone()),
-            provider,
-        )))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    let conn = endpoint
-        .connect(server.addr, "localhost")
-        .unwrap()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((endpoint, conn))
-}
-
-impl Raw {
-    /// Connected, control stream open, nothing sent yet.
-    async fn open(server: &TestServer) -> Self {
-        let (endpoint, conn) = quic(server, ferry_proto::ALPN).await.expect("connects");
-        let (send, recv) = conn.open_bi().await.unwrap();
-        Self {
-            conn,
-            send,
-            recv,
-            _endpoint: endpoint,
-        }
-    }
-
-    /// Connected and authenticated as `token`.
-    async fn hello(server: &TestServer, token: &str) -> Self {
-        let mut raw = Self::open(server).await;
-        raw.frame(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            token: token.into(),
-        })
-        .await;
-        assert!(matches!(raw.next().await, Some(Frame::Welcome { .. })));
-        raw
-    }
-
-    async fn bytes(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.unwrap();
-    }
-
-    async fn frame(&mut self, frame: &Frame) {
-        self.bytes(&frame.to_bytes()).await;
-    }
-
-    /// The next frame from the server, `None` when the control stream ends.
-    async fn next(&mut self) -> Option<Frame> {
-        let read = async {
-            let mut prefix = [0u8; 4];
-            self.recv.read_exact(&mut prefix).await.ok()?;
-            let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-            self.recv.read_exact(&mut body).await.ok()?;
-            Frame::decode_body(&body).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(15), read)
-            .await
-            .expect("a frame within 15 s")
-    }
-
-    /// The next `error` or `reject` frame's code, skipping acks.
-    async fn code(&mut self) -> ErrorCode {
-        loop {
-            match self.next().await {
-                Some(Frame::Error { code, .. } | Frame::Reject { code, .. }) => return code,
-                Some(Frame::Ack { .. }) => continue,
-                other => panic!("expected an error, got {other:?}"),
-            }
-        }
-    }
-
-    async fn create(&mut self, name: &str, size: u64) -> String {
-        self.frame(&Frame::Create {
-            req: 1,
-            file_name: name.into(),
-            size,
-            chunk_size: 64 << 10,
-            desc: String::new(),
-        })
-        .await;
-        match self.next().await {
-            Some(Frame::Created { upload, .. }) => upload.upload_id,
-            other => panic!("expected created, got {other:?}"),
-        }
-    }
-
-    /// A chunk stream: the header claiming `size` and `digest`, then `payload`, then FIN.
-    async fn chunk(&self, upload_id: &str, index: u64, size: u64, digest: &str, payload: &[u8]) {
-        let mut stream = self.conn.open_uni().await.unwrap();
-        let header = Frame::Chunk {
-            upload_id: upload_id.into(),
-            index,
-            size,
-            sha256: digest.into(),
-        };
-        let _ = stream.write_all(&header.to_bytes()).await;
-        let _ = stream.write_all(payload).await;
-        let _ = stream.finish();
-    }
-
-    /// The connection was closed by the server.
-    async fn closed(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
-            .await
-            .is_ok()
-    }
-}
 
 /// Control-stream garbage: each gets its code, then the connection is closed.
 async fn control_cases(server: &TestServer) {
@@ -236,7 +105,13 @@ async fn hello_cases(server: &TestServer) {
     .await;
     assert_eq!(raw.code().await, ErrorCode::UnsupportedVersion);
 
-    let wrong_alpn = quic(server, b"http/1.1").await;
+    let wrong_alpn = quic(
+        server.addr,
+        &server.fingerprint,
+        b"http/1.1",
+        Default::default(),
+    )
+    .await;
     assert!(
         wrong_alpn.is_err(),
         "a connection with another ALPN fails the handshake"

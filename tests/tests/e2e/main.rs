@@ -3,6 +3,7 @@
 
 mod battery;
 mod crash;
+mod hardening;
 mod powercut;
 mod process;
 mod resilience;
