@@ -51,7 +51,7 @@ async fn step<T>(
     fut: impl Future<Output = T>,
 ) -> Result<T, Stop> {
     tokio::select! {
-        out = tokio::time::timeout_at(deadline.into(), fut) => out.map_err(|_| Stop::Timeout),
+        out = tokio::time::timeout_at(deadline, fut) => out.map_err(|_| Stop::Timeout),
         () = evicted.notified() => Err(Stop::Evicted),
     }
 }
