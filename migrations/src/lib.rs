@@ -13,6 +13,9 @@ pub const CHUNKS: &str = "chunks";
 /// Tree of expired uploads (since v2): upload id (16 bytes) → JSON `{owner, expired_at}`, so a
 /// client resuming one learns it expired instead of "not found".
 pub const EXPIRED: &str = "expired";
+/// Tree of owners (since v3): owner name → bytes of the uploads they completed (u64 BE), kept
+/// even when old completed records are pruned, so the quota still counts them.
+pub const OWNERS: &str = "owners";
 /// Key of the schema version (u32 BE) in `meta`.
 pub const SCHEMA_VERSION: &[u8] = b"schema_version";
 
@@ -55,10 +58,30 @@ fn v2(db: &sled::Db) -> Result<(), sled::Error> {
     Ok(())
 }
 
-/// v3: upload records may be in state `publishing` (the intended final name recorded before
-/// the link is made), which a v2 ferryd cannot read; nothing to convert, the version alone
-/// keeps an older ferryd off the store.
-fn v3(_db: &sled::Db) -> Result<(), sled::Error> {
+/// v3: the `owners` tree, its published-bytes counters computed from the completed records
+/// (recomputed, not added to, so a re-run is harmless). Upload records may from now on be in
+/// state `publishing`, which a v2 ferryd cannot read: the version keeps it off the store.
+fn v3(db: &sled::Db) -> Result<(), sled::Error> {
+    /// The fields this step needs of an upload record.
+    #[derive(serde::Deserialize)]
+    struct Record {
+        owner: String,
+        size: u64,
+        state: String,
+    }
+    let mut published: std::collections::BTreeMap<String, u64> = Default::default();
+    for entry in db.open_tree(UPLOADS)?.iter() {
+        let (_, raw) = entry?;
+        if let Ok(record) = serde_json::from_slice::<Record>(&raw) {
+            if record.state == "complete" {
+                *published.entry(record.owner).or_default() += record.size;
+            }
+        }
+    }
+    let owners = db.open_tree(OWNERS)?;
+    for (owner, bytes) in published {
+        owners.insert(owner.as_bytes(), &bytes.to_be_bytes())?;
+    }
     Ok(())
 }
 
@@ -141,6 +164,34 @@ mod tests {
             db.open_tree(UPLOADS).unwrap().get(b"k").unwrap().as_deref(),
             Some(&b"v"[..])
         );
+    }
+
+    #[test]
+    fn v3_counts_the_bytes_each_owner_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        v1(&db).unwrap();
+        v2(&db).unwrap();
+        set_version(&db, 2).unwrap();
+        let uploads = db.open_tree(UPLOADS).unwrap();
+        let rows = [
+            (b"a", r#"{"owner":"alice","size":10,"state":"complete"}"#),
+            (b"b", r#"{"owner":"alice","size":5,"state":"complete"}"#),
+            (b"c", r#"{"owner":"alice","size":99,"state":"receiving"}"#),
+            (b"d", r#"{"owner":"bob","size":7,"state":"complete"}"#),
+        ];
+        for (key, value) in rows {
+            uploads.insert(key, value.as_bytes()).unwrap();
+        }
+        migrate(&db).unwrap();
+        migrate(&db).unwrap();
+        let owners = db.open_tree(OWNERS).unwrap();
+        let bytes = |o: &str| {
+            u64::from_be_bytes(owners.get(o).unwrap().unwrap().as_ref().try_into().unwrap())
+        };
+        assert_eq!((bytes("alice"), bytes("bob")), (15, 7));
+        v3(&db).unwrap();
+        assert_eq!(bytes("alice"), 15, "a re-run recomputes, it does not add");
     }
 
     #[test]

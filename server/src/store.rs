@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use ferry_migrations as migrations;
 use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 use tracing::{info, warn};
 
 use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
@@ -148,6 +149,8 @@ pub struct Store {
     /// the first I/O error and fails every later call, so after a failure (a full disk, say)
     /// the only way on is to drop it and open it again once the cause is gone.
     db: RwLock<Option<Arc<Db>>>,
+    /// Completed uploads kept on record per owner: [`MAX_HISTORY`], lowered in tests.
+    max_history: usize,
 }
 
 /// The database and its trees.
@@ -161,6 +164,7 @@ struct Db {
     chunks: sled::Tree,
     meta: sled::Tree,
     expired: sled::Tree,
+    owners: sled::Tree,
 }
 
 impl Db {
@@ -186,6 +190,7 @@ impl Db {
             chunks: db.open_tree(migrations::CHUNKS)?,
             meta: db.open_tree(migrations::META)?,
             expired: db.open_tree(migrations::EXPIRED)?,
+            owners: db.open_tree(migrations::OWNERS)?,
             db,
         })
     }
@@ -251,6 +256,7 @@ impl Store {
             data_dir: data_dir.to_owned(),
             min_free,
             db: RwLock::new(Some(Arc::new(db))),
+            max_history: MAX_HISTORY,
         };
         let mut report = OpenReport {
             schema_before,
@@ -508,13 +514,53 @@ impl Store {
         sync_dir(&dir).with_context(|| format!("failed to sync {}", dir.display()))?;
         record.state = RecordState::Complete;
         record.updated_at = unix_now();
-        self.put_record(id, &record)?;
+        // The record and the owner's published bytes change in one sled transaction: a crash
+        // keeps both or neither.
+        let db = self.db()?;
+        let encoded = serde_json::to_vec(&record)?;
+        let owner = record.owner.as_bytes();
+        (&db.uploads, &db.owners)
+            .transaction(|(uploads, owners)| {
+                uploads.insert(&id.0, encoded.as_slice())?;
+                let before = owners.get(owner)?.map_or(0, |v| be_u64(v.as_ref()));
+                let after = before.saturating_add(record.size);
+                owners.insert(owner, &after.to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| anyhow::anyhow!("failed to record the upload complete: {e:?}"))?;
         self.remove_chunk_records(id)?;
+        self.prune_history(&record.owner)?;
         self.sync()?;
         let staging = self.staging_path(id);
         remove_file_durable(&staging)
             .with_context(|| format!("failed to remove {}", staging.display()))?;
         Ok(final_name)
+    }
+
+    /// Bytes of the uploads `owner` completed, pruned records included.
+    pub fn published_bytes(&self, owner: &str) -> Result<u64> {
+        let raw = self.db()?.owners.get(owner.as_bytes())?;
+        Ok(raw.map_or(0, |v| be_u64(v.as_ref())))
+    }
+
+    /// Forgets the oldest completed records of `owner` beyond [`MAX_HISTORY`]: the files stay,
+    /// the quota still counts them (`published_bytes`), and no owner's history grows without
+    /// end.
+    fn prune_history(&self, owner: &str) -> Result<()> {
+        let mut complete: Vec<(UploadId, UploadRecord)> = self
+            .list(owner)?
+            .into_iter()
+            .filter(|(_, r)| r.state == RecordState::Complete)
+            .collect();
+        if complete.len() <= self.max_history {
+            return Ok(());
+        }
+        complete.sort_by_key(|(id, r)| (r.updated_at, *id));
+        let db = self.db()?;
+        for (id, _) in &complete[..complete.len() - self.max_history] {
+            db.uploads.remove(id.0)?;
+        }
+        Ok(())
     }
 
     /// Deletes an upload: records, chunk records and staging file. A crash between the two
@@ -706,6 +752,14 @@ impl Store {
         );
         Ok((verified, forgotten))
     }
+}
+
+/// Completed uploads kept on record per owner (for `list`, and `resume`/`finish` of a completed
+/// upload); older ones are forgotten, oldest first. Their files stay.
+pub const MAX_HISTORY: usize = 1000;
+
+fn be_u64(raw: &[u8]) -> u64 {
+    raw.try_into().map_or(0, u64::from_be_bytes)
 }
 
 /// Names tried for one published file: the name itself, then `name (1)` to `name (9999)`.
@@ -900,6 +954,26 @@ mod tests {
         assert!(err.downcast_ref::<NameExhausted>().is_some(), "{err:#}");
         let back = store.record(id).unwrap().unwrap();
         assert_eq!(back.state, RecordState::Receiving);
+    }
+
+    /// Regression (issue 8): completed uploads were kept on record without bound. The oldest
+    /// beyond the history bound are forgotten now; the quota still counts their bytes.
+    #[test]
+    fn history_is_bounded_and_the_quota_still_counts_what_was_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path(), 0).unwrap();
+        store.max_history = 3;
+        for n in 0..5 {
+            let mut rec = record("same.bin", 10);
+            rec.updated_at = n;
+            let id = store.create(&rec).unwrap();
+            store.publish(id, &rec, Digest::of(&[0; 10])).unwrap();
+        }
+        let complete = store.list("alice").unwrap();
+        assert_eq!(complete.len(), 3, "the newest three stay on record");
+        assert_eq!(store.published_bytes("alice").unwrap(), 50);
+        let files = fs::read_dir(store.owner_dir("alice")).unwrap().count();
+        assert_eq!(files, 5, "pruning forgets records, never files");
     }
 
     #[test]

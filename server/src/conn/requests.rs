@@ -387,7 +387,19 @@ impl Conn {
                 ),
             ));
         }
-        let used: u64 = uploads.iter().map(|(_, r)| r.size).sum();
+        // Completed uploads count through the owner's published bytes (old records are
+        // pruned), unfinished ones through their records.
+        let published = self
+            .shared
+            .store
+            .published_bytes(&self.owner)
+            .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
+        let staged: u64 = uploads
+            .iter()
+            .filter(|(_, r)| r.state != RecordState::Complete)
+            .map(|(_, r)| r.size)
+            .sum();
+        let used = published.saturating_add(staged);
         if config.quota_per_owner > 0 && used.saturating_add(size) > config.quota_per_owner {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
