@@ -38,6 +38,10 @@ enum Command {
         /// Remove unfinished uploads that made no progress for this long (e.g. 7d, 12h; 0: never).
         #[arg(long, default_value = "7d", value_parser = ferry_proto::units::parse_duration)]
         expire_after: std::time::Duration,
+        /// Cut off a stream that stalls inside a frame or a chunk, or a client that leaves the
+        /// server's replies unread, after this long (e.g. 30s).
+        #[arg(long, default_value = "30s", value_parser = ferry_proto::units::parse_duration)]
+        stream_timeout: std::time::Duration,
         /// Uploads in progress per token (0: no limit).
         #[arg(long, default_value_t = 16)]
         max_uploads: u64,
@@ -129,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
             idle_timeout,
             min_free_space,
             expire_after,
+            stream_timeout,
             max_uploads,
             quota,
             max_connections,
@@ -145,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             config.min_free_space = min_free_space;
             config.congestion = congestion;
             config.expire_after = expire_after;
+            config.stream_timeout = stream_timeout.max(std::time::Duration::from_secs(1));
             config.max_uploads_per_owner = max_uploads;
             config.quota_per_owner = quota.unwrap_or(0);
             config.max_connections = max_connections.max(1);
