@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proto::{Frame, UploadSummary};
+use ferry_proto::{ErrorCode, Frame, UploadSummary};
 
 pub use connection::{Connection, Endpoint, Target};
 pub use error::ClientError;
@@ -137,11 +137,16 @@ pub(crate) async fn connected<'a>(
     endpoint: &Endpoint,
     target: &Target,
 ) -> Result<&'a mut Connection, ClientError> {
-    if slot
-        .as_ref()
-        .is_some_and(|c| c.quic().close_reason().is_some())
-    {
-        *slot = None;
+    if let Some(old) = slot.take_if(|c| c.quic().close_reason().is_some()) {
+        // A revoked token is said as such, not hidden behind a new connection's
+        // `unauthorized`.
+        if let e @ ClientError::Server {
+            code: ErrorCode::TokenRevoked,
+            ..
+        } = old.lost()
+        {
+            return Err(e);
+        }
     }
     if slot.is_none() {
         *slot = Some(endpoint.connect(target).await?);
