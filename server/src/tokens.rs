@@ -174,6 +174,26 @@ mod tests {
         assert!(tokens.add("../evil").is_err());
     }
 
+    /// Regression (issue 8): the file was written through a fixed temp name, so a file or link
+    /// placed there first was written through. The temp file is fresh (O_EXCL, random name).
+    #[test]
+    fn a_planted_temp_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".tokens.tmp")).unwrap();
+        let tokens = Tokens::new(dir.path());
+        tokens.add("alice").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        let mode = fs::metadata(dir.path().join("tokens"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
     /// Regression (issue 8): names read back were not validated, so a hand-edited line could
     /// publish files outside the data directory.
     #[test]

@@ -436,3 +436,66 @@ async fn a_colliding_255_byte_name_is_published_shortened() {
     assert_eq!(second.file_name, format!("{} (1).mov", "v".repeat(247)));
     assert_same_file(&path, &server.published("alice", &second.file_name));
 }
+
+/// Memory under many idle streams: 4 logged-in connections each open their 32 chunk streams,
+/// send a header and 1 MiB of an 8 MiB chunk, and stall. The server holds at most the read
+/// buffer per stream and the windows (docs/security.md); chunk data goes to the staging file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let chunk = 8u64 << 20;
+    let mut held = Vec::new();
+    for c in 0..4 {
+        let mut raw = Raw::dial(server.addr, &server.fingerprint, Dial::default())
+            .await
+            .unwrap();
+        raw.frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: token.clone(),
+        })
+        .await;
+        assert!(matches!(raw.next().await, Some(Frame::Welcome { .. })));
+        raw.frame(&Frame::Create {
+            req: 1,
+            file_name: format!("idle{c}.bin"),
+            size: 32 * chunk,
+            chunk_size: chunk,
+            desc: String::new(),
+        })
+        .await;
+        let Some(Frame::Created { upload, .. }) = raw.next().await else {
+            panic!("create refused");
+        };
+        let mut streams = Vec::new();
+        for index in 0..32 {
+            let mut stream = raw.conn.open_uni().await.unwrap();
+            let header = Frame::Chunk {
+                upload_id: upload.upload_id.clone(),
+                index,
+                size: chunk,
+                sha256: "0".repeat(64),
+            };
+            stream.write_all(&header.to_bytes()).await.unwrap();
+            stream.write_all(&vec![1u8; 1 << 20]).await.unwrap();
+            streams.push(stream);
+        }
+        held.push((raw, streams));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(pid);
+    let grew_mib = during.saturating_sub(before) / 1024;
+    eprintln!(
+        "stalled streams: 4 connections × 32 streams, server RSS {} → {} MiB",
+        before / 1024,
+        during / 1024
+    );
+    // The formula (docs/security.md): at most 48 MiB per logged-in connection, of which the
+    // 32 read buffers are 8 MiB; the chunk data itself goes to the staging files.
+    assert!(grew_mib <= 4 * 48, "the server grew by {grew_mib} MiB");
+    drop(held);
+}
