@@ -1,0 +1,503 @@
+//! The data directory: sled records of uploads and durable chunks, staging files, published
+//! files. Storage is dumb on purpose: it records and reads back; every protocol decision is
+//! made by the `UploadSession` in the driver.
+//!
+//! Layout: `db/` (sled), `staging/<upload_id>.part`, `files/<owner>/<name>`, `tls/`, `tokens`.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ferry_migrations as migrations;
+use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
+
+mod db;
+mod publish;
+mod recovery;
+#[cfg(test)]
+mod tests;
+
+use db::Db;
+pub use publish::{NameExhausted, MAX_HISTORY, MAX_NUMBERED};
+pub use recovery::Reconciled;
+
+/// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
+/// running.
+const CLEAN: &[u8] = b"clean_shutdown";
+
+/// 16 random bytes, 32 lowercase hex characters on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId([u8; 16]);
+
+impl UploadId {
+    pub fn random() -> Result<Self> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(Self(bytes))
+    }
+
+    /// Parses the wire form; `None` for anything but 32 lowercase hex characters.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 16];
+        let lower = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (text.len() == 32 && lower && hex::decode_to_slice(text, &mut bytes).is_ok())
+            .then_some(Self(bytes))
+    }
+
+    fn chunk_key(self, index: u64) -> [u8; 24] {
+        let mut key = [0u8; 24];
+        key[..16].copy_from_slice(&self.0);
+        key[16..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    Receiving,
+    /// Between the two durable steps of publishing: `final_name` and `sha256` name the link
+    /// about to be made. A crash here is settled at the next start: completed if the link
+    /// exists, back to `Receiving` if not (see `Store::reconcile`).
+    Publishing,
+    Complete,
+}
+
+/// One upload as sled keeps it (JSON in the `uploads` tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Name of the token that created it; only that token can see it.
+    pub owner: String,
+    /// Sanitised name asked for at create.
+    pub file_name: String,
+    #[serde(default)]
+    pub desc: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub state: RecordState,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last commit.
+    pub updated_at: u64,
+    /// Set when publishing starts: the name under `files/<owner>/`, which may carry ` (n)`.
+    #[serde(default)]
+    pub final_name: Option<String>,
+    /// Set when publishing starts: the whole file's SHA-256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+impl UploadRecord {
+    pub fn layout(&self) -> Result<ChunkLayout> {
+        ChunkLayout::new(self.size, self.chunk_size).context("record has a zero chunk size")
+    }
+}
+
+/// What remains of an expired upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub owner: String,
+    /// Unix seconds.
+    pub expired_at: u64,
+}
+
+/// What opening the store found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub schema_before: u32,
+    pub clean: bool,
+    /// Chunks re-hashed after an unclean stop, and how many of them no longer matched.
+    pub verified: u64,
+    pub forgotten: u64,
+    /// What start-up found half done and settled.
+    pub reconciled: Reconciled,
+}
+
+pub struct Store {
+    data_dir: PathBuf,
+    /// Free space kept for the database: commits and creates that would eat into it are
+    /// refused, because sled 0.34 stays failed after one write hits a full disk.
+    min_free: u64,
+    /// The open database; `None` after a write failed, until it is reopened. sled 0.34 keeps
+    /// the first I/O error and fails every later call, so after a failure (a full disk, say)
+    /// the only way on is to drop it and open it again once the cause is gone.
+    db: RwLock<Option<Arc<Db>>>,
+    /// Completed uploads kept on record per owner: [`MAX_HISTORY`], lowered in tests.
+    max_history: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory, migrates the schema, and after an
+    /// unclean stop re-hashes every chunk recorded durable, forgetting those that no longer
+    /// match: sled 0.34's flush is weaker than fsync, so its records are trusted only as far as
+    /// the bytes they describe.
+    pub fn open(data_dir: &Path, min_free: u64) -> Result<(Self, OpenReport)> {
+        for sub in ["staging", "files"] {
+            let dir = data_dir.join(sub);
+            create_dir_durable(&dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let db_path = data_dir.join("db");
+        let db = Db::open(&db_path)?;
+        let schema_before =
+            migrations::migrate(&db.db).context("failed to prepare the database")?;
+        let clean = schema_before == 0 || db.meta.get(CLEAN)?.is_some_and(|v| v.as_ref() == [1]);
+        db.meta.insert(CLEAN, &[0])?;
+        let store = Self {
+            data_dir: data_dir.to_owned(),
+            min_free,
+            db: RwLock::new(Some(Arc::new(db))),
+            max_history: MAX_HISTORY,
+        };
+        let mut report = OpenReport {
+            schema_before,
+            clean,
+            ..Default::default()
+        };
+        // The unclean marker must be durable before anything is accepted.
+        store.sync()?;
+        report.reconciled = store.reconcile()?;
+        if !clean {
+            let (verified, forgotten) = store.verify_all()?;
+            report.verified = verified;
+            report.forgotten = forgotten;
+        }
+        store.sync()?;
+        Ok((store, report))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn staging_path(&self, id: UploadId) -> PathBuf {
+        self.data_dir.join("staging").join(format!("{id}.part"))
+    }
+
+    /// Records the clean stop. Called last, after every driver has stopped.
+    pub fn mark_clean(&self) -> Result<()> {
+        let db = self.db()?;
+        db.meta.insert(CLEAN, &[1])?;
+        db.sync()
+    }
+
+    /// Makes every record written so far durable (see `Db::sync`).
+    pub fn sync(&self) -> Result<()> {
+        self.db()?.sync()
+    }
+
+    /// The open database, reopening it first if a failure closed it.
+    fn db(&self) -> Result<Arc<Db>> {
+        if let Some(db) = self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        self.check_space()
+            .map_err(|e| anyhow::anyhow!("database paused: {e}"))?;
+        let db =
+            Arc::new(Db::open(&self.data_dir.join("db")).context("failed to reopen the database")?);
+        // The records written since the failure may be lost; none of them was acknowledged.
+        // The clean-shutdown marker stays 0, so a restart re-verifies as after a crash.
+        warn!("database reopened after a failure");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes the database after a write failed; the next call reopens it.
+    pub fn close_after_failure(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.take().is_some() {
+            warn!("database write failed; closed until it can be reopened");
+        }
+    }
+
+    /// Creates the staging file and the record of a new upload.
+    pub fn create(&self, record: &UploadRecord) -> Result<UploadId> {
+        let id = UploadId::random()?;
+        let path = self.staging_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        let staging_dir = path.parent().unwrap_or(&self.data_dir);
+        let free = free_space(staging_dir).unwrap_or(u64::MAX);
+        let needed = record.size.saturating_add(self.min_free);
+        let result = if free < needed {
+            Err(NoSpace {
+                needed: record.size,
+                free,
+                reserve: self.min_free,
+            }
+            .into())
+        } else {
+            // The reserved size is durable with the file's entry, before the record exists.
+            reserve(&file, record.size, staging_dir)
+                .and_then(|()| file.sync_all().context("failed to sync the staging file"))
+        };
+        if let Err(e) = result {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        sync_dir(staging_dir)?;
+        // A crash before this record is durable leaves an orphan staging file, which the next
+        // start removes.
+        self.put_record(id, record)?;
+        self.sync()?;
+        Ok(id)
+    }
+
+    pub fn record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
+        let Some(raw) = self.db()?.uploads.get(id.0)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                warn!(%id, error = %e, "unreadable upload record, treating as absent");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The recorded durable chunks of `id`. Entries that are malformed or outside the layout
+    /// are ignored (and so re-sent), never trusted.
+    pub fn durable_chunks(&self, id: UploadId, layout: &ChunkLayout) -> Result<ChunkSet> {
+        let mut set = ChunkSet::new();
+        for entry in self.db()?.chunks.scan_prefix(id.0) {
+            let (key, value) = entry?;
+            let Some(index) = key
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if index < layout.count() && value.len() == 32 {
+                set.insert(index);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Refuses to write when the disk is down to the database's reserve.
+    pub fn check_space(&self) -> Result<(), NoSpace> {
+        match free_space(&self.data_dir) {
+            Ok(free) if free < self.min_free => Err(NoSpace {
+                needed: 0,
+                free,
+                reserve: self.min_free,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records chunks as durable (in memory until [`Store::flush`]) and touches the upload.
+    pub fn record_chunks(&self, id: UploadId, chunks: &[(ChunkIndex, Digest)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (index, digest) in chunks {
+            batch.insert(&id.chunk_key(index.get())[..], &digest.as_bytes()[..]);
+        }
+        self.db()?.chunks.apply_batch(batch)?;
+        if let Some(mut record) = self.record(id)? {
+            record.updated_at = unix_now();
+            self.put_record(id, &record)?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::sync`] on the blocking pool: what a group commit waits for.
+    pub async fn flush(self: &Arc<Self>) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync()).await?
+    }
+
+    /// Every upload of `owner`, oldest first (by creation time, then id: a total order, so a
+    /// listing can be paged).
+    pub fn list(&self, owner: &str) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = self.all_records()?;
+        out.retain(|(_, r)| r.owner == owner);
+        out.sort_by_key(|(id, r)| (r.created_at, *id));
+        Ok(out)
+    }
+
+    /// Every readable upload record.
+    fn all_records(&self) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = Vec::new();
+        for entry in self.db()?.uploads.iter() {
+            let (key, _) = entry?;
+            let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let id = UploadId(bytes);
+            if let Some(record) = self.record(id)? {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    fn owner_dir(&self, owner: &str) -> PathBuf {
+        self.data_dir.join("files").join(owner)
+    }
+
+    /// Deletes an upload: records, chunk records and staging file. A crash between the two
+    /// leaves an orphan staging file, which the next start removes.
+    pub fn remove(&self, id: UploadId) -> Result<()> {
+        self.remove_chunk_records(id)?;
+        let db = self.db()?;
+        db.uploads.remove(id.0)?;
+        db.sync()?;
+        remove_file_durable(&self.staging_path(id)).context("failed to remove the staging file")
+    }
+
+    /// Removes an upload that made no progress and leaves a tombstone, so its owner learns
+    /// that it expired.
+    pub fn expire(&self, id: UploadId, owner: &str, now: u64) -> Result<()> {
+        let tombstone = serde_json::to_vec(&Tombstone {
+            owner: owner.to_owned(),
+            expired_at: now,
+        })?;
+        self.db()?.expired.insert(id.0, tombstone)?;
+        self.remove(id)
+    }
+
+    /// The tombstone of an expired upload.
+    pub fn tombstone(&self, id: UploadId) -> Result<Option<Tombstone>> {
+        let raw = self.db()?.expired.get(id.0)?;
+        Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok()))
+    }
+
+    /// Receiving uploads whose last progress is before `cutoff` (Unix seconds).
+    pub fn stale(&self, cutoff: u64) -> Result<Vec<(UploadId, UploadRecord)>> {
+        let mut out = self.all_records()?;
+        out.retain(|(_, r)| r.state == RecordState::Receiving && r.updated_at < cutoff);
+        Ok(out)
+    }
+
+    /// Forgets tombstones older than `cutoff`; they only serve a better error message.
+    pub fn prune_tombstones(&self, cutoff: u64) -> Result<usize> {
+        let db = self.db()?;
+        let mut old = Vec::new();
+        for entry in db.expired.iter() {
+            let (key, raw) = entry?;
+            let keep =
+                serde_json::from_slice::<Tombstone>(&raw).is_ok_and(|t| t.expired_at >= cutoff);
+            if !keep {
+                old.push(key);
+            }
+        }
+        for key in &old {
+            db.expired.remove(key)?;
+        }
+        Ok(old.len())
+    }
+
+    fn put_record(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        self.db()?
+            .uploads
+            .insert(id.0, serde_json::to_vec(record)?)?;
+        Ok(())
+    }
+
+    fn remove_chunk_records(&self, id: UploadId) -> Result<()> {
+        let db = self.db()?;
+        let mut batch = sled::Batch::default();
+        for key in db.chunks.scan_prefix(id.0).keys() {
+            batch.remove(key?);
+        }
+        db.chunks.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// Not enough disk space: for a file of `needed` bytes (at create), or for the database
+/// (`needed` 0, before a commit). `free` is what the file system has; `reserve` is the part of
+/// it kept for the database (`--min-free-space`).
+#[derive(Debug)]
+pub struct NoSpace {
+    pub needed: u64,
+    pub free: u64,
+    pub reserve: u64,
+}
+
+impl std::fmt::Display for NoSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ferry_proto::units::human;
+        if self.needed > 0 {
+            write!(f, "the file needs {}; ", human(self.needed))?;
+        }
+        write!(f, "the server has {} free", human(self.free))?;
+        if self.reserve > 0 {
+            let reserve = human(self.reserve);
+            write!(f, " and keeps {reserve} in reserve (--min-free-space)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoSpace {}
+
+/// Bytes available to unprivileged writers on the file system holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Allocates every block of the staging file now, so a full disk shows at create and never
+/// in the middle of an upload.
+fn reserve(file: &File, size: u64, dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(size).context("file size does not fit off_t")?;
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        libc::ENOSPC => Err(NoSpace {
+            needed: size,
+            free: free_space(dir).unwrap_or(0),
+            reserve: 0,
+        }
+        .into()),
+        // File systems without fallocate: fall back to a sparse file of the right size.
+        libc::EOPNOTSUPP => file
+            .set_len(size)
+            .context("failed to size the staging file"),
+        errno => Err(std::io::Error::from_raw_os_error(errno))
+            .context("failed to reserve space for the staging file"),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

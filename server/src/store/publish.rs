@@ -1,0 +1,144 @@
+//! Publishing a complete upload: two durable steps (the intended name recorded, then the link
+//! and the complete record), the owner's published bytes, and the bounded history.
+
+use std::fs::{self, File};
+
+use anyhow::{Context, Result};
+use ferry_proto::Digest;
+use sled::Transactional;
+
+use super::{unix_now, RecordState, Store, UploadId, UploadRecord};
+use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
+
+/// Completed uploads kept on record per owner (for `list`, and `resume`/`finish` of a completed
+/// upload); older ones are forgotten, oldest first. Their files stay.
+pub const MAX_HISTORY: usize = 1000;
+
+fn be_u64(raw: &[u8]) -> u64 {
+    raw.try_into().map_or(0, u64::from_be_bytes)
+}
+
+/// Names tried for one published file: the name itself, then `name (1)` to `name (9999)`.
+pub const MAX_NUMBERED: u32 = 10_000;
+
+/// Publishing found every name like the upload's taken; permanent (`name_exhausted`).
+#[derive(Debug, thiserror::Error)]
+#[error("no free name like {name:?} in the owner's folder: it and {} numbered names exist", MAX_NUMBERED - 1)]
+pub struct NameExhausted {
+    pub name: String,
+}
+
+impl Store {
+    /// Publishes a complete upload as `files/<owner>/<name>`, never overwriting, and records
+    /// it complete. Returns the final name. Two durable steps, so a crash anywhere leaves
+    /// something `reconcile` settles without publishing twice or forgetting the upload: the
+    /// intended name is recorded (`Publishing`) before the link is made, and the upload is
+    /// recorded complete only after the link is durable.
+    pub fn publish(&self, id: UploadId, record: &UploadRecord, digest: Digest) -> Result<String> {
+        let staging = self.staging_path(id);
+        File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("failed to sync {}", staging.display()))?;
+        let dir = self.owner_dir(&record.owner);
+        create_dir_durable(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        for n in 0..MAX_NUMBERED {
+            let name = if n == 0 {
+                record.file_name.clone()
+            } else {
+                ferry_proto::name::numbered(&record.file_name, n)
+            };
+            if dir.join(&name).symlink_metadata().is_ok() {
+                continue;
+            }
+            let mut intent = record.clone();
+            intent.state = RecordState::Publishing;
+            intent.final_name = Some(name.clone());
+            intent.sha256 = Some(digest.to_hex());
+            self.put_record(id, &intent)?;
+            self.sync()?;
+            // A hard link fails instead of replacing an existing file, unlike rename.
+            match fs::hard_link(&staging, dir.join(&name)) {
+                Ok(()) => return self.complete_publish(id, intent),
+                // Taken since the check: by another upload finishing at the same moment.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    self.put_record(id, record)?;
+                    self.sync()?;
+                    return Err(e)
+                        .with_context(|| format!("failed to publish into {}", dir.display()));
+                }
+            }
+        }
+        self.put_record(id, record)?;
+        self.sync()?;
+        Err(NameExhausted {
+            name: record.file_name.clone(),
+        }
+        .into())
+    }
+
+    /// The second half of publishing, also run by `reconcile` after a crash: makes the link
+    /// durable, records the upload complete (and drops its chunk records), then removes the
+    /// staging name.
+    pub(super) fn complete_publish(
+        &self,
+        id: UploadId,
+        mut record: UploadRecord,
+    ) -> Result<String> {
+        let final_name = record
+            .final_name
+            .clone()
+            .context("publishing without a final name")?;
+        let dir = self.owner_dir(&record.owner);
+        sync_dir(&dir).with_context(|| format!("failed to sync {}", dir.display()))?;
+        record.state = RecordState::Complete;
+        record.updated_at = unix_now();
+        // The record and the owner's published bytes change in one sled transaction: a crash
+        // keeps both or neither.
+        let db = self.db()?;
+        let encoded = serde_json::to_vec(&record)?;
+        let owner = record.owner.as_bytes();
+        (&db.uploads, &db.owners)
+            .transaction(|(uploads, owners)| {
+                uploads.insert(&id.0, encoded.as_slice())?;
+                let before = owners.get(owner)?.map_or(0, |v| be_u64(v.as_ref()));
+                let after = before.saturating_add(record.size);
+                owners.insert(owner, &after.to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| anyhow::anyhow!("failed to record the upload complete: {e:?}"))?;
+        self.remove_chunk_records(id)?;
+        self.prune_history(&record.owner)?;
+        self.sync()?;
+        let staging = self.staging_path(id);
+        remove_file_durable(&staging)
+            .with_context(|| format!("failed to remove {}", staging.display()))?;
+        Ok(final_name)
+    }
+
+    /// Bytes of the uploads `owner` completed, pruned records included.
+    pub fn published_bytes(&self, owner: &str) -> Result<u64> {
+        let raw = self.db()?.owners.get(owner.as_bytes())?;
+        Ok(raw.map_or(0, |v| be_u64(v.as_ref())))
+    }
+
+    /// Forgets the oldest completed records of `owner` beyond [`MAX_HISTORY`]: the files stay,
+    /// the quota still counts them (`published_bytes`), and no owner's history grows without
+    /// end.
+    fn prune_history(&self, owner: &str) -> Result<()> {
+        let mut complete: Vec<(UploadId, UploadRecord)> = self
+            .list(owner)?
+            .into_iter()
+            .filter(|(_, r)| r.state == RecordState::Complete)
+            .collect();
+        if complete.len() <= self.max_history {
+            return Ok(());
+        }
+        complete.sort_by_key(|(id, r)| (r.updated_at, *id));
+        let db = self.db()?;
+        for (id, _) in &complete[..complete.len() - self.max_history] {
+            db.uploads.remove(id.0)?;
+        }
+        Ok(())
+    }
+}

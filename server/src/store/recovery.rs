@@ -1,0 +1,165 @@
+//! What a start finds after a crash: half-done work settled (`reconcile`, at every start) and,
+//! after an unclean stop, every durable chunk re-hashed (`verify_all`).
+
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ferry_proto::Digest;
+use tracing::{info, warn};
+
+use super::{RecordState, Store, UploadId};
+use crate::fsutil::remove_file_durable;
+
+/// Work a crash left half done, settled by `Store::reconcile` at every start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Publishing interrupted after the link was made: recorded complete.
+    pub published: u64,
+    /// Publishing interrupted before the link was made: back to receiving.
+    pub rolled_back: u64,
+    /// Staging files without a record (a crash during create or abort): removed.
+    pub orphans: u64,
+    /// Staging names left by complete uploads (a crash after publishing): removed.
+    pub leftovers: u64,
+    /// Unfinished uploads whose staging file is gone: removed, so a client starts again.
+    pub lost: u64,
+}
+
+impl Reconciled {
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+impl Store {
+    /// Settles what a crash left half done, at every start (cheap: one pass over the records
+    /// and one over the staging directory). See [`Reconciled`].
+    pub(super) fn reconcile(&self) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
+        let mut known = std::collections::HashSet::new();
+        for (id, record) in self.all_records()? {
+            known.insert(id);
+            let staging = self.staging_path(id);
+            match record.state {
+                RecordState::Publishing => {
+                    let linked = record
+                        .final_name
+                        .as_ref()
+                        .map(|name| self.owner_dir(&record.owner).join(name))
+                        .is_some_and(|published| same_file(&staging, &published));
+                    if linked {
+                        let name = self.complete_publish(id, record)?;
+                        info!(upload = %id, name, "publish completed after an unclean stop");
+                        done.published += 1;
+                    } else {
+                        let mut back = record;
+                        back.state = RecordState::Receiving;
+                        back.final_name = None;
+                        back.sha256 = None;
+                        self.put_record(id, &back)?;
+                        info!(upload = %id, "publish rolled back after an unclean stop");
+                        done.rolled_back += 1;
+                    }
+                }
+                RecordState::Complete if staging.exists() => {
+                    remove_file_durable(&staging)?;
+                    done.leftovers += 1;
+                }
+                RecordState::Receiving if !staging.exists() => {
+                    warn!(upload = %id, "staging file missing; the upload is removed");
+                    self.remove(id)?;
+                    done.lost += 1;
+                }
+                _ => {}
+            }
+        }
+        let staging_dir = self.data_dir.join("staging");
+        for entry in fs::read_dir(&staging_dir)
+            .with_context(|| format!("failed to read {}", staging_dir.display()))?
+        {
+            let path = entry?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".part"))
+                .and_then(UploadId::parse);
+            if id.is_some_and(|id| !known.contains(&id)) {
+                remove_file_durable(&path)
+                    .with_context(|| format!("failed to remove {}", path.display()))?;
+                info!(path = %path.display(), "removed a staging file without a record");
+                done.orphans += 1;
+            }
+        }
+        self.sync()?;
+        Ok(done)
+    }
+
+    /// Re-hashes every recorded chunk of every receiving upload; forgets mismatches.
+    pub(super) fn verify_all(&self) -> Result<(u64, u64)> {
+        let (mut verified, mut forgotten) = (0, 0);
+        let db = self.db()?;
+        let ids: Vec<UploadId> = db
+            .uploads
+            .iter()
+            .keys()
+            .filter_map(|k| {
+                k.ok()
+                    .and_then(|k| <[u8; 16]>::try_from(k.as_ref()).ok())
+                    .map(UploadId)
+            })
+            .collect();
+        for id in ids {
+            let Some(record) = self.record(id)? else {
+                self.remove_chunk_records(id)?;
+                continue;
+            };
+            if record.state != RecordState::Receiving {
+                continue;
+            }
+            let layout = record.layout()?;
+            let file = File::open(self.staging_path(id)).ok();
+            let mut bad = Vec::new();
+            let mut buf = Vec::new();
+            for entry in db.chunks.scan_prefix(id.0) {
+                let (key, value) = entry?;
+                verified += 1;
+                let good = key
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .and_then(|raw| layout.index(raw).ok())
+                    .zip(file.as_ref())
+                    .is_some_and(|(index, file)| {
+                        let span = layout.span(index);
+                        buf.resize(span.len as usize, 0);
+                        file.read_exact_at(&mut buf, span.offset).is_ok()
+                            && Digest::of(&buf).as_bytes()[..] == value[..]
+                    });
+                if !good {
+                    bad.push(key);
+                }
+            }
+            for key in bad {
+                forgotten += 1;
+                warn!(%id, "chunk failed re-verification after an unclean stop; it will be re-sent");
+                db.chunks.remove(key)?;
+            }
+        }
+        db.sync()?;
+        info!(
+            verified,
+            forgotten, "re-verified durable chunks after an unclean stop"
+        );
+        Ok((verified, forgotten))
+    }
+}
+
+/// Whether `a` and `b` are names of one file (a hard link made by publishing).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}

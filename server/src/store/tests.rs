@@ -1,0 +1,163 @@
+//! The store's unit tests: publishing, recovery, limits.
+
+use super::*;
+
+fn record(name: &str, size: u64) -> UploadRecord {
+    UploadRecord {
+        owner: "alice".into(),
+        file_name: name.into(),
+        desc: String::new(),
+        size,
+        chunk_size: 4096,
+        state: RecordState::Receiving,
+        created_at: 1,
+        updated_at: 1,
+        final_name: None,
+        sha256: None,
+    }
+}
+
+/// An upload caught by a crash between recording its publish and finishing it; the link
+/// made or not.
+fn interrupted_publish(linked: bool) -> (tempfile::TempDir, UploadId) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let id = store.create(&record("a.mov", 10)).unwrap();
+    let mut intent = record("a.mov", 10);
+    intent.state = RecordState::Publishing;
+    intent.final_name = Some("a.mov".into());
+    intent.sha256 = Some("00".repeat(32));
+    store.put_record(id, &intent).unwrap();
+    if linked {
+        let owner = store.owner_dir("alice");
+        fs::create_dir_all(&owner).unwrap();
+        fs::hard_link(store.staging_path(id), owner.join("a.mov")).unwrap();
+    }
+    store.sync().unwrap();
+    (dir, id)
+}
+
+#[test]
+fn publish_interrupted_after_the_link_is_completed_at_start() {
+    let (dir, id) = interrupted_publish(true);
+    let (store, report) = Store::open(dir.path(), 0).unwrap();
+    assert_eq!(report.reconciled.published, 1);
+    let record = store.record(id).unwrap().unwrap();
+    assert_eq!(record.state, RecordState::Complete);
+    assert_eq!(record.final_name.as_deref(), Some("a.mov"));
+    assert!(!store.staging_path(id).exists(), "staging name removed");
+    assert!(dir.path().join("files/alice/a.mov").exists());
+}
+
+#[test]
+fn publish_interrupted_before_the_link_is_rolled_back_and_can_finish_again() {
+    let (dir, id) = interrupted_publish(false);
+    let (store, report) = Store::open(dir.path(), 0).unwrap();
+    assert_eq!(report.reconciled.rolled_back, 1);
+    let record = store.record(id).unwrap().unwrap();
+    assert_eq!(record.state, RecordState::Receiving);
+    assert_eq!(record.final_name, None);
+    let name = store.publish(id, &record, Digest::of(&[0; 10])).unwrap();
+    assert_eq!(name, "a.mov", "published once, under its own name");
+}
+
+/// Regression (issue 8): "the server has 0 bytes free" when 48 MiB were free and 64 MiB
+/// kept in reserve; both figures are said now, in human units.
+#[test]
+fn no_space_says_both_figures() {
+    let e = NoSpace {
+        needed: 100 << 20,
+        free: 48 << 20,
+        reserve: 64 << 20,
+    };
+    assert_eq!(
+        e.to_string(),
+        "the file needs 100.0 MiB; the server has 48.0 MiB free and keeps 64.0 MiB in reserve (--min-free-space)"
+    );
+}
+
+/// Regression (issue 8): when every numbered name was taken, publishing failed with
+/// `storage_error` and the client retried forever; it is a permanent error now, and the
+/// upload stays open, all chunks durable.
+#[test]
+fn publish_with_every_name_taken_is_name_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let id = store.create(&record("x.bin", 10)).unwrap();
+    let owner = store.owner_dir("alice");
+    fs::create_dir_all(&owner).unwrap();
+    for n in 0..MAX_NUMBERED {
+        let name = match n {
+            0 => "x.bin".to_owned(),
+            n => ferry_proto::name::numbered("x.bin", n),
+        };
+        File::create(owner.join(name)).unwrap();
+    }
+    let err = store
+        .publish(id, &record("x.bin", 10), Digest::of(&[0; 10]))
+        .unwrap_err();
+    assert!(err.downcast_ref::<NameExhausted>().is_some(), "{err:#}");
+    let back = store.record(id).unwrap().unwrap();
+    assert_eq!(back.state, RecordState::Receiving);
+}
+
+/// Regression (issue 8): completed uploads were kept on record without bound. The oldest
+/// beyond the history bound are forgotten now; the quota still counts their bytes.
+#[test]
+fn history_is_bounded_and_the_quota_still_counts_what_was_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), 0).unwrap();
+    store.max_history = 3;
+    for n in 0..5 {
+        let mut rec = record("same.bin", 10);
+        rec.updated_at = n;
+        let id = store.create(&rec).unwrap();
+        store.publish(id, &rec, Digest::of(&[0; 10])).unwrap();
+    }
+    let complete = store.list("alice").unwrap();
+    assert_eq!(complete.len(), 3, "the newest three stay on record");
+    assert_eq!(store.published_bytes("alice").unwrap(), 50);
+    let files = fs::read_dir(store.owner_dir("alice")).unwrap().count();
+    assert_eq!(files, 5, "pruning forgets records, never files");
+}
+
+#[test]
+fn orphans_leftovers_and_lost_uploads_are_settled_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let lost = store.create(&record("lost.mov", 10)).unwrap();
+    fs::remove_file(store.staging_path(lost)).unwrap();
+    let done = store.create(&record("done.mov", 10)).unwrap();
+    let published = store
+        .publish(done, &record("done.mov", 10), Digest::of(&[0; 10]))
+        .unwrap();
+    fs::hard_link(
+        store.owner_dir("alice").join(&published),
+        store.staging_path(done),
+    )
+    .unwrap();
+    let orphan = store.staging_path(UploadId::random().unwrap());
+    fs::write(&orphan, b"no record").unwrap();
+    let unrelated = dir.path().join("staging").join("notes.txt");
+    fs::write(&unrelated, b"not ours").unwrap();
+    drop(store);
+
+    let (store, report) = Store::open(dir.path(), 0).unwrap();
+    let expected = Reconciled {
+        orphans: 1,
+        leftovers: 1,
+        lost: 1,
+        ..Default::default()
+    };
+    assert_eq!(report.reconciled, expected);
+    assert!(!orphan.exists() && !store.staging_path(done).exists());
+    assert!(
+        unrelated.exists(),
+        "files not named like staging files are left alone"
+    );
+    assert!(store.record(lost).unwrap().is_none());
+    assert!(store.owner_dir("alice").join(&published).exists());
+    drop(store);
+    let (_, again) = Store::open(dir.path(), 0).unwrap();
+    assert!(!again.reconciled.any(), "nothing left to settle");
+}
