@@ -13,6 +13,7 @@ pub mod store;
 pub mod tls;
 pub mod tokens;
 mod transport;
+mod verify;
 mod wire;
 
 use std::future::Future;
@@ -72,6 +73,9 @@ pub struct Config {
     pub expire_after: Duration,
     /// How often the sweeper looks for expired uploads.
     pub sweep_interval: Duration,
+    /// Bytes per second the background re-verification after an unclean stop may read; 0 for
+    /// no limit. A client's `resume` of an upload not yet verified is served at once, unpaced.
+    pub verify_rate: u64,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
             stream_timeout: Duration::from_secs(30),
             expire_after: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(600),
+            verify_rate: 200 << 20,
         }
     }
 
@@ -132,6 +137,8 @@ pub(crate) struct Shared {
     /// upload, so concurrent creates cannot all pass a check meant for one. One entry per
     /// owner that created something: bounded by the tokens file.
     create_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// After an unclean stop, until every upload is re-verified; `None` after a clean one.
+    verifier: Option<Arc<verify::Verifier>>,
     throttle: guard::AuthThrottle,
 }
 
@@ -156,6 +163,9 @@ impl Server {
         tokens
             .entries()
             .context("cannot start with this tokens file")?;
+        let store = Arc::new(store);
+        let verifier =
+            (!report.clean).then(|| verify::Verifier::new(store.clone(), report.to_verify.clone()));
         let identity = match &config.cert {
             Some((cert, key)) => tls::Identity::load(cert, key)?,
             None => {
@@ -190,7 +200,8 @@ impl Server {
             tokens,
             live: Default::default(),
             create_locks: Default::default(),
-            store: Arc::new(store),
+            store,
+            verifier,
             registry: Default::default(),
             limiter: guard::ConnLimiter::new(config.max_connections, config.max_connections_per_ip),
             pending: guard::PendingPool::new(
@@ -227,6 +238,9 @@ impl Server {
         let next_id = AtomicU64::new(1);
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
+        if let Some(verifier) = &self.shared.verifier {
+            tokio::spawn(verifier.clone().run(self.shared.config.verify_rate));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -247,8 +261,13 @@ impl Server {
             b"server shutting down",
         );
         self.shared.registry.shutdown(Duration::from_secs(30)).await;
-        let store = self.shared.store.clone();
-        tokio::task::spawn_blocking(move || store.mark_clean()).await??;
+        // Clean only if nothing is left to re-verify: otherwise the next start verifies again.
+        if self.shared.verifier.as_ref().is_none_or(|v| v.finished()) {
+            let store = self.shared.store.clone();
+            tokio::task::spawn_blocking(move || store.mark_clean()).await??;
+        } else {
+            warn!("re-verification unfinished; the next start re-verifies");
+        }
         if tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle())
             .await
             .is_err()

@@ -42,6 +42,10 @@ enum Command {
         /// server's replies unread, after this long (e.g. 30s).
         #[arg(long, default_value = "30s", value_parser = ferry_proto::units::parse_duration)]
         stream_timeout: std::time::Duration,
+        /// After an unclean stop, re-verify staged chunks in the background at most this fast
+        /// (bytes per second, e.g. 200M; 0: no limit). The server listens at once regardless.
+        #[arg(long, default_value = "200M", value_parser = parse_rate)]
+        verify_rate: u64,
         /// Uploads in progress per token (0: no limit).
         #[arg(long, default_value_t = 16)]
         max_uploads: u64,
@@ -70,6 +74,12 @@ enum Command {
         /// PEM private key of --cert.
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
+    },
+    /// Re-hash every staged durable chunk against its digest, with the server stopped, and
+    /// forget those that no longer match (they are re-sent). Prints what it found.
+    Verify {
+        #[arg(long, default_value = "./ferry-data", env = "FERRYD_DATA")]
+        data: PathBuf,
     },
     /// Print the SHA-256 fingerprint of the server's certificate, for clients to pin.
     Fingerprint {
@@ -134,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             min_free_space,
             expire_after,
             stream_timeout,
+            verify_rate,
             max_uploads,
             quota,
             max_connections,
@@ -151,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
             config.congestion = congestion;
             config.expire_after = expire_after;
             config.stream_timeout = stream_timeout.max(std::time::Duration::from_secs(1));
+            config.verify_rate = verify_rate;
             config.max_uploads_per_owner = max_uploads;
             config.quota_per_owner = quota.unwrap_or(0);
             config.max_connections = max_connections.max(1);
@@ -165,8 +177,8 @@ fn run(cli: Cli) -> Result<()> {
                 if !report.clean || fixed.any() {
                     tracing::warn!(
                         clean = report.clean,
-                        chunks_verified = report.verified,
-                        chunks_mismatched = report.forgotten,
+                        uploads_to_verify = report.to_verify.len(),
+                        bytes_to_verify = report.to_verify.iter().map(|(_, b)| b).sum::<u64>(),
                         published = fixed.published,
                         rolled_back = fixed.rolled_back,
                         orphans_removed = fixed.orphans,
@@ -182,6 +194,29 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 server.run(shutdown_signal()).await
             })
+        }
+        Command::Verify { data } => {
+            let (store, _) = ferry_server::Store::open(&data, 0).map_err(|e| {
+                e.context(format!(
+                    "cannot open {} (is ferryd running on it?)",
+                    data.display()
+                ))
+            })?;
+            let uploads = store.to_verify()?;
+            let mut found = ferry_server::store::Verified::default();
+            for (id, _) in &uploads {
+                found += store.verify_upload(*id, |_| {})?;
+            }
+            // Everything staged was just verified: the next start need not do it again.
+            store.mark_clean()?;
+            println!(
+                "verified {} uploads: {} chunks ({}); {} no longer matched and will be re-sent",
+                uploads.len(),
+                found.chunks,
+                ferry_proto::units::human(found.bytes),
+                found.mismatched
+            );
+            Ok(())
         }
         Command::Fingerprint { data } => {
             println!("{}", ferry_server::tls::stored_fingerprint(&data)?);
@@ -211,5 +246,13 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// `--verify-rate`: a size per second; `0` for no limit.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        other => ferry_proto::units::parse_size(other),
     }
 }

@@ -5,6 +5,7 @@
 pub mod powercut;
 pub mod raw;
 pub mod relay;
+pub mod stage;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -183,6 +183,7 @@ impl Conn {
                 durable_next,
             });
         }
+        self.verified(id).await?;
         self.attach(id, record, from).await
     }
 
@@ -233,6 +234,7 @@ impl Conn {
                 sha256: stored,
             });
         }
+        self.verified(id).await?;
         let driver = self.driver(id, record)?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Finish { digest, reply });
@@ -410,6 +412,18 @@ impl Conn {
             ));
         }
         Ok(())
+    }
+
+    /// Waits until `id` is re-verified, if an unclean stop left it to verify (`crate::verify`):
+    /// a `resume` or `finish` must not build on chunks that may no longer match.
+    async fn verified(&self, id: UploadId) -> Result<(), WireError> {
+        match &self.shared.verifier {
+            Some(verifier) => verifier
+                .ready(id)
+                .await
+                .map_err(|e| storage(&e, "failed to re-verify the upload")),
+            None => Ok(()),
+        }
     }
 
     fn driver(

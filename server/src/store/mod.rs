@@ -25,7 +25,7 @@ mod tests;
 
 use db::Db;
 pub use publish::{NameExhausted, MAX_HISTORY, MAX_NUMBERED};
-pub use recovery::Reconciled;
+pub use recovery::{Reconciled, Verified};
 
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
 /// running.
@@ -120,9 +120,9 @@ pub struct Tombstone {
 pub struct OpenReport {
     pub schema_before: u32,
     pub clean: bool,
-    /// Chunks re-hashed after an unclean stop, and how many of them no longer matched.
-    pub verified: u64,
-    pub forgotten: u64,
+    /// After an unclean stop: the uploads whose chunks are to be re-verified, most recently
+    /// active first, with their recorded durable bytes. Empty after a clean stop.
+    pub to_verify: Vec<(UploadId, u64)>,
     /// What start-up found half done and settled.
     pub reconciled: Reconciled,
 }
@@ -141,10 +141,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the data directory, migrates the schema, and after an
-    /// unclean stop re-hashes every chunk recorded durable, forgetting those that no longer
-    /// match: sled 0.34's flush is weaker than fsync, so its records are trusted only as far as
-    /// the bytes they describe.
+    /// Opens (creating if needed) the data directory, migrates the schema and settles what a
+    /// crash left half done. After an unclean stop it lists the uploads whose chunks are to be
+    /// re-verified (`OpenReport::to_verify`); it does not read them: that is `crate::verify`'s
+    /// job, in the background. Cost: one pass over the records and one over `staging/`.
     pub fn open(data_dir: &Path, min_free: u64) -> Result<(Self, OpenReport)> {
         for sub in ["staging", "files"] {
             let dir = data_dir.join(sub);
@@ -171,10 +171,10 @@ impl Store {
         // The unclean marker must be durable before anything is accepted.
         store.sync()?;
         report.reconciled = store.reconcile()?;
+        // After an unclean stop the durable chunks are re-verified, but not here: the server
+        // listens first and `crate::verify` works through them in the background.
         if !clean {
-            let (verified, forgotten) = store.verify_all()?;
-            report.verified = verified;
-            report.forgotten = forgotten;
+            report.to_verify = store.to_verify()?;
         }
         store.sync()?;
         Ok((store, report))

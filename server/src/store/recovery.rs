@@ -1,5 +1,5 @@
 //! What a start finds after a crash: half-done work settled (`reconcile`, at every start) and,
-//! after an unclean stop, every durable chunk re-hashed (`verify_all`).
+//! after an unclean stop, every durable chunk re-hashed (`verify_upload`, driven by `crate::verify`).
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -96,63 +96,87 @@ impl Store {
         Ok(done)
     }
 
-    /// Re-hashes every recorded chunk of every receiving upload; forgets mismatches.
-    pub(super) fn verify_all(&self) -> Result<(u64, u64)> {
-        let (mut verified, mut forgotten) = (0, 0);
-        let db = self.db()?;
-        let ids: Vec<UploadId> = db
-            .uploads
-            .iter()
-            .keys()
-            .filter_map(|k| {
-                k.ok()
-                    .and_then(|k| <[u8; 16]>::try_from(k.as_ref()).ok())
-                    .map(UploadId)
-            })
-            .collect();
-        for id in ids {
-            let Some(record) = self.record(id)? else {
-                self.remove_chunk_records(id)?;
-                continue;
-            };
+    /// The uploads whose chunks an unclean stop leaves to re-verify: every receiving upload,
+    /// most recently active first, with its recorded durable bytes.
+    pub fn to_verify(&self) -> Result<Vec<(UploadId, u64)>> {
+        let mut out = Vec::new();
+        for (id, record) in self.all_records()? {
             if record.state != RecordState::Receiving {
                 continue;
             }
-            let layout = record.layout()?;
-            let file = File::open(self.staging_path(id)).ok();
-            let mut bad = Vec::new();
-            let mut buf = Vec::new();
-            for entry in db.chunks.scan_prefix(id.0) {
-                let (key, value) = entry?;
-                verified += 1;
-                let good = key
-                    .get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .and_then(|raw| layout.index(raw).ok())
-                    .zip(file.as_ref())
-                    .is_some_and(|(index, file)| {
-                        let span = layout.span(index);
-                        buf.resize(span.len as usize, 0);
-                        file.read_exact_at(&mut buf, span.offset).is_ok()
-                            && Digest::of(&buf).as_bytes()[..] == value[..]
-                    });
-                if !good {
-                    bad.push(key);
-                }
-            }
-            for key in bad {
-                forgotten += 1;
-                warn!(%id, "chunk failed re-verification after an unclean stop; it will be re-sent");
-                db.chunks.remove(key)?;
+            let Ok(layout) = record.layout() else {
+                continue;
+            };
+            let bytes = layout.bytes_in(&self.durable_chunks(id, &layout)?);
+            out.push((record.updated_at, id, bytes));
+        }
+        out.sort_by(|a, b| b.cmp(a));
+        Ok(out.into_iter().map(|(_, id, bytes)| (id, bytes)).collect())
+    }
+
+    /// Re-hashes every recorded chunk of `id` and forgets (deletes the record of) each whose
+    /// bytes no longer match or cannot be read; they are re-sent. `pace`, if given, is called
+    /// after each chunk with its length and may sleep to hold a rate. Runs on a blocking
+    /// thread: it reads the whole staged upload.
+    pub fn verify_upload(&self, id: UploadId, mut pace: impl FnMut(u64)) -> Result<Verified> {
+        let mut done = Verified::default();
+        let Some(record) = self.record(id)? else {
+            self.remove_chunk_records(id)?;
+            return Ok(done);
+        };
+        if record.state != RecordState::Receiving {
+            return Ok(done);
+        }
+        let layout = record.layout()?;
+        let db = self.db()?;
+        let file = File::open(self.staging_path(id)).ok();
+        let mut bad = Vec::new();
+        let mut buf = Vec::new();
+        for entry in db.chunks.scan_prefix(id.0) {
+            let (key, value) = entry?;
+            done.chunks += 1;
+            let good = key
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .and_then(|raw| layout.index(raw).ok())
+                .zip(file.as_ref())
+                .is_some_and(|(index, file)| {
+                    let span = layout.span(index);
+                    buf.resize(span.len as usize, 0);
+                    done.bytes += span.len;
+                    pace(span.len);
+                    file.read_exact_at(&mut buf, span.offset).is_ok()
+                        && Digest::of(&buf).as_bytes()[..] == value[..]
+                });
+            if !good {
+                bad.push(key);
             }
         }
+        for key in bad {
+            done.mismatched += 1;
+            warn!(%id, "chunk failed re-verification after an unclean stop; it will be re-sent");
+            db.chunks.remove(key)?;
+        }
         db.sync()?;
-        info!(
-            verified,
-            forgotten, "re-verified durable chunks after an unclean stop"
-        );
-        Ok((verified, forgotten))
+        Ok(done)
+    }
+}
+
+/// What re-verifying found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks whose bytes no longer matched (or could not be read): forgotten, re-sent.
+    pub mismatched: u64,
+}
+
+impl std::ops::AddAssign for Verified {
+    fn add_assign(&mut self, other: Self) {
+        self.chunks += other.chunks;
+        self.bytes += other.bytes;
+        self.mismatched += other.mismatched;
     }
 }
 

@@ -7,6 +7,7 @@ mod hardening;
 mod powercut;
 mod process;
 mod resilience;
+mod restart;
 mod storage;
 mod upload;
 mod wire;
