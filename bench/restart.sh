@@ -22,7 +22,7 @@ for gib in "${@:-1 10 20}"; do
     for _ in $(seq 6000); do grep -q "re-verified durable chunks" "$work/log" && break; sleep 0.05; done
     verified=$(date +%s.%N)
     kill -TERM "$pid"; wait "$pid" || true
-    python3 -c "import sys; s,l,v=map(float,sys.argv[1:]); print(f'| {int(sys.argv[4])} GiB staged | listening after {l-s:.2f} s | re-verified after {v-s:.1f} s ({int(sys.argv[4])*1024/(v-s):.0f} MiB/s) |')" "$start" "$listening" "$verified" "$g"
+    python3 -c "import sys; s,l,v=map(float,sys.argv[1:4]); print(f'| {int(sys.argv[4])} GiB staged | listening after {l-s:.2f} s | re-verified after {v-s:.1f} s ({int(sys.argv[4])*1024/(v-s):.0f} MiB/s) |')" "$start" "$listening" "$verified" "$g"
     rm -rf "$work"
   done
 done
