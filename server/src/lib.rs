@@ -318,7 +318,7 @@ async fn sweep_forever(shared: Arc<Shared>) {
 }
 
 /// How often the tokens file is looked at for revocations.
-const TOKENS_POLL: Duration = Duration::from_millis(250);
+const TOKENS_POLL: Duration = Duration::from_millis(100);
 
 /// Watches the tokens file (every [`TOKENS_POLL`]) and closes, within that time, every live
 /// connection whose token is no longer in it (`token_revoked`). New connections always read

@@ -79,12 +79,15 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
             return connection.close(VarInt::from_u32(code.quic_code()), reason.as_bytes());
         }
     };
-    // The whole frame must arrive by the deadline; the outer deadline decides, so a stalled
-    // `hello` is `not_authenticated` like a missing one.
+    // The whole frame must arrive by the deadline, and only the deadline decides: the read's
+    // own stall limit is set past it (a timer that fired in the same tick as the deadline could
+    // otherwise answer `stream_timeout`), so a stalled `hello` is `not_authenticated` like a
+    // missing one.
+    let past_deadline = config.handshake_timeout * 2 + Duration::from_secs(1);
     let hello = step(
         deadline,
         &evicted,
-        read_frame(&mut recv, config.handshake_timeout, false),
+        read_frame(&mut recv, past_deadline, false),
     );
     let (owner, token_hash) = match hello.await {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
@@ -176,12 +179,9 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
 
     let stall = conn.shared.config.stream_timeout;
     let close = loop {
+        // Biased: once the outbox overflowed, no further request is read, however many wait.
         tokio::select! {
-            read = read_frame(&mut recv, stall, true) => match read {
-                Ok(Some(frame)) => conn.request(frame).await,
-                Ok(None) => break None,
-                Err(e) => break e.code(),
-            },
+            biased;
             () = full.notified() => {
                 let message = format!(
                     "the client left {OUTBOX_FRAMES} frames unread on the control stream for up to {} s",
@@ -190,6 +190,11 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
                 info!(conn = id, "closed: control stream not read");
                 break Some((ErrorCode::ControlStreamFull, message));
             }
+            read = read_frame(&mut recv, stall, true) => match read {
+                Ok(Some(frame)) => conn.request(frame).await,
+                Ok(None) => break None,
+                Err(e) => break e.code(),
+            },
         }
     };
     chunk_streams.abort();
