@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_client::{Client, ClientError, Options, Target};
+use ferry_proto::units::human;
 use ferry_proto::UploadSummary;
 
 #[derive(Parser)]
@@ -430,21 +431,6 @@ fn line(u: &UploadSummary) -> String {
         human(u.size),
         u.file_name
     )
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {

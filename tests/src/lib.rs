@@ -252,9 +252,8 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
-    /// Durable bytes of the owner's unfinished upload (0 if none, or if the server cannot be
-    /// asked right now), through a short-lived library client.
-    pub async fn durable_bytes(&self, token: &str, state: &Path) -> u64 {
+    /// Options for a library client of this server with `token`, its state in `state`.
+    pub fn options(&self, token: &str, state: &Path) -> Options {
         let target = Target {
             server: self.addr.to_string(),
             token: token.to_owned(),
@@ -264,7 +263,13 @@ impl ServerProcess {
             congestion: Default::default(),
             ca: None,
         };
-        let Ok(mut client) = Client::new(Options::new(target, state.to_owned())) else {
+        Options::new(target, state.to_owned())
+    }
+
+    /// Durable bytes of the owner's unfinished upload (0 if none, or if the server cannot be
+    /// asked right now), through a short-lived library client.
+    pub async fn durable_bytes(&self, token: &str, state: &Path) -> u64 {
+        let Ok(mut client) = Client::new(self.options(token, state)) else {
             return 0;
         };
         let listed = client.list().await.ok();
@@ -280,6 +285,17 @@ impl Drop for ServerProcess {
         self.kill9();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A field of `/proc/PID/status` in KiB: `VmRSS` (resident now) or `VmHWM` (peak); 0 if the
+/// process is gone.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits for `child` at most `limit`; kills it if it is still running then.

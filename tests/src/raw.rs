@@ -86,7 +86,17 @@ impl Raw {
 
     /// Connected and authenticated as `token`.
     pub async fn hello(server: &TestServer, token: &str) -> Self {
-        let mut raw = Self::open(server).await;
+        Self::login(server.addr, &server.fingerprint, token, Dial::default()).await
+    }
+
+    /// Like `hello`, to any server, as `dial` says.
+    pub async fn login(
+        addr: std::net::SocketAddr,
+        fingerprint: &str,
+        token: &str,
+        dial: Dial,
+    ) -> Self {
+        let mut raw = Self::dial(addr, fingerprint, dial).await.expect("connects");
         raw.frame(&Frame::Hello {
             version: PROTOCOL_VERSION,
             token: token.into(),

@@ -343,7 +343,7 @@ async fn twenty_clients_through_a_lossy_link() {
     })
     .await
     .unwrap();
-    let peak_kib = peak_rss_kib(server.child.id());
+    let peak_kib = proc_kib(server.child.id(), "VmHWM");
     let [(up, up_lost), (down, down_lost)] = relay.counts();
     eprintln!(
         "20 clients × {} MiB through 1 % loss: {:?}, server peak RSS {} MiB, relay dropped {up_lost}/{} up, {down_lost}/{} down",
@@ -364,14 +364,4 @@ async fn twenty_clients_through_a_lossy_link() {
         peak_kib < 512 * 1024,
         "server peak RSS {peak_kib} KiB is not bounded"
     );
-}
-
-/// VmHWM of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -9,14 +9,9 @@ use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use ferry_tests::raw::{Dial, Raw};
 use ferry_tests::*;
 
-/// Resident memory of process `pid` in KiB (`VmRSS`).
+/// Resident memory of process `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
+    proc_kib(pid, "VmRSS")
 }
 
 /// The QUIC close code a connection ended with, if the server closed it.
@@ -105,7 +100,7 @@ async fn a_login_flood_neither_grows_memory_nor_locks_out_a_user() {
 
     let state = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut client = client_of(&server, &token, state.path());
+    let mut client = ferry_client::Client::new(server.options(&token, state.path())).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), client.list()).await;
     assert!(
         matches!(result, Ok(Ok(_))),
@@ -116,19 +111,6 @@ async fn a_login_flood_neither_grows_memory_nor_locks_out_a_user() {
         started.elapsed()
     );
     drop(held);
-}
-
-fn client_of(server: &ServerProcess, token: &str, state: &std::path::Path) -> ferry_client::Client {
-    let target = ferry_client::Target {
-        server: server.addr.to_string(),
-        token: token.to_owned(),
-        fingerprint: Some(server.fingerprint.clone()),
-        known_servers: state.join("known"),
-        idle_timeout: Duration::from_secs(5),
-        congestion: Default::default(),
-        ca: None,
-    };
-    ferry_client::Client::new(ferry_client::Options::new(target, state.to_owned())).unwrap()
 }
 
 /// Finding 2: a logged-in client that grants the server little credit and sends 3 000 `list`
@@ -148,15 +130,7 @@ async fn a_client_that_never_reads_replies_is_cut_off_with_bounded_memory() {
         bind: None,
         transport: Some(transport),
     };
-    let mut raw = Raw::dial(server.addr, &server.fingerprint, dial)
-        .await
-        .unwrap();
-    raw.frame(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        token,
-    })
-    .await;
-    assert!(matches!(raw.next().await, Some(Frame::Welcome { .. })));
+    let mut raw = Raw::login(server.addr, &server.fingerprint, &token, dial).await;
     for i in 0..10 {
         raw.create(&format!("f{i}"), 1).await;
     }
@@ -451,15 +425,7 @@ async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
     let chunk = 8u64 << 20;
     let mut held = Vec::new();
     for c in 0..4 {
-        let mut raw = Raw::dial(server.addr, &server.fingerprint, Dial::default())
-            .await
-            .unwrap();
-        raw.frame(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            token: token.clone(),
-        })
-        .await;
-        assert!(matches!(raw.next().await, Some(Frame::Welcome { .. })));
+        let mut raw = Raw::login(server.addr, &server.fingerprint, &token, Dial::default()).await;
         raw.frame(&Frame::Create {
             req: 1,
             file_name: format!("idle{c}.bin"),

@@ -30,7 +30,9 @@ async fn a_crashed_server_with_gibibytes_staged_is_back_in_seconds_and_still_fin
     let listening = started.elapsed();
     let local = tempfile::tempdir().unwrap();
     let source = random_file(local.path(), "new.bin", 1 << 20, 9);
-    let mut client = client_of(&server, &token, local.path());
+    let mut opts = server.options(&token, local.path());
+    opts.chunk_size = 256 << 10;
+    let mut client = ferry_client::Client::new(opts).unwrap();
     let listed = client.list().await.expect("list while verifying");
     let report = client
         .upload(&source, "")
@@ -61,19 +63,4 @@ async fn a_crashed_server_with_gibibytes_staged_is_back_in_seconds_and_still_fin
         vec![5],
         "the tampered chunk, and only it, is re-requested"
     );
-}
-
-fn client_of(server: &ServerProcess, token: &str, state: &std::path::Path) -> ferry_client::Client {
-    let target = ferry_client::Target {
-        server: server.addr.to_string(),
-        token: token.to_owned(),
-        fingerprint: Some(server.fingerprint.clone()),
-        known_servers: state.join("known"),
-        idle_timeout: Duration::from_secs(5),
-        congestion: Default::default(),
-        ca: None,
-    };
-    let mut opts = ferry_client::Options::new(target, state.to_owned());
-    opts.chunk_size = 256 << 10;
-    ferry_client::Client::new(opts).unwrap()
 }
