@@ -30,6 +30,9 @@ pub enum ClientError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// The user pressed Ctrl-C (SIGINT). Everything acknowledged stays on the server.
+    #[error("interrupted; run the same command to resume")]
+    Interrupted,
 }
 
 impl ClientError {
@@ -50,9 +53,11 @@ impl ClientError {
         }
     }
 
-    /// The process exit code: 1 interrupted but resumable, 2 usage, auth or permanent.
+    /// The process exit code: 1 interrupted but resumable, 2 usage, auth or permanent, 130
+    /// stopped by Ctrl-C (128 + SIGINT, as shells report it).
     pub fn exit_code(&self) -> u8 {
         match self {
+            Self::Interrupted => 130,
             Self::Connection(_) | Self::TakenOver(_) => 1,
             e if e.is_retryable() => 1,
             _ => 2,

@@ -56,6 +56,20 @@ pub struct Entry {
     pub path: PathBuf,
     pub size: u64,
     pub chunk_size: u64,
+    /// Set when the server said `finished`: a re-run of the same file (same server, path,
+    /// size and mtime) asks the server to confirm it and sends nothing, without reading the
+    /// file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<Completed>,
+}
+
+/// A completed upload as the journal remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completed {
+    /// The name the server published it under.
+    pub file_name: String,
+    /// The whole file's SHA-256, as sent in `finish`.
+    pub sha256: String,
 }
 
 pub struct Journal {
@@ -113,6 +127,7 @@ mod tests {
             path: key.path.clone(),
             size: 5,
             chunk_size: 4,
+            complete: None,
         };
         journal.put(&key, &entry).unwrap();
         assert_eq!(journal.get(&key), Some(entry));

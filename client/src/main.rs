@@ -216,31 +216,92 @@ async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -
         Err(e) => return report("cannot start", &e),
     };
     let mut code = 0;
+    let mut summary = Summary::default();
     for file in files {
-        if let Err(e) = upload_one(&mut client, file, args).await {
-            code = code.max(report(&format!("upload of {} failed", file.display()), &e));
-            if e.exit_code() == 1 {
+        match upload_one(&mut client, file, args).await {
+            Ok(report) => summary.add(&report),
+            Err(ClientError::Interrupted) => {
+                // A second Ctrl-C while closing exits at once.
+                tokio::spawn(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    std::process::exit(130);
+                });
+                code = report("stopped", &ClientError::Interrupted);
                 break;
+            }
+            Err(e) => {
+                summary.failed += 1;
+                if args.json {
+                    let line = serde_json::json!({
+                        "status": "failed",
+                        "path": file.display().to_string(),
+                        "error": e.to_string(),
+                    });
+                    println!("{line}");
+                }
+                code = code.max(report(&format!("upload of {} failed", file.display()), &e));
+                if e.exit_code() == 1 {
+                    break;
+                }
             }
         }
     }
+    if args.json && files.len() > 1 {
+        println!("{}", summary.json());
+    }
     client.close().await;
     code
+}
+
+/// Totals of one `ferry upload` command, for its last `--json` line.
+#[derive(Default)]
+struct Summary {
+    complete: u64,
+    skipped: u64,
+    failed: u64,
+    bytes_sent: u64,
+    bytes_skipped: u64,
+}
+
+impl Summary {
+    fn add(&mut self, r: &ferry_client::upload::Report) {
+        match r.status {
+            "skipped" => self.skipped += 1,
+            _ => self.complete += 1,
+        }
+        self.bytes_sent += r.bytes_sent;
+        self.bytes_skipped += r.bytes_skipped;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "summary",
+            "complete": self.complete,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "bytes_sent": self.bytes_sent,
+            "bytes_skipped": self.bytes_skipped,
+        })
+    }
 }
 
 async fn upload_one(
     client: &mut Client,
     file: &Path,
     args: &UploadArgs,
-) -> Result<(), ClientError> {
+) -> Result<ferry_client::upload::Report, ClientError> {
     let r = tokio::select! {
         r = client.upload(file, &args.desc) => r?,
-        _ = tokio::signal::ctrl_c() => {
-            return Err(ClientError::Connection("interrupted; run the same command again to resume".into()));
-        }
+        _ = tokio::signal::ctrl_c() => return Err(ClientError::Interrupted),
     };
     if args.json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else if r.status == "skipped" {
+        eprintln!(
+            "ferry: {} is already on the server as {:?} (skipped, nothing sent)",
+            file.display(),
+            r.file_name
+        );
     } else {
         let rate = r.bytes_sent as f64 / (r.elapsed_ms.max(1) as f64 / 1000.0) / (1 << 20) as f64;
         eprintln!(
@@ -257,7 +318,7 @@ async fn upload_one(
             },
         );
     }
-    Ok(())
+    Ok(r)
 }
 
 async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
-use crate::journal::{Entry, FileKey, Journal};
+use crate::journal::{Completed, Entry, FileKey, Journal};
 use crate::rate::RateLimiter;
 use crate::wire::write_frame;
 use crate::{connected, Client, ClientError};
@@ -72,6 +72,10 @@ impl Client {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut reconnects = 0;
+        if let Some(report) = self.already_there(&key, started, &mut reconnects).await? {
+            return Ok(report);
+        }
         let hashing = {
             let file = file.clone();
             let size = key.size;
@@ -82,7 +86,6 @@ impl Client {
         let mut active: Option<Active> = None;
         let mut skipped = None;
         let mut resumed = false;
-        let mut reconnects = 0;
         let mut last_progress = Instant::now();
         let mut backoff = Duration::from_millis(250);
         let finished = loop {
@@ -201,7 +204,19 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        self.journal.remove(&key);
+        // Remembered as complete: a re-run confirms it with the server and sends nothing.
+        if let Some(mut entry) = self.journal.get(&key) {
+            entry.complete = Some(Completed {
+                file_name: file_name.clone(),
+                sha256: digest.to_hex(),
+            });
+            if let Err(e) = self.journal.put(&key, &entry) {
+                eprintln!(
+                    "ferry: cannot record {} as complete in the journal: {e}",
+                    path.display()
+                );
+            }
+        }
         progress.finish_and_clear();
         Ok(Report {
             status: "complete",
@@ -215,6 +230,51 @@ impl Client {
             resumed,
             reconnects,
         })
+    }
+
+    /// If the journal says this very file (same server, path, size, mtime) was completed, asks
+    /// the server to confirm it (`finish` again with the recorded digest: answered with the
+    /// same `finished` while the server still has it) and returns a `skipped` report; nothing
+    /// is read from the file or sent. If the server no longer knows it (expired history, a
+    /// wiped server), the journal entry goes and the file is uploaded afresh.
+    async fn already_there(
+        &mut self,
+        key: &FileKey,
+        started: Instant,
+        reconnects: &mut u32,
+    ) -> Result<Option<Report>, ClientError> {
+        let Some(entry) = self.journal.get(key) else {
+            return Ok(None);
+        };
+        let Some(done) = entry.complete else {
+            return Ok(None);
+        };
+        let Ok(digest) = Digest::parse(&done.sha256) else {
+            self.journal.remove(key);
+            return Ok(None);
+        };
+        match self.finish(&entry.upload_id, digest, reconnects).await {
+            Ok((file_name, size)) => Ok(Some(Report {
+                status: "skipped",
+                upload_id: entry.upload_id,
+                file_name,
+                size,
+                sha256: done.sha256,
+                bytes_sent: 0,
+                bytes_skipped: size,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                resumed: false,
+                reconnects: *reconnects,
+            })),
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound | ErrorCode::Expired | ErrorCode::FileDigestMismatch,
+                ..
+            }) => {
+                self.journal.remove(key);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends `finish`, reconnecting (and re-sending it) if the connection drops meanwhile; the
@@ -314,6 +374,7 @@ async fn open(
         path: key.path.clone(),
         size: key.size,
         chunk_size: info.chunk_size,
+        complete: None,
     };
     journal
         .put(key, &entry)

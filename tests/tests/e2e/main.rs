@@ -4,6 +4,7 @@
 mod battery;
 mod crash;
 mod hardening;
+mod jobs;
 mod powercut;
 mod process;
 mod resilience;

@@ -1,0 +1,161 @@
+//! Upload jobs as people run them (part of issue 9), with the built binaries: a command of
+//! several files re-run after an interruption never sends a completed file again nor
+//! publishes it twice; Ctrl-C says how to resume and exits 130.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry_tests::*;
+
+struct Job {
+    work: tempfile::TempDir,
+    data: PathBuf,
+    token: String,
+    server: ServerProcess,
+}
+
+impl Job {
+    fn start() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let data = work.path().join("data");
+        let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
+        let server = ServerProcess::start(&data, "127.0.0.1:0");
+        Self {
+            work,
+            data,
+            token,
+            server,
+        }
+    }
+
+    /// `ferry upload --json FILES…` with the given extra upload options.
+    fn upload(&self, files: &[PathBuf], extra: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("ferry"));
+        cmd.args([
+            "--server",
+            &self.server.addr.to_string(),
+            "--token",
+            &self.token,
+        ])
+        .args(["--fingerprint", &self.server.fingerprint])
+        .arg("--state-dir")
+        .arg(self.work.path().join("state"))
+        .args(["upload", "--json", "--chunk-size", "1MiB"])
+        .args(extra)
+        .args(files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn published(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data.join("files").join("alice"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    vec![
+        random_file(dir, "A001.mov", 2 << 20, 1),
+        random_file(dir, "A002.mov", 3 << 20, 2),
+        random_file(dir, "A003.mov", 24 << 20, 3),
+    ]
+}
+
+/// Before: Ctrl-C during A003 and a re-run sent A001 and A002 again in full and published
+/// them as `A001 (1).mov` and `A002 (1).mov`. Now the re-run skips them with 0 bytes sent
+/// (the journal remembers them, the server confirms them), resumes A003, and a third run sends
+/// nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_rerun_after_an_interruption_skips_what_is_done_and_duplicates_nothing() {
+    let job = Job::start();
+    let files = sources(job.work.path());
+    let mut first = job.upload(&files, &["--limit-rate", "8M"]).spawn().unwrap();
+    let probe = job.work.path().join("probe");
+    let reached = eventually(Duration::from_secs(60), async || {
+        job.server.durable_bytes(&job.token, &probe).await >= 4 << 20
+    })
+    .await;
+    assert!(reached, "A003 under way within 60 s");
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(job.published(), ["A001.mov", "A002.mov"]);
+
+    let out = job.upload(&files, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 4, "a line per file and a summary: {lines:?}");
+    for line in &lines[..2] {
+        assert_eq!(line["status"], "skipped", "{line}");
+        assert_eq!(line["bytes_sent"], 0, "{line}");
+    }
+    assert_eq!(lines[2]["status"], "complete");
+    assert_eq!(lines[2]["resumed"], true);
+    assert!(lines[2]["bytes_skipped"].as_u64().unwrap() >= 4 << 20);
+    assert_eq!(lines[3]["status"], "summary");
+    assert_eq!(
+        (lines[3]["complete"].as_u64(), lines[3]["skipped"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(job.published(), ["A001.mov", "A002.mov", "A003.mov"]);
+    for file in &files {
+        let name = file.file_name().unwrap();
+        assert_same_file(file, &job.data.join("files").join("alice").join(name));
+    }
+
+    let again = job.upload(&files, &[]).output().unwrap();
+    assert!(again.status.success());
+    let lines = json_lines(&again.stdout);
+    assert_eq!(lines[3]["skipped"], 3, "{lines:?}");
+    assert_eq!(lines[3]["bytes_sent"], 0, "{lines:?}");
+    assert_eq!(job.published(), ["A001.mov", "A002.mov", "A003.mov"]);
+}
+
+/// Before: Ctrl-C printed "connection lost: interrupted" and exited 1. Now it says how to
+/// resume and exits 130, like any program stopped by SIGINT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_says_how_to_resume_and_exits_130() {
+    let job = Job::start();
+    let files = sources(job.work.path());
+    let mut child = job
+        .upload(&files[2..], &["--limit-rate", "4M"])
+        .spawn()
+        .unwrap();
+    let probe = job.work.path().join("probe");
+    let started = eventually(Duration::from_secs(60), async || {
+        job.server.durable_bytes(&job.token, &probe).await > 0
+    })
+    .await;
+    assert!(started, "the upload started within 60 s");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = wait_child(&mut child, Duration::from_secs(20)).and_then(|s| s.code());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; run the same command to resume"),
+        "{stderr}"
+    );
+}
