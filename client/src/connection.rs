@@ -53,6 +53,11 @@ pub struct Endpoint {
     endpoint: quinn::Endpoint,
     /// The socket's address family; server names resolve to an address of this family.
     ipv6: bool,
+    /// How long a connection attempt waits for the server's answer (5 s unless set).
+    connect_timeout: Duration,
+    /// Set by the first connection that succeeds: from then on a failed connect is a lost
+    /// server worth waiting for, before it a server never reached (fail fast).
+    reached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Endpoint {
@@ -70,7 +75,21 @@ impl Endpoint {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| ClientError::local("failed to start QUIC", e))?;
-        Ok(Self { endpoint, ipv6 })
+        Ok(Self {
+            endpoint,
+            ipv6,
+            connect_timeout: Duration::from_secs(5),
+            reached: Default::default(),
+        })
+    }
+
+    pub fn set_connect_timeout(&mut self, limit: Duration) {
+        self.connect_timeout = limit.max(Duration::from_millis(100));
+    }
+
+    /// Whether a connection to the server succeeded at least once.
+    pub fn reached(&self) -> bool {
+        self.reached.load(Ordering::Relaxed)
     }
 
     /// Resolves when every connection of this endpoint is closed and the peer was told.
@@ -126,7 +145,16 @@ impl Endpoint {
             .map_err(|e| {
                 ClientError::Connection(format!("cannot connect to {}: {e}", target.server))
             })?;
-        let connection = match connecting.await {
+        let limit = self.connect_timeout;
+        let Ok(connected) = tokio::time::timeout(limit, connecting).await else {
+            return Err(ClientError::Unreachable(format!(
+                "cannot reach {} ({addr}): no answer over UDP within {} s; is ferryd running and UDP port {} open?",
+                target.server,
+                limit.as_secs_f32(),
+                addr.port()
+            )));
+        };
+        let connection = match connected {
             Ok(c) => c,
             Err(e) => {
                 if let (Some(expected), Some(presented)) = (verifier.expected(), verifier.seen()) {
@@ -138,8 +166,8 @@ impl Endpoint {
                         });
                     }
                 }
-                return Err(ClientError::Connection(format!(
-                    "cannot connect to {}: {e}",
+                return Err(ClientError::Unreachable(format!(
+                    "cannot connect to {} ({addr}): {e}",
                     target.server
                 )));
             }
@@ -159,7 +187,9 @@ impl Endpoint {
                 );
             }
         }
-        Connection::hello(connection, &target.token).await
+        let connection = Connection::hello(connection, &target.token).await?;
+        self.reached.store(true, Ordering::Relaxed);
+        Ok(connection)
     }
 }
 

@@ -8,6 +8,10 @@ pub enum ClientError {
     /// The server could not be reached or the connection broke. Retrying may work.
     #[error("connection lost: {0}")]
     Connection(String),
+    /// No connection could be made at all (no answer within the connect timeout, say): never
+    /// called "lost", since it never existed. Retried only if this run was connected before.
+    #[error("{0}")]
+    Unreachable(String),
     /// The server answered with an error frame.
     #[error("server refused: {code}: {message}")]
     Server { code: ErrorCode, message: String },
@@ -39,7 +43,7 @@ impl ClientError {
     /// True when reconnecting and resuming may get past this.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connection(_) => true,
+            Self::Connection(_) | Self::Unreachable(_) => true,
             Self::Server { code, .. } => {
                 matches!(
                     code,
@@ -58,7 +62,7 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Interrupted => 130,
-            Self::Connection(_) | Self::TakenOver(_) => 1,
+            Self::Connection(_) | Self::Unreachable(_) | Self::TakenOver(_) => 1,
             e if e.is_retryable() => 1,
             _ => 2,
         }

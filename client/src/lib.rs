@@ -38,6 +38,9 @@ pub struct Options {
     pub reconnect_for: Duration,
     /// Draw a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// How long a connection attempt waits for the server's answer. A server never reached
+    /// in this run fails after one attempt; one that was reached is reconnected to.
+    pub connect_timeout: Duration,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             limit_rate: None,
             reconnect_for: Duration::from_secs(300),
             progress: false,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -66,8 +70,10 @@ pub struct Client {
 impl Client {
     pub fn new(opts: Options) -> Result<Self, ClientError> {
         let ipv6 = opts.target.server.starts_with('[');
+        let mut endpoint = Endpoint::new(ipv6)?;
+        endpoint.set_connect_timeout(opts.connect_timeout);
         Ok(Self {
-            endpoint: Endpoint::new(ipv6)?,
+            endpoint,
             conn: None,
             journal: journal::Journal::new(&opts.state_dir),
             limiter: opts.limit_rate.map(|r| Arc::new(rate::RateLimiter::new(r))),

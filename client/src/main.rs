@@ -60,6 +60,10 @@ struct Global {
     /// Seconds without any packet from the server before a connection counts as lost.
     #[arg(long, default_value_t = 15, global = true)]
     idle_timeout: u64,
+    /// Seconds a connection attempt waits for the server's answer; a server never reached
+    /// fails after one attempt.
+    #[arg(long, default_value_t = 5, global = true)]
+    connect_timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +180,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let mut opts = Options::new(target, state_dir);
     opts.reconnect_for = Duration::from_secs(g.reconnect_for);
+    opts.connect_timeout = Duration::from_secs(g.connect_timeout.max(1));
     let code = match cli.command {
         Command::Upload { files, upload } => upload_files(opts, &files, &upload).await,
         Command::Pick { dir, upload } => pick(opts, &dir, &upload).await,

@@ -138,6 +138,8 @@ impl Client {
             .await;
             match attempt {
                 Ok(()) => break active.take().expect("an upload was opened"),
+                // A server never reached in this run is not waited for: fail fast, say why.
+                Err(e @ ClientError::Unreachable(_)) if !self.endpoint.reached() => return Err(e),
                 Err(e) if e.is_retryable() && last_progress.elapsed() < self.opts.reconnect_for => {
                     self.drop_connection();
                     reconnects += 1;
@@ -310,6 +312,7 @@ impl Client {
             }
             .await;
             match attempt {
+                Err(e @ ClientError::Unreachable(_)) if !self.endpoint.reached() => return Err(e),
                 Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
                     self.drop_connection();
                     *reconnects += 1;

@@ -159,3 +159,42 @@ async fn ctrl_c_says_how_to_resume_and_exits_130() {
         "{stderr}"
     );
 }
+
+/// Before: a server that was not running cost 15 lines of "connection lost … reconnecting" and
+/// 318 s before `ferry upload` gave up (`ferry list` 15 s). Now the first connect fails within
+/// the connect timeout (5 s) with the address and a hint, exit 1, and nothing is called "lost".
+#[test]
+fn a_server_never_reached_fails_within_five_seconds_with_a_hint() {
+    let work = tempfile::tempdir().unwrap();
+    let file = random_file(work.path(), "clip.mov", 1 << 20, 4);
+    // A port with nothing listening: bound, noted, released.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("127.0.0.1:{port}");
+    for args in [vec!["list"], vec!["upload", file.to_str().unwrap()]] {
+        let started = std::time::Instant::now();
+        let out = Command::new(binary("ferry"))
+            .args(["--server", &server, "--token", "fy_x", "--fingerprint"])
+            .arg(format!("sha256:{}", "0".repeat(64)))
+            .arg("--state-dir")
+            .arg(work.path().join("state"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(took < Duration::from_secs(7), "{args:?} took {took:?}");
+        assert!(
+            stderr.contains(&format!(
+                "no answer over UDP within 5 s; is ferryd running and UDP port {port} open?"
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("lost"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
