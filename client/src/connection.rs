@@ -368,6 +368,7 @@ async fn dispatch(
             | Frame::Resumed { req, .. }
             | Frame::Finished { req, .. }
             | Frame::Aborted { req, .. }
+            | Frame::Made { req, .. }
             | Frame::Listing { req, .. }
             | Frame::Error { req: Some(req), .. } => Some(*req),
             _ => None,

@@ -4,6 +4,7 @@
 
 pub mod connection;
 mod error;
+pub mod job;
 pub mod journal;
 mod progress;
 pub mod rate;
@@ -97,6 +98,24 @@ impl Client {
     /// Every upload of this token on the server.
     pub async fn list(&mut self) -> Result<Vec<UploadSummary>, ClientError> {
         self.connection().await?.list().await
+    }
+
+    /// Creates the folder `dir` (outermost first) under the owner's folder on the server: how
+    /// an empty folder of an uploaded tree is kept. Returns it as the server sanitised it.
+    pub async fn mkdir(&mut self, dir: &[String]) -> Result<String, ClientError> {
+        let dir = dir.to_vec();
+        match self
+            .connection()
+            .await?
+            .request(|req| Frame::Mkdir { req, dir })
+            .await?
+        {
+            Frame::Made { dir, .. } => Ok(dir),
+            other => Err(ClientError::Protocol(format!(
+                "expected made, got {}",
+                other.kind()
+            ))),
+        }
     }
 
     /// Discards an unfinished upload on the server.

@@ -111,6 +111,9 @@ struct UploadArgs {
     /// Print one JSON summary line per file on stdout instead of a progress bar.
     #[arg(long)]
     json: bool,
+    /// In a folder, follow symbolic links (to files and folders) instead of leaving them out.
+    #[arg(long)]
+    follow_links: bool,
 }
 
 fn main() -> ExitCode {
@@ -220,10 +223,34 @@ async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -
         Ok(c) => c,
         Err(e) => return report("cannot start", &e),
     };
+    let job = match ferry_client::job::plan(files, args.follow_links) {
+        Ok(job) => job,
+        Err(e) => return report("cannot upload", &e),
+    };
+    for path in &job.left_out {
+        eprintln!(
+            "ferry: leaving out {} (not a regular file; --follow-links follows links)",
+            path.display()
+        );
+    }
     let mut code = 0;
     let mut summary = Summary::default();
-    for file in files {
-        match upload_one(&mut client, file, args).await {
+    let several = job.items.len() > 1;
+    for item in &job.items {
+        let (file, dir) = match item {
+            ferry_client::job::Item::File { path, dir } => (path, dir),
+            ferry_client::job::Item::EmptyDir { dir } => {
+                if let Err(e) = client.mkdir(dir).await {
+                    code = code.max(report(
+                        &format!("cannot create folder {}", dir.join("/")),
+                        &e,
+                    ));
+                    summary.failed += 1;
+                }
+                continue;
+            }
+        };
+        match upload_one(&mut client, file, dir, args).await {
             Ok(report) => summary.add(&report),
             Err(ClientError::Interrupted) => {
                 // A second Ctrl-C while closing exits at once.
@@ -251,7 +278,7 @@ async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -
             }
         }
     }
-    if args.json && files.len() > 1 {
+    if args.json && several {
         println!("{}", summary.json());
     }
     client.close().await;
@@ -293,10 +320,11 @@ impl Summary {
 async fn upload_one(
     client: &mut Client,
     file: &Path,
+    dir: &[String],
     args: &UploadArgs,
 ) -> Result<ferry_client::upload::Report, ClientError> {
     let r = tokio::select! {
-        r = client.upload(file, &args.desc) => r?,
+        r = client.upload_in(file, dir, &args.desc) => r?,
         _ = tokio::signal::ctrl_c() => return Err(ClientError::Interrupted),
     };
     if args.json {
@@ -384,7 +412,7 @@ async fn pick(mut opts: Options, dir: &Path, args: &UploadArgs) -> u8 {
             }
         };
         let path = &files[choice - 1].0;
-        if let Err(e) = upload_one(&mut client, path, args).await {
+        if let Err(e) = upload_one(&mut client, path, &[], args).await {
             let code = report(&format!("upload of {} failed", path.display()), &e);
             if code == 1 {
                 break code;

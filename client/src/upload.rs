@@ -61,6 +61,17 @@ struct Active {
 impl Client {
     /// Uploads one file, resuming a previous run of the same file to the same server.
     pub async fn upload(&mut self, path: &Path, desc: &str) -> Result<Report, ClientError> {
+        self.upload_in(path, &[], desc).await
+    }
+
+    /// Like `upload`, published in the folders `dir` under the owner's folder (outermost
+    /// first): how a folder's files keep their place.
+    pub async fn upload_in(
+        &mut self,
+        path: &Path,
+        dir: &[String],
+        desc: &str,
+    ) -> Result<Report, ClientError> {
         let started = Instant::now();
         let key = FileKey::of(&self.opts.target.server, path)
             .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
@@ -93,9 +104,15 @@ impl Client {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
                 let durable = match &mut active {
                     None => {
-                        let (info, was_resumed) =
-                            open(conn, &self.journal, &key, &name, desc, self.opts.chunk_size)
-                                .await?;
+                        let (info, was_resumed) = open(
+                            conn,
+                            &self.journal,
+                            &key,
+                            (&name, dir),
+                            desc,
+                            self.opts.chunk_size,
+                        )
+                        .await?;
                         resumed = was_resumed;
                         let layout = layout_of(&info)?;
                         let durable = ChunkSet::from_wire(&info.durable, layout.count())
@@ -326,12 +343,13 @@ impl Client {
     }
 }
 
-/// Resumes the journal's upload of this file, or creates a new one.
+/// Resumes the journal's upload of this file, or creates a new one (to be published in the
+/// folders `dir` under the owner's folder).
 async fn open(
     conn: &crate::Connection,
     journal: &Journal,
     key: &FileKey,
-    name: &str,
+    (name, dir): (&str, &[String]),
     desc: &str,
     chunk_size: u64,
 ) -> Result<(UploadInfo, bool), ClientError> {
@@ -361,6 +379,7 @@ async fn open(
         size: key.size,
         chunk_size,
         desc: desc.to_owned(),
+        dir: dir.to_vec(),
     };
     let info = match conn.request(create).await? {
         Frame::Created { upload, .. } => upload,

@@ -39,6 +39,10 @@ pub enum Frame {
         chunk_size: u64,
         #[serde(default)]
         desc: String,
+        /// Folders under the owner's folder to publish into, outermost first; each component
+        /// is sanitised like a file name. Empty: the owner's folder itself.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dir: Vec<String>,
     },
     Created {
         req: u64,
@@ -75,6 +79,17 @@ pub enum Frame {
     Aborted {
         req: u64,
         upload_id: String,
+    },
+    /// Creates a folder (and its parents) under the owner's folder: how an empty folder of an
+    /// uploaded tree is kept.
+    Mkdir {
+        req: u64,
+        dir: Vec<String>,
+    },
+    /// The folder as created, sanitised, `/`-separated.
+    Made {
+        req: u64,
+        dir: String,
     },
     List {
         req: u64,
@@ -212,7 +227,7 @@ impl FrameError {
 
 const KNOWN_TYPES: &[&str] = &[
     "hello", "welcome", "create", "created", "resume", "resumed", "finish", "finished", "abort",
-    "aborted", "list", "listing", "ack", "reject", "detached", "chunk", "error",
+    "aborted", "mkdir", "made", "list", "listing", "ack", "reject", "detached", "chunk", "error",
 ];
 
 impl Frame {
@@ -301,6 +316,8 @@ impl Frame {
             Self::Finished { .. } => "finished",
             Self::Abort { .. } => "abort",
             Self::Aborted { .. } => "aborted",
+            Self::Mkdir { .. } => "mkdir",
+            Self::Made { .. } => "made",
             Self::List { .. } => "list",
             Self::Listing { .. } => "listing",
             Self::Ack { .. } => "ack",

@@ -10,9 +10,13 @@ pub enum NameError {
     /// Nothing is left after sanitising (empty, only dots or spaces).
     #[error("file name {0:?} is empty after removing unsafe characters")]
     Empty(String),
-    /// Longer than [`MAX_NAME_BYTES`] after sanitising.
-    #[error("file name is {len} bytes, the limit is {MAX_NAME_BYTES}")]
+    /// Longer than [`MAX_NAME_BYTES`] after sanitising (or a folder path over
+    /// [`MAX_DIR_BYTES`]).
+    #[error("name is {len} bytes, over the limit ({MAX_NAME_BYTES} for a name, {MAX_DIR_BYTES} for a folder path)")]
     TooLong { len: usize },
+    /// A folder path of more than [`MAX_DIR_DEPTH`] components.
+    #[error("folder path is {depth} folders deep, the limit is {MAX_DIR_DEPTH}")]
+    TooDeep { depth: usize },
 }
 
 /// Windows device names, refused as whole stems so a file stays usable if copied to Windows.
@@ -45,6 +49,29 @@ pub fn sanitize(raw: &str) -> Result<String, NameError> {
         return Err(NameError::TooLong { len: name.len() });
     }
     Ok(name)
+}
+
+/// Most folders in a `dir` path, and its most bytes joined with `/`.
+pub const MAX_DIR_DEPTH: usize = 32;
+pub const MAX_DIR_BYTES: usize = 1024;
+
+/// Sanitises every component of a folder path like a name; refuses a path deeper than
+/// [`MAX_DIR_DEPTH`] or longer than [`MAX_DIR_BYTES`] bytes joined.
+pub fn sanitize_dir(components: &[String]) -> Result<Vec<String>, NameError> {
+    if components.len() > MAX_DIR_DEPTH {
+        return Err(NameError::TooDeep {
+            depth: components.len(),
+        });
+    }
+    let clean = components
+        .iter()
+        .map(|c| sanitize(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let len = clean.iter().map(|c| c.len() + 1).sum::<usize>();
+    if len > MAX_DIR_BYTES {
+        return Err(NameError::TooLong { len });
+    }
+    Ok(clean)
 }
 
 /// The `n`-th alternative for a taken name: `clip.mp4` → `clip (n).mp4` (the number goes

@@ -146,6 +146,7 @@ impl Raw {
             size,
             chunk_size: 64 << 10,
             desc: String::new(),
+            dir: Vec::new(),
         })
         .await;
         match self.next().await {

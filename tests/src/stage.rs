@@ -40,6 +40,7 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             updated_at: 1_700_000_000 + n,
             final_name: None,
             sha256: None,
+            dir: Vec::new(),
         };
         let id = store.create(&record).expect("create");
         let layout = record.layout().unwrap();

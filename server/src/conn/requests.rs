@@ -35,11 +35,16 @@ impl Conn {
                 size,
                 chunk_size,
                 desc,
+                dir,
             } => (
                 req,
-                self.create(file_name, size, chunk_size, desc)
+                self.create(file_name, size, chunk_size, desc, dir)
                     .await
                     .map(|upload| Frame::Created { req, upload }),
+            ),
+            Frame::Mkdir { req, dir } => (
+                req,
+                self.mkdir(&dir).await.map(|dir| Frame::Made { req, dir }),
             ),
             Frame::Resume {
                 req,
@@ -93,9 +98,12 @@ impl Conn {
         size: u64,
         chunk_size: u64,
         desc: String,
+        dir: Vec<String>,
     ) -> Result<UploadInfo, WireError> {
         let config = &self.shared.config;
         let file_name = name::sanitize(&file_name)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let dir = name::sanitize_dir(&dir)
             .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
         if size > config.max_file_size {
             return Err(WireError::new(
@@ -147,6 +155,7 @@ impl Conn {
             updated_at: now,
             final_name: None,
             sha256: None,
+            dir,
         };
         let store = self.shared.store.clone();
         let stored = record.clone();
@@ -161,6 +170,20 @@ impl Conn {
             })?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         self.attach(id, record, 0).await
+    }
+
+    /// Creates a folder under the owner's folder (an empty folder of an uploaded tree).
+    async fn mkdir(&self, dir: &[String]) -> Result<String, WireError> {
+        let dir = name::sanitize_dir(dir)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let store = self.shared.store.clone();
+        let owner = self.owner.clone();
+        let made = dir.join("/");
+        tokio::task::spawn_blocking(move || store.make_dir(&owner, &dir))
+            .await
+            .map_err(internal)?
+            .map_err(|e| storage(&e, "failed to create the folder"))?;
+        Ok(made)
     }
 
     async fn resume(&self, raw_id: &str, from: u64) -> Result<UploadInfo, WireError> {

@@ -96,6 +96,9 @@ pub struct UploadRecord {
     /// Set when publishing starts: the name under `files/<owner>/`, which may carry ` (n)`.
     #[serde(default)]
     pub final_name: Option<String>,
+    /// Folders under `files/<owner>/` to publish into (sanitised), outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dir: Vec<String>,
     /// Set when publishing starts: the whole file's SHA-256.
     #[serde(default)]
     pub sha256: Option<String>,
@@ -357,6 +360,21 @@ impl Store {
 
     fn owner_dir(&self, owner: &str) -> PathBuf {
         self.data_dir.join("files").join(owner)
+    }
+
+    /// The folder a record publishes into: the owner's, or one below it.
+    fn publish_dir(&self, record: &UploadRecord) -> PathBuf {
+        let mut dir = self.owner_dir(&record.owner);
+        dir.extend(&record.dir);
+        dir
+    }
+
+    /// Creates `files/<owner>/<dir…>` (durably), for an empty folder of an uploaded tree.
+    /// `dir` is sanitised: no component can leave the owner's folder.
+    pub fn make_dir(&self, owner: &str, dir: &[String]) -> Result<()> {
+        let mut path = self.owner_dir(owner);
+        path.extend(dir);
+        create_dir_durable(&path).with_context(|| format!("failed to create {}", path.display()))
     }
 
     /// Deletes an upload: records, chunk records and staging file. A crash between the two

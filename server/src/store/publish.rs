@@ -39,8 +39,10 @@ impl Store {
         File::open(&staging)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("failed to sync {}", staging.display()))?;
-        let dir = self.owner_dir(&record.owner);
+        let dir = self.publish_dir(record);
         create_dir_durable(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        // Names are recorded relative to the owner's folder: `dir/…/name`.
+        let prefix: String = record.dir.iter().map(|c| format!("{c}/")).collect();
         for n in 0..MAX_NUMBERED {
             let name = if n == 0 {
                 record.file_name.clone()
@@ -52,7 +54,7 @@ impl Store {
             }
             let mut intent = record.clone();
             intent.state = RecordState::Publishing;
-            intent.final_name = Some(name.clone());
+            intent.final_name = Some(format!("{prefix}{name}"));
             intent.sha256 = Some(digest.to_hex());
             self.put_record(id, &intent)?;
             self.sync()?;
@@ -89,7 +91,7 @@ impl Store {
             .final_name
             .clone()
             .context("publishing without a final name")?;
-        let dir = self.owner_dir(&record.owner);
+        let dir = self.publish_dir(&record);
         sync_dir(&dir).with_context(|| format!("failed to sync {}", dir.display()))?;
         record.state = RecordState::Complete;
         record.updated_at = unix_now();

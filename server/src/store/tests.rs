@@ -14,6 +14,7 @@ fn record(name: &str, size: u64) -> UploadRecord {
         updated_at: 1,
         final_name: None,
         sha256: None,
+        dir: Vec::new(),
     }
 }
 

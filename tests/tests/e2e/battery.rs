@@ -126,6 +126,7 @@ async fn request_cases(server: &TestServer) {
         size,
         chunk_size,
         desc: String::new(),
+        dir: Vec::new(),
     };
     let cases = [
         (
@@ -469,6 +470,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         size: 1000,
         chunk_size: 65536,
         desc: String::new(),
+        dir: Vec::new(),
     })
     .await;
     match raw.next().await {
@@ -491,6 +493,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         size: 2 << 20,
         chunk_size: 65536,
         desc: String::new(),
+        dir: Vec::new(),
     })
     .await;
     match bob.next().await {

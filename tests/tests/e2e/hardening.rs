@@ -178,6 +178,7 @@ async fn simultaneous_creates_cannot_overrun_the_quota_or_the_upload_limit() {
                     size: 60 << 20,
                     chunk_size: 4 << 20,
                     desc: String::new(),
+                    dir: Vec::new(),
                 })
                 .await;
                 raw.next().await
@@ -214,6 +215,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
             size: 1,
             chunk_size: 1024,
             desc: desc.clone(),
+            dir: Vec::new(),
         })
         .await;
         assert!(matches!(raw.next().await, Some(Frame::Created { .. })));
@@ -247,6 +249,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
         size: 2 * isolated * 1024,
         chunk_size: 1024,
         desc: String::new(),
+        dir: Vec::new(),
     })
     .await;
     let id = match raw.next().await {
@@ -432,6 +435,7 @@ async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
             size: 32 * chunk,
             chunk_size: chunk,
             desc: String::new(),
+            dir: Vec::new(),
         })
         .await;
         let Some(Frame::Created { upload, .. }) = raw.next().await else {
@@ -464,4 +468,34 @@ async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
     // 32 read buffers are 8 MiB; the chunk data itself goes to the staging files.
     assert!(grew_mib <= 4 * 48, "the server grew by {grew_mib} MiB");
     drop(held);
+}
+
+/// Folder paths from the network stay inside the owner's folder: each component is sanitised
+/// like a name (`..` alone is refused; a component with slashes keeps its last part), and
+/// depth and length are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_paths_cannot_leave_the_owners_folder() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::hello(&server, &server.alice).await;
+    let cases: [(Vec<&str>, Result<&str, ErrorCode>); 4] = [
+        (vec![".."], Err(ErrorCode::InvalidName)),
+        (vec!["a", "../../../etc"], Ok("a/etc")),
+        (vec!["/abs", "ok"], Ok("abs/ok")),
+        (vec!["x"; 33], Err(ErrorCode::InvalidName)),
+    ];
+    for (req, (dir, expected)) in (1..).zip(cases) {
+        raw.frame(&Frame::Mkdir {
+            req,
+            dir: dir.iter().map(|s| s.to_string()).collect(),
+        })
+        .await;
+        match (raw.next().await, expected) {
+            (Some(Frame::Made { dir: made, .. }), Ok(want)) => assert_eq!(made, want),
+            (Some(Frame::Error { code, .. }), Err(want)) => assert_eq!(code, want, "{dir:?}"),
+            (other, want) => panic!("{dir:?}: expected {want:?}, got {other:?}"),
+        }
+    }
+    let owner = server.data().join("files").join("alice");
+    assert!(owner.join("a/etc").is_dir() && owner.join("abs/ok").is_dir());
+    assert!(!server.data().join("etc").exists() && !server.data().join("files/etc").exists());
 }

@@ -198,3 +198,66 @@ fn a_server_never_reached_fails_within_five_seconds_with_a_hint() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
 }
+
+/// Before: `ferry upload videos/` failed with "Is a directory" and left a stuck upload. Now a
+/// folder is uploaded as a tree under its own name, like `scp -r`: nested folders, Unicode
+/// names and empty folders kept, a symbolic link left out with a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_is_uploaded_as_a_tree_and_a_rerun_sends_nothing() {
+    let job = Job::start();
+    let top = job.work.path().join("卡 card");
+    std::fs::create_dir_all(top.join("day 1/视频")).unwrap();
+    std::fs::create_dir_all(top.join("empty/also empty")).unwrap();
+    random_file(&top, "A001.mov", 300_000, 11);
+    random_file(&top.join("day 1"), "A002.mov", 200_000, 12);
+    random_file(&top.join("day 1/视频"), "第一集.mp4", 100_000, 13);
+    std::os::unix::fs::symlink(top.join("A001.mov"), top.join("link.mov")).unwrap();
+
+    let out = job
+        .upload(std::slice::from_ref(&top), &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("leaving out") && stderr.contains("link.mov"),
+        "{stderr}"
+    );
+    let lines = json_lines(&out.stdout);
+    let names: Vec<&str> = lines[..3]
+        .iter()
+        .map(|l| l["file_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "卡 card/A001.mov",
+            "卡 card/day 1/A002.mov",
+            "卡 card/day 1/视频/第一集.mp4"
+        ]
+    );
+    let published = job.data.join("files").join("alice").join("卡 card");
+    for rel in ["A001.mov", "day 1/A002.mov", "day 1/视频/第一集.mp4"] {
+        assert_same_file(&top.join(rel), &published.join(rel));
+    }
+    assert!(
+        published.join("empty/also empty").is_dir(),
+        "empty folders kept"
+    );
+    assert!(
+        !published.join("link.mov").exists(),
+        "the link was left out"
+    );
+
+    let again = job
+        .upload(std::slice::from_ref(&top), &[])
+        .output()
+        .unwrap();
+    let lines = json_lines(&again.stdout);
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (summary["skipped"].as_u64(), summary["bytes_sent"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert!(!published.join("A001 (1).mov").exists());
+}

@@ -483,6 +483,7 @@ async fn drive(
                 size: data.len() as u64,
                 chunk_size: CHUNK,
                 desc: String::new(),
+                dir: Vec::new(),
             };
             match conn.request(create).await? {
                 Frame::Created { upload, .. } => upload.upload_id,

@@ -344,6 +344,7 @@ pub async fn create_named(
         size,
         chunk_size: 64 << 10,
         desc: String::new(),
+        dir: Vec::new(),
     };
     match client.connection().await.unwrap().request(create).await? {
         Frame::Created { upload, .. } => Ok(upload),
