@@ -128,7 +128,7 @@ mod tests {
             ]
         );
         assert_eq!(job.left_out, vec![top.join("link.mov")]);
-        let followed = plan(&[top.clone()], true).unwrap();
+        let followed = plan(std::slice::from_ref(&top), true).unwrap();
         assert!(followed.left_out.is_empty());
         assert_eq!(followed.items.len(), 5);
     }
