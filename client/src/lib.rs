@@ -39,6 +39,8 @@ pub struct Options {
     pub reconnect_for: Duration,
     /// Draw a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// Where stderr is not a terminal, print a progress line this often (with `progress`).
+    pub progress_interval: Duration,
     /// How long a connection attempt waits for the server's answer. A server never reached
     /// in this run fails after one attempt; one that was reached is reconnected to.
     pub connect_timeout: Duration,
@@ -54,6 +56,7 @@ impl Options {
             limit_rate: None,
             reconnect_for: Duration::from_secs(300),
             progress: false,
+            progress_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
         }
     }

@@ -114,6 +114,9 @@ struct UploadArgs {
     /// In a folder, follow symbolic links (to files and folders) instead of leaving them out.
     #[arg(long)]
     follow_links: bool,
+    /// When stderr is not a terminal, print a progress line every this many seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_interval: u64,
 }
 
 fn main() -> ExitCode {
@@ -215,6 +218,7 @@ fn apply(opts: &mut Options, args: &UploadArgs) {
     opts.parallel = args.parallel.into();
     opts.limit_rate = args.limit_rate;
     opts.progress = !args.json;
+    opts.progress_interval = Duration::from_secs(args.progress_interval);
 }
 
 async fn upload_files(mut opts: Options, files: &[PathBuf], args: &UploadArgs) -> u8 {

@@ -1,6 +1,11 @@
-//! The progress bar: durable bytes (what the server acknowledged), rate and ETA. Hidden when
-//! stderr is not a terminal or when asked.
+//! Progress: on a terminal, a bar of durable bytes (what the server acknowledged), rate and
+//! ETA; elsewhere (nohup, a log file, a service), one plain line every interval.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::units::human;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub fn bar(visible: bool, total: u64, name: &str) -> ProgressBar {
@@ -16,4 +21,39 @@ pub fn bar(visible: bool, total: u64, name: &str) -> ProgressBar {
     bar.set_style(style);
     bar.set_message(name.to_owned());
     bar
+}
+
+/// Whether progress is shown as plain lines: stderr is not a terminal.
+pub fn plain() -> bool {
+    !std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// Prints, every `every`, one line for the upload of `name`: the share of the file safe on the
+/// server (acknowledged: `bar`'s position, kept even when the bar is hidden), the bytes this
+/// run sent and the send rate over the last interval. Stops when the handle is aborted.
+pub fn lines(
+    every: Duration,
+    name: String,
+    total: u64,
+    sent: Arc<AtomicU64>,
+    bar: ProgressBar,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut before = sent.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = sent.load(Ordering::Relaxed);
+            let safe = bar.position().min(total);
+            let pct = if total == 0 { 100 } else { safe * 100 / total };
+            let rate = (now - before) as f64 / every.as_secs_f64();
+            before = now;
+            eprintln!(
+                "ferry: {name}: {pct}% safe on the server ({} of {}), {} sent this run, {}/s",
+                human(safe),
+                human(total),
+                human(now),
+                human(rate as u64)
+            );
+        }
+    })
 }

@@ -94,6 +94,16 @@ impl Client {
         };
         let sent = Arc::new(AtomicU64::new(0));
         let progress = crate::progress::bar(self.opts.progress, key.size, &name);
+        // Aborted on drop, so the lines stop with the upload, whichever way it ends.
+        let _lines = (self.opts.progress && crate::progress::plain()).then(|| {
+            AbortOnDrop(crate::progress::lines(
+                self.opts.progress_interval,
+                name.clone(),
+                key.size,
+                sent.clone(),
+                progress.clone(),
+            ))
+        });
         let mut active: Option<Active> = None;
         let mut skipped = None;
         let mut resumed = false;
@@ -406,6 +416,15 @@ async fn open(
 
 fn layout_of(info: &UploadInfo) -> Result<ChunkLayout, ClientError> {
     ChunkLayout::new(info.size, info.chunk_size).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the pump reads from and reports to, the same across reconnects.

@@ -261,3 +261,39 @@ async fn a_folder_is_uploaded_as_a_tree_and_a_rerun_sends_nothing() {
     );
     assert!(!published.join("A001 (1).mov").exists());
 }
+
+/// Before: with stderr not a terminal nothing was printed until the end, so a long job under
+/// nohup showed no sign of life. Now one plain line every `--progress-interval` seconds.
+#[test]
+fn progress_lines_appear_when_stderr_is_not_a_terminal() {
+    let job = Job::start();
+    let file = random_file(job.work.path(), "long.mov", 6 << 20, 21);
+    let out = Command::new(binary("ferry"))
+        .args([
+            "--server",
+            &job.server.addr.to_string(),
+            "--token",
+            &job.token,
+        ])
+        .args(["--fingerprint", &job.server.fingerprint])
+        .arg("--state-dir")
+        .arg(job.work.path().join("state"))
+        .args(["upload", "--limit-rate", "2M", "--progress-interval", "1"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: long.mov: ") && l.contains("% safe on the server ("))
+        .collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("sent this run, 2.0 MiB/s")
+            || l.contains("sent this run, 1.")
+            || l.contains("sent this run, 2.")),
+        "{stderr}"
+    );
+}
