@@ -44,7 +44,7 @@ pub fn lines(
             tokio::time::sleep(every).await;
             let now = sent.load(Ordering::Relaxed);
             let safe = bar.position().min(total);
-            let pct = if total == 0 { 100 } else { safe * 100 / total };
+            let pct = (safe * 100).checked_div(total).unwrap_or(100);
             let rate = (now - before) as f64 / every.as_secs_f64();
             before = now;
             eprintln!(
