@@ -144,6 +144,13 @@ impl Client {
         self.journal.get(&key)
     }
 
+    /// Forgets the journal's record of `path` (after its upload was aborted or is gone).
+    pub fn forget(&self, path: &std::path::Path) {
+        if let Ok(key) = journal::FileKey::of(&self.opts.target.server, path) {
+            self.journal.remove(&key);
+        }
+    }
+
     /// Closes the connection and waits (at most a second) until the server was told, so it
     /// frees the connection's place at once instead of at its idle timeout.
     pub async fn close(&mut self) {

@@ -81,17 +81,26 @@ enum Command {
         #[command(flatten)]
         upload: UploadArgs,
     },
-    /// List this token's uploads on the server.
+    /// List this token's uploads on the server: those in progress and the last 20 completed.
     List {
         /// Print one JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Every upload the server has on record, not only the last 20 completed.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one upload, by id or by local file (via the resume journal); all unfinished ones
     /// without an argument.
-    Status { target: Option<String> },
-    /// Discard an unfinished upload on the server.
-    Abort { upload_id: String },
+    Status {
+        target: Option<String>,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Discard an unfinished upload on the server, by id or by local file; the local resume
+    /// record of the file is forgotten too.
+    Abort { target: String },
 }
 
 #[derive(Args)]
@@ -190,9 +199,11 @@ async fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Upload { files, upload } => upload_files(opts, &files, &upload).await,
         Command::Pick { dir, upload } => pick(opts, &dir, &upload).await,
-        Command::List { json } => with_client(opts, |c| Box::pin(list(c, json))).await,
-        Command::Status { target } => with_client(opts, |c| Box::pin(status(c, target))).await,
-        Command::Abort { upload_id } => with_client(opts, |c| Box::pin(abort(c, upload_id))).await,
+        Command::List { json, all } => with_client(opts, |c| Box::pin(list(c, json, all))).await,
+        Command::Status { target, json } => {
+            with_client(opts, |c| Box::pin(status(c, target, json))).await
+        }
+        Command::Abort { target } => with_client(opts, |c| Box::pin(abort(c, target))).await,
     };
     ExitCode::from(code)
 }
@@ -441,22 +452,34 @@ fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, u64)>, ClientError> {
     Ok(files)
 }
 
-async fn list(client: &mut Client, json: bool) -> Result<(), (String, ClientError)> {
-    let uploads = client
+/// Completed uploads `ferry list` shows without `--all`.
+const RECENT_COMPLETE: usize = 20;
+
+async fn list(client: &mut Client, json: bool, all: bool) -> Result<(), (String, ClientError)> {
+    let mut uploads = client
         .list()
         .await
         .map_err(|e| ("list failed".to_owned(), e))?;
-    for u in &uploads {
-        if json {
-            println!("{}", serde_json::to_string(u).unwrap_or_default());
-        } else {
-            println!("{}", line(u));
-        }
+    if !all {
+        let mut complete: Vec<&UploadSummary> =
+            uploads.iter().filter(|u| u.state == "complete").collect();
+        complete.sort_by_key(|u| std::cmp::Reverse(u.updated_at));
+        let recent: std::collections::HashSet<String> = complete
+            .iter()
+            .take(RECENT_COMPLETE)
+            .map(|u| u.upload_id.clone())
+            .collect();
+        uploads.retain(|u| u.state != "complete" || recent.contains(&u.upload_id));
     }
+    print_uploads(&uploads, json);
     Ok(())
 }
 
-async fn status(client: &mut Client, target: Option<String>) -> Result<(), (String, ClientError)> {
+async fn status(
+    client: &mut Client,
+    target: Option<String>,
+    json: bool,
+) -> Result<(), (String, ClientError)> {
     let uploads = client
         .list()
         .await
@@ -467,7 +490,7 @@ async fn status(client: &mut Client, target: Option<String>) -> Result<(), (Stri
             Some(entry) => Some(entry.upload_id),
             None => {
                 println!(
-                    "{t}: no interrupted upload of this file to {}",
+                    "{t}: no upload of this file to {} on record here",
                     client.options().target.server
                 );
                 return Ok(());
@@ -475,32 +498,74 @@ async fn status(client: &mut Client, target: Option<String>) -> Result<(), (Stri
         },
         Some(t) => Some(t.clone()),
     };
-    let shown: Vec<&UploadSummary> = uploads
-        .iter()
+    let shown: Vec<UploadSummary> = uploads
+        .into_iter()
         .filter(|u| match &wanted {
             Some(id) => &u.upload_id == id,
             None => u.state != "complete",
         })
         .collect();
-    if let (Some(id), true) = (&wanted, shown.is_empty()) {
-        return Err((
-            "status failed".into(),
-            ClientError::Usage(format!("no upload {id} on the server")),
-        ));
-    }
-    for u in shown {
-        println!("{}", line(u));
+    match (&wanted, shown.is_empty()) {
+        (Some(id), true) => {
+            return Err((
+                "status failed".into(),
+                ClientError::Usage(format!("no upload {id} on the server")),
+            ))
+        }
+        (None, true) if !json => println!("nothing in progress"),
+        _ => print_uploads(&shown, json),
     }
     Ok(())
 }
 
-async fn abort(client: &mut Client, upload_id: String) -> Result<(), (String, ClientError)> {
-    client
-        .abort(&upload_id)
-        .await
-        .map_err(|e| (format!("abort of {upload_id} failed"), e))?;
-    println!("aborted {upload_id}");
+async fn abort(client: &mut Client, target: String) -> Result<(), (String, ClientError)> {
+    let path = Path::new(&target);
+    let upload_id = if path.exists() {
+        match client.journal_entry(path) {
+            Some(entry) if entry.complete.is_none() => entry.upload_id,
+            Some(_) => {
+                let e = ClientError::Usage(format!(
+                    "{target} was uploaded completely; nothing to abort"
+                ));
+                return Err(("abort failed".into(), e));
+            }
+            None => {
+                let e = ClientError::Usage(format!("no upload of {target} on record here"));
+                return Err(("abort failed".into(), e));
+            }
+        }
+    } else {
+        target.clone()
+    };
+    match client.abort(&upload_id).await {
+        Ok(()) => println!("aborted {upload_id}"),
+        // Gone from the server already: only the local record was left to forget.
+        Err(ClientError::Server {
+            code: ferry_proto::ErrorCode::NotFound | ferry_proto::ErrorCode::Expired,
+            ..
+        }) if path.exists() => println!("{upload_id} is no longer on the server"),
+        Err(e) => return Err((format!("abort of {upload_id} failed"), e)),
+    }
+    if path.exists() {
+        client.forget(path);
+    }
     Ok(())
+}
+
+fn print_uploads(uploads: &[UploadSummary], json: bool) {
+    if json {
+        for u in uploads {
+            println!("{}", serde_json::to_string(u).unwrap_or_default());
+        }
+        return;
+    }
+    println!(
+        "{:<32}  {:<9}  {:>6}  {:>10}  {:<16}  NAME",
+        "ID", "STATE", "DONE", "SIZE", "UPDATED (UTC)"
+    );
+    for u in uploads {
+        println!("{}", line(u));
+    }
 }
 
 fn line(u: &UploadSummary) -> String {
@@ -522,13 +587,30 @@ fn line(u: &UploadSummary) -> String {
         }
     };
     format!(
-        "{}  {:<9}  {:>5.1}%  {:>12}  {}{expiry}",
+        "{}  {:<9}  {:>5.1}%  {:>10}  {:<16}  {}{expiry}",
         u.upload_id,
         u.state,
         pct,
         human(u.size),
+        utc(u.updated_at),
         u.file_name
     )
+}
+
+/// `YYYY-MM-DD HH:MM` of a Unix time, UTC (days to civil date: Howard Hinnant's algorithm).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}")
 }
 
 fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {
@@ -544,4 +626,14 @@ fn report(what: &str, e: &ClientError) -> u8 {
 
 fn fail(what: &str, e: &ClientError) -> ExitCode {
     ExitCode::from(report(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc(1_795_984_200), "2026-11-29 20:30");
+    }
 }

@@ -297,3 +297,65 @@ fn progress_lines_appear_when_stderr_is_not_a_terminal() {
         "{stderr}"
     );
 }
+
+/// `ferry list` has a header and dates; `ferry status` says "nothing in progress" when so;
+/// `ferry abort FILE` finds the upload through the journal and forgets the local record, so
+/// the next run starts afresh instead of resuming an upload that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_status_and_abort_by_file() {
+    let job = Job::start();
+    let files = sources(job.work.path());
+    let ferry = |args: &[&str]| {
+        let out = Command::new(binary("ferry"))
+            .args([
+                "--server",
+                &job.server.addr.to_string(),
+                "--token",
+                &job.token,
+            ])
+            .args(["--fingerprint", &job.server.fingerprint])
+            .arg("--state-dir")
+            .arg(job.work.path().join("state"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(ferry(&["status"]), "nothing in progress\n");
+    let mut first = job
+        .upload(&files[2..], &["--limit-rate", "4M"])
+        .spawn()
+        .unwrap();
+    let probe = job.work.path().join("probe");
+    let reached = eventually(Duration::from_secs(60), async || {
+        job.server.durable_bytes(&job.token, &probe).await > 0
+    })
+    .await;
+    assert!(reached);
+    let _ = first.kill();
+    let _ = first.wait();
+
+    let listed = ferry(&["list"]);
+    let mut lines = listed.lines();
+    assert!(
+        row.contains("receiving") && row.contains("A003.mov"),
+        "{listed}"
+    );
+    let file = files[2].to_str().unwrap();
+    assert!(ferry(&["status", file]).contains("A003.mov"));
+    assert!(ferry(&["abort", file]).starts_with("aborted "));
+    assert_eq!(ferry(&["status"]), "nothing in progress\n");
+
+    let out = job.upload(&files[2..], &[]).output().unwrap();
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines[0]["status"], "complete");
+    assert_eq!(
+        lines[0]["resumed"], false,
+        "a fresh upload, not the aborted one"
+    );
+}
