@@ -342,6 +342,8 @@ async fn list_status_and_abort_by_file() {
 
     let listed = ferry(&["list"]);
     let mut lines = listed.lines();
+    assert!(lines.next().unwrap().starts_with("ID "), "{listed}");
+    let row = lines.next().unwrap();
     assert!(
         row.contains("receiving") && row.contains("A003.mov"),
         "{listed}"
