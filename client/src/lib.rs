@@ -8,6 +8,7 @@ pub mod job;
 pub mod journal;
 mod progress;
 pub mod rate;
+mod stream;
 mod transport;
 pub mod trust;
 pub mod upload;
