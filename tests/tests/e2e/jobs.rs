@@ -29,23 +29,25 @@ impl Job {
         }
     }
 
+    /// `ferry` with this job's server, token, fingerprint and state directory, then `args`.
+    fn ferry(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("ferry"));
+        cmd.args(["--server", &self.server.addr.to_string()])
+            .args(["--token", &self.token])
+            .args(["--fingerprint", &self.server.fingerprint])
+            .arg("--state-dir")
+            .arg(self.work.path().join("state"))
+            .args(args);
+        cmd
+    }
+
     /// `ferry upload --json FILES…` with the given extra upload options.
     fn upload(&self, files: &[PathBuf], extra: &[&str]) -> Command {
-        let mut cmd = Command::new(binary("ferry"));
-        cmd.args([
-            "--server",
-            &self.server.addr.to_string(),
-            "--token",
-            &self.token,
-        ])
-        .args(["--fingerprint", &self.server.fingerprint])
-        .arg("--state-dir")
-        .arg(self.work.path().join("state"))
-        .args(["upload", "--json", "--chunk-size", "1MiB"])
-        .args(extra)
-        .args(files)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut cmd = self.ferry(&["upload", "--json", "--chunk-size", "1MiB"]);
+        cmd.args(extra)
+            .args(files)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     }
 
@@ -268,17 +270,8 @@ async fn a_folder_is_uploaded_as_a_tree_and_a_rerun_sends_nothing() {
 fn progress_lines_appear_when_stderr_is_not_a_terminal() {
     let job = Job::start();
     let file = random_file(job.work.path(), "long.mov", 6 << 20, 21);
-    let out = Command::new(binary("ferry"))
-        .args([
-            "--server",
-            &job.server.addr.to_string(),
-            "--token",
-            &job.token,
-        ])
-        .args(["--fingerprint", &job.server.fingerprint])
-        .arg("--state-dir")
-        .arg(job.work.path().join("state"))
-        .args(["upload", "--limit-rate", "2M", "--progress-interval", "1"])
+    let out = job
+        .ferry(&["upload", "--limit-rate", "2M", "--progress-interval", "1"])
         .arg(&file)
         .stderr(Stdio::piped())
         .output()
@@ -306,19 +299,7 @@ async fn list_status_and_abort_by_file() {
     let job = Job::start();
     let files = sources(job.work.path());
     let ferry = |args: &[&str]| {
-        let out = Command::new(binary("ferry"))
-            .args([
-                "--server",
-                &job.server.addr.to_string(),
-                "--token",
-                &job.token,
-            ])
-            .args(["--fingerprint", &job.server.fingerprint])
-            .arg("--state-dir")
-            .arg(job.work.path().join("state"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = job.ferry(args).output().unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
