@@ -298,6 +298,35 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `ferryd serve` (the built binary) on a fresh data directory with a token for `alice`: where
+/// the process-level tests start.
+pub struct Deployment {
+    // Dropped first: the server is killed before its directory goes.
+    pub server: ServerProcess,
+    pub token: String,
+    /// `work/data`.
+    pub data: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Starts the server with these extra `serve` options.
+    pub fn start(extra: &[&str]) -> Self {
+        let work = tempfile::tempdir().expect("temp dir");
+        let data = work.path().join("data");
+        let token = ferry_server::Tokens::new(&data)
+            .add("alice")
+            .expect("token for alice");
+        let server = ServerProcess::start_with(&data, "127.0.0.1:0", extra);
+        Self {
+            server,
+            token,
+            data,
+            work,
+        }
+    }
+}
+
 /// Waits for `child` at most `limit`; kills it if it is still running then.
 pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;

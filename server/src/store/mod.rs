@@ -176,10 +176,10 @@ impl Store {
         report.reconciled = store.reconcile()?;
         // After an unclean stop the durable chunks are re-verified, but not here: the server
         // listens first and `crate::verify` works through them in the background.
+        // (Read only: `reconcile` ended with a sync, nothing is left to make durable.)
         if !clean {
             report.to_verify = store.to_verify()?;
         }
-        store.sync()?;
         Ok((store, report))
     }
 

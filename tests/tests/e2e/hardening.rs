@@ -60,10 +60,9 @@ async fn squatter(addr: SocketAddr, fingerprint: String, from: SocketAddr) -> Op
 /// credit and 128 KiB before login, a login budget of 64 with the oldest evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_neither_grows_memory_nor_locks_out_a_user() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
-    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    // Bound whole: its temp dir must outlive the server.
+    let deployment = Deployment::start(&[]);
+    let (server, token) = (&deployment.server, deployment.token.clone());
     let pid = server.child.id();
     let before = rss_kib(pid);
     let mut flood = Vec::new();
@@ -118,10 +117,8 @@ async fn a_login_flood_neither_grows_memory_nor_locks_out_a_user() {
 /// most 64 frames wait, the server stops reading requests, then closes the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_replies_is_cut_off_with_bounded_memory() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
-    let server = ServerProcess::start_with(&data, "127.0.0.1:0", &["--stream-timeout", "2s"]);
+    let deployment = Deployment::start(&["--stream-timeout", "2s"]);
+    let (server, token) = (&deployment.server, deployment.token.clone());
     let pid = server.child.id();
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(quinn::VarInt::from_u32(4096));
@@ -419,10 +416,9 @@ async fn a_colliding_255_byte_name_is_published_shortened() {
 /// buffer per stream and the windows (docs/security.md); chunk data goes to the staging file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
-    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    // Bound whole: its temp dir must outlive the server.
+    let deployment = Deployment::start(&[]);
+    let (server, token) = (&deployment.server, deployment.token.clone());
     let pid = server.child.id();
     let before = rss_kib(pid);
     let chunk = 8u64 << 20;

@@ -8,25 +8,19 @@ use std::time::Duration;
 
 use ferry_tests::*;
 
-struct Job {
-    work: tempfile::TempDir,
-    data: PathBuf,
-    token: String,
-    server: ServerProcess,
+/// A deployment and the job commands run against it.
+struct Job(Deployment);
+
+impl std::ops::Deref for Job {
+    type Target = Deployment;
+    fn deref(&self) -> &Deployment {
+        &self.0
+    }
 }
 
 impl Job {
     fn start() -> Self {
-        let work = tempfile::tempdir().unwrap();
-        let data = work.path().join("data");
-        let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
-        let server = ServerProcess::start(&data, "127.0.0.1:0");
-        Self {
-            work,
-            data,
-            token,
-            server,
-        }
+        Self(Deployment::start(&[]))
     }
 
     /// `ferry` with this job's server, token, fingerprint and state directory, then `args`.
