@@ -45,6 +45,8 @@ pub struct Connection {
     pub events: mpsc::UnboundedReceiver<Frame>,
     pub owner: String,
     pub limits: Limits,
+    /// The server software and version from `welcome` (empty from an older server).
+    pub server: String,
 }
 
 /// A client endpoint: one UDP socket, reused across reconnects. Cloning shares it.
@@ -202,8 +204,13 @@ impl Connection {
             token: token.to_owned(),
         };
         write_frame(&mut send, &hello).await.map_err(|e| lost(&e))?;
-        let (owner, limits) = match read_frame(&mut recv).await {
-            Ok(Some(Frame::Welcome { owner, limits, .. })) => (owner, limits),
+        let (owner, limits, server) = match read_frame(&mut recv).await {
+            Ok(Some(Frame::Welcome {
+                owner,
+                limits,
+                server,
+                ..
+            })) => (owner, limits, server),
             Ok(Some(Frame::Error { code, message, .. })) => {
                 return Err(ClientError::Server { code, message })
             }
@@ -226,6 +233,7 @@ impl Connection {
             events,
             owner,
             limits,
+            server,
         })
     }
 
@@ -369,6 +377,9 @@ async fn dispatch(
             | Frame::Finished { req, .. }
             | Frame::Aborted { req, .. }
             | Frame::Made { req, .. }
+            | Frame::Deduped { req, .. }
+            | Frame::NoMatch { req }
+            | Frame::Pong { req }
             | Frame::Listing { req, .. }
             | Frame::Error { req: Some(req), .. } => Some(*req),
             _ => None,

@@ -1,10 +1,22 @@
-//! The files and folders of one `ferry upload` command: what to send and in which order. A
-//! folder argument is uploaded as a tree, like `scp -r DIR host:`: its name kept, regular files
-//! only, in name order, empty folders kept, symbolic links skipped with a note unless followed.
+//! The files and folders of one `ferry upload` command: what to send and in which order, and
+//! running it. A folder argument is uploaded as a tree, like `scp -r DIR host:`: its name kept,
+//! regular files only, in name order, empty folders kept, symbolic links skipped with a note
+//! unless followed.
+//!
+//! Files start in that order, up to `files` of them at once, each on its own connection of
+//! one shared UDP socket; together they keep at most `parallel` chunk streams sending (one
+//! window, first come first served). So a small file never waits behind a huge one for the
+//! whole run, and the job as a whole sends as fast as one file would.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::ClientError;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::{Client, ClientError, Options, Report, Shared};
 
 /// Deepest folder tree walked (the server's limit on a folder path is the same).
 pub const MAX_DEPTH: usize = ferry_proto::name::MAX_DIR_DEPTH;
@@ -16,6 +28,22 @@ pub enum Item {
     File { path: PathBuf, dir: Vec<String> },
     /// Create the folder `dir`, which holds nothing to upload.
     EmptyDir { dir: Vec<String> },
+}
+
+impl Item {
+    /// Bytes of the file (0 for a folder, or if it cannot be read now).
+    pub fn size(&self) -> u64 {
+        match self {
+            Item::File { path, .. } => std::fs::metadata(path).map_or(0, |m| m.len()),
+            Item::EmptyDir { .. } => 0,
+        }
+    }
+}
+
+/// How one item of a job ended.
+pub enum Outcome {
+    File(Report),
+    Folder(String),
 }
 
 /// What one command will do, and what it leaves out.
@@ -85,6 +113,129 @@ fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), 
         job.items.push(Item::EmptyDir { dir: at });
     }
     Ok(())
+}
+
+/// Runs `items` with at most `files` of them at once, calling `done` for each in the job's
+/// order (a file that ends early waits for those before it, so output is stable). Stops starting new items after an error that ends the run (exit code 1:
+/// the server is gone) or when `cancel` turns true (Ctrl-C); items in flight then stop at
+/// once, their acknowledged chunks safe on the server. The first connection is made before
+/// anything else, so an unreachable server fails once, fast.
+pub async fn run(
+    opts: Options,
+    items: Vec<Item>,
+    files: usize,
+    desc: String,
+    shared: Shared,
+    mut cancel: watch::Receiver<bool>,
+    mut done: impl FnMut(&Item, Result<Outcome, ClientError>),
+) -> Result<(), ClientError> {
+    let window = opts.parallel.max(1);
+    let shared = Shared {
+        window: Some(
+            shared
+                .window
+                .unwrap_or_else(|| Arc::new(Semaphore::new(window))),
+        ),
+        ..shared
+    };
+    let endpoint = Client::endpoint_for(&opts)?;
+    let mut first = Client::with(opts.clone(), endpoint.clone(), shared.clone());
+    tokio::select! {
+        r = first.connection() => { r?; }
+        _ = cancel.wait_for(|c| *c) => return Err(ClientError::Interrupted),
+    }
+    let file_count = items
+        .iter()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .count();
+    let workers = files.clamp(1, file_count.max(1));
+    let queue = Arc::new(Mutex::new(
+        items.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut first = Some(first);
+    for _ in 0..workers {
+        let client = first
+            .take()
+            .unwrap_or_else(|| Client::with(opts.clone(), endpoint.clone(), shared.clone()));
+        let worker = Worker {
+            queue: queue.clone(),
+            stop: stop.clone(),
+            results: tx.clone(),
+            cancel: cancel.clone(),
+            desc: desc.clone(),
+        };
+        tasks.spawn(worker.run(client));
+    }
+    drop(tx);
+    let mut ended = std::collections::BTreeMap::new();
+    let mut next = 0;
+    while let Some((n, item, result)) = rx.recv().await {
+        ended.insert(n, (item, result));
+        while let Some((item, result)) = ended.remove(&next) {
+            done(&item, result);
+            next += 1;
+        }
+    }
+    // After a stop, items never started leave gaps: the rest in order.
+    for (item, result) in ended.into_values() {
+        done(&item, result);
+    }
+    // Every worker closed its connection before dropping its sender; this only reaps them.
+    while tasks.join_next().await.is_some() {}
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    if *cancel.borrow() {
+        return Err(ClientError::Interrupted);
+    }
+    Ok(())
+}
+
+/// One of the job's connections: takes the next item until none is left.
+struct Worker {
+    queue: Arc<Mutex<VecDeque<(usize, Item)>>>,
+    stop: Arc<AtomicBool>,
+    results: mpsc::UnboundedSender<(usize, Item, Result<Outcome, ClientError>)>,
+    cancel: watch::Receiver<bool>,
+    desc: String,
+}
+
+impl Worker {
+    async fn run(mut self, mut client: Client) {
+        // Bounded by the queue: each turn takes one item off it.
+        loop {
+            if self.stop.load(Ordering::Relaxed) || *self.cancel.borrow() {
+                break;
+            }
+            let Some((n, item)) = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            else {
+                break;
+            };
+            let work = async {
+                match &item {
+                    Item::File { path, dir } => client
+                        .upload_in(path, dir, &self.desc)
+                        .await
+                        .map(Outcome::File),
+                    Item::EmptyDir { dir } => client.mkdir(dir).await.map(Outcome::Folder),
+                }
+            };
+            let result = tokio::select! {
+                r = work => r,
+                _ = self.cancel.wait_for(|c| *c) => break,
+            };
+            if matches!(&result, Err(e) if e.exit_code() == 1) {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+            let _ = self.results.send((n, item, result));
+        }
+        client.close().await;
+    }
 }
 
 fn component(path: &Path) -> String {

@@ -2,11 +2,12 @@
 //! endpoint and at most one connection, reconnecting when it is lost; `upload` drives the
 //! chunk pipeline (see `upload.rs`), `list` and `abort` are single requests.
 
+pub mod config;
 pub mod connection;
 mod error;
 pub mod job;
 pub mod journal;
-mod progress;
+pub mod progress;
 pub mod rate;
 mod stream;
 mod transport;
@@ -18,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proto::{ErrorCode, Frame, UploadSummary};
+use ferry_proto::{ErrorCode, Frame, OnExists, UploadSummary};
+use tokio::sync::Semaphore;
 
 pub use connection::{Connection, Endpoint, Target};
 pub use error::ClientError;
@@ -38,10 +40,11 @@ pub struct Options {
     pub limit_rate: Option<u64>,
     /// After a connection loss, keep reconnecting this long without progress before giving up.
     pub reconnect_for: Duration,
-    /// Draw a progress bar (only ever on a terminal).
-    pub progress: bool,
-    /// Where stderr is not a terminal, print a progress line this often (with `progress`).
-    pub progress_interval: Duration,
+    /// What publishing does when the file's name is taken on the server.
+    pub on_exists: OnExists,
+    /// Before sending a new upload, hash the whole file and ask the server whether it holds
+    /// that content already (then it is published by link, nothing is sent).
+    pub dedup: bool,
     /// How long a connection attempt waits for the server's answer. A server never reached
     /// in this run fails after one attempt; one that was reached is reconnected to.
     pub connect_timeout: Duration,
@@ -56,15 +59,27 @@ impl Options {
             parallel: 8,
             limit_rate: None,
             reconnect_for: Duration::from_secs(300),
-            progress: false,
-            progress_interval: Duration::from_secs(10),
+            on_exists: OnExists::Rename,
+            dedup: false,
             connect_timeout: Duration::from_secs(5),
         }
     }
 }
 
+/// What the clients of one command share: the window of chunk streams, the rate limit and the
+/// progress.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Chunk streams sending at once, all files together; `None`: each upload's own
+    /// `parallel` only.
+    pub window: Option<Arc<Semaphore>>,
+    pub limiter: Option<Arc<rate::RateLimiter>>,
+    pub tracker: Arc<progress::Tracker>,
+}
+
 pub struct Client {
     opts: Options,
+    shared: Shared,
     endpoint: Endpoint,
     /// The current connection; dropped on loss and re-made on the next request.
     conn: Option<Connection>,
@@ -74,16 +89,38 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: Options) -> Result<Self, ClientError> {
+        let limiter = opts.limit_rate.map(|r| Arc::new(rate::RateLimiter::new(r)));
+        let shared = Shared {
+            limiter,
+            ..Shared::default()
+        };
+        let endpoint = Self::endpoint_for(&opts)?;
+        Ok(Self::with(opts, endpoint, shared))
+    }
+
+    /// A new endpoint (UDP socket) for `opts`' server.
+    pub fn endpoint_for(opts: &Options) -> Result<Endpoint, ClientError> {
         let ipv6 = opts.target.server.starts_with('[');
         let mut endpoint = Endpoint::new(ipv6)?;
         endpoint.set_connect_timeout(opts.connect_timeout);
-        Ok(Self {
+        Ok(endpoint)
+    }
+
+    /// A client on `endpoint` (which several clients of one command may share, each with its
+    /// own connection), sharing `shared` with the others.
+    pub fn with(opts: Options, endpoint: Endpoint, shared: Shared) -> Self {
+        Self {
             endpoint,
             conn: None,
             journal: journal::Journal::new(&opts.state_dir),
-            limiter: opts.limit_rate.map(|r| Arc::new(rate::RateLimiter::new(r))),
+            limiter: shared.limiter.clone(),
+            shared,
             opts,
-        })
+        }
+    }
+
+    pub fn tracker(&self) -> &Arc<progress::Tracker> {
+        &self.shared.tracker
     }
 
     pub fn options(&self) -> &Options {

@@ -26,6 +26,26 @@ pub(crate) struct ChunkJob {
     pub(crate) span: Span,
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     pub(crate) sent: Arc<AtomicU64>,
+    /// A place in the command's window of sending streams, waited for first.
+    pub(crate) window: Option<Arc<tokio::sync::Semaphore>>,
+    /// The upload's streams holding a place, this one included while it sends.
+    pub(crate) sending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a stream in `ChunkJob::sending` while it lives.
+struct Sending(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Sending {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ChunkJob {
@@ -35,6 +55,17 @@ impl ChunkJob {
     /// `parallel` × chunk size. If the file changes between the passes, the server's digest
     /// check rejects the chunk and it is sent again.
     pub(crate) async fn send(self) -> Result<(), ClientError> {
+        let _place = match &self.window {
+            Some(window) => Some(
+                window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ClientError::Interrupted)?,
+            ),
+            None => None,
+        };
+        let _sending = Sending::new(&self.sending);
         let (file, span, index) = (self.file.clone(), self.span, self.index);
         let unreadable = move |e: std::io::Error| {
             ClientError::local(

@@ -9,16 +9,20 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_proto::{ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSender};
+use ferry_proto::units::human;
+use ferry_proto::{
+    ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, OnExists, UploadInfo, UploadSender,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
 use crate::journal::{Completed, Entry, FileKey, Journal};
+use crate::progress::FileProgress;
 use crate::rate::RateLimiter;
 pub use crate::stream::send_chunk;
 use crate::stream::ChunkJob;
@@ -31,9 +35,11 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// What `ferry upload --json` prints, one line per file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// `complete`, `skipped` (already on the server: confirmed from the journal, or the name
+    /// is taken and `--on-exists skip`) or `deduplicated` (published by link, nothing sent).
     pub status: &'static str,
     pub upload_id: String,
-    /// The name the server published the file under.
+    /// The name the server published the file under (relative to the owner's folder).
     pub file_name: String,
     pub size: u64,
     pub sha256: String,
@@ -46,12 +52,24 @@ pub struct Report {
     pub resumed: bool,
     /// Connections re-established during this run.
     pub reconnects: u32,
+    /// Why a file was skipped when it is not the journal's confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The upload being driven, kept across reconnects.
 struct Active {
     info: UploadInfo,
     sender: UploadSender,
+}
+
+/// Marks a file's progress finished however its upload ends.
+struct Finished(Arc<FileProgress>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 impl Client {
@@ -79,27 +97,44 @@ impl Client {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let shown: String = dir.iter().map(|d| format!("{d}/")).collect::<String>() + &name;
+        let progress = self.shared.tracker.file(&shown, key.size);
+        let _finished = Finished(progress.clone());
         let mut reconnects = 0;
         if let Some(report) = self.already_there(&key, started, &mut reconnects).await? {
             return Ok(report);
         }
+        // With --dedup, a file the server never saw from here is hashed first (one read) and
+        // offered by content; the digest then serves the finish too.
+        let mut known_digest = None;
+        if self.opts.dedup && self.journal.get(&key).is_none() {
+            let digest = {
+                let file = file.clone();
+                let size = key.size;
+                tokio::task::spawn_blocking(move || hash_file(&file, size))
+                    .await
+                    .map_err(|e| ClientError::Local(e.to_string()))?
+                    .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
+            };
+            let ask = (name.as_str(), dir, desc);
+            match self
+                .dedup(&key, ask, digest, started, &mut reconnects)
+                .await
+            {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) => known_digest = Some(digest),
+                Err(e) => return self.name_taken(e, &shown, &key, started),
+            }
+        }
         let hashing = {
             let file = file.clone();
             let size = key.size;
-            tokio::task::spawn_blocking(move || hash_file(&file, size))
+            tokio::task::spawn_blocking(move || match known_digest {
+                Some(digest) => Ok(digest),
+                None => hash_file(&file, size),
+            })
         };
-        let sent = Arc::new(AtomicU64::new(0));
-        let progress = crate::progress::bar(self.opts.progress, key.size, &name);
-        // Aborted on drop, so the lines stop with the upload, whichever way it ends.
-        let _lines = (self.opts.progress && crate::progress::plain()).then(|| {
-            AbortOnDrop(crate::progress::lines(
-                self.opts.progress_interval,
-                name.clone(),
-                key.size,
-                sent.clone(),
-                progress.clone(),
-            ))
-        });
+        let sent = progress.sent.clone();
         let mut active: Option<Active> = None;
         let mut skipped = None;
         let mut resumed = false;
@@ -110,26 +145,14 @@ impl Client {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
                 let durable = match &mut active {
                     None => {
-                        let (info, was_resumed) = open(
-                            conn,
-                            &self.journal,
-                            &key,
-                            (&name, dir),
-                            desc,
-                            self.opts.chunk_size,
-                        )
-                        .await?;
+                        let (info, was_resumed) =
+                            open(conn, &self.journal, &key, (&name, dir, desc), &self.opts).await?;
                         resumed = was_resumed;
                         let layout = layout_of(&info)?;
                         let durable = ChunkSet::from_wire(&info.durable, layout.count())
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;
                         let held = *skipped.get_or_insert(layout.bytes_in(&durable));
-                        if held > 0 {
-                            progress.set_message(format!(
-                                "{name} (resumed, {} on the server)",
-                                indicatif::HumanBytes(held)
-                            ));
-                        }
+                        progress.set_held(held);
                         active = Some(Active {
                             sender: UploadSender::new(layout, durable.clone(), self.opts.parallel),
                             info,
@@ -145,13 +168,12 @@ impl Client {
                     }
                 };
                 let a = active.as_mut().expect("set above");
-                progress.set_position(a.sender.layout().bytes_in(&durable));
-                // The jump to what the server holds is not transfer: rate and ETA start here.
-                progress.reset_eta();
+                progress.set_safe(a.sender.layout().bytes_in(&durable));
                 let io = Io {
                     file: &file,
                     sent: &sent,
                     limiter: self.limiter.as_ref(),
+                    window: self.shared.window.as_ref(),
                     progress: &progress,
                     stall: STALL_TIMEOUT.min(self.opts.reconnect_for),
                 };
@@ -166,9 +188,10 @@ impl Client {
                 Err(e) if e.is_retryable() && last_progress.elapsed() < self.opts.reconnect_for => {
                     self.drop_connection();
                     reconnects += 1;
-                    progress.suspend(|| {
-                        eprintln!("ferry: {e}; reconnecting in {} ms", backoff.as_millis())
-                    });
+                    self.shared.tracker.note(&format!(
+                        "ferry: {e}; reconnecting in {} ms",
+                        backoff.as_millis()
+                    ));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -178,7 +201,7 @@ impl Client {
                         self.opts.reconnect_for.as_secs()
                     )))
                 }
-                Err(e) => return Err(e),
+                Err(e) => return self.name_taken(e, &shown, &key, started),
             }
         };
         let digest = hashing
@@ -192,13 +215,7 @@ impl Client {
             .as_ref()
             .is_none_or(|k| k.size != key.size || k.mtime_ns != key.mtime_ns)
         {
-            let id = finished.info.upload_id.clone();
-            if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await {
-                let _ = conn
-                    .request(|req| Frame::Abort { req, upload_id: id })
-                    .await;
-            }
-            self.journal.remove(&key);
+            self.discard(&finished.info.upload_id, &key).await;
             return Err(ClientError::Local(format!(
                 "{} changed while it was being uploaded; the upload was discarded, nothing was published",
                 path.display()
@@ -214,35 +231,26 @@ impl Client {
             }) => {
                 // The bytes the server holds are not this file any more (it changed while being
                 // uploaded): drop the upload so the next run starts afresh.
-                if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await
-                {
-                    let id = upload_id.clone();
-                    let _ = conn
-                        .request(|req| Frame::Abort { req, upload_id: id })
-                        .await;
-                }
-                self.journal.remove(&key);
+                self.discard(&upload_id, &key).await;
                 return Err(ClientError::Local(format!(
                     "{} changed during the upload ({message}); the upload was discarded, run again to upload it afresh",
                     path.display()
                 )));
             }
+            Err(
+                e @ ClientError::Server {
+                    code: ErrorCode::AlreadyExists,
+                    ..
+                },
+            ) => {
+                // The name was taken while the file was being sent: nothing is published, and
+                // the upload would only hold space.
+                self.discard(&upload_id, &key).await;
+                return self.name_taken(e, &shown, &key, started);
+            }
             Err(e) => return Err(e),
         };
-        // Remembered as complete: a re-run confirms it with the server and sends nothing.
-        if let Some(mut entry) = self.journal.get(&key) {
-            entry.complete = Some(Completed {
-                file_name: file_name.clone(),
-                sha256: digest.to_hex(),
-            });
-            if let Err(e) = self.journal.put(&key, &entry) {
-                eprintln!(
-                    "ferry: cannot record {} as complete in the journal: {e}",
-                    path.display()
-                );
-            }
-        }
-        progress.finish_and_clear();
+        self.remember_complete(&key, &file_name, digest);
         Ok(Report {
             status: "complete",
             upload_id,
@@ -254,7 +262,154 @@ impl Client {
             elapsed_ms: started.elapsed().as_millis() as u64,
             resumed,
             reconnects,
+            reason: None,
         })
+    }
+
+    /// `already_exists` with `--on-exists skip` is a skipped file; any other error stays one.
+    fn name_taken(
+        &self,
+        e: ClientError,
+        shown: &str,
+        key: &FileKey,
+        started: Instant,
+    ) -> Result<Report, ClientError> {
+        match e {
+            ClientError::Server {
+                code: ErrorCode::AlreadyExists,
+                ..
+            } if self.opts.on_exists == OnExists::Skip => Ok(Report {
+                status: "skipped",
+                upload_id: String::new(),
+                file_name: shown.to_owned(),
+                size: key.size,
+                sha256: String::new(),
+                bytes_sent: 0,
+                bytes_skipped: 0,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                resumed: false,
+                reconnects: 0,
+                reason: Some("a file of that name exists on the server (--on-exists skip)".into()),
+            }),
+            e => Err(e),
+        }
+    }
+
+    /// Aborts an upload that must not be published and forgets it locally.
+    async fn discard(&mut self, upload_id: &str, key: &FileKey) {
+        if let Ok(conn) = connected(&mut self.conn, &self.endpoint, &self.opts.target).await {
+            let id = upload_id.to_owned();
+            let _ = conn
+                .request(|req| Frame::Abort { req, upload_id: id })
+                .await;
+        }
+        self.journal.remove(key);
+    }
+
+    /// Records the file as complete in the journal: a re-run confirms it with the server and
+    /// sends nothing.
+    fn remember_complete(&self, key: &FileKey, file_name: &str, digest: Digest) {
+        let mut entry = self.journal.get(key).unwrap_or_else(|| Entry {
+            upload_id: String::new(),
+            server: key.server.clone(),
+            path: key.path.clone(),
+            size: key.size,
+            chunk_size: 0,
+            complete: None,
+        });
+        entry.complete = Some(Completed {
+            file_name: file_name.to_owned(),
+            sha256: digest.to_hex(),
+        });
+        if let Err(e) = self.journal.put(key, &entry) {
+            self.shared.tracker.error(&format!(
+                "ferry: cannot record {} as complete in the journal: {e}",
+                key.path.display()
+            ));
+        }
+    }
+
+    /// Offers the file's content to the server (`dedup`): a report if it was published by
+    /// link (or is there already under this name), `None` if it must be sent.
+    async fn dedup(
+        &mut self,
+        key: &FileKey,
+        (name, dir, desc): (&str, &[String], &str),
+        digest: Digest,
+        started: Instant,
+        reconnects: &mut u32,
+    ) -> Result<Option<Report>, ClientError> {
+        let deadline = Instant::now() + self.opts.reconnect_for;
+        let mut backoff = Duration::from_millis(250);
+        let reply = loop {
+            let attempt = async {
+                let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
+                conn.request(|req| Frame::Dedup {
+                    req,
+                    file_name: name.to_owned(),
+                    size: key.size,
+                    sha256: digest.to_hex(),
+                    desc: desc.to_owned(),
+                    dir: dir.to_vec(),
+                    on_exists: self.opts.on_exists,
+                })
+                .await
+            }
+            .await;
+            match attempt {
+                Err(e @ ClientError::Unreachable(_)) if !self.endpoint.reached() => return Err(e),
+                Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
+                    self.drop_connection();
+                    *reconnects += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => break other?,
+            }
+        };
+        match reply {
+            Frame::NoMatch { .. } => Ok(None),
+            Frame::Deduped {
+                upload_id,
+                file_name,
+                size,
+                existing,
+                ..
+            } => {
+                self.journal
+                    .put(
+                        key,
+                        &Entry {
+                            upload_id: upload_id.clone(),
+                            server: key.server.clone(),
+                            path: key.path.clone(),
+                            size: key.size,
+                            chunk_size: 0,
+                            complete: None,
+                        },
+                    )
+                    .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
+                self.remember_complete(key, &file_name, digest);
+                Ok(Some(Report {
+                    status: if existing { "skipped" } else { "deduplicated" },
+                    upload_id,
+                    file_name,
+                    size,
+                    sha256: digest.to_hex(),
+                    bytes_sent: 0,
+                    bytes_skipped: size,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    resumed: false,
+                    reconnects: *reconnects,
+                    reason: existing
+                        .then(|| "the same content is on the server under this name".into()),
+                }))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "expected deduped or no_match, got {}",
+                other.kind()
+            ))),
+        }
     }
 
     /// If the journal says this very file (same server, path, size, mtime) was completed, asks
@@ -290,6 +445,7 @@ impl Client {
                 elapsed_ms: started.elapsed().as_millis() as u64,
                 resumed: false,
                 reconnects: *reconnects,
+                reason: None,
             })),
             Err(ClientError::Server {
                 code: ErrorCode::NotFound | ErrorCode::Expired | ErrorCode::FileDigestMismatch,
@@ -339,7 +495,10 @@ impl Client {
                 Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
                     self.drop_connection();
                     *reconnects += 1;
-                    eprintln!("ferry: {e}; reconnecting in {} ms", backoff.as_millis());
+                    self.shared.tracker.note(&format!(
+                        "ferry: {e}; reconnecting in {} ms",
+                        backoff.as_millis()
+                    ));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -355,9 +514,8 @@ async fn open(
     conn: &crate::Connection,
     journal: &Journal,
     key: &FileKey,
-    (name, dir): (&str, &[String]),
-    desc: &str,
-    chunk_size: u64,
+    (name, dir, desc): (&str, &[String], &str),
+    opts: &crate::Options,
 ) -> Result<(UploadInfo, bool), ClientError> {
     if let Some(entry) = journal.get(key) {
         match conn.resume(&entry.upload_id).await {
@@ -371,13 +529,23 @@ async fn open(
                 code: ErrorCode::Expired,
                 ..
             }) => {
-                eprintln!(
-                    "ferry: the earlier upload of {name} expired on the server; starting afresh"
+                tracing::warn!(
+                    "the earlier upload of {name} expired on the server; starting afresh"
                 );
                 journal.remove(key);
             }
             Err(e) => return Err(e),
         }
+    }
+    let limits = conn.limits;
+    let chunk_size = opts.chunk_size;
+    if chunk_size < limits.min_chunk_size || chunk_size > limits.max_chunk_size {
+        return Err(ClientError::Usage(format!(
+            "--chunk-size {} is outside this server's limits ({} to {})",
+            human(chunk_size),
+            human(limits.min_chunk_size),
+            human(limits.max_chunk_size)
+        )));
     }
     let create = |req| Frame::Create {
         req,
@@ -386,6 +554,7 @@ async fn open(
         chunk_size,
         desc: desc.to_owned(),
         dir: dir.to_vec(),
+        on_exists: opts.on_exists,
     };
     let info = match conn.request(create).await? {
         Frame::Created { upload, .. } => upload,
@@ -414,22 +583,15 @@ fn layout_of(info: &UploadInfo) -> Result<ChunkLayout, ClientError> {
     ChunkLayout::new(info.size, info.chunk_size).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What the pump reads from and reports to, the same across reconnects.
 struct Io<'a> {
     file: &'a Arc<File>,
     /// Payload bytes written to streams, this run.
     sent: &'a Arc<AtomicU64>,
     limiter: Option<&'a Arc<RateLimiter>>,
-    progress: &'a indicatif::ProgressBar,
+    /// Chunk streams sending at once across the command's files.
+    window: Option<&'a Arc<tokio::sync::Semaphore>>,
+    progress: &'a FileProgress,
     /// No ack for this long while chunks are outstanding ends the pump with an error.
     stall: Duration,
 }
@@ -445,9 +607,12 @@ async fn pump(
         file,
         sent,
         limiter,
+        window,
         progress,
         stall,
     } = *io;
+    // This upload's streams that hold a place in the window (the others wait for one).
+    let sending = Arc::new(AtomicUsize::new(0));
     let quic = conn.quic().clone();
     let layout = *active.sender.layout();
     let upload_id = active.info.upload_id.clone();
@@ -466,6 +631,8 @@ async fn pump(
                 span: layout.span(index),
                 limiter: limiter.cloned(),
                 sent: sent.clone(),
+                window: window.cloned(),
+                sending: sending.clone(),
             };
             tasks.spawn(async move { (job.index, job.send().await) });
         }
@@ -490,7 +657,7 @@ async fn pump(
                     if active.sender.handle_ack(&chunks)? > 0 {
                         last_ack = Instant::now();
                         *last_progress = last_ack;
-                        progress.set_position(active.sender.acked_bytes());
+                        progress.set_safe(active.sender.acked_bytes());
                     }
                 }
                 Some(Frame::Reject { upload_id: id, index, code, message }) if id == upload_id => {
@@ -505,6 +672,12 @@ async fn pump(
             },
             _ = tokio::time::sleep_until(retry.unwrap_or(now).into()), if retry.is_some() => {}
             _ = tokio::time::sleep_until((last_ack + stall).into()), if active.sender.in_flight() > 0 || retry.is_some() => {
+                // Chunks still queued for a place in the window shared with other files are
+                // not a silent server.
+                if sending.load(Ordering::Relaxed) == 0 && active.sender.in_flight() > 0 {
+                    last_ack = Instant::now();
+                    continue;
+                }
                 let silence = format!("no acknowledgement for {} s", stall.as_secs());
                 return Err(match last_reject {
                     Some((code, message)) => ClientError::Server { code, message: format!("{message} ({silence})") },

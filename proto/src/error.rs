@@ -87,6 +87,9 @@ pub enum ErrorCode {
     /// At finish: no free name like the upload's could be found (10 000 numbered names exist).
     /// Permanent for the upload; abort it, or start it again under another name.
     NameExhausted,
+    /// A file of the upload's name exists in its folder and the upload said `on_exists`
+    /// `skip` or `fail` (at `create`, `dedup` or `finish`). Permanent for that name.
+    AlreadyExists,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -135,6 +138,7 @@ impl ErrorCode {
         Self::TokenRevoked,
         Self::ControlStreamFull,
         Self::NameExhausted,
+        Self::AlreadyExists,
     ];
 
     /// The wire spelling.
@@ -179,6 +183,7 @@ impl ErrorCode {
             Self::TokenRevoked => "token_revoked",
             Self::ControlStreamFull => "control_stream_full",
             Self::NameExhausted => "name_exhausted",
+            Self::AlreadyExists => "already_exists",
             Self::Unknown => "unknown",
         }
     }

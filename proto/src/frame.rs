@@ -10,8 +10,9 @@ use crate::ErrorCode;
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Protocol version spoken by this build, sent in `hello` and `welcome`. 2 added paging of
 /// `listing` and of `resumed`'s durable ranges, and the codes `token_revoked`,
-/// `control_stream_full` and `name_exhausted`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `control_stream_full` and `name_exhausted`; 3 added `create.on_exists`, `dedup`, `ping`,
+/// `welcome.server` and the code `already_exists`.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -31,6 +32,9 @@ pub enum Frame {
         version: u32,
         owner: String,
         limits: Limits,
+        /// The server software and its version, e.g. `ferryd 0.1.0`.
+        #[serde(default)]
+        server: String,
     },
     Create {
         req: u64,
@@ -43,6 +47,9 @@ pub enum Frame {
         /// is sanitised like a file name. Empty: the owner's folder itself.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dir: Vec<String>,
+        /// What publishing does when the name is taken in its folder.
+        #[serde(default, skip_serializing_if = "OnExists::is_default")]
+        on_exists: OnExists,
     },
     Created {
         req: u64,
@@ -91,6 +98,42 @@ pub enum Frame {
         req: u64,
         dir: String,
     },
+    /// Publish, without sending it, a file whose content the server already holds: the same
+    /// owner's completed upload of the same size and SHA-256 (any owner's, if the operator
+    /// allows it). Answered with `deduped`, or `no_match`.
+    Dedup {
+        req: u64,
+        file_name: String,
+        size: u64,
+        sha256: String,
+        #[serde(default)]
+        desc: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dir: Vec<String>,
+        #[serde(default, skip_serializing_if = "OnExists::is_default")]
+        on_exists: OnExists,
+    },
+    /// The content was found and is published as `file_name` (a new completed upload
+    /// `upload_id`), or, with `existing`, it is already there under the asked name.
+    Deduped {
+        req: u64,
+        upload_id: String,
+        file_name: String,
+        size: u64,
+        sha256: String,
+        existing: bool,
+    },
+    /// No content like it: upload the file.
+    NoMatch {
+        req: u64,
+    },
+    /// Answered at once with `pong`: `ferry ping` measures round trips with it.
+    Ping {
+        req: u64,
+    },
+    Pong {
+        req: u64,
+    },
     List {
         req: u64,
         /// Where to continue: the `next` of the previous `listing`; absent for the first page.
@@ -131,6 +174,37 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// What publishing does when a file of the upload's name exists in its folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExists {
+    /// Publish as `name (1)`, `name (2)`, …
+    #[default]
+    Rename,
+    /// Do not publish: `already_exists`; the client counts the file as skipped.
+    Skip,
+    /// Do not publish: `already_exists`; the client counts the file as failed.
+    Fail,
+}
+
+impl OnExists {
+    pub fn is_default(&self) -> bool {
+        *self == Self::Rename
+    }
+}
+
+impl std::str::FromStr for OnExists {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rename" => Ok(Self::Rename),
+            "skip" => Ok(Self::Skip),
+            "fail" => Ok(Self::Fail),
+            _ => Err(format!("{s:?} is not one of rename, skip, fail")),
+        }
+    }
 }
 
 /// Server limits announced in `welcome`.
@@ -227,7 +301,8 @@ impl FrameError {
 
 const KNOWN_TYPES: &[&str] = &[
     "hello", "welcome", "create", "created", "resume", "resumed", "finish", "finished", "abort",
-    "aborted", "mkdir", "made", "list", "listing", "ack", "reject", "detached", "chunk", "error",
+    "aborted", "mkdir", "made", "dedup", "deduped", "no_match", "ping", "pong", "list", "listing",
+    "ack", "reject", "detached", "chunk", "error",
 ];
 
 impl Frame {
@@ -318,6 +393,11 @@ impl Frame {
             Self::Aborted { .. } => "aborted",
             Self::Mkdir { .. } => "mkdir",
             Self::Made { .. } => "made",
+            Self::Dedup { .. } => "dedup",
+            Self::Deduped { .. } => "deduped",
+            Self::NoMatch { .. } => "no_match",
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
             Self::List { .. } => "list",
             Self::Listing { .. } => "listing",
             Self::Ack { .. } => "ack",
@@ -337,6 +417,43 @@ mod tests {
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(body);
         out
+    }
+
+    /// Every frame of version 3's additions decodes (its type is known) and round-trips.
+    #[test]
+    fn version_3_frames_round_trip() {
+        let frames = [
+            Frame::Dedup {
+                req: 1,
+                file_name: "a.mov".into(),
+                size: 5,
+                sha256: "00".repeat(32),
+                desc: String::new(),
+                dir: vec!["card".into()],
+                on_exists: OnExists::Skip,
+            },
+            Frame::Deduped {
+                req: 1,
+                upload_id: "ab".into(),
+                file_name: "card/a.mov".into(),
+                size: 5,
+                sha256: "00".repeat(32),
+                existing: false,
+            },
+            Frame::NoMatch { req: 1 },
+            Frame::Ping { req: 2 },
+            Frame::Pong { req: 2 },
+        ];
+        for frame in frames {
+            let bytes = frame.to_bytes();
+            assert_eq!(Frame::decode_body(&bytes[4..]).unwrap(), frame);
+            assert!(KNOWN_TYPES.contains(&frame.kind()));
+        }
+        let create = r#"{"type":"create","req":1,"file_name":"a","size":1,"chunk_size":4096,"on_exists":"fail"}"#;
+        match Frame::decode_body(create.as_bytes()).unwrap() {
+            Frame::Create { on_exists, .. } => assert_eq!(on_exists, OnExists::Fail),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -470,6 +470,9 @@ impl Driver {
                 ErrorCode::FileDigestMismatch,
                 format!("the file on the server hashes to {actual}, finish said {digest}"),
             )),
+            Ok(Err(e)) if e.downcast_ref::<crate::store::NameTaken>().is_some() => {
+                Err(WireError::new(ErrorCode::AlreadyExists, format!("{e:#}")))
+            }
             Ok(Err(e)) if e.downcast_ref::<crate::store::NameExhausted>().is_some() => {
                 Err(WireError::new(ErrorCode::NameExhausted, format!("{e:#}")))
             }

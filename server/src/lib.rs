@@ -76,6 +76,9 @@ pub struct Config {
     /// Bytes per second the background re-verification after an unclean stop may read; 0 for
     /// no limit. A client's `resume` of an upload not yet verified is served at once, unpaced.
     pub verify_rate: u64,
+    /// `dedup` may link to another owner's file of the same content (off by default: it
+    /// tells a client that some owner has that content).
+    pub dedup_across_owners: bool,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             expire_after: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(600),
             verify_rate: 200 << 20,
+            dedup_across_owners: false,
         }
     }
 

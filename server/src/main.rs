@@ -68,6 +68,10 @@ enum Command {
         /// Congestion controller: cubic, bbr or newreno.
         #[arg(long, default_value_t = ferry_proto::Congestion::default())]
         congestion: ferry_proto::Congestion,
+        /// Let `ferry upload --dedup` publish a file by linking to another token's file of the
+        /// same content. Off by default: a match tells the client that someone has that content.
+        #[arg(long)]
+        dedup_across_owners: bool,
         /// PEM certificate chain to present instead of the generated one (needs --key).
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             max_pending_logins,
             max_pending_logins_per_ip,
             congestion,
+            dedup_across_owners,
             cert,
             key,
         } => {
@@ -169,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             config.max_connections_per_ip = max_connections_per_ip.max(1);
             config.max_pending_logins = max_pending_logins.max(1);
             config.max_pending_logins_per_ip = max_pending_logins_per_ip.max(1);
+            config.dedup_across_owners = dedup_across_owners;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;

@@ -147,6 +147,7 @@ impl Raw {
             chunk_size: 64 << 10,
             desc: String::new(),
             dir: Vec::new(),
+            on_exists: Default::default(),
         })
         .await;
         match self.next().await {

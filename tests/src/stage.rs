@@ -41,6 +41,9 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             final_name: None,
             sha256: None,
             dir: Vec::new(),
+            on_exists: Default::default(),
+            dedup: false,
+            stamp: None,
         };
         let id = store.create(&record).expect("create");
         let layout = record.layout().unwrap();

@@ -1,7 +1,9 @@
 //! The control stream's requests: create, resume, finish, abort, list, and their replies.
 
 use ferry_proto::name;
-use ferry_proto::{ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSummary, MAX_FRAME};
+use ferry_proto::{
+    ChunkSet, Digest, ErrorCode, Frame, OnExists, UploadInfo, UploadSummary, MAX_FRAME,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
@@ -36,12 +38,26 @@ impl Conn {
                 chunk_size,
                 desc,
                 dir,
+                on_exists,
             } => (
                 req,
-                self.create(file_name, size, chunk_size, desc, dir)
+                self.create(file_name, size, chunk_size, desc, (dir, on_exists))
                     .await
                     .map(|upload| Frame::Created { req, upload }),
             ),
+            Frame::Dedup {
+                req,
+                file_name,
+                size,
+                sha256,
+                desc,
+                dir,
+                on_exists,
+            } => {
+                let record = self.new_record(file_name, size, 0, desc, (dir, on_exists));
+                (req, self.dedup(req, record, &sha256).await)
+            }
+            Frame::Ping { req } => (req, Ok(Frame::Pong { req })),
             Frame::Mkdir { req, dir } => (
                 req,
                 self.mkdir(&dir).await.map(|dir| Frame::Made { req, dir }),
@@ -92,19 +108,62 @@ impl Conn {
         self.events.reply(reply, limit).await;
     }
 
+    /// The record of a new upload of this connection's owner, its name and folder sanitised
+    /// and its description checked.
+    fn new_record(
+        &self,
+        file_name: String,
+        size: u64,
+        chunk_size: u64,
+        desc: String,
+        (dir, on_exists): (Vec<String>, OnExists),
+    ) -> Result<UploadRecord, WireError> {
+        let file_name = name::sanitize(&file_name)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let dir = name::sanitize_dir(&dir)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        if desc.len() > MAX_DESC {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!(
+                    "description is {} bytes, the limit is {MAX_DESC}",
+                    desc.len()
+                ),
+            ));
+        }
+        let now = unix_now();
+        let record = UploadRecord {
+            owner: self.owner.clone(),
+            file_name,
+            desc,
+            size,
+            chunk_size,
+            state: RecordState::Receiving,
+            created_at: now,
+            updated_at: now,
+            final_name: None,
+            sha256: None,
+            dir,
+            on_exists,
+            dedup: false,
+            stamp: None,
+        };
+        if on_exists != OnExists::Rename && self.shared.store.name_taken(&record) {
+            return Err(name_taken(&record));
+        }
+        Ok(record)
+    }
+
     async fn create(
         &self,
         file_name: String,
         size: u64,
         chunk_size: u64,
         desc: String,
-        dir: Vec<String>,
+        dir: (Vec<String>, OnExists),
     ) -> Result<UploadInfo, WireError> {
         let config = &self.shared.config;
-        let file_name = name::sanitize(&file_name)
-            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
-        let dir = name::sanitize_dir(&dir)
-            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let record = self.new_record(file_name, size, chunk_size, desc, dir)?;
         if size > config.max_file_size {
             return Err(WireError::new(
                 ErrorCode::FileTooLarge,
@@ -123,15 +182,6 @@ impl Conn {
                 ),
             ));
         }
-        if desc.len() > MAX_DESC {
-            return Err(WireError::new(
-                ErrorCode::BadField,
-                format!(
-                    "description is {} bytes, the limit is {MAX_DESC}",
-                    desc.len()
-                ),
-            ));
-        }
         // Check and reserve in one step per owner: concurrent creates queue here.
         let lock = {
             let mut locks = self
@@ -142,21 +192,7 @@ impl Conn {
             locks.entry(self.owner.clone()).or_default().clone()
         };
         let _reserving = lock.lock().await;
-        self.check_owner_limits(size)?;
-        let now = unix_now();
-        let record = UploadRecord {
-            owner: self.owner.clone(),
-            file_name,
-            desc,
-            size,
-            chunk_size,
-            state: RecordState::Receiving,
-            created_at: now,
-            updated_at: now,
-            final_name: None,
-            sha256: None,
-            dir,
-        };
+        self.check_owner_limits(size, true)?;
         let store = self.shared.store.clone();
         let stored = record.clone();
         let id = tokio::task::spawn_blocking(move || store.create(&stored))
@@ -170,6 +206,88 @@ impl Conn {
             })?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         self.attach(id, record, 0).await
+    }
+
+    /// Publishes, by hard link, content the owner (or, if allowed, anyone) already has.
+    async fn dedup(
+        &self,
+        req: u64,
+        record: Result<UploadRecord, WireError>,
+        sha256: &str,
+    ) -> Result<Frame, WireError> {
+        let mut record = record?;
+        let digest = Digest::parse(sha256)
+            .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
+        let store = self.shared.store.clone();
+        let (owner, size, any) = (
+            self.owner.clone(),
+            record.size,
+            self.shared.config.dedup_across_owners,
+        );
+        let found =
+            tokio::task::spawn_blocking(move || store.find_content(&owner, size, digest, any))
+                .await
+                .map_err(internal)?
+                .map_err(|e| storage(&e, "failed to look for the content"))?;
+        let Some(content) = found else {
+            return Ok(Frame::NoMatch { req });
+        };
+        let asked: String = record
+            .dir
+            .iter()
+            .map(|c| format!("{c}/"))
+            .chain([record.file_name.clone()])
+            .collect();
+        if content.record.owner == self.owner
+            && content.record.final_name.as_deref() == Some(&asked)
+        {
+            return Ok(Frame::Deduped {
+                req,
+                upload_id: content.id.to_string(),
+                file_name: asked,
+                size,
+                sha256: digest.to_hex(),
+                existing: true,
+            });
+        }
+        // Counted against the quota like any published file (it is one, for this owner).
+        let lock = {
+            let mut locks = self
+                .shared
+                .create_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(self.owner.clone()).or_default().clone()
+        };
+        let _reserving = lock.lock().await;
+        self.check_owner_limits(size, false)?;
+        record.chunk_size = content.record.chunk_size;
+        let store = self.shared.store.clone();
+        let stored = record.clone();
+        let published = tokio::task::spawn_blocking(move || {
+            store.publish_dedup(&content.path, &stored, digest)
+        })
+        .await
+        .map_err(internal)?;
+        let (id, file_name) = match published {
+            Ok(done) => done,
+            Err(e) if e.downcast_ref::<crate::store::NameTaken>().is_some() => {
+                return Err(name_taken(&record))
+            }
+            Err(e) if e.downcast_ref::<crate::store::NameExhausted>().is_some() => {
+                return Err(WireError::new(ErrorCode::NameExhausted, format!("{e:#}")))
+            }
+            Err(e) => return Err(storage(&e, "failed to publish the deduplicated file")),
+        };
+        info!(upload = %id, file_name, size, "deduplicated");
+        Ok(Frame::Deduped {
+            req,
+            upload_id: id.to_string(),
+            file_name,
+            size,
+            sha256: digest.to_hex(),
+            existing: false,
+        })
     }
 
     /// Creates a folder under the owner's folder (an empty folder of an uploaded tree).
@@ -392,7 +510,8 @@ impl Conn {
     }
 
     /// Uploads in progress and the quota, checked before a new upload is created.
-    fn check_owner_limits(&self, size: u64) -> Result<(), WireError> {
+    /// The owner's quota (and, for a `new_upload`, its uploads in progress) allow `size` more.
+    fn check_owner_limits(&self, size: u64, new_upload: bool) -> Result<(), WireError> {
         let config = &self.shared.config;
         let uploads = self
             .shared
@@ -403,7 +522,10 @@ impl Conn {
             .iter()
             .filter(|(_, r)| r.state != RecordState::Complete)
             .count() as u64;
-        if config.max_uploads_per_owner > 0 && receiving >= config.max_uploads_per_owner {
+        if new_upload
+            && config.max_uploads_per_owner > 0
+            && receiving >= config.max_uploads_per_owner
+        {
             return Err(WireError::new(
                 ErrorCode::TooManyUploads,
                 format!(
@@ -479,4 +601,26 @@ impl Conn {
             message: error.message,
         });
     }
+}
+
+/// `already_exists` for an upload whose name is taken and that asked not to be renamed.
+fn name_taken(record: &UploadRecord) -> WireError {
+    let path: Vec<&str> = record
+        .dir
+        .iter()
+        .map(String::as_str)
+        .chain([record.file_name.as_str()])
+        .collect();
+    WireError::new(
+        ErrorCode::AlreadyExists,
+        format!(
+            "{} already exists on the server (on_exists: {})",
+            path.join("/"),
+            if record.on_exists == OnExists::Skip {
+                "skip"
+            } else {
+                "fail"
+            }
+        ),
+    )
 }

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ferry_migrations as migrations;
-use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest};
+use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest, OnExists};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -24,7 +24,7 @@ mod recovery;
 mod tests;
 
 use db::Db;
-pub use publish::{NameExhausted, MAX_HISTORY, MAX_NUMBERED};
+pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
 pub use recovery::{Reconciled, Verified};
 
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
@@ -102,6 +102,17 @@ pub struct UploadRecord {
     /// Set when publishing starts: the whole file's SHA-256.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// What publishing does when the name is taken.
+    #[serde(default, skip_serializing_if = "OnExists::is_default")]
+    pub on_exists: OnExists,
+    /// Published by `dedup`: its staging name is a second link to an already published file,
+    /// never written to. A crash before the link rolls it back by removing it entirely.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedup: bool,
+    /// Inode number and modification time (ns) of the published file when it was published:
+    /// `dedup` links to it only while both are unchanged (nobody rewrote it since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<(u64, i64)>,
 }
 
 impl UploadRecord {

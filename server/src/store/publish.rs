@@ -2,9 +2,11 @@
 //! and the complete record), the owner's published bytes, and the bounded history.
 
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use ferry_proto::Digest;
+use ferry_proto::{Digest, OnExists};
 use sled::Transactional;
 
 use super::{unix_now, RecordState, Store, UploadId, UploadRecord};
@@ -28,7 +30,114 @@ pub struct NameExhausted {
     pub name: String,
 }
 
+/// The upload's name is taken in its folder and it asked not to be renamed (`already_exists`).
+#[derive(Debug, thiserror::Error)]
+#[error("{name:?} already exists in the owner's folder (on_exists: {on_exists:?})")]
+pub struct NameTaken {
+    pub name: String,
+    pub on_exists: OnExists,
+}
+
+/// A completed upload whose published file `dedup` can link to.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub id: UploadId,
+    pub record: UploadRecord,
+    pub path: PathBuf,
+}
+
 impl Store {
+    /// Whether the name `record` asks for is taken in its folder.
+    pub fn name_taken(&self, record: &UploadRecord) -> bool {
+        self.publish_dir(record)
+            .join(&record.file_name)
+            .symlink_metadata()
+            .is_ok()
+    }
+
+    /// A completed upload of `owner` (of anyone, with `any_owner`) with this size and digest
+    /// whose published file is still the one published (same inode and modification time), or
+    /// `None`. One pass over the records: the owners' histories are bounded by `MAX_HISTORY`.
+    pub fn find_content(
+        &self,
+        owner: &str,
+        size: u64,
+        digest: Digest,
+        any_owner: bool,
+    ) -> Result<Option<Content>> {
+        let hex = digest.to_hex();
+        let records = if any_owner {
+            self.all_records()?
+        } else {
+            self.list(owner)?
+        };
+        // The owner's own copy first, so that a same-owner match is preferred.
+        let mut found: Option<Content> = None;
+        for (id, record) in records {
+            if record.state != RecordState::Complete
+                || record.size != size
+                || record.sha256.as_deref() != Some(hex.as_str())
+            {
+                continue;
+            }
+            let (Some(stamp), Some(name)) = (record.stamp, record.final_name.as_ref()) else {
+                continue;
+            };
+            let path = self.owner_dir(&record.owner).join(name);
+            let unchanged = fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.is_file() && m.len() == size && (m.ino(), mtime_ns(&m)) == stamp);
+            if !unchanged {
+                continue;
+            }
+            let own = record.owner == owner;
+            if found
+                .as_ref()
+                .is_none_or(|f| own && f.record.owner != owner)
+            {
+                found = Some(Content { id, record, path });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Publishes `source` (a published file found by `find_content`) for `record` as a new
+    /// completed upload, by hard link: the same two durable steps as `publish`, through a
+    /// staging name that is a second link to it. Returns the new id and the final name.
+    pub fn publish_dedup(
+        &self,
+        source: &Path,
+        record: &UploadRecord,
+        digest: Digest,
+    ) -> Result<(UploadId, String)> {
+        let id = UploadId::random()?;
+        let staging = self.staging_path(id);
+        fs::hard_link(source, &staging)
+            .with_context(|| format!("failed to link {}", source.display()))?;
+        if let Some(dir) = staging.parent() {
+            sync_dir(dir)?;
+        }
+        let mut record = record.clone();
+        record.dedup = true;
+        let name = self.publish(id, &record, digest)?;
+        Ok((id, name))
+    }
+
+    /// Undoes a publish that did not happen: a normal upload goes back to `record` (receiving),
+    /// a `dedup` one is removed with its staging name (nothing of it was ever visible).
+    pub(super) fn unpublish(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        if record.dedup {
+            self.db()?.uploads.remove(id.0)?;
+            self.sync()?;
+            let staging = self.staging_path(id);
+            if staging.exists() {
+                remove_file_durable(&staging)?;
+            }
+            return Ok(());
+        }
+        self.put_record(id, record)?;
+        self.sync()
+    }
+
     /// Publishes a complete upload as `files/<owner>/<name>`, never overwriting, and records
     /// it complete. Returns the final name. Two durable steps, so a crash anywhere leaves
     /// something `reconcile` settles without publishing twice or forgetting the upload: the
@@ -50,6 +159,14 @@ impl Store {
                 ferry_proto::name::numbered(&record.file_name, n)
             };
             if dir.join(&name).symlink_metadata().is_ok() {
+                if record.on_exists != OnExists::Rename {
+                    self.unpublish(id, record)?;
+                    return Err(NameTaken {
+                        name: format!("{prefix}{name}"),
+                        on_exists: record.on_exists,
+                    }
+                    .into());
+                }
                 continue;
             }
             let mut intent = record.clone();
@@ -62,17 +179,25 @@ impl Store {
             match fs::hard_link(&staging, dir.join(&name)) {
                 Ok(()) => return self.complete_publish(id, intent),
                 // Taken since the check: by another upload finishing at the same moment.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if record.on_exists != OnExists::Rename {
+                        self.unpublish(id, record)?;
+                        return Err(NameTaken {
+                            name: format!("{prefix}{name}"),
+                            on_exists: record.on_exists,
+                        }
+                        .into());
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    self.put_record(id, record)?;
-                    self.sync()?;
+                    self.unpublish(id, record)?;
                     return Err(e)
                         .with_context(|| format!("failed to publish into {}", dir.display()));
                 }
             }
         }
-        self.put_record(id, record)?;
-        self.sync()?;
+        self.unpublish(id, record)?;
         Err(NameExhausted {
             name: record.file_name.clone(),
         }
@@ -93,6 +218,10 @@ impl Store {
             .context("publishing without a final name")?;
         let dir = self.publish_dir(&record);
         sync_dir(&dir).with_context(|| format!("failed to sync {}", dir.display()))?;
+        let published = self.owner_dir(&record.owner).join(&final_name);
+        record.stamp = fs::symlink_metadata(&published)
+            .ok()
+            .map(|m| (m.ino(), mtime_ns(&m)));
         record.state = RecordState::Complete;
         record.updated_at = unix_now();
         // The record and the owner's published bytes change in one sled transaction: a crash
@@ -143,4 +272,10 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
 }

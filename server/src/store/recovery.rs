@@ -53,6 +53,11 @@ impl Store {
                         let name = self.complete_publish(id, record)?;
                         info!(upload = %id, name, "publish completed after an unclean stop");
                         done.published += 1;
+                    } else if record.dedup {
+                        // Never visible and never written to: it goes entirely.
+                        self.unpublish(id, &record)?;
+                        info!(upload = %id, "deduplicated publish rolled back after an unclean stop");
+                        done.rolled_back += 1;
                     } else {
                         let mut back = record;
                         back.state = RecordState::Receiving;

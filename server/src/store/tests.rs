@@ -15,6 +15,9 @@ fn record(name: &str, size: u64) -> UploadRecord {
         final_name: None,
         sha256: None,
         dir: Vec::new(),
+        on_exists: OnExists::Rename,
+        dedup: false,
+        stamp: None,
     }
 }
 
@@ -161,4 +164,116 @@ fn orphans_leftovers_and_lost_uploads_are_settled_at_start() {
     drop(store);
     let (_, again) = Store::open(dir.path(), 0).unwrap();
     assert!(!again.reconciled.any(), "nothing left to settle");
+}
+
+/// A completed upload of `bytes` as `name`, its staging file written first.
+fn published(store: &Store, name: &str, bytes: &[u8]) -> (UploadId, String) {
+    let rec = record(name, bytes.len() as u64);
+    let id = store.create(&rec).unwrap();
+    fs::write(store.staging_path(id), bytes).unwrap();
+    let name = store.publish(id, &rec, Digest::of(bytes)).unwrap();
+    (id, name)
+}
+
+/// `dedup` finds the owner's completed upload of the same content and publishes a second
+/// link, never another owner's (unless allowed), never a file rewritten since.
+#[test]
+fn dedup_links_unchanged_content_of_the_same_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let bytes = b"ten bytes!";
+    let digest = Digest::of(bytes);
+    published(&store, "a.mov", bytes);
+    assert!(store
+        .find_content("bob", 10, digest, false)
+        .unwrap()
+        .is_none());
+    assert!(store
+        .find_content("bob", 10, digest, true)
+        .unwrap()
+        .is_some());
+    assert!(store
+        .find_content("alice", 11, digest, false)
+        .unwrap()
+        .is_none());
+    let found = store
+        .find_content("alice", 10, digest, false)
+        .unwrap()
+        .unwrap();
+    let (id, name) = store
+        .publish_dedup(&found.path, &record("copy.mov", 10), digest)
+        .unwrap();
+    assert_eq!(name, "copy.mov");
+    let owner = store.owner_dir("alice");
+    assert_eq!(fs::read(owner.join("copy.mov")).unwrap(), bytes);
+    let rec = store.record(id).unwrap().unwrap();
+    assert_eq!((rec.state, rec.dedup), (RecordState::Complete, true));
+    assert!(!store.staging_path(id).exists());
+    assert_eq!(store.published_bytes("alice").unwrap(), 20);
+
+    // Rewritten in place after publishing (both names are one file, so both changed): no
+    // longer offered, its stamp changed.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(owner.join("a.mov"), b"TEN BYTES!").unwrap();
+    assert!(store
+        .find_content("alice", 10, digest, false)
+        .unwrap()
+        .is_none());
+}
+
+/// With `on_exists` skip or fail, publishing refuses a taken name and leaves the upload as
+/// it was; a refused dedup leaves nothing behind.
+#[test]
+fn a_taken_name_is_refused_unless_renaming() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let (_, first) = published(&store, "a.mov", b"0123456789");
+    let mut rec = record("a.mov", 10);
+    rec.on_exists = OnExists::Fail;
+    assert!(store.name_taken(&rec));
+    let id = store.create(&rec).unwrap();
+    let err = store.publish(id, &rec, Digest::of(&[0; 10])).unwrap_err();
+    assert!(err.downcast_ref::<NameTaken>().is_some(), "{err:#}");
+    assert_eq!(
+        store.record(id).unwrap().unwrap().state,
+        RecordState::Receiving
+    );
+
+    let source = store.owner_dir("alice").join(&first);
+    let digest = Digest::of(b"0123456789");
+    let err = store.publish_dedup(&source, &rec, digest).unwrap_err();
+    assert!(err.downcast_ref::<NameTaken>().is_some(), "{err:#}");
+    let records = store.list("alice").unwrap();
+    assert_eq!(records.len(), 2, "the refused dedup left no record");
+    let staged = fs::read_dir(dir.path().join("staging")).unwrap().count();
+    assert_eq!(staged, 1, "only the receiving upload's staging file");
+}
+
+/// A crash between a dedup's intent and its link: the next start removes it entirely
+/// (never back to receiving: its staging name is a link to a published file).
+#[test]
+fn an_interrupted_dedup_is_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 0).unwrap();
+    let (_, first) = published(&store, "a.mov", b"0123456789");
+    let source = store.owner_dir("alice").join(&first);
+    let id = UploadId::random().unwrap();
+    fs::hard_link(&source, store.staging_path(id)).unwrap();
+    let mut intent = record("b.mov", 10);
+    intent.state = RecordState::Publishing;
+    intent.final_name = Some("b.mov".into());
+    intent.sha256 = Some(Digest::of(b"0123456789").to_hex());
+    intent.dedup = true;
+    store.put_record(id, &intent).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let (store, report) = Store::open(dir.path(), 0).unwrap();
+    assert_eq!(report.reconciled.rolled_back, 1);
+    assert!(store.record(id).unwrap().is_none());
+    assert!(!store.staging_path(id).exists());
+    assert_eq!(
+        fs::read(&source).unwrap(),
+        b"0123456789",
+        "the source is untouched"
+    );
 }

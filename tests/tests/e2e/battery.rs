@@ -127,6 +127,7 @@ async fn request_cases(server: &TestServer) {
         chunk_size,
         desc: String::new(),
         dir: Vec::new(),
+        on_exists: Default::default(),
     };
     let cases = [
         (
@@ -471,6 +472,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         chunk_size: 65536,
         desc: String::new(),
         dir: Vec::new(),
+        on_exists: Default::default(),
     })
     .await;
     match raw.next().await {
@@ -494,6 +496,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         chunk_size: 65536,
         desc: String::new(),
         dir: Vec::new(),
+        on_exists: Default::default(),
     })
     .await;
     match bob.next().await {

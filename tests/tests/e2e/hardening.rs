@@ -176,6 +176,7 @@ async fn simultaneous_creates_cannot_overrun_the_quota_or_the_upload_limit() {
                     chunk_size: 4 << 20,
                     desc: String::new(),
                     dir: Vec::new(),
+                    on_exists: Default::default(),
                 })
                 .await;
                 raw.next().await
@@ -213,6 +214,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
             chunk_size: 1024,
             desc: desc.clone(),
             dir: Vec::new(),
+            on_exists: Default::default(),
         })
         .await;
         assert!(matches!(raw.next().await, Some(Frame::Created { .. })));
@@ -247,6 +249,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
         chunk_size: 1024,
         desc: String::new(),
         dir: Vec::new(),
+        on_exists: Default::default(),
     })
     .await;
     let id = match raw.next().await {
@@ -372,25 +375,30 @@ async fn a_stalled_hello_is_not_authenticated() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-/// Protocol versions: a version-1 client connects (same ALPN) and is told to upgrade.
+/// Protocol versions: a client of an older version (1, or 2 before jobs) connects (same
+/// ALPN) and is told to upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_client_is_told_the_versions_and_to_upgrade() {
     let server = TestServer::start().await;
-    let mut raw = Raw::open(&server).await;
-    raw.frame(&Frame::Hello {
-        version: 1,
-        token: server.alice.clone(),
-    })
-    .await;
-    match raw.next().await {
-        Some(Frame::Error { code, message, .. }) => {
-            assert_eq!(code, ErrorCode::UnsupportedVersion);
-            assert_eq!(
-                message,
-                "protocol version 1 is not supported, this server speaks 2; upgrade the client"
-            );
+    for version in [1, 2] {
+        let mut raw = Raw::open(&server).await;
+        raw.frame(&Frame::Hello {
+            version,
+            token: server.alice.clone(),
+        })
+        .await;
+        match raw.next().await {
+            Some(Frame::Error { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::UnsupportedVersion);
+                assert_eq!(
+                    message,
+                    format!(
+                        "protocol version {version} is not supported, this server speaks 3; upgrade the client"
+                    )
+                );
+            }
+            other => panic!("expected unsupported_version, got {other:?}"),
         }
-        other => panic!("expected unsupported_version, got {other:?}"),
     }
 }
 
@@ -432,6 +440,7 @@ async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
             chunk_size: chunk,
             desc: String::new(),
             dir: Vec::new(),
+            on_exists: Default::default(),
         })
         .await;
         let Some(Frame::Created { upload, .. }) = raw.next().await else {

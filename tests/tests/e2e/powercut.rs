@@ -484,6 +484,7 @@ async fn drive(
                 chunk_size: CHUNK,
                 desc: String::new(),
                 dir: Vec::new(),
+                on_exists: Default::default(),
             };
             match conn.request(create).await? {
                 Frame::Created { upload, .. } => upload.upload_id,

@@ -188,7 +188,11 @@ fn cli_usage_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("ferry: bad --fingerprint: "));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("ferry: cannot start: bad --fingerprint: \"nope\" is not sha256:"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,21 +239,25 @@ async fn pick_validates_answers_uploads_the_choice_and_quits() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
 
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    // The menu is on stderr (stdout is kept for --json).
+    assert_eq!(stdout, "", "nothing on stdout without --json");
     assert!(
-        stdout.contains("  1 ") && stdout.contains("a.mp4") && stdout.contains("b.mp4"),
-        "numbered list: {stdout}"
+        stderr.contains("  1 ") && stderr.contains("a.mp4") && stderr.contains("b.mp4"),
+        "numbered list: {stderr}"
     );
     assert_eq!(
-        stdout.matches("Upload which file?").count(),
+        stderr
+            .matches("Upload which? [e.g. 1,3,5-7; a for all; q to quit; 1-2]")
+            .count(),
         4,
-        "asked once per answer: {stdout}"
+        "asked once per answer: {stderr}"
     );
     assert!(
-        stderr.contains("ferry: \"abc\" is not a number; enter a number from 1 to 2 or q"),
+        stderr.contains("ferry: \"abc\" is not a number from 1 to 2; enter e.g. 1,3,5-7, a or q"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("ferry: 7 is out of range; enter a number from 1 to 2 or q"),
+        stderr.contains("ferry: \"7\" is not a number from 1 to 2; enter e.g. 1,3,5-7, a or q"),
         "{stderr}"
     );
     assert_same_file(&chosen, &data.join("files").join("alice").join("b.mp4"));

@@ -345,6 +345,7 @@ pub async fn create_named(
         chunk_size: 64 << 10,
         desc: String::new(),
         dir: Vec::new(),
+        on_exists: Default::default(),
     };
     match client.connection().await.unwrap().request(create).await? {
         Frame::Created { upload, .. } => Ok(upload),
