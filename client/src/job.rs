@@ -115,8 +115,9 @@ fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), 
     Ok(())
 }
 
-/// Runs `items` with at most `files` of them at once, calling `done` for each in the job's
-/// order (a file that ends early waits for those before it, so output is stable). Stops starting new items after an error that ends the run (exit code 1:
+/// Runs `items` with at most `files` of them at once, calling `done` for each as it ends, or,
+/// with `ordered`, in the job's order (a file that ends early waits for those before it, so
+/// output for scripts is stable). Stops starting new items after an error that ends the run (exit code 1:
 /// the server is gone) or when `cancel` turns true (Ctrl-C); items in flight then stop at
 /// once, their acknowledged chunks safe on the server. The first connection is made before
 /// anything else, so an unreachable server fails once, fast.
@@ -125,6 +126,7 @@ pub async fn run(
     items: Vec<Item>,
     files: usize,
     desc: String,
+    ordered: bool,
     shared: Shared,
     mut cancel: watch::Receiver<bool>,
     mut done: impl FnMut(&Item, Result<Outcome, ClientError>),
@@ -149,6 +151,7 @@ pub async fn run(
         .filter(|i| matches!(i, Item::File { .. }))
         .count();
     let workers = files.clamp(1, file_count.max(1));
+    let total = items.len();
     let queue = Arc::new(Mutex::new(
         items.into_iter().enumerate().collect::<VecDeque<_>>(),
     ));
@@ -172,7 +175,13 @@ pub async fn run(
     drop(tx);
     let mut ended = std::collections::BTreeMap::new();
     let mut next = 0;
+    let mut reported = 0;
     while let Some((n, item, result)) = rx.recv().await {
+        reported += 1;
+        if !ordered {
+            done(&item, result);
+            continue;
+        }
         ended.insert(n, (item, result));
         while let Some((item, result)) = ended.remove(&next) {
             done(&item, result);
@@ -186,7 +195,8 @@ pub async fn run(
     // Every worker closed its connection before dropping its sender; this only reaps them.
     while tasks.join_next().await.is_some() {}
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    if *cancel.borrow() {
+    // Ctrl-C after the last item ended (while closing) interrupted nothing.
+    if *cancel.borrow() && reported < total {
         return Err(ClientError::Interrupted);
     }
     Ok(())

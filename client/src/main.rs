@@ -405,13 +405,17 @@ async fn run_job(
     let _showing = (!args.json)
         .then(|| tracker.show(Duration::from_secs(args.progress_interval)))
         .flatten();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        files: file_items.len() as u64,
+        ..Summary::default()
+    };
     let mut code = 0;
     let outcome = ferry_client::job::run(
         opts,
         items,
         files,
         args.desc.clone(),
+        args.json,
         shared,
         cancel,
         |item, result| match result {
@@ -463,6 +467,8 @@ async fn run_job(
         ));
     }
     summary.elapsed = started.elapsed();
+    // Files stopped midway sent bytes too.
+    summary.bytes_sent = summary.bytes_sent.max(tracker.sent());
     if args.json && several {
         println!("{}", summary.json());
     } else if several {
@@ -525,6 +531,8 @@ fn human_line(item: &Item, r: &Report) -> String {
 /// Totals of one `ferry upload` command, for its last line.
 #[derive(Default)]
 struct Summary {
+    /// Files in the job.
+    files: u64,
     complete: u64,
     skipped: u64,
     deduplicated: u64,
@@ -545,9 +553,17 @@ impl Summary {
         self.bytes_skipped += r.bytes_skipped;
     }
 
+    /// Files neither uploaded, skipped nor failed: the job stopped before they ended.
+    fn unfinished(&self) -> u64 {
+        self.files
+            .saturating_sub(self.complete + self.skipped + self.deduplicated + self.failed)
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "status": "summary",
+            "files": self.files,
+            "unfinished": self.unfinished(),
             "complete": self.complete,
             "skipped": self.skipped,
             "deduplicated": self.deduplicated,
@@ -560,7 +576,7 @@ impl Summary {
 
     /// `ferry: 40 files: 38 complete, 2 skipped, 0 failed; 1.2 GiB sent in 42.0 s (29.3 MiB/s)`
     fn human(&self) -> String {
-        let files = self.complete + self.skipped + self.deduplicated + self.failed;
+        let files = self.files;
         let secs = self.elapsed.as_secs_f64().max(0.001);
         let mut line = format!(
             "ferry: {files} files: {} complete, {} skipped",
@@ -569,9 +585,12 @@ impl Summary {
         if self.deduplicated > 0 {
             line.push_str(&format!(", {} deduplicated", self.deduplicated));
         }
+        line.push_str(&format!(", {} failed", self.failed));
+        if self.unfinished() > 0 {
+            line.push_str(&format!(", {} unfinished", self.unfinished()));
+        }
         line.push_str(&format!(
-            ", {} failed; {} sent in {} ({}/s)",
-            self.failed,
+            "; {} sent in {} ({}/s)",
             human(self.bytes_sent),
             progress::duration(self.elapsed),
             human((self.bytes_sent as f64 / secs) as u64)

@@ -148,6 +148,11 @@ impl Tracker {
         let _ = writeln!(err, "{line}");
     }
 
+    /// Payload bytes written to chunk streams so far, every file of the command together.
+    pub fn sent(&self) -> u64 {
+        self.snapshot().sent
+    }
+
     /// Totals now.
     fn snapshot(&self) -> Snapshot {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
