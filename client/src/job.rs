@@ -124,13 +124,16 @@ fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), 
 pub async fn run(
     opts: Options,
     items: Vec<Item>,
-    files: usize,
-    desc: String,
-    ordered: bool,
+    how: How,
     shared: Shared,
     mut cancel: watch::Receiver<bool>,
     mut done: impl FnMut(&Item, Result<Outcome, ClientError>),
 ) -> Result<(), ClientError> {
+    let How {
+        files,
+        desc,
+        ordered,
+    } = how;
     let window = opts.parallel.max(1);
     let shared = Shared {
         window: Some(
@@ -200,6 +203,16 @@ pub async fn run(
         return Err(ClientError::Interrupted);
     }
     Ok(())
+}
+
+/// How a job runs.
+pub struct How {
+    /// Files in flight at once.
+    pub files: usize,
+    /// Description stored with each upload.
+    pub desc: String,
+    /// Report results in the job's order rather than as they end.
+    pub ordered: bool,
 }
 
 /// One of the job's connections: takes the next item until none is left.

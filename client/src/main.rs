@@ -413,9 +413,11 @@ async fn run_job(
     let outcome = ferry_client::job::run(
         opts,
         items,
-        files,
-        args.desc.clone(),
-        args.json,
+        ferry_client::job::How {
+            files,
+            desc: args.desc.clone(),
+            ordered: args.json,
+        },
         shared,
         cancel,
         |item, result| match result {
