@@ -60,7 +60,12 @@ pub struct Endpoint {
     /// Set by the first connection that succeeds: from then on a failed connect is a lost
     /// server worth waiting for, before it a server never reached (fail fast).
     reached: Arc<std::sync::atomic::AtomicBool>,
+    /// Told of connection events (`ferry -v`).
+    reporter: Option<Reporter>,
 }
+
+/// Where connection events go.
+pub type Reporter = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Endpoint {
     pub fn new(ipv6: bool) -> Result<Self, ClientError> {
@@ -82,7 +87,13 @@ impl Endpoint {
             ipv6,
             connect_timeout: Duration::from_secs(5),
             reached: Default::default(),
+            reporter: None,
         })
+    }
+
+    /// Reports connection events (connected, with the handshake time) to `reporter`.
+    pub fn set_reporter(&mut self, reporter: Reporter) {
+        self.reporter = Some(reporter);
     }
 
     pub fn set_connect_timeout(&mut self, limit: Duration) {
@@ -107,6 +118,7 @@ impl Endpoint {
 
     /// Connects, checks the certificate, says hello.
     pub async fn connect(&self, target: &Target) -> Result<Connection, ClientError> {
+        let started = std::time::Instant::now();
         let addr = resolve(&target.server, self.ipv6).await?;
         let known = KnownServers::new(&target.known_servers);
         let pinned = target
@@ -191,6 +203,19 @@ impl Endpoint {
         }
         let connection = Connection::hello(connection, &target.token).await?;
         self.reached.store(true, Ordering::Relaxed);
+        if let Some(report) = &self.reporter {
+            report(&format!(
+                "ferry: connected to {} ({addr}) as {:?}, {}, in {:.1} ms",
+                target.server,
+                connection.owner,
+                if connection.server.is_empty() {
+                    "ferryd"
+                } else {
+                    &connection.server
+                },
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
+        }
         Ok(connection)
     }
 }

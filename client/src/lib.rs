@@ -108,7 +108,9 @@ impl Client {
 
     /// A client on `endpoint` (which several clients of one command may share, each with its
     /// own connection), sharing `shared` with the others.
-    pub fn with(opts: Options, endpoint: Endpoint, shared: Shared) -> Self {
+    pub fn with(opts: Options, mut endpoint: Endpoint, shared: Shared) -> Self {
+        let tracker = shared.tracker.clone();
+        endpoint.set_reporter(Arc::new(move |line| tracker.event(line)));
         Self {
             endpoint,
             conn: None,

@@ -319,11 +319,15 @@ async fn run(cli: Cli) -> ExitCode {
             upload_files(opts, &paths, &upload, files, tracker).await
         }
         Command::Pick { dir, upload } => pick(opts, &dir, &upload, files, tracker).await,
-        Command::List { json, all } => with_client(opts, |c| Box::pin(list(c, json, all))).await,
-        Command::Status { target, json } => {
-            with_client(opts, |c| Box::pin(status(c, target, json))).await
+        Command::List { json, all } => {
+            with_client(opts, tracker, |c| Box::pin(list(c, json, all))).await
         }
-        Command::Abort { target } => with_client(opts, |c| Box::pin(abort(c, target))).await,
+        Command::Status { target, json } => {
+            with_client(opts, tracker, |c| Box::pin(status(c, target, json))).await
+        }
+        Command::Abort { target } => {
+            with_client(opts, tracker, |c| Box::pin(abort(c, target))).await
+        }
         Command::Ping { count, json } => ping(opts, count, json).await,
         Command::Completions { .. } | Command::Man { .. } => 0,
     };
@@ -333,11 +337,20 @@ async fn run(cli: Cli) -> ExitCode {
 type BoxFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (String, ClientError)>> + 'a>>;
 
-async fn with_client(opts: Options, f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a>) -> u8 {
-    let mut client = match Client::new(opts) {
-        Ok(c) => c,
+async fn with_client(
+    opts: Options,
+    tracker: Arc<Tracker>,
+    f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a>,
+) -> u8 {
+    let endpoint = match Client::endpoint_for(&opts) {
+        Ok(e) => e,
         Err(e) => return report("cannot start", &e),
     };
+    let shared = Shared {
+        tracker,
+        ..Shared::default()
+    };
+    let mut client = Client::with(opts, endpoint, shared);
     let result = f(&mut client).await;
     client.close().await;
     match result {

@@ -200,6 +200,10 @@ impl Tracker {
                 tick.tick().await;
                 let snap = tracker.snapshot();
                 let per_sec = rate.sample(snap.sent);
+                // Between files, or done and closing: nothing moves, nothing to say.
+                if snap.current.is_empty() {
+                    continue;
+                }
                 if tty {
                     let line = fit(&snap.line(per_sec), terminal_width());
                     let _out = tracker.out.lock().unwrap_or_else(|p| p.into_inner());

@@ -224,20 +224,22 @@ impl Conn {
             record.size,
             self.shared.config.dedup_across_owners,
         );
-        let found =
-            tokio::task::spawn_blocking(move || store.find_content(&owner, size, digest, any))
-                .await
-                .map_err(internal)?
-                .map_err(|e| storage(&e, "failed to look for the content"))?;
-        let Some(content) = found else {
-            return Ok(Frame::NoMatch { req });
-        };
         let asked: String = record
             .dir
             .iter()
             .map(|c| format!("{c}/"))
             .chain([record.file_name.clone()])
             .collect();
+        let wanted = asked.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            store.find_content(&owner, size, digest, any, &wanted)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| storage(&e, "failed to look for the content"))?;
+        let Some(content) = found else {
+            return Ok(Frame::NoMatch { req });
+        };
         if content.record.owner == self.owner
             && content.record.final_name.as_deref() == Some(&asked)
         {

@@ -57,13 +57,16 @@ impl Store {
 
     /// A completed upload of `owner` (of anyone, with `any_owner`) with this size and digest
     /// whose published file is still the one published (same inode and modification time), or
-    /// `None`. One pass over the records: the owners' histories are bounded by `MAX_HISTORY`.
+    /// `None`. Preferred: the owner's copy at the path `asked` (relative to the owner's
+    /// folder), then any copy of the owner's, then another owner's. One pass over the records:
+    /// the owners' histories are bounded by `MAX_HISTORY`.
     pub fn find_content(
         &self,
         owner: &str,
         size: u64,
         digest: Digest,
         any_owner: bool,
+        asked: &str,
     ) -> Result<Option<Content>> {
         let hex = digest.to_hex();
         let records = if any_owner {
@@ -71,7 +74,12 @@ impl Store {
         } else {
             self.list(owner)?
         };
-        // The owner's own copy first, so that a same-owner match is preferred.
+        let rank =
+            |r: &UploadRecord| match (r.owner == owner, r.final_name.as_deref() == Some(asked)) {
+                (true, true) => 0,
+                (true, false) => 1,
+                _ => 2,
+            };
         let mut found: Option<Content> = None;
         for (id, record) in records {
             if record.state != RecordState::Complete
@@ -89,10 +97,9 @@ impl Store {
             if !unchanged {
                 continue;
             }
-            let own = record.owner == owner;
             if found
                 .as_ref()
-                .is_none_or(|f| own && f.record.owner != owner)
+                .is_none_or(|f| rank(&record) < rank(&f.record))
             {
                 found = Some(Content { id, record, path });
             }

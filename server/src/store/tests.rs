@@ -185,19 +185,19 @@ fn dedup_links_unchanged_content_of_the_same_owner() {
     let digest = Digest::of(bytes);
     published(&store, "a.mov", bytes);
     assert!(store
-        .find_content("bob", 10, digest, false)
+        .find_content("bob", 10, digest, false, "a.mov")
         .unwrap()
         .is_none());
     assert!(store
-        .find_content("bob", 10, digest, true)
+        .find_content("bob", 10, digest, true, "a.mov")
         .unwrap()
         .is_some());
     assert!(store
-        .find_content("alice", 11, digest, false)
+        .find_content("alice", 11, digest, false, "a.mov")
         .unwrap()
         .is_none());
     let found = store
-        .find_content("alice", 10, digest, false)
+        .find_content("alice", 10, digest, false, "a.mov")
         .unwrap()
         .unwrap();
     let (id, name) = store
@@ -216,7 +216,7 @@ fn dedup_links_unchanged_content_of_the_same_owner() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(owner.join("a.mov"), b"TEN BYTES!").unwrap();
     assert!(store
-        .find_content("alice", 10, digest, false)
+        .find_content("alice", 10, digest, false, "a.mov")
         .unwrap()
         .is_none());
 }

@@ -554,6 +554,15 @@ fn the_config_file_supplies_settings_and_flags_win() {
         "nothing in progress\n"
     );
 
+    // -v: connection events.
+    let out = ferry(&["-v", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("ferry: connected to {} ", job.server.addr))
+            && stderr.contains("as \"alice\", ferryd 0.1.0, in "),
+        "{stderr}"
+    );
+
     let out = ferry(&["--token", "fy_wrong", "status"]);
     assert_eq!(out.status.code(), Some(2), "the flag's token is used");
 
@@ -657,4 +666,27 @@ fn completions_and_manual_pages() {
     let page = std::fs::read_to_string(dir.path().join("ferry-upload.1")).unwrap();
     assert!(page.contains("on\\-exists"), "{page}");
     assert!(dir.path().join("ferry.1").exists());
+}
+
+/// `ferryd --dedup-across-owners`: another owner's identical file is published by link too.
+#[test]
+fn dedup_across_owners_when_the_operator_allows_it() {
+    let job = Job(Deployment::start(&["--dedup-across-owners"]));
+    let original = random_file(job.work.path(), "shared.mov", 3 << 20, 81);
+    assert!(job
+        .upload(std::slice::from_ref(&original), &[])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let bob = ferry_server::Tokens::new(&job.data).add("bob").unwrap();
+    let out = job
+        .upload(std::slice::from_ref(&original), &["--dedup"])
+        .args(["--token", &bob])
+        .output()
+        .unwrap();
+    let line = &json_lines(&out.stdout)[0];
+    assert_eq!(line["status"], "deduplicated", "{line}");
+    assert_eq!(line["bytes_sent"], 0, "{line}");
+    assert_same_file(&original, &job.data.join("files/bob/shared.mov"));
 }
