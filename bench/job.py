@@ -34,7 +34,7 @@ def make(path, mib, seed):
 
 def run(work, files, setting, n):
     data = os.path.join(work, f"data-{setting}-{n}")
-    token = subprocess.run([ferryd, "token", "add", "bench", "--data", data],
+    token = subprocess.run([ferryd, "token", "add", "bench", "--init", "--data", data],
                            check=True, capture_output=True, text=True).stdout.strip()
     server = subprocess.Popen([ferryd, "serve", "--data", data, "--listen", "127.0.0.1:0"],
                               stderr=subprocess.PIPE, text=True)

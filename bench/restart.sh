@@ -12,7 +12,7 @@ for gib in "${@:-1 10 20}"; do
   for g in $gib; do
     work=$(mktemp -d /var/tmp/ferry-restart.XXXXXX)
     "$bin/ferry-stage" "$work/data" "$g" "${CHUNK_KIB:-8192}" >/dev/null
-    "$bin/ferryd" token add bench --data "$work/data" >/dev/null
+    "$bin/ferryd" token add bench --init --data "$work/data" >/dev/null
     sync
     [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
     start=$(date +%s.%N)

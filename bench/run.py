@@ -165,7 +165,7 @@ class Bench:
         return self.measured(d, secs, out, mib)
 
     def ferry_server(self, d, congestion, extra=()):
-        token = subprocess.run([BIN / "ferryd", "token", "add", "bench", "--data", d / "data"],
+        token = subprocess.run([BIN / "ferryd", "token", "add", "bench", "--init", "--data", d / "data"],
                                capture_output=True, text=True, check=True).stdout.strip()
         srv = Proc([BIN / "ferryd", "serve", "--listen", "127.0.0.1:0", "--data", d / "data",
                     "--congestion", congestion, *extra], d / "server.time", d / "server.log")

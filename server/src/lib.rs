@@ -161,8 +161,20 @@ impl Server {
         let dir = &config.data_dir;
         fsutil::create_dir_durable(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
-        let (store, report) = Store::open(dir, config.min_free_space)
-            .with_context(|| format!("failed to open data directory {}", dir.display()))?;
+        // The socket first: a port in use must not cost an unclean mark on the store (and a
+        // full re-verification at the next start).
+        let socket = transport::bind_udp(config.listen)?;
+        let (store, report) = Store::open(dir, config.min_free_space).map_err(|e| {
+            let locked = e.chain().any(|c| c.to_string().contains("WouldBlock"));
+            if locked {
+                anyhow::anyhow!(
+                    "data directory {} is in use by another ferryd (its database is locked)",
+                    dir.display()
+                )
+            } else {
+                e.context(format!("failed to open data directory {}", dir.display()))
+            }
+        })?;
         let tokens = Tokens::new(dir);
         tokens
             .entries()
@@ -192,7 +204,6 @@ impl Server {
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
-        let socket = transport::bind_udp(config.listen)?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config),

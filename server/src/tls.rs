@@ -74,6 +74,13 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(cert.as_ref())))
 }
 
+/// The fingerprint of the first (end-entity) certificate of a PEM file, as `--cert` gives it.
+pub fn certificate_fingerprint(path: &Path) -> Result<String> {
+    let cert = CertificateDer::from_pem_file(path)
+        .with_context(|| format!("failed to read certificate {}", path.display()))?;
+    Ok(fingerprint(&cert))
+}
+
 /// The fingerprint of the certificate in `DATA/tls/cert.pem`, without generating one.
 pub fn stored_fingerprint(data_dir: &Path) -> Result<String> {
     let path = data_dir.join("tls").join("cert.pem");

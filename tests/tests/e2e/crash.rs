@@ -63,7 +63,7 @@ impl Setup {
 
 fn add_token(data: &Path) -> String {
     let out = Command::new(binary("ferryd"))
-        .args(["token", "add", "alice", "--data"])
+        .args(["token", "add", "alice", "--init", "--data"])
         .arg(data)
         .output()
         .unwrap();

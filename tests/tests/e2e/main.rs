@@ -5,6 +5,7 @@ mod battery;
 mod crash;
 mod hardening;
 mod jobs;
+mod operations;
 mod powercut;
 mod process;
 mod resilience;

@@ -258,7 +258,7 @@ impl Rig {
         });
         let data = mnt.join("data");
         let out = std::process::Command::new(binary("ferryd"))
-            .args(["token", "add", "alice", "--data"])
+            .args(["token", "add", "alice", "--init", "--data"])
             .arg(&data)
             .output()
             .unwrap();

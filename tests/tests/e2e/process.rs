@@ -11,7 +11,7 @@ const PARALLEL: u64 = 8;
 
 fn token(data: &std::path::Path) -> String {
     let out = Command::new(binary("ferryd"))
-        .args(["token", "add", "alice", "--data"])
+        .args(["token", "add", "alice", "--init", "--data"])
         .arg(data)
         .output()
         .unwrap();

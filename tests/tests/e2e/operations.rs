@@ -1,0 +1,283 @@
+//! The operator's surface of `ferryd` (part of issue 10), with the built binaries: the config
+//! file and its precedence, the data-directory guard of the token commands, logs without
+//! colour codes in a file, and the traps found when running it as a service.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry_tests::*;
+
+fn ferryd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("ferryd"));
+    cmd.args(args).env_remove("RUST_LOG");
+    cmd
+}
+
+/// A process killed (by PID) and reaped when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The config file's keys are the long options; a flag beats `FERRYD_*`, which beats the file;
+/// an unknown key or a bad value is exit 2 naming it and the file; `check-config` prints the
+/// effective settings.
+#[test]
+fn config_file_precedence_and_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("ferryd.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7000\"\nmax-uploads = 5\nquota = \"2G\"\nexpire-after = \"12h\"\ndedup-across-owners = true\n",
+    )
+    .unwrap();
+    let out = ferryd(&["check-config", "--max-uploads", "9"])
+        .arg("--config")
+        .arg(&file)
+        .env("FERRYD_QUOTA", "1G")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "listen = \"127.0.0.1:7000\"", // from the file
+        "max-uploads = 9",             // the flag beats the file
+        "quota = 1073741824",          // the environment beats the file
+        "expire-after = \"43200s\"",   // from the file
+        "dedup-across-owners = true",  // a switch from the file
+        "max-connections = 256",       // the default
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in\n{stdout}");
+    }
+
+    std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nlisen = \"x\"\n").unwrap();
+    let out = ferryd(&["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown key `lisen`") && stderr.contains("ferryd.toml"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "expire-after = \"7\"\n").unwrap();
+    let out = ferryd(&["serve", "--config"]).arg(&file).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ferryd.toml")
+            && stderr.contains("\"7\" has no unit; write 7s, 7m, 7h or 7d"),
+        "{stderr}"
+    );
+
+    // A certificate that cannot be read: check-config says the server would not start.
+    std::fs::write(
+        &file,
+        "cert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n",
+    )
+    .unwrap();
+    let out = ferryd(&["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("would not start"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Before: `ferryd token add bob` in another directory silently created `./ferry-data` and
+/// printed a token the server never accepted. Now token commands refuse a directory without
+/// server state (unless `--init`), and the config file's `data` points them at the right one.
+#[test]
+fn token_commands_refuse_a_directory_without_server_state() {
+    let work = tempfile::tempdir().unwrap();
+    let elsewhere = work.path().join("elsewhere");
+    for args in [
+        vec!["token", "add", "bob"],
+        vec!["token", "list"],
+        vec!["fingerprint"],
+    ] {
+        let out = ferryd(&args)
+            .arg("--data")
+            .arg(&elsewhere)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("holds no ferryd state"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!elsewhere.exists(), "{args:?} created the directory");
+    }
+    let out = ferryd(&["token", "add", "bob", "--init", "--data"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("fy_"));
+
+    // The config file names the data directory for every subcommand.
+    let file = work.path().join("ferryd.toml");
+    std::fs::write(
+        &file,
+        format!("data = {:?}\nlisten = \"127.0.0.1:0\"\n", elsewhere),
+    )
+    .unwrap();
+    let out = ferryd(&["token", "list", "--config"])
+        .arg(&file)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "bob\n", "{}", text(&out.stderr));
+}
+
+/// Logs written to a file carry no colour codes; an invalid `RUST_LOG` is refused; a port in
+/// use does not mark the store unclean; a second server on the same data directory is told
+/// so; SIGHUP does not stop the server; `--cert` fingerprints; `ferryd help --help` works.
+#[test]
+fn service_traps() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mut server = ServerProcess::start(&data, "127.0.0.1:0");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("generated a self-signed certificate"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no ANSI codes in a log file: {log:?}"
+    );
+
+    let out = ferryd(&["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(work.path().join("other"))
+        .env("RUST_LOG", "info,=bogus=")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid RUST_LOG"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The same port: refused before the store is touched.
+    let out = ferryd(&["serve", "--listen", &server.addr.to_string(), "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("failed to bind UDP"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Another port, the same data directory.
+    let out = ferryd(&["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is in use by another ferryd (its database is locked)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the server"
+    );
+    assert_eq!(server.terminate(), Some(0));
+    let again = ServerProcess::start(&data, "127.0.0.1:0");
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(
+        !log.contains("unclean"),
+        "a clean stop, and no unclean mark from the refused starts: {log}"
+    );
+
+    let fingerprint = ferryd(&["fingerprint", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let by_cert = ferryd(&["fingerprint", "--cert"])
+        .arg(data.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert!(by_cert.status.success());
+    assert_eq!(fingerprint.stdout, by_cert.stdout);
+    assert_eq!(text(&by_cert.stdout).trim(), again.fingerprint);
+
+    for args in [vec!["help", "--help"], vec!["help", "serve"], vec!["help"]] {
+        let out = ferryd(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("Usage: "), "{args:?}");
+    }
+}
+
+/// Before: with its stderr pipe closed (a log collector gone), ferryd panicked (exit 101) at
+/// its next log line. Now it keeps serving.
+#[test]
+fn a_closed_stderr_does_not_stop_the_server() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let token = ferry_server::Tokens::new(&data).add("alice").unwrap();
+    let mut child = KillOnDrop(
+        ferryd(&["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        if let Some(rest) = line.strip_prefix("ferryd: listening on ") {
+            addr = rest.split(' ').next().unwrap().to_owned();
+            break;
+        }
+    }
+    assert!(!addr.is_empty());
+    drop(stderr);
+    // A connection and a login make the server log.
+    let file = random_file(work.path(), "a.mov", 100_000, 1);
+    let out = Command::new(binary("ferry"))
+        .args(["--server", &addr, "--token", &token, "--state-dir"])
+        .arg(work.path().join("state"))
+        .arg("--known-servers")
+        .arg(work.path().join("ks"))
+        .arg("upload")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ferryd died with its stderr closed"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_child(child, Duration::from_secs(30)).expect("ferryd stops");
+    assert_eq!(status.code(), Some(0));
+}
