@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::metrics::metrics;
 use crate::prefix::PrefixHash;
 use crate::store::{Store, UploadId, UploadRecord};
 
@@ -143,6 +144,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Uploads with a running driver.
+    pub fn running(&self) -> usize {
+        let drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.values().filter(|(tx, _)| !tx.is_closed()).count()
+    }
+
     /// The running driver of `id`, if any.
     pub fn get(&self, id: UploadId) -> Option<mpsc::UnboundedSender<Msg>> {
         let drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,6 +404,7 @@ impl Driver {
                 match result {
                     Ok(Ok(())) => {
                         info!("aborted");
+                        metrics().failed("aborted");
                         let _ = reply.send(Ok(()));
                         return Step::Stop;
                     }
@@ -423,6 +431,7 @@ impl Driver {
                 let _ = reply.send(removed);
                 if removed {
                     info!("expired");
+                    metrics().failed("expired");
                     return Step::Stop;
                 }
             }
@@ -480,6 +489,12 @@ impl Driver {
             Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
         };
         let done = outcome.is_ok();
+        match &outcome {
+            Ok(_) => {
+                metrics().uploads_completed.inc();
+            }
+            Err(e) => metrics().failed(e.code.as_str()),
+        }
         self.session.handle_finalized(done);
         let _ = reply.send(outcome);
         if done {
@@ -529,6 +544,9 @@ impl Driver {
     }
 
     fn send(&self, frame: Frame) {
+        if let Frame::Reject { code, .. } = &frame {
+            metrics().rejected(*code);
+        }
         if let Some((_, events)) = &self.attached {
             events.push(frame);
         }
@@ -562,6 +580,7 @@ async fn persist(
     id: UploadId,
     batch: CommitBatch,
 ) -> Result<(), WireError> {
+    let started = Instant::now();
     tokio::task::spawn_blocking(move || file.sync_data())
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
@@ -585,6 +604,9 @@ async fn persist(
         store.close_after_failure();
     }
     recorded?;
+    metrics()
+        .commit_duration
+        .observe(started.elapsed().as_secs_f64());
     debug!(chunks = batch.chunks.len(), "committed");
     Ok(())
 }

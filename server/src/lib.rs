@@ -3,10 +3,12 @@
 //! shutdown future resolves, then lets every upload driver commit what it received, marks the
 //! store clean and returns.
 
+mod admin;
 mod conn;
 mod driver;
 mod fsutil;
 mod guard;
+pub mod metrics;
 mod outbox;
 mod prefix;
 pub mod store;
@@ -79,6 +81,10 @@ pub struct Config {
     /// `dedup` may link to another owner's file of the same content (off by default: it
     /// tells a client that some owner has that content).
     pub dedup_across_owners: bool,
+    /// The admin HTTP listener (health, metrics, uploads); `None`: off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin listener requires (except for `/healthz`); `None`: none.
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -107,6 +113,8 @@ impl Config {
             sweep_interval: Duration::from_secs(600),
             verify_rate: 200 << 20,
             dedup_across_owners: false,
+            admin_listen: None,
+            admin_token: None,
         }
     }
 
@@ -152,6 +160,8 @@ pub struct Server {
     shared: Arc<Shared>,
     fingerprint: String,
     report: OpenReport,
+    /// The admin listener, bound (`--admin-listen`).
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -164,6 +174,15 @@ impl Server {
         // The socket first: a port in use must not cost an unclean mark on the store (and a
         // full re-verification at the next start).
         let socket = transport::bind_udp(config.listen)?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("failed to bind the admin listener {addr}"))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let (store, report) = Store::open(dir, config.min_free_space).map_err(|e| {
             let locked = e.chain().any(|c| c.to_string().contains("WouldBlock"));
             if locked {
@@ -231,11 +250,17 @@ impl Server {
             shared,
             fingerprint,
             report,
+            admin,
         })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Where the admin listener listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// `sha256:<hex>` of the certificate the server presents.
@@ -253,6 +278,13 @@ impl Server {
         let next_id = AtomicU64::new(1);
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
+        let admin = match self.admin {
+            Some(listener) => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                Some(tokio::spawn(admin::serve(listener, self.shared.clone())))
+            }
+            None => None,
+        };
         if let Some(verifier) = &self.shared.verifier {
             tokio::spawn(verifier.clone().run(self.shared.config.verify_rate));
         }
@@ -271,6 +303,9 @@ impl Server {
         info!("shutting down");
         sweeper.abort();
         revoker.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         self.endpoint.close(
             VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),
             b"server shutting down",

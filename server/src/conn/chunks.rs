@@ -159,6 +159,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     // The payload must end exactly here.
     match recv.read(&mut [0u8; 1]).await {
         Ok(None) => {
+            crate::metrics::metrics().bytes_received.inc_by(span.len);
             let _ = driver.send(Msg::Payload {
                 index,
                 digest: hasher.into(),

@@ -102,6 +102,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
                     // wait still holds a place in the login budget, so it can be evicted.
                     let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
                     info!(%remote, delay_ms = delay.as_millis() as u64, "refused an unknown token");
+                    crate::metrics::metrics().auth_failures.inc();
                     let far = Instant::now() + delay + Duration::from_secs(1);
                     let _ = step(far, &evicted, tokio::time::sleep(delay)).await;
                     return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token")
@@ -252,6 +253,7 @@ impl Live {
     ) -> Self {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, (token, connection.clone()));
+        crate::metrics::metrics().connections_active.inc();
         Self {
             shared: shared.clone(),
             id,
@@ -263,6 +265,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&self.id);
+        crate::metrics::metrics().connections_active.dec();
     }
 }
 

@@ -205,6 +205,7 @@ impl Conn {
                 None => storage(&e, "failed to create the upload"),
             })?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
+        crate::metrics::metrics().uploads_created.inc();
         self.attach(id, record, 0).await
     }
 
@@ -282,6 +283,7 @@ impl Conn {
             Err(e) => return Err(storage(&e, "failed to publish the deduplicated file")),
         };
         info!(upload = %id, file_name, size, "deduplicated");
+        crate::metrics::metrics().uploads_completed.inc();
         Ok(Frame::Deduped {
             req,
             upload_id: id.to_string(),
@@ -596,6 +598,7 @@ impl Conn {
     }
 
     pub(super) fn reject(&self, upload_id: &str, index: u64, error: WireError) {
+        crate::metrics::metrics().rejected(error.code);
         self.events.push(Frame::Reject {
             upload_id: upload_id.chars().take(64).collect(),
             index,

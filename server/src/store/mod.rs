@@ -234,6 +234,28 @@ impl Store {
         Ok(db)
     }
 
+    /// Whether the database is open (not closed after a write failure).
+    pub fn is_open(&self) -> bool {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Every unfinished upload of every owner, with its durable bytes (the admin listener's
+    /// `/uploads`).
+    pub fn in_progress(&self) -> Result<Vec<(UploadId, UploadRecord, u64)>> {
+        let mut out = Vec::new();
+        for (id, record) in self.all_records()? {
+            if record.state == RecordState::Complete {
+                continue;
+            }
+            let durable = match record.layout() {
+                Ok(layout) => layout.bytes_in(&self.durable_chunks(id, &layout)?),
+                Err(_) => 0,
+            };
+            out.push((id, record, durable));
+        }
+        Ok(out)
+    }
+
     /// Closes the database after a write failed; the next call reopens it.
     pub fn close_after_failure(&self) {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());

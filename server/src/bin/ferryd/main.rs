@@ -104,6 +104,14 @@ struct ServeArgs {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert", env = "FERRYD_KEY")]
     key: Option<PathBuf>,
+    /// Serve health, metrics and uploads over HTTP on this address (e.g. 127.0.0.1:9433);
+    /// off when unset. Keep it on loopback or a management network.
+    #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin listener requires for /metrics and /uploads (/healthz stays
+    /// open).
+    #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Log format on stderr: text (coloured only on a terminal; NO_COLOR turns colour off)
     /// or json (one object per line).
     #[arg(long, default_value = "text", env = "FERRYD_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -138,6 +146,20 @@ enum Command {
         command: TokenCommand,
         #[command(flatten)]
         place: DataArgs,
+    },
+    /// List the uploads in progress (every owner) from a running server's admin listener.
+    Uploads {
+        #[command(flatten)]
+        place: DataArgs,
+        /// The server's admin listener (`serve --admin-listen`).
+        #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// The admin listener's token, if it has one.
+        #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Print the JSON array as the server sends it.
+        #[arg(long)]
+        json: bool,
     },
     /// Print help for ferryd or one of its commands.
     Help {
@@ -219,7 +241,8 @@ fn parse() -> Result<Cli, Parse> {
         Command::Serve(a) | Command::CheckConfig(a) => &a.place,
         Command::Verify { place }
         | Command::Fingerprint { place, .. }
-        | Command::Token { place, .. } => place,
+        | Command::Token { place, .. }
+        | Command::Uploads { place, .. } => place,
         Command::Help { .. } => return Ok(cli),
     };
     let Some(file) = place.config.clone() else {
@@ -246,6 +269,10 @@ fn parse() -> Result<Cli, Parse> {
         Command::Token { .. } => (
             "token",
             root.find_subcommand("token").expect("token").clone(),
+        ),
+        Command::Uploads { .. } => (
+            "uploads",
+            root.find_subcommand("uploads").expect("uploads").clone(),
         ),
         Command::Help { .. } => unreachable!("returned above"),
     };
@@ -341,6 +368,8 @@ impl ServeArgs {
         config.max_pending_logins = self.max_pending_logins.max(1);
         config.max_pending_logins_per_ip = self.max_pending_logins_per_ip.max(1);
         config.dedup_across_owners = self.dedup_across_owners;
+        config.admin_listen = self.admin_listen;
+        config.admin_token = self.admin_token.clone();
         config
     }
 
@@ -372,6 +401,19 @@ impl ServeArgs {
             format!("dedup-across-owners = {}", self.dedup_across_owners),
             format!("cert = {}", path(&self.cert)),
             format!("key = {}", path(&self.key)),
+            format!(
+                "admin-listen = {}",
+                self.admin_listen
+                    .map_or("\"\"  # off".to_owned(), |a| format!("\"{a}\""))
+            ),
+            format!(
+                "admin-token = {}",
+                if self.admin_token.is_some() {
+                    "\"…\"  # set"
+                } else {
+                    "\"\"  # none"
+                }
+            ),
             format!("log-format = \"{}\"", self.log_format),
         ];
         lines.join("\n")
@@ -416,6 +458,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         lost = fixed.lost,
                         "recovered from an unclean stop"
                     );
+                }
+                if let Some(admin) = server.admin_addr() {
+                    say!("ferryd: admin listener on http://{admin}");
                 }
                 say!(
                     "ferryd: listening on {} (certificate {})",
@@ -481,6 +526,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Uploads {
+            admin_listen,
+            admin_token,
+            json,
+            ..
+        } => {
+            let Some(addr) = admin_listen else {
+                anyhow::bail!(
+                    "no admin listener given: pass --admin-listen ADDR (as the server's), set \
+                     FERRYD_ADMIN_LISTEN, or --config the server's file"
+                );
+            };
+            let body = http_get(addr, "/uploads", admin_token.as_deref())?;
+            if json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let uploads: Vec<serde_json::Value> =
+                serde_json::from_str(&body).context("the admin listener sent something else")?;
+            if uploads.is_empty() {
+                println!("nothing in progress");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<32}  {:<16}  {:>6}  {:>10}  {:<6}  NAME",
+                "ID", "OWNER", "DONE", "SIZE", "ACTIVE"
+            );
+            for u in uploads {
+                let size = u["size"].as_u64().unwrap_or(0);
+                let durable = u["durable_bytes"].as_u64().unwrap_or(0);
+                let pct = if size == 0 {
+                    100.0
+                } else {
+                    durable as f64 * 100.0 / size as f64
+                };
+                println!(
+                    "{:<32}  {:<16}  {:>5.1}%  {:>10}  {:<6}  {}",
+                    u["upload_id"].as_str().unwrap_or(""),
+                    u["owner"].as_str().unwrap_or(""),
+                    pct,
+                    ferry_proto::units::human(size),
+                    if u["active"].as_bool().unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    u["file_name"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Help { command } => {
             let mut root = Cli::command();
             match command {
@@ -488,7 +584,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(name) => match root.find_subcommand_mut(&name) {
                     Some(sub) => sub.print_help()?,
                     None => {
-                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, help");
+                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, help");
                         return Ok(ExitCode::from(2));
                     }
                 },
@@ -496,6 +592,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One GET to the admin listener (plain HTTP/1.0 over TCP, 10 s at most), the body if 200.
+fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<String> {
+    use std::io::Read;
+    let limit = Duration::from_secs(10);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, limit)
+        .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("the admin listener sent no HTTP response")?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{addr}{path}: {status}: {}", body.trim());
+    }
+    Ok(body.to_owned())
 }
 
 /// `data` if it holds server state (a database, tokens or a certificate); otherwise an error

@@ -1,0 +1,180 @@
+//! The admin listener (`--admin-listen`, off by default): plain HTTP/1.1 for the machine room —
+//! health, metrics, uploads in progress. Bind it to loopback or a management network; with
+//! `--admin-token` every path but `/healthz` needs `Authorization: Bearer TOKEN`.
+//!
+//! - `GET /healthz`: `200 ok` while the server serves; `503` with the reason when the
+//!   database is closed after a write failure or the disk is below the reserve.
+//! - `GET /metrics`: Prometheus text (see `crate::metrics`).
+//! - `GET /uploads`: JSON array of every unfinished upload, all owners, with progress.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::metrics::metrics;
+use crate::Shared;
+
+/// One unfinished upload, as `GET /uploads` lists it.
+#[derive(Debug, Serialize)]
+pub struct UploadProgress {
+    pub upload_id: String,
+    pub owner: String,
+    pub file_name: String,
+    pub size: u64,
+    pub durable_bytes: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// Being received or finished now (a connection drives it).
+    pub active: bool,
+}
+
+/// Serves the admin listener until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // Bounded by the process: each turn accepts one connection.
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "admin listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&req, &shared).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = kind.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+async fn handle(req: &Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n");
+    }
+    let path = req.uri().path();
+    if path != "/healthz" && !authorized(req, shared.config.admin_token.as_deref()) {
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            TEXT,
+            "missing or wrong Authorization: Bearer token (--admin-token)\n",
+        );
+    }
+    match path {
+        "/healthz" => match health(shared) {
+            Ok(()) => reply(StatusCode::OK, TEXT, "ok\n"),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        },
+        "/metrics" => {
+            refresh(shared);
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics().encode(),
+            )
+        }
+        "/uploads" => {
+            let shared = shared.clone();
+            let listed = tokio::task::spawn_blocking(move || uploads(&shared)).await;
+            match listed {
+                Ok(Ok(list)) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec(&list).unwrap_or_default(),
+                ),
+                Ok(Err(e)) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    format!("cannot list uploads: {e:#}\n"),
+                ),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "no such path; try /healthz, /metrics, /uploads\n",
+        ),
+    }
+}
+
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// Why the server cannot take uploads now, if it cannot.
+fn health(shared: &Shared) -> Result<(), String> {
+    if !shared.store.is_open() {
+        return Err(
+            "database closed after a write failure (it reopens when a write succeeds)".into(),
+        );
+    }
+    shared
+        .store
+        .check_space()
+        .map_err(|e| format!("disk below the reserve: {e}"))
+}
+
+/// The gauges read at scrape time.
+fn refresh(shared: &Shared) {
+    let m = metrics();
+    m.uploads_active.set(shared.registry.running() as i64);
+    let free = crate::store::free_space(shared.store.data_dir()).unwrap_or(0);
+    m.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
+}
+
+fn uploads(shared: &Shared) -> anyhow::Result<Vec<UploadProgress>> {
+    let mut out = Vec::new();
+    for (id, record, durable_bytes) in shared.store.in_progress()? {
+        out.push(UploadProgress {
+            upload_id: id.to_string(),
+            owner: record.owner,
+            file_name: record.file_name,
+            size: record.size,
+            durable_bytes,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            active: shared.registry.get(id).is_some(),
+        });
+    }
+    out.sort_by_key(|u| std::cmp::Reverse(u.updated_at));
+    Ok(out)
+}
