@@ -3,7 +3,7 @@
 //! (recording the version after each), and refuses a store written by a newer Ferry.
 
 /// The schema version this build writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 /// Tree holding `schema_version` and the clean-shutdown marker.
 pub const META: &str = "meta";
 /// Tree of upload records: upload id (16 bytes) → JSON record.
@@ -16,6 +16,10 @@ pub const EXPIRED: &str = "expired";
 /// Tree of owners (since v3): owner name → bytes of the uploads they completed (u64 BE), kept
 /// even when old completed records are pruned, so the quota still counts them.
 pub const OWNERS: &str = "owners";
+/// Tree of `--on-complete` hook jobs waiting to run (since v4): sequence number (u64 BE) →
+/// JSON job, written in the same transaction as the upload's complete record, removed after
+/// the hook ran.
+pub const HOOKS: &str = "hooks";
 /// Key of the schema version (u32 BE) in `meta`.
 pub const SCHEMA_VERSION: &[u8] = b"schema_version";
 
@@ -42,6 +46,7 @@ const STEPS: &[Step] = &[
     Step { to: 1, apply: v1 },
     Step { to: 2, apply: v2 },
     Step { to: 3, apply: v3 },
+    Step { to: 4, apply: v4 },
 ];
 
 /// v1: the three trees of the first release.
@@ -82,6 +87,15 @@ fn v3(db: &sled::Db) -> Result<(), sled::Error> {
     for (owner, bytes) in published {
         owners.insert(owner.as_bytes(), &bytes.to_be_bytes())?;
     }
+    Ok(())
+}
+
+/// v4: the `hooks` tree. Upload records may from now on be published by `dedup` (`dedup`:
+/// true, their staging name a second link to a published file): a v3 ferryd would roll an
+/// interrupted one back to `receiving` and could then write into the published file. The
+/// version keeps it off the store.
+fn v4(db: &sled::Db) -> Result<(), sled::Error> {
+    db.open_tree(HOOKS)?;
     Ok(())
 }
 

@@ -90,6 +90,9 @@ pub enum ErrorCode {
     /// A file of the upload's name exists in its folder and the upload said `on_exists`
     /// `skip` or `fail` (at `create`, `dedup` or `finish`). Permanent for that name.
     AlreadyExists,
+    /// At create: the server's `--on-create` hook refused the upload; the message is the
+    /// hook's. Permanent for that file as it is.
+    Refused,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -139,6 +142,7 @@ impl ErrorCode {
         Self::ControlStreamFull,
         Self::NameExhausted,
         Self::AlreadyExists,
+        Self::Refused,
     ];
 
     /// The wire spelling.
@@ -184,6 +188,7 @@ impl ErrorCode {
             Self::ControlStreamFull => "control_stream_full",
             Self::NameExhausted => "name_exhausted",
             Self::AlreadyExists => "already_exists",
+            Self::Refused => "refused",
             Self::Unknown => "unknown",
         }
     }

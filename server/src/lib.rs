@@ -8,6 +8,7 @@ mod conn;
 mod driver;
 mod fsutil;
 mod guard;
+pub mod hooks;
 pub mod metrics;
 mod outbox;
 mod prefix;
@@ -85,6 +86,14 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin listener requires (except for `/healthz`); `None`: none.
     pub admin_token: Option<String>,
+    /// Command run (by `/bin/sh -c`) after each upload is published; see `crate::hooks`.
+    pub on_complete: Option<String>,
+    /// Command run before each upload is created; a non-zero exit refuses it.
+    pub on_create: Option<String>,
+    /// `--on-complete` runs at once, at most.
+    pub hook_concurrency: usize,
+    /// An `--on-complete` run is killed after this long.
+    pub hook_timeout: Duration,
 }
 
 impl Config {
@@ -115,6 +124,10 @@ impl Config {
             dedup_across_owners: false,
             admin_listen: None,
             admin_token: None,
+            on_complete: None,
+            on_create: None,
+            hook_concurrency: 2,
+            hook_timeout: Duration::from_secs(300),
         }
     }
 
@@ -183,17 +196,19 @@ impl Server {
             }
             None => None,
         };
-        let (store, report) = Store::open(dir, config.min_free_space).map_err(|e| {
-            let locked = e.chain().any(|c| c.to_string().contains("WouldBlock"));
-            if locked {
-                anyhow::anyhow!(
-                    "data directory {} is in use by another ferryd (its database is locked)",
-                    dir.display()
-                )
-            } else {
-                e.context(format!("failed to open data directory {}", dir.display()))
-            }
-        })?;
+        let queue_hooks = config.on_complete.is_some();
+        let (store, report) =
+            Store::open_with(dir, config.min_free_space, queue_hooks).map_err(|e| {
+                let locked = e.chain().any(|c| c.to_string().contains("WouldBlock"));
+                if locked {
+                    anyhow::anyhow!(
+                        "data directory {} is in use by another ferryd (its database is locked)",
+                        dir.display()
+                    )
+                } else {
+                    e.context(format!("failed to open data directory {}", dir.display()))
+                }
+            })?;
         let tokens = Tokens::new(dir);
         tokens
             .entries()
@@ -278,6 +293,14 @@ impl Server {
         let next_id = AtomicU64::new(1);
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
+        let hooks = self.shared.config.on_complete.clone().map(|command| {
+            tokio::spawn(hooks::complete_forever(
+                self.shared.store.clone(),
+                command,
+                self.shared.config.hook_concurrency,
+                self.shared.config.hook_timeout,
+            ))
+        });
         let admin = match self.admin {
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -305,6 +328,10 @@ impl Server {
         revoker.abort();
         if let Some(admin) = admin {
             admin.abort();
+        }
+        // A hook still running is killed; its job stays queued and runs at the next start.
+        if let Some(hooks) = hooks {
+            hooks.abort();
         }
         self.endpoint.close(
             VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),

@@ -17,6 +17,12 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookRun {
+    pub hook: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
     pub code: String,
 }
@@ -41,6 +47,9 @@ pub struct Metrics {
     pub disk_free: Gauge,
     /// Logins refused for an unknown or revoked token.
     pub auth_failures: Counter,
+    /// Hook runs by hook (`on_complete`, `on_create`) and result (`ok`, `failed`, `timeout`,
+    /// `error`).
+    pub hooks: Family<HookRun, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +67,7 @@ impl Metrics {
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             disk_free: Gauge::default(),
             auth_failures: Counter::default(),
+            hooks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +122,11 @@ impl Metrics {
             "Logins refused for an unknown or revoked token",
             m.auth_failures.clone(),
         );
+        registry.register(
+            "hook_runs",
+            "Hook runs, by hook and result",
+            m.hooks.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -127,6 +142,15 @@ impl Metrics {
         self.uploads_failed
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn hook(&self, hook: &str, result: &str) {
+        self.hooks
+            .get_or_create(&HookRun {
+                hook: hook.to_owned(),
+                result: result.to_owned(),
             })
             .inc();
     }

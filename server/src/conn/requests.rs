@@ -5,7 +5,7 @@ use ferry_proto::{
     ChunkSet, Digest, ErrorCode, Frame, OnExists, UploadInfo, UploadSummary, MAX_FRAME,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::driver::{Msg, WireError};
 use crate::store::{unix_now, RecordState, UploadId, UploadRecord};
@@ -182,6 +182,9 @@ impl Conn {
                 ),
             ));
         }
+        if let Some(command) = &config.on_create {
+            self.ask_on_create(command, &record).await?;
+        }
         // Check and reserve in one step per owner: concurrent creates queue here.
         let lock = {
             let mut locks = self
@@ -207,6 +210,40 @@ impl Conn {
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         crate::metrics::metrics().uploads_created.inc();
         self.attach(id, record, 0).await
+    }
+
+    /// Runs the `--on-create` hook: a non-zero exit refuses the upload with the hook's first
+    /// line of stdout.
+    async fn ask_on_create(&self, command: &str, record: &UploadRecord) -> Result<(), WireError> {
+        let env = [
+            ("FERRY_OWNER", record.owner.clone()),
+            ("FERRY_NAME", record.file_name.clone()),
+            ("FERRY_DIR", record.dir.join("/")),
+            ("FERRY_SIZE", record.size.to_string()),
+            ("FERRY_DESC", record.desc.clone()),
+        ];
+        let ran = crate::hooks::run(command, &env, crate::hooks::ON_CREATE_LIMIT).await;
+        crate::metrics::metrics().hook("on_create", ran.result);
+        let said = ran.stdout.lines().next().unwrap_or("").trim();
+        let message = match ran.result {
+            "ok" => return Ok(()),
+            "failed" if !said.is_empty() => said.chars().take(1024).collect(),
+            "failed" => "refused by the server's on-create hook".to_owned(),
+            _ => {
+                warn!(status = ran.status, "on-create hook did not run to the end");
+                format!(
+                    "the server's on-create hook did not answer ({})",
+                    ran.status
+                )
+            }
+        };
+        info!(
+            name = record.file_name,
+            size = record.size,
+            message,
+            "on-create hook refused an upload"
+        );
+        Err(WireError::new(ErrorCode::Refused, message))
     }
 
     /// Publishes, by hard link, content the owner (or, if allowed, anyone) already has.

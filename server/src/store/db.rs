@@ -20,6 +20,7 @@ pub(super) struct Db {
     pub(super) meta: sled::Tree,
     pub(super) expired: sled::Tree,
     pub(super) owners: sled::Tree,
+    pub(super) hooks: sled::Tree,
 }
 
 impl Db {
@@ -46,6 +47,7 @@ impl Db {
             meta: db.open_tree(migrations::META)?,
             expired: db.open_tree(migrations::EXPIRED)?,
             owners: db.open_tree(migrations::OWNERS)?,
+            hooks: db.open_tree(migrations::HOOKS)?,
             db,
         })
     }

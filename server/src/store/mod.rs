@@ -152,6 +152,22 @@ pub struct Store {
     db: RwLock<Option<Arc<Db>>>,
     /// Completed uploads kept on record per owner: [`MAX_HISTORY`], lowered in tests.
     max_history: usize,
+    /// Queue an `--on-complete` hook job with every completion.
+    queue_hooks: bool,
+}
+
+/// An `--on-complete` hook job, queued durably with the upload's completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookJob {
+    pub upload_id: String,
+    pub owner: String,
+    /// The published file, absolute.
+    pub path: PathBuf,
+    /// The published name under the owner's folder (`card/clip (1).mov`).
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub desc: String,
 }
 
 impl Store {
@@ -160,6 +176,16 @@ impl Store {
     /// re-verified (`OpenReport::to_verify`); it does not read them: that is `crate::verify`'s
     /// job, in the background. Cost: one pass over the records and one over `staging/`.
     pub fn open(data_dir: &Path, min_free: u64) -> Result<(Self, OpenReport)> {
+        Self::open_with(data_dir, min_free, false)
+    }
+
+    /// Like `open`; with `queue_hooks`, every completion (also those settled at start) queues
+    /// an `--on-complete` hook job in the same transaction as its complete record.
+    pub fn open_with(
+        data_dir: &Path,
+        min_free: u64,
+        queue_hooks: bool,
+    ) -> Result<(Self, OpenReport)> {
         for sub in ["staging", "files"] {
             let dir = data_dir.join(sub);
             create_dir_durable(&dir)
@@ -176,6 +202,7 @@ impl Store {
             min_free,
             db: RwLock::new(Some(Arc::new(db))),
             max_history: MAX_HISTORY,
+            queue_hooks,
         };
         let mut report = OpenReport {
             schema_before,
@@ -232,6 +259,26 @@ impl Store {
         warn!("database reopened after a failure");
         *slot = Some(db.clone());
         Ok(db)
+    }
+
+    /// The queued `--on-complete` hook jobs, oldest first, with their sequence numbers.
+    pub fn hook_jobs(&self) -> Result<Vec<(u64, HookJob)>> {
+        let mut out = Vec::new();
+        for entry in self.db()?.hooks.iter() {
+            let (key, value) = entry?;
+            let seq = key.as_ref().try_into().map_or(0, u64::from_be_bytes);
+            match serde_json::from_slice(&value) {
+                Ok(job) => out.push((seq, job)),
+                Err(e) => warn!(seq, error = %e, "unreadable hook job, skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a hook job that ran (durably: a crash before this runs the hook again).
+    pub fn hook_done(&self, seq: u64) -> Result<()> {
+        self.db()?.hooks.remove(seq.to_be_bytes())?;
+        self.sync()
     }
 
     /// Whether the database is open (not closed after a write failure).

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use ferry_proto::{Digest, OnExists};
 use sled::Transactional;
 
-use super::{unix_now, RecordState, Store, UploadId, UploadRecord};
+use super::{unix_now, HookJob, RecordState, Store, UploadId, UploadRecord};
 use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 
 /// Completed uploads kept on record per owner (for `list`, and `resume`/`finish` of a completed
@@ -236,12 +236,34 @@ impl Store {
         let db = self.db()?;
         let encoded = serde_json::to_vec(&record)?;
         let owner = record.owner.as_bytes();
-        (&db.uploads, &db.owners)
-            .transaction(|(uploads, owners)| {
+        // The hook job, if hooks are on, is queued in the same transaction: a crash after it
+        // cannot lose the hook, a crash before it cannot run it for an unpublished file.
+        let hook = if self.queue_hooks {
+            let job = HookJob {
+                upload_id: id.to_string(),
+                owner: record.owner.clone(),
+                path: published.clone(),
+                name: final_name.clone(),
+                size: record.size,
+                sha256: record.sha256.clone().unwrap_or_default(),
+                desc: record.desc.clone(),
+            };
+            Some((
+                db.db.generate_id()?.to_be_bytes(),
+                serde_json::to_vec(&job)?,
+            ))
+        } else {
+            None
+        };
+        (&db.uploads, &db.owners, &db.hooks)
+            .transaction(|(uploads, owners, hooks)| {
                 uploads.insert(&id.0, encoded.as_slice())?;
                 let before = owners.get(owner)?.map_or(0, |v| be_u64(v.as_ref()));
                 let after = before.saturating_add(record.size);
                 owners.insert(owner, &after.to_be_bytes())?;
+                if let Some((seq, job)) = &hook {
+                    hooks.insert(seq, job.as_slice())?;
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| anyhow::anyhow!("failed to record the upload complete: {e:?}"))?;

@@ -112,6 +112,22 @@ struct ServeArgs {
     /// open).
     #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Command run by `/bin/sh -c` after each upload is published, with FERRY_UPLOAD_ID,
+    /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_SHA256, FERRY_DESC. Queued
+    /// durably: a crash before it ran runs it after the restart (at least once).
+    #[arg(long, env = "FERRYD_ON_COMPLETE")]
+    on_complete: Option<String>,
+    /// Command run before each upload is created, with FERRY_OWNER, FERRY_NAME, FERRY_DIR,
+    /// FERRY_SIZE, FERRY_DESC; a non-zero exit refuses the upload, its first stdout line the
+    /// message the client shows. At most 30 s.
+    #[arg(long, env = "FERRYD_ON_CREATE")]
+    on_create: Option<String>,
+    /// --on-complete runs at once, at most.
+    #[arg(long, default_value_t = 2, env = "FERRYD_HOOK_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=64))]
+    hook_concurrency: u16,
+    /// An --on-complete run still going after this long is killed (e.g. 5m).
+    #[arg(long, default_value = "5m", env = "FERRYD_HOOK_TIMEOUT", value_parser = duration)]
+    hook_timeout: Duration,
     /// Log format on stderr: text (coloured only on a terminal; NO_COLOR turns colour off)
     /// or json (one object per line).
     #[arg(long, default_value = "text", env = "FERRYD_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -370,6 +386,10 @@ impl ServeArgs {
         config.dedup_across_owners = self.dedup_across_owners;
         config.admin_listen = self.admin_listen;
         config.admin_token = self.admin_token.clone();
+        config.on_complete = self.on_complete.clone();
+        config.on_create = self.on_create.clone();
+        config.hook_concurrency = self.hook_concurrency.into();
+        config.hook_timeout = self.hook_timeout.max(Duration::from_secs(1));
         config
     }
 
@@ -414,6 +434,16 @@ impl ServeArgs {
                     "\"\"  # none"
                 }
             ),
+            format!(
+                "on-complete = {:?}",
+                self.on_complete.clone().unwrap_or_default()
+            ),
+            format!(
+                "on-create = {:?}",
+                self.on_create.clone().unwrap_or_default()
+            ),
+            format!("hook-concurrency = {}", self.hook_concurrency),
+            format!("hook-timeout = {}", secs(self.hook_timeout)),
             format!("log-format = \"{}\"", self.log_format),
         ];
         lines.join("\n")

@@ -1,0 +1,227 @@
+//! Operator hooks: commands run through `/bin/sh -c` with the upload described in `FERRY_*`
+//! environment variables.
+//!
+//! - `--on-complete CMD` runs after an upload is published. The job is queued durably in the
+//!   same transaction that records the upload complete, and removed only after the command
+//!   ended, so a crash or a kill before that runs it again at the next start: at least once.
+//!   At most `--hook-concurrency` run at a time, each stopped (killed) after `--hook-timeout`;
+//!   exit status and the end of stderr are logged and counted. It never holds up an upload.
+//! - `--on-create CMD` runs before an upload is created; a non-zero exit refuses it with
+//!   `refused` and the command's first line of stdout as the message the client shows.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::metrics::metrics;
+use crate::store::{HookJob, Store};
+
+/// Bytes of a hook's stdout and stderr kept (the rest is read and dropped).
+const KEPT_OUTPUT: u64 = 16 * 1024;
+/// Longest an `--on-create` hook may take: a client waits for it.
+pub const ON_CREATE_LIMIT: Duration = Duration::from_secs(30);
+/// How often the queue of `--on-complete` jobs is looked at.
+const POLL: Duration = Duration::from_millis(250);
+
+/// How one run of a hook ended.
+#[derive(Debug)]
+pub struct Ran {
+    /// `ok`, `failed` (non-zero exit or killed by a signal), `timeout`, or `error` (could not
+    /// start).
+    pub result: &'static str,
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` with `env`, at most `limit`.
+pub async fn run(command: &str, env: &[(&str, String)], limit: Duration) -> Ran {
+    let spawned = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            return Ran {
+                result: "error",
+                status: format!("could not start: {e}"),
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+    };
+    let stdout = child.stdout.take().map(kept);
+    let stderr = child.stderr.take().map(kept);
+    let outcome = tokio::time::timeout(limit, async {
+        let (status, out, err) = tokio::join!(
+            child.wait(),
+            async {
+                match stdout {
+                    Some(f) => f.await,
+                    None => String::new(),
+                }
+            },
+            async {
+                match stderr {
+                    Some(f) => f.await,
+                    None => String::new(),
+                }
+            },
+        );
+        (status, out, err)
+    })
+    .await;
+    match outcome {
+        Ok((Ok(status), stdout, stderr)) => Ran {
+            result: if status.success() { "ok" } else { "failed" },
+            status: status.to_string(),
+            stdout,
+            stderr,
+        },
+        Ok((Err(e), stdout, stderr)) => Ran {
+            result: "error",
+            status: e.to_string(),
+            stdout,
+            stderr,
+        },
+        Err(_) => {
+            // Dropping the child kills it (kill_on_drop).
+            let _ = child.start_kill();
+            Ran {
+                result: "timeout",
+                status: format!("killed after {} s", limit.as_secs()),
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+    }
+}
+
+/// The first `KEPT_OUTPUT` bytes of a pipe; the rest is read and dropped, so the hook never
+/// blocks on a full pipe.
+async fn kept(mut pipe: impl AsyncRead + Unpin) -> String {
+    let mut buf = Vec::new();
+    let _ = (&mut pipe).take(KEPT_OUTPUT).read_to_end(&mut buf).await;
+    let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The environment of an `--on-complete` run.
+fn complete_env(job: &HookJob) -> Vec<(&'static str, String)> {
+    vec![
+        ("FERRY_UPLOAD_ID", job.upload_id.clone()),
+        ("FERRY_OWNER", job.owner.clone()),
+        ("FERRY_PATH", job.path.display().to_string()),
+        ("FERRY_NAME", job.name.clone()),
+        ("FERRY_SIZE", job.size.to_string()),
+        ("FERRY_SHA256", job.sha256.clone()),
+        ("FERRY_DESC", job.desc.clone()),
+    ]
+}
+
+/// Runs the queued `--on-complete` jobs until aborted: oldest first, `concurrency` at a time.
+pub(crate) async fn complete_forever(
+    store: Arc<Store>,
+    command: String,
+    concurrency: usize,
+    limit: Duration,
+) {
+    let places = Arc::new(Semaphore::new(concurrency.max(1)));
+    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // Bounded by the process: one look at the queue per turn.
+    loop {
+        let queued = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.hook_jobs()).await
+        };
+        let jobs = match queued {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "cannot read the hook queue");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (seq, job) in jobs {
+            if running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&seq)
+            {
+                continue;
+            }
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return;
+            };
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq);
+            let (store, command, running) = (store.clone(), command.clone(), running.clone());
+            tokio::spawn(async move {
+                let ran = run(&command, &complete_env(&job), limit).await;
+                metrics().hook("on_complete", ran.result);
+                let stderr = ran.stderr.trim_end();
+                if ran.result == "ok" {
+                    info!(upload = job.upload_id, path = %job.path.display(), status = ran.status, "on-complete hook ran");
+                } else {
+                    warn!(upload = job.upload_id, path = %job.path.display(), status = ran.status, stderr, "on-complete hook failed");
+                }
+                // Ran (whatever its exit): forget the job. Failures are logged and counted,
+                // not retried: a hook that fails would fail again.
+                let done = tokio::task::spawn_blocking(move || store.hook_done(seq)).await;
+                if !matches!(done, Ok(Ok(()))) {
+                    warn!(seq, "cannot remove a hook job that ran; it will run again");
+                }
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&seq);
+                drop(place);
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_status_output_and_timeout() {
+        let ran = run(
+            "echo \"$GREETING\"; echo oops >&2; exit 3",
+            &[("GREETING", "hello".into())],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(ran.result, "failed");
+        assert_eq!(ran.stdout, "hello\n");
+        assert_eq!(ran.stderr, "oops\n");
+        assert!(ran.status.contains('3'), "{}", ran.status);
+
+        let ran = run("true", &[], Duration::from_secs(10)).await;
+        assert_eq!(ran.result, "ok");
+
+        let started = std::time::Instant::now();
+        let ran = run("sleep 30", &[], Duration::from_millis(200)).await;
+        assert_eq!(ran.result, "timeout");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A hook that writes a lot does not block on its pipe; only the start is kept.
+        let ran = run("head -c 1000000 /dev/zero", &[], Duration::from_secs(10)).await;
+        assert_eq!((ran.result, ran.stdout.len()), ("ok", KEPT_OUTPUT as usize));
+    }
+}
