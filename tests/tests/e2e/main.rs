@@ -6,6 +6,7 @@ mod crash;
 mod hardening;
 mod jobs;
 mod operations;
+mod packaging;
 mod powercut;
 mod process;
 mod resilience;

@@ -177,6 +177,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the manual pages (ferryd.1, ferryd-serve.1, …) into a folder.
+    Man { dir: PathBuf },
     /// Print help for ferryd or one of its commands.
     Help {
         /// The command to explain.
@@ -259,7 +261,7 @@ fn parse() -> Result<Cli, Parse> {
         | Command::Fingerprint { place, .. }
         | Command::Token { place, .. }
         | Command::Uploads { place, .. } => place,
-        Command::Help { .. } => return Ok(cli),
+        Command::Help { .. } | Command::Man { .. } => return Ok(cli),
     };
     let Some(file) = place.config.clone() else {
         return Ok(cli);
@@ -290,7 +292,7 @@ fn parse() -> Result<Cli, Parse> {
             "uploads",
             root.find_subcommand("uploads").expect("uploads").clone(),
         ),
-        Command::Help { .. } => unreachable!("returned above"),
+        Command::Help { .. } | Command::Man { .. } => unreachable!("returned above"),
     };
     // Other subcommands take only the keys they have (data, cert): the rest is serve's.
     let flags: Vec<OsString> = flags
@@ -607,6 +609,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man { dir } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Help { command } => {
             let mut root = Cli::command();
             match command {
@@ -614,7 +621,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(name) => match root.find_subcommand_mut(&name) {
                     Some(sub) => sub.print_help()?,
                     None => {
-                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, help");
+                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, man, help");
                         return Ok(ExitCode::from(2));
                     }
                 },
