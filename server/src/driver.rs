@@ -189,7 +189,7 @@ impl Registry {
             rx,
         };
         let registry = self.clone();
-        let span = info_span!("upload", id = %id);
+        let span = info_span!("upload", id = %id, name = %driver.record.file_name);
         let handle = tokio::spawn(
             async move {
                 driver.run().await;
@@ -464,9 +464,18 @@ impl Driver {
             .await;
         let outcome = match result {
             Ok(Ok(Ok(file_name))) => {
+                // From create to publish, interruptions included.
+                let took = crate::store::unix_now()
+                    .saturating_sub(self.record.created_at)
+                    .max(1);
                 info!(
-                    file_name,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    owner = self.record.owner,
+                    path = file_name,
+                    size = self.record.size,
+                    upload_s = took,
+                    rate_mib_s =
+                        format!("{:.1}", self.record.size as f64 / took as f64 / 1048576.0),
+                    publish_ms = started.elapsed().as_millis() as u64,
                     "published"
                 );
                 Ok(Published {

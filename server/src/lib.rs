@@ -318,7 +318,18 @@ impl Server {
                     let Some(incoming) = incoming else { break };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let pending = self.shared.pending.admit(incoming.remote_address().ip());
-                    tokio::spawn(conn::serve(self.shared.clone(), incoming, id, pending));
+                    let span = tracing::info_span!(
+                        "conn",
+                        id,
+                        peer = %incoming.remote_address(),
+                        owner = tracing::field::Empty
+                    );
+                    tokio::spawn(
+                        tracing::Instrument::instrument(
+                            conn::serve(self.shared.clone(), incoming, id, pending),
+                            span,
+                        ),
+                    );
                 }
                 () = &mut shutdown => break,
             }

@@ -154,6 +154,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
     }
+    tracing::Span::current().record("owner", owner.as_str());
     info!(%remote, owner, conn = id, "connected");
     let _live = Live::register(&shared, id, token_hash, &connection);
 
@@ -177,7 +178,9 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         events,
         attached: Default::default(),
     });
-    let chunk_streams = tokio::spawn(chunks::accept_chunk_streams(conn.clone()));
+    let chunk_streams = tokio::spawn(tracing::Instrument::in_current_span(
+        chunks::accept_chunk_streams(conn.clone()),
+    ));
 
     let stall = conn.shared.config.stream_timeout;
     let close = loop {
@@ -201,6 +204,12 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     };
     chunk_streams.abort();
     conn.detach_all();
+    let reason = match (&close, connection.close_reason()) {
+        (Some((code, message)), _) => format!("{code}: {message}"),
+        (None, Some(why)) => why.to_string(),
+        (None, None) => "the client ended the control stream".to_owned(),
+    };
+    info!(conn = id, reason, "disconnected");
     if let Some((code, message)) = close {
         // Best effort: the outbox may be full, and the close carries the code anyway.
         conn.events.push(Frame::Error {

@@ -366,6 +366,9 @@ impl Conn {
             });
         }
         self.verified(id).await?;
+        if from == 0 {
+            info!(upload = %id, name = record.file_name, "resumed");
+        }
         self.attach(id, record, from).await
     }
 

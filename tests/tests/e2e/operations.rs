@@ -549,3 +549,67 @@ fn on_create_veto_reaches_the_client() {
         .collect();
     assert_eq!(names, ["clip.mov"]);
 }
+
+/// The log of one upload, as JSON lines: connected (peer, owner), created, published (owner,
+/// path, size, duration, rate) and disconnected (reason), in the connection's and the upload's
+/// spans.
+#[test]
+fn one_upload_logs_its_life_in_json() {
+    let job = Deployment::start(&["--log-format", "json"]);
+    let file = random_file(job.work.path(), "clip.mov", 2 << 20, 5);
+    let out = Command::new(binary("ferry"))
+        .args([
+            "--server",
+            &job.server.addr.to_string(),
+            "--token",
+            &job.token,
+        ])
+        .args(["--fingerprint", &job.server.fingerprint])
+        .arg("--state-dir")
+        .arg(job.work.path().join("state"))
+        .arg("upload")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let disconnected = eventually_blocking(Duration::from_secs(10), || {
+        std::fs::read_to_string(&job.server.log).is_ok_and(|l| l.contains("disconnected"))
+    });
+    assert!(disconnected);
+    let log = std::fs::read_to_string(&job.server.log).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let find = |message: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("{message:?} in\n{log}"))
+            .clone()
+    };
+    let connected = find("connected");
+    assert_eq!(connected["level"], "INFO");
+    assert_eq!(connected["fields"]["owner"], "alice");
+    assert_eq!(connected["span"]["name"], "conn");
+    let created = find("created");
+    assert_eq!(created["fields"]["name"], "clip.mov");
+    assert_eq!(created["span"]["owner"], "alice");
+    let published = find("published");
+    assert_eq!(published["fields"]["owner"], "alice");
+    assert_eq!(published["fields"]["path"], "clip.mov");
+    assert_eq!(published["fields"]["size"], 2 << 20);
+    assert!(published["fields"]["upload_s"].is_u64());
+    assert!(published["fields"]["rate_mib_s"].is_string());
+    assert_eq!(published["span"]["name"], "upload");
+    assert_eq!(published["span"]["name"].as_str(), Some("upload"));
+    assert_eq!(published["span"]["id"].as_str().map(str::len), Some(32));
+    let gone = find("disconnected");
+    assert!(
+        gone["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{gone}"
+    );
+}
