@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::metrics::metrics;
-use crate::store::{HookJob, Store};
+use crate::store::HookJob;
+use crate::Shared;
 
 /// Bytes of a hook's stdout and stderr kept (the rest is read and dropped).
 const KEPT_OUTPUT: u64 = 16 * 1024;
@@ -130,17 +131,21 @@ fn complete_env(job: &HookJob) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Runs the queued `--on-complete` jobs until aborted: oldest first, `concurrency` at a time.
-pub(crate) async fn complete_forever(
-    store: Arc<Store>,
-    command: String,
-    concurrency: usize,
-    limit: Duration,
-) {
-    let places = Arc::new(Semaphore::new(concurrency.max(1)));
+/// Runs the queued `--on-complete` jobs until aborted: oldest first, `hook_concurrency` at a
+/// time, with the command and timeout current when each starts (a reload may change them;
+/// with no command, jobs wait in the queue).
+pub(crate) async fn complete_forever(shared: Arc<Shared>) {
+    let store = shared.store.clone();
+    let places = Arc::new(Semaphore::new(shared.config.hook_concurrency.max(1)));
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     // Bounded by the process: one look at the queue per turn.
     loop {
+        let tunable = shared.tunable();
+        let Some(command) = tunable.on_complete else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let limit = tunable.hook_timeout;
         let queued = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.hook_jobs()).await

@@ -131,6 +131,19 @@ impl Config {
         }
     }
 
+    /// The settings SIGHUP can change without a restart.
+    pub fn tunable(&self) -> Tunable {
+        Tunable {
+            max_uploads_per_owner: self.max_uploads_per_owner,
+            quota_per_owner: self.quota_per_owner,
+            expire_after: self.expire_after,
+            dedup_across_owners: self.dedup_across_owners,
+            on_complete: self.on_complete.clone(),
+            on_create: self.on_create.clone(),
+            hook_timeout: self.hook_timeout,
+        }
+    }
+
     /// The limits announced in `welcome`.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -146,9 +159,122 @@ impl Config {
     }
 }
 
+/// The part of the configuration a reload (SIGHUP) changes in a running server; the rest
+/// takes effect at the next start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunable {
+    pub max_uploads_per_owner: u64,
+    pub quota_per_owner: u64,
+    pub expire_after: Duration,
+    pub dedup_across_owners: bool,
+    pub on_complete: Option<String>,
+    pub on_create: Option<String>,
+    pub hook_timeout: Duration,
+}
+
+impl Tunable {
+    /// `key: old → new` for every setting that differs, named like the options.
+    fn changes(&self, new: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut note = |key: &str, old: String, new: String| {
+            if old != new {
+                out.push(format!("{key}: {old} → {new}"));
+            }
+        };
+        note(
+            "max-uploads",
+            self.max_uploads_per_owner.to_string(),
+            new.max_uploads_per_owner.to_string(),
+        );
+        note(
+            "quota",
+            self.quota_per_owner.to_string(),
+            new.quota_per_owner.to_string(),
+        );
+        note(
+            "expire-after",
+            format!("{}s", self.expire_after.as_secs()),
+            format!("{}s", new.expire_after.as_secs()),
+        );
+        note(
+            "dedup-across-owners",
+            self.dedup_across_owners.to_string(),
+            new.dedup_across_owners.to_string(),
+        );
+        note(
+            "on-complete",
+            format!("{:?}", self.on_complete),
+            format!("{:?}", new.on_complete),
+        );
+        note(
+            "on-create",
+            format!("{:?}", self.on_create),
+            format!("{:?}", new.on_create),
+        );
+        note(
+            "hook-timeout",
+            format!("{}s", self.hook_timeout.as_secs()),
+            format!("{}s", new.hook_timeout.as_secs()),
+        );
+        out
+    }
+}
+
+/// Changes a running server's [`Tunable`] settings (what SIGHUP does in `ferryd`).
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Applies `config`'s tunable settings and returns what changed (`key: old → new`);
+    /// logs it, and names the settings that differ but need a restart.
+    pub fn reload(&self, config: &Config) -> Vec<String> {
+        let new = config.tunable();
+        let changed = {
+            let mut current = self.0.tunable.write().unwrap_or_else(|p| p.into_inner());
+            let changed = current.changes(&new);
+            *current = new;
+            changed
+        };
+        self.0.store.set_queue_hooks(config.on_complete.is_some());
+        let old = &self.0.config;
+        let mut fixed = Vec::new();
+        if old.listen != config.listen {
+            fixed.push("listen");
+        }
+        if old.data_dir != config.data_dir {
+            fixed.push("data");
+        }
+        if old.cert != config.cert {
+            fixed.push("cert/key");
+        }
+        if old.admin_listen != config.admin_listen || old.admin_token != config.admin_token {
+            fixed.push("admin-listen/admin-token");
+        }
+        if old.max_connections != config.max_connections
+            || old.max_connections_per_ip != config.max_connections_per_ip
+        {
+            fixed.push("max-connections");
+        }
+        if changed.is_empty() {
+            info!("reloaded: no setting that a reload changes differs");
+        } else {
+            info!(changed = changed.join("; "), "reloaded");
+        }
+        if !fixed.is_empty() {
+            warn!(
+                settings = fixed.join(", "),
+                "changed settings that take effect only at the next start"
+            );
+        }
+        changed
+    }
+}
+
 /// State every connection shares.
 pub(crate) struct Shared {
     config: Config,
+    /// The settings a reload changes; read them here, not from `config`.
+    tunable: std::sync::RwLock<Tunable>,
     store: Arc<Store>,
     tokens: Tokens,
     /// Logged-in connections by connection id, with the hash of the token each used, so a
@@ -165,6 +291,27 @@ pub(crate) struct Shared {
     /// After an unclean stop, until every upload is re-verified; `None` after a clean one.
     verifier: Option<Arc<verify::Verifier>>,
     throttle: guard::AuthThrottle,
+}
+
+impl Shared {
+    /// The current tunable settings.
+    pub(crate) fn tunable(&self) -> Tunable {
+        self.tunable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The limits announced in `welcome`, with the current tunable settings.
+    pub(crate) fn limits(&self) -> Limits {
+        let t = self.tunable();
+        Limits {
+            max_uploads: t.max_uploads_per_owner,
+            quota: t.quota_per_owner,
+            expire_after: t.expire_after.as_secs(),
+            ..self.config.limits()
+        }
+    }
 }
 
 /// A bound server, not yet accepting.
@@ -246,6 +393,7 @@ impl Server {
         )
         .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
         let shared = Arc::new(Shared {
+            tunable: std::sync::RwLock::new(config.tunable()),
             tokens,
             live: Default::default(),
             create_locks: Default::default(),
@@ -273,6 +421,11 @@ impl Server {
         Ok(self.endpoint.local_addr()?)
     }
 
+    /// A handle to change the tunable settings while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
+    }
+
     /// Where the admin listener listens, if it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
@@ -293,14 +446,7 @@ impl Server {
         let next_id = AtomicU64::new(1);
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
-        let hooks = self.shared.config.on_complete.clone().map(|command| {
-            tokio::spawn(hooks::complete_forever(
-                self.shared.store.clone(),
-                command,
-                self.shared.config.hook_concurrency,
-                self.shared.config.hook_timeout,
-            ))
-        });
+        let hooks = Some(tokio::spawn(hooks::complete_forever(self.shared.clone())));
         let admin = match self.admin {
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -372,12 +518,13 @@ const TOMBSTONE_LIFE: u64 = 30 * 24 * 3600;
 
 /// Removes uploads that made no progress for `expire_after`, every `sweep_interval`.
 async fn sweep_forever(shared: Arc<Shared>) {
-    let expire = shared.config.expire_after.as_secs();
-    if expire == 0 {
-        return;
-    }
+    // Bounded by the process: one sweep per turn.
     loop {
         tokio::time::sleep(shared.config.sweep_interval).await;
+        let expire = shared.tunable().expire_after.as_secs();
+        if expire == 0 {
+            continue;
+        }
         let now = store::unix_now();
         let store = shared.store.clone();
         let stale =

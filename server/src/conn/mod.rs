@@ -148,7 +148,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
-        limits: config.limits(),
+        limits: shared.limits(),
         server: concat!("ferryd ", env!("CARGO_PKG_VERSION")).to_owned(),
     };
     if write_frame(&mut send, &welcome).await.is_err() {

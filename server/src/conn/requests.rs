@@ -182,7 +182,7 @@ impl Conn {
                 ),
             ));
         }
-        if let Some(command) = &config.on_create {
+        if let Some(command) = &self.shared.tunable().on_create {
             self.ask_on_create(command, &record).await?;
         }
         // Check and reserve in one step per owner: concurrent creates queue here.
@@ -260,7 +260,7 @@ impl Conn {
         let (owner, size, any) = (
             self.owner.clone(),
             record.size,
-            self.shared.config.dedup_across_owners,
+            self.shared.tunable().dedup_across_owners,
         );
         let asked: String = record
             .dir
@@ -526,7 +526,7 @@ impl Conn {
             },
             created_at: record.created_at,
             updated_at: record.updated_at,
-            expires_at: match (record.state, self.shared.config.expire_after.as_secs()) {
+            expires_at: match (record.state, self.shared.tunable().expire_after.as_secs()) {
                 (RecordState::Receiving, secs) if secs > 0 => record.updated_at + secs,
                 _ => 0,
             },
@@ -556,7 +556,7 @@ impl Conn {
     /// Uploads in progress and the quota, checked before a new upload is created.
     /// The owner's quota (and, for a `new_upload`, its uploads in progress) allow `size` more.
     fn check_owner_limits(&self, size: u64, new_upload: bool) -> Result<(), WireError> {
-        let config = &self.shared.config;
+        let config = self.shared.tunable();
         let uploads = self
             .shared
             .store

@@ -153,7 +153,7 @@ pub struct Store {
     /// Completed uploads kept on record per owner: [`MAX_HISTORY`], lowered in tests.
     max_history: usize,
     /// Queue an `--on-complete` hook job with every completion.
-    queue_hooks: bool,
+    queue_hooks: std::sync::atomic::AtomicBool,
 }
 
 /// An `--on-complete` hook job, queued durably with the upload's completion.
@@ -202,7 +202,7 @@ impl Store {
             min_free,
             db: RwLock::new(Some(Arc::new(db))),
             max_history: MAX_HISTORY,
-            queue_hooks,
+            queue_hooks: queue_hooks.into(),
         };
         let mut report = OpenReport {
             schema_before,
@@ -273,6 +273,13 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether completions queue `--on-complete` jobs from now on (a reload turns hooks on or
+    /// off).
+    pub fn set_queue_hooks(&self, on: bool) {
+        self.queue_hooks
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets a hook job that ran (durably: a crash before this runs the hook again).

@@ -238,7 +238,7 @@ impl Store {
         let owner = record.owner.as_bytes();
         // The hook job, if hooks are on, is queued in the same transaction: a crash after it
         // cannot lose the hook, a crash before it cannot run it for an unpublished file.
-        let hook = if self.queue_hooks {
+        let hook = if self.queue_hooks.load(std::sync::atomic::Ordering::Relaxed) {
             let job = HookJob {
                 upload_id: id.to_string(),
                 owner: record.owner.clone(),

@@ -613,3 +613,92 @@ fn one_upload_logs_its_life_in_json() {
         "{gone}"
     );
 }
+
+/// SIGHUP re-reads the config file: changed limits are applied and announced to new
+/// connections, the change is logged, an invalid file changes nothing and stops nothing; a new
+/// token works and a revoked one is refused.
+#[test]
+fn sighup_reloads_limits_and_tokens() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let file = work.path().join("ferryd.toml");
+    std::fs::write(&file, "max-uploads = 16\n").unwrap();
+    let alice = ferry_server::Tokens::new(&data).add("alice").unwrap();
+    let config = file.to_str().unwrap().to_owned();
+    let mut server = ServerProcess::start_with(&data, "127.0.0.1:0", &["--config", &config]);
+    let ping = |token: &str| {
+        Command::new(binary("ferry"))
+            .args(["--server", &server.addr.to_string(), "--token", token])
+            .args([
+                "--fingerprint",
+                &server.fingerprint,
+                "ping",
+                "-c",
+                "1",
+                "--json",
+            ])
+            .output()
+            .unwrap()
+    };
+    let limits = |token: &str| -> serde_json::Value {
+        let out = ping(token);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["limits"].clone()
+    };
+    assert_eq!(limits(&alice)["max_uploads"], 16);
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let log_has = |needle: &str| {
+        eventually_blocking(Duration::from_secs(10), || {
+            std::fs::read_to_string(&server.log).is_ok_and(|l| l.contains(needle))
+        })
+    };
+
+    std::fs::write(
+        &file,
+        "max-uploads = 1\nexpire-after = \"12h\"\nlog-level = \"debug,quinn=warn,sled=warn\"\n",
+    )
+    .unwrap();
+    hup(server.child.id());
+    assert!(
+        log_has("max-uploads: 16 → 1"),
+        "{}",
+        std::fs::read_to_string(&server.log).unwrap()
+    );
+    assert!(log_has("expire-after: 604800s → 43200s"));
+    assert!(log_has("log level changed"));
+    let now = limits(&alice);
+    assert_eq!(
+        (now["max_uploads"].as_u64(), now["expire_after"].as_u64()),
+        (Some(1), Some(43200))
+    );
+
+    std::fs::write(&file, "max-uploads = \"many\"\n").unwrap();
+    hup(server.child.id());
+    assert!(log_has("reload refused"));
+    assert_eq!(
+        limits(&alice)["max_uploads"],
+        1,
+        "an invalid file changed nothing"
+    );
+
+    let tokens = ferry_server::Tokens::new(&data);
+    let bob = tokens.add("bob").unwrap();
+    tokens.revoke("alice").unwrap();
+    hup(server.child.id());
+    assert!(ping(&bob).status.success());
+    let out = ping(&alice);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(server.child.try_wait().unwrap().is_none(), "still serving");
+    assert_eq!(server.terminate(), Some(0));
+}

@@ -128,6 +128,14 @@ struct ServeArgs {
     /// An --on-complete run still going after this long is killed (e.g. 5m).
     #[arg(long, default_value = "5m", env = "FERRYD_HOOK_TIMEOUT", value_parser = duration)]
     hook_timeout: Duration,
+    /// Log filter, as RUST_LOG would give it (e.g. `debug,quinn=warn`); RUST_LOG, when set,
+    /// wins. A reload (SIGHUP) applies a changed value.
+    #[arg(
+        long,
+        default_value = "info,quinn=warn,sled=warn",
+        env = "FERRYD_LOG_LEVEL"
+    )]
+    log_level: String,
     /// Log format on stderr: text (coloured only on a terminal; NO_COLOR turns colour off)
     /// or json (one object per line).
     #[arg(long, default_value = "text", env = "FERRYD_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -228,15 +236,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let json = match &cli.command {
-        Command::Serve(a) => a.log_format == "json",
-        _ => false,
+    let (json, level) = match &cli.command {
+        Command::Serve(a) => (a.log_format == "json", a.log_level.as_str()),
+        _ => (false, "info,quinn=warn,sled=warn"),
     };
-    if let Err(e) = init_logging(json) {
-        say!("ferryd: {e}");
-        return ExitCode::from(2);
-    }
-    match run(cli) {
+    let relog = match init_logging(json, level) {
+        Ok(relog) => relog,
+        Err(e) => {
+            say!("ferryd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, relog) {
         Ok(code) => code,
         Err(e) => {
             say!("ferryd: {e:#}");
@@ -342,15 +353,21 @@ fn parse() -> Result<Cli, Parse> {
     Cli::try_parse_from(&merged).map_err(Parse::Clap)
 }
 
+/// Sets a new log filter (a reload's `log-level`).
+type Relog = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
 /// Logs on stderr: text, coloured only when stderr is a terminal and `NO_COLOR` is unset, or
-/// JSON lines. `RUST_LOG` sets the filter (default `info,quinn=warn,sled=warn`); an invalid
-/// one is an error, not silently ignored.
-fn init_logging(json: bool) -> Result<()> {
+/// JSON lines. The filter is `RUST_LOG` if set, else `level` (`--log-level`); an invalid one is
+/// an error, not silently ignored. Returns how to change the filter later (none under
+/// `RUST_LOG`, which a running process cannot see change).
+fn init_logging(json: bool, level: &str) -> Result<Relog> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(text) => EnvFilter::try_new(&text)
+    let from_env = std::env::var("RUST_LOG").ok();
+    let filter = match &from_env {
+        Some(text) => EnvFilter::try_new(text)
             .map_err(|e| anyhow::anyhow!("invalid RUST_LOG {text:?}: {e}"))?,
-        Err(_) => EnvFilter::new("info,quinn=warn,sled=warn"),
+        None => EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("invalid --log-level {level:?}: {e}"))?,
     };
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -361,12 +378,30 @@ fn init_logging(json: bool) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .log_internal_errors(false);
-    if json {
-        builder.json().init();
-    } else {
+    let set: Relog = if json {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
         builder.init();
+        Box::new(move |level| {
+            let filter = EnvFilter::try_new(level)?;
+            Ok(handle.reload(filter)?)
+        })
+    } else {
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        Box::new(move |level| {
+            let filter = EnvFilter::try_new(level)?;
+            Ok(handle.reload(filter)?)
+        })
+    };
+    if from_env.is_some() {
+        return Ok(Box::new(|_| {
+            tracing::info!("RUST_LOG is set: the log filter stays as it was");
+            Ok(())
+        }));
     }
-    Ok(())
+    Ok(set)
 }
 
 impl ServeArgs {
@@ -446,6 +481,7 @@ impl ServeArgs {
             ),
             format!("hook-concurrency = {}", self.hook_concurrency),
             format!("hook-timeout = {}", secs(self.hook_timeout)),
+            format!("log-level = {:?}", self.log_level),
             format!("log-format = \"{}\"", self.log_format),
         ];
         lines.join("\n")
@@ -469,13 +505,25 @@ impl ServeArgs {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.config();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let server = ferry_server::Server::bind(config)?;
+                let reloader = server.reloader();
+                let mut level = args.log_level.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                        return;
+                    };
+                    // Bounded by the process: one reload per SIGHUP.
+                    while hup.recv().await.is_some() {
+                        reload(&reloader, &relog, &mut level);
+                    }
+                });
                 let report = server.open_report();
                 let fixed = report.reconciled;
                 if !report.clean || fixed.any() {
@@ -688,22 +736,53 @@ fn in_use(e: anyhow::Error, data: &Path) -> anyhow::Error {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM. SIGHUP is logged and otherwise harmless: tokens are read at
-/// every connection and revocations are watched, so there is nothing to reload by hand.
+/// SIGHUP: reads the command line, environment and config file again and applies what a
+/// running server can change (limits, hooks, dedup, log level); never exits. A config that
+/// does not parse is logged and changes nothing. Tokens need no reload: they are read at
+/// every connection, and revocations apply within 100 ms.
+fn reload(reloader: &ferry_server::Reloader, relog: &Relog, level: &mut String) {
+    let args = match parse() {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => args,
+        Ok(_) => return,
+        Err(Parse::Config(e)) => {
+            tracing::warn!(error = %e, "reload refused: the config file is invalid; nothing changed");
+            return;
+        }
+        Err(Parse::Clap(e)) => {
+            let first = e.render().to_string();
+            let first = first.lines().next().unwrap_or("").to_owned();
+            tracing::warn!(
+                error = first,
+                "reload refused: the settings are invalid; nothing changed"
+            );
+            return;
+        }
+    };
+    reloader.reload(&args.config());
+    if args.log_level != *level {
+        match relog(&args.log_level) {
+            Ok(()) => {
+                tracing::info!(
+                    from = level.as_str(),
+                    to = args.log_level,
+                    "log level changed"
+                );
+                *level = args.log_level.clone();
+            }
+            Err(e) => tracing::warn!(error = %e, "log level not changed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
-    // Bounded by the process: each SIGHUP is one turn.
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
-            _ = hup.recv() => tracing::info!(
-                "SIGHUP: tokens are re-read at every connection and revocations apply within \
-                 100 ms; other settings take effect at the next start"
-            ),
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
