@@ -62,10 +62,35 @@ pub struct Endpoint {
     reached: Arc<std::sync::atomic::AtomicBool>,
     /// Told of connection events (`ferry -v`).
     reporter: Option<Reporter>,
+    /// Shows the server's notices.
+    notices: Notices,
 }
 
 /// Where connection events go.
 pub type Reporter = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The operator's notices (`welcome.notice`, pushed `notice` frames), each shown once per
+/// endpoint even when several connections or reconnects receive it. Stderr by default.
+#[derive(Clone, Default)]
+pub struct Notices {
+    show: Option<Reporter>,
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl Notices {
+    fn show(&self, text: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(text) {
+            return;
+        }
+        *last = Some(text.to_owned());
+        let line = format!("ferry: notice from the server: {text}");
+        match &self.show {
+            Some(show) => show(&line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
 
 impl Endpoint {
     pub fn new(ipv6: bool) -> Result<Self, ClientError> {
@@ -88,7 +113,13 @@ impl Endpoint {
             connect_timeout: Duration::from_secs(5),
             reached: Default::default(),
             reporter: None,
+            notices: Notices::default(),
         })
+    }
+
+    /// Shows the server's notices through `show` (a line, `ferry: notice from the server: …`).
+    pub fn set_notices(&mut self, show: Reporter) {
+        self.notices.show = Some(show);
     }
 
     /// Reports connection events (connected, with the handshake time) to `reporter`.
@@ -201,7 +232,7 @@ impl Endpoint {
                 );
             }
         }
-        let connection = Connection::hello(connection, &target.token).await?;
+        let connection = Connection::hello(connection, &target.token, self.notices.clone()).await?;
         self.reached.store(true, Ordering::Relaxed);
         if let Some(report) = &self.reporter {
             report(&format!(
@@ -221,7 +252,11 @@ impl Endpoint {
 }
 
 impl Connection {
-    async fn hello(connection: quinn::Connection, token: &str) -> Result<Self, ClientError> {
+    async fn hello(
+        connection: quinn::Connection,
+        token: &str,
+        notices: Notices,
+    ) -> Result<Self, ClientError> {
         let lost = |e: &dyn std::fmt::Display| ClientError::Connection(e.to_string());
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
         let hello = Frame::Hello {
@@ -234,8 +269,14 @@ impl Connection {
                 owner,
                 limits,
                 server,
+                notice,
                 ..
-            })) => (owner, limits, server),
+            })) => {
+                if let Some(text) = notice {
+                    notices.show(&text);
+                }
+                (owner, limits, server)
+            }
             Ok(Some(Frame::Error { code, message, .. })) => {
                 return Err(ClientError::Server { code, message })
             }
@@ -249,7 +290,7 @@ impl Connection {
         };
         let pending: Pending = Default::default();
         let (events_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(recv, pending.clone(), events_tx));
+        tokio::spawn(dispatch(recv, pending.clone(), events_tx, notices));
         Ok(Self {
             connection,
             send: tokio::sync::Mutex::new(send),
@@ -379,6 +420,7 @@ async fn dispatch(
     mut recv: quinn::RecvStream,
     pending: Pending,
     events: mpsc::UnboundedSender<Frame>,
+    notices: Notices,
 ) {
     loop {
         let frame = match read_frame(&mut recv).await {
@@ -396,6 +438,10 @@ async fn dispatch(
                 break;
             }
         };
+        if let Frame::Notice { text } = &frame {
+            notices.show(text);
+            continue;
+        }
         let req = match &frame {
             Frame::Created { req, .. }
             | Frame::Resumed { req, .. }

@@ -111,6 +111,8 @@ impl Client {
     pub fn with(opts: Options, mut endpoint: Endpoint, shared: Shared) -> Self {
         let tracker = shared.tracker.clone();
         endpoint.set_reporter(Arc::new(move |line| tracker.event(line)));
+        let tracker = shared.tracker.clone();
+        endpoint.set_notices(Arc::new(move |line| tracker.note(line)));
         Self {
             endpoint,
             conn: None,

@@ -11,7 +11,7 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// Protocol version spoken by this build, sent in `hello` and `welcome`. 2 added paging of
 /// `listing` and of `resumed`'s durable ranges, and the codes `token_revoked`,
 /// `control_stream_full` and `name_exhausted`; 3 added `create.on_exists`, `dedup`, `ping`,
-/// `welcome.server` and the code `already_exists`.
+/// `welcome.server`, `welcome.notice`, `notice` and the codes `already_exists` and `refused`.
 pub const PROTOCOL_VERSION: u32 = 3;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
@@ -35,6 +35,9 @@ pub enum Frame {
         /// The server software and its version, e.g. `ferryd 0.1.0`.
         #[serde(default)]
         server: String,
+        /// The operator's notice (message of the day), if one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notice: Option<String>,
     },
     Create {
         req: u64,
@@ -146,6 +149,10 @@ pub enum Frame {
         /// Present when more uploads follow: send `list` again with this `cursor`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
+    },
+    /// Pushed to every connected client when the operator sets a notice (`ferryd notice`).
+    Notice {
+        text: String,
     },
     Ack {
         upload_id: String,
@@ -301,8 +308,8 @@ impl FrameError {
 
 const KNOWN_TYPES: &[&str] = &[
     "hello", "welcome", "create", "created", "resume", "resumed", "finish", "finished", "abort",
-    "aborted", "mkdir", "made", "dedup", "deduped", "no_match", "ping", "pong", "list", "listing",
-    "ack", "reject", "detached", "chunk", "error",
+    "aborted", "mkdir", "made", "dedup", "deduped", "no_match", "ping", "pong", "notice", "list",
+    "listing", "ack", "reject", "detached", "chunk", "error",
 ];
 
 impl Frame {
@@ -398,6 +405,7 @@ impl Frame {
             Self::NoMatch { .. } => "no_match",
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
+            Self::Notice { .. } => "notice",
             Self::List { .. } => "list",
             Self::Listing { .. } => "listing",
             Self::Ack { .. } => "ack",
@@ -443,6 +451,9 @@ mod tests {
             Frame::NoMatch { req: 1 },
             Frame::Ping { req: 2 },
             Frame::Pong { req: 2 },
+            Frame::Notice {
+                text: "maintenance at 22:00 UTC".into(),
+            },
         ];
         for frame in frames {
             let bytes = frame.to_bytes();

@@ -6,6 +6,9 @@
 //!   database is closed after a write failure or the disk is below the reserve.
 //! - `GET /metrics`: Prometheus text (see `crate::metrics`).
 //! - `GET /uploads`: JSON array of every unfinished upload, all owners, with progress.
+//! - `PUT /notice` (body: the text, UTF-8, at most 1 024 bytes) sets the operator's notice:
+//!   pushed to every connected client and sent in `welcome` until cleared; `DELETE /notice`
+//!   clears it; `GET /notice` shows it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -52,7 +55,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &shared).await) }
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -76,18 +79,22 @@ fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Ful
     response
 }
 
-async fn handle(req: &Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if req.method() != Method::GET {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n");
-    }
-    let path = req.uri().path();
-    if path != "/healthz" && !authorized(req, shared.config.admin_token.as_deref()) {
+    let path = req.uri().path().to_owned();
+    let path = path.as_str();
+    if path != "/healthz" && !authorized(&req, shared.config.admin_token.as_deref()) {
         return reply(
             StatusCode::UNAUTHORIZED,
             TEXT,
             "missing or wrong Authorization: Bearer token (--admin-token)\n",
         );
+    }
+    if path == "/notice" {
+        return notice(req, shared).await;
+    }
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only here\n");
     }
     match path {
         "/healthz" => match health(shared) {
@@ -124,6 +131,54 @@ async fn handle(req: &Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<
             TEXT,
             "no such path; try /healthz, /metrics, /uploads\n",
         ),
+    }
+}
+
+/// `/notice`: GET shows it, PUT sets it (the body), DELETE clears it.
+async fn notice(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let text = match *req.method() {
+        Method::GET => {
+            return reply(StatusCode::OK, TEXT, shared.notice().unwrap_or_default());
+        }
+        Method::DELETE => None,
+        Method::PUT | Method::POST => {
+            let limited = http_body_util::Limited::new(req.into_body(), crate::MAX_NOTICE);
+            let body = match limited.collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        TEXT,
+                        format!("a notice is at most {} bytes\n", crate::MAX_NOTICE),
+                    )
+                }
+            };
+            let Ok(text) = String::from_utf8(body.to_vec()) else {
+                return reply(StatusCode::BAD_REQUEST, TEXT, "a notice is UTF-8 text\n");
+            };
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "an empty notice; DELETE /notice clears it\n",
+                );
+            }
+            Some(text)
+        }
+        _ => return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET, PUT or DELETE\n"),
+    };
+    let shared = shared.clone();
+    match tokio::task::spawn_blocking(move || shared.set_notice(text)).await {
+        Ok(Ok(())) => reply(StatusCode::OK, TEXT, "ok\n"),
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("cannot keep the notice: {e:#}\n"),
+        ),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
     }
 }
 

@@ -275,6 +275,10 @@ pub(crate) struct Shared {
     config: Config,
     /// The settings a reload changes; read them here, not from `config`.
     tunable: std::sync::RwLock<Tunable>,
+    /// The operator's notice (`ferryd notice`), sent in `welcome`; kept in `DATA/notice`.
+    notice: std::sync::RwLock<Option<String>>,
+    /// Each new notice, for every connection to push to its client.
+    notices: tokio::sync::broadcast::Sender<String>,
     store: Arc<Store>,
     tokens: Tokens,
     /// Logged-in connections by connection id, with the hash of the token each used, so a
@@ -293,7 +297,39 @@ pub(crate) struct Shared {
     throttle: guard::AuthThrottle,
 }
 
+/// Where the operator's notice is kept, in the data directory.
+const NOTICE_FILE: &str = "notice";
+/// Longest notice, in bytes.
+pub const MAX_NOTICE: usize = 1024;
+
 impl Shared {
+    /// The operator's notice, if any.
+    pub(crate) fn notice(&self) -> Option<String> {
+        self.notice
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets (or, with `None`, clears) the notice: kept durably for `welcome`, and pushed to
+    /// every connected client.
+    pub(crate) fn set_notice(&self, text: Option<String>) -> Result<()> {
+        let path = self.config.data_dir.join(NOTICE_FILE);
+        match &text {
+            Some(text) => fsutil::write_atomic(&path, text.as_bytes())?,
+            None if path.exists() => fsutil::remove_file_durable(&path)?,
+            None => {}
+        }
+        *self.notice.write().unwrap_or_else(|p| p.into_inner()) = text.clone();
+        if let Some(text) = text {
+            info!(text, "notice set");
+            let _ = self.notices.send(text);
+        } else {
+            info!("notice cleared");
+        }
+        Ok(())
+    }
+
     /// The current tunable settings.
     pub(crate) fn tunable(&self) -> Tunable {
         self.tunable
@@ -392,8 +428,13 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
+        let notice = std::fs::read_to_string(dir.join(NOTICE_FILE))
+            .ok()
+            .filter(|n| !n.is_empty());
         let shared = Arc::new(Shared {
             tunable: std::sync::RwLock::new(config.tunable()),
+            notice: std::sync::RwLock::new(notice),
+            notices: tokio::sync::broadcast::channel(16).0,
             tokens,
             live: Default::default(),
             create_locks: Default::default(),

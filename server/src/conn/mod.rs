@@ -150,6 +150,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         owner: owner.clone(),
         limits: shared.limits(),
         server: concat!("ferryd ", env!("CARGO_PKG_VERSION")).to_owned(),
+        notice: shared.notice(),
     };
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
@@ -181,6 +182,21 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     let chunk_streams = tokio::spawn(tracing::Instrument::in_current_span(
         chunks::accept_chunk_streams(conn.clone()),
     ));
+    // Notices the operator sets while this connection lives, pushed like acks.
+    let notices = {
+        let mut rx = conn.shared.notices.subscribe();
+        let events = conn.events.clone();
+        tokio::spawn(async move {
+            // Bounded by the connection: the task is aborted when it ends.
+            loop {
+                match rx.recv().await {
+                    Ok(text) => events.push(Frame::Notice { text }),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    };
 
     let stall = conn.shared.config.stream_timeout;
     let close = loop {
@@ -203,6 +219,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         }
     };
     chunk_streams.abort();
+    notices.abort();
     conn.detach_all();
     let reason = match (&close, connection.close_reason()) {
         (Some((code, message)), _) => format!("{code}: {message}"),

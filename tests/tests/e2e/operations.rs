@@ -702,3 +702,57 @@ fn sighup_reloads_limits_and_tokens() {
     assert!(server.child.try_wait().unwrap().is_none(), "still serving");
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// `ferryd notice`: a client in the middle of an upload is shown the notice at once (once);
+/// new connections get it in `welcome`, also after a restart, until `--clear`.
+#[test]
+fn operator_notices_reach_clients() {
+    let mut job = Deployment::start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&job.server);
+    let ferry = |server: &ServerProcess, args: &[&str]| {
+        let mut cmd = Command::new(binary("ferry"));
+        cmd.args(["--server", &server.addr.to_string(), "--token", &job.token])
+            .args(["--fingerprint", &server.fingerprint])
+            .arg("--state-dir")
+            .arg(job.work.path().join("state"))
+            .args(args);
+        cmd
+    };
+    let file = random_file(job.work.path(), "long.mov", 4 << 20, 3);
+    let mut upload = ferry(&job.server, &["upload", "--limit-rate", "2M"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let text_of = "maintenance tonight at 22:00 UTC; uploads resume after";
+    let out = ferryd(&["notice", text_of, "--admin-listen", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = wait_child(&mut upload, Duration::from_secs(60)).expect("the upload ends");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(upload.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let line = format!("ferry: notice from the server: {text_of}");
+    assert_eq!(stderr.matches(&line).count(), 1, "{stderr}");
+    assert_eq!(get(&admin, "/notice", None), (200, text_of.to_owned()));
+
+    // Kept across a restart, sent in welcome.
+    assert_eq!(job.server.terminate(), Some(0));
+    job.server =
+        ServerProcess::start_with(&job.data, "127.0.0.1:0", &["--admin-listen", "127.0.0.1:0"]);
+    let out = ferry(&job.server, &["ping", "-c", "1"]).output().unwrap();
+    assert!(text(&out.stderr).contains(&line), "{}", text(&out.stderr));
+    let admin = admin_addr(&job.server);
+    let out = ferryd(&["notice", "--clear", "--admin-listen", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ferry(&job.server, &["ping", "-c", "1"]).output().unwrap();
+    assert!(
+        !text(&out.stderr).contains("notice"),
+        "{}",
+        text(&out.stderr)
+    );
+}

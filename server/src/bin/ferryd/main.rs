@@ -185,6 +185,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set the notice every connected client is shown (and new ones, in welcome) through a
+    /// running server's admin listener; --clear removes it.
+    Notice {
+        /// The text (at most 1 024 bytes).
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        text: Option<String>,
+        /// Remove the notice.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        place: DataArgs,
+        /// The server's admin listener (`serve --admin-listen`).
+        #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// The admin listener's token, if it has one.
+        #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
     /// Write the manual pages (ferryd.1, ferryd-serve.1, …) into a folder.
     Man { dir: PathBuf },
     /// Print help for ferryd or one of its commands.
@@ -271,7 +289,8 @@ fn parse() -> Result<Cli, Parse> {
         Command::Verify { place }
         | Command::Fingerprint { place, .. }
         | Command::Token { place, .. }
-        | Command::Uploads { place, .. } => place,
+        | Command::Uploads { place, .. }
+        | Command::Notice { place, .. } => place,
         Command::Help { .. } | Command::Man { .. } => return Ok(cli),
     };
     let Some(file) = place.config.clone() else {
@@ -302,6 +321,10 @@ fn parse() -> Result<Cli, Parse> {
         Command::Uploads { .. } => (
             "uploads",
             root.find_subcommand("uploads").expect("uploads").clone(),
+        ),
+        Command::Notice { .. } => (
+            "notice",
+            root.find_subcommand("notice").expect("notice").clone(),
         ),
         Command::Help { .. } | Command::Man { .. } => unreachable!("returned above"),
     };
@@ -618,7 +641,7 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                      FERRYD_ADMIN_LISTEN, or --config the server's file"
                 );
             };
-            let body = http_get(addr, "/uploads", admin_token.as_deref())?;
+            let body = http(addr, "GET", "/uploads", admin_token.as_deref(), "")?;
             if json {
                 println!("{body}");
                 return Ok(ExitCode::SUCCESS);
@@ -657,6 +680,24 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Notice {
+            text,
+            admin_listen,
+            admin_token,
+            ..
+        } => {
+            let Some(addr) = admin_listen else {
+                anyhow::bail!(
+                    "no admin listener given: pass --admin-listen ADDR (as the server's), set \
+                     FERRYD_ADMIN_LISTEN, or --config the server's file"
+                );
+            };
+            match text {
+                Some(text) => http(addr, "PUT", "/notice", admin_token.as_deref(), &text)?,
+                None => http(addr, "DELETE", "/notice", admin_token.as_deref(), "")?,
+            };
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Man { dir } => {
             clap_mangen::generate_to(Cli::command(), &dir)
                 .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
@@ -669,7 +710,7 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 Some(name) => match root.find_subcommand_mut(&name) {
                     Some(sub) => sub.print_help()?,
                     None => {
-                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, man, help");
+                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, notice, man, help");
                         return Ok(ExitCode::from(2));
                     }
                 },
@@ -679,8 +720,15 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
     }
 }
 
-/// One GET to the admin listener (plain HTTP/1.0 over TCP, 10 s at most), the body if 200.
-fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<String> {
+/// One request to the admin listener (plain HTTP/1.0 over TCP, 10 s at most), the response's
+/// body if 200.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<String> {
     use std::io::Read;
     let limit = Duration::from_secs(10);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, limit)
@@ -688,7 +736,11 @@ fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<String>
     stream.set_read_timeout(Some(limit))?;
     stream.set_write_timeout(Some(limit))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response
