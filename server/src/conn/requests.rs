@@ -186,15 +186,7 @@ impl Conn {
             self.ask_on_create(command, &record).await?;
         }
         // Check and reserve in one step per owner: concurrent creates queue here.
-        let lock = {
-            let mut locks = self
-                .shared
-                .create_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            locks.entry(self.owner.clone()).or_default().clone()
-        };
-        let _reserving = lock.lock().await;
+        let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, true)?;
         let store = self.shared.store.clone();
         let stored = record.clone();
@@ -210,6 +202,19 @@ impl Conn {
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         crate::metrics::metrics().uploads_created.inc();
         self.attach(id, record, 0).await
+    }
+
+    /// The owner's lock, held from the check of its limits to the record of what it adds.
+    async fn owner_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .shared
+                .create_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(self.owner.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Runs the `--on-create` hook: a non-zero exit refuses the upload with the hook's first
@@ -291,15 +296,7 @@ impl Conn {
             });
         }
         // Counted against the quota like any published file (it is one, for this owner).
-        let lock = {
-            let mut locks = self
-                .shared
-                .create_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            locks.entry(self.owner.clone()).or_default().clone()
-        };
-        let _reserving = lock.lock().await;
+        let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, false)?;
         record.chunk_size = content.record.chunk_size;
         let store = self.shared.store.clone();

@@ -165,27 +165,22 @@ impl Store {
             } else {
                 ferry_proto::name::numbered(&record.file_name, n)
             };
-            if dir.join(&name).symlink_metadata().is_ok() {
-                if record.on_exists != OnExists::Rename {
-                    self.unpublish(id, record)?;
-                    return Err(NameTaken {
-                        name: format!("{prefix}{name}"),
-                        on_exists: record.on_exists,
-                    }
-                    .into());
-                }
-                continue;
-            }
             let mut intent = record.clone();
             intent.state = RecordState::Publishing;
             intent.final_name = Some(format!("{prefix}{name}"));
             intent.sha256 = Some(digest.to_hex());
-            self.put_record(id, &intent)?;
-            self.sync()?;
-            // A hard link fails instead of replacing an existing file, unlike rename.
-            match fs::hard_link(&staging, dir.join(&name)) {
+            let linked = if dir.join(&name).symlink_metadata().is_ok() {
+                Err(std::io::ErrorKind::AlreadyExists.into())
+            } else {
+                self.put_record(id, &intent)?;
+                self.sync()?;
+                // A hard link fails instead of replacing an existing file, unlike rename.
+                fs::hard_link(&staging, dir.join(&name))
+            };
+            match linked {
                 Ok(()) => return self.complete_publish(id, intent),
-                // Taken since the check: by another upload finishing at the same moment.
+                // Taken (before, or since the check by another upload finishing at the same
+                // moment): the next number, unless the upload asked not to be renamed.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if record.on_exists != OnExists::Rename {
                         self.unpublish(id, record)?;

@@ -45,6 +45,30 @@ struct DataArgs {
     config: Option<PathBuf>,
 }
 
+/// How a command reaches a running server's admin listener (also from the config file).
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The server's admin listener (`serve --admin-listen`).
+    #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// The admin listener's token, if it has one.
+    #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl AdminArgs {
+    /// One request to the admin listener; the body of its 200 answer.
+    fn call(&self, method: &str, path: &str, body: &str) -> Result<String> {
+        let Some(addr) = self.admin_listen else {
+            anyhow::bail!(
+                "no admin listener given: pass --admin-listen ADDR (as the server's), set \
+                 FERRYD_ADMIN_LISTEN, or --config the server's file"
+            );
+        };
+        http(addr, method, path, self.admin_token.as_deref(), body)
+    }
+}
+
 #[derive(Args, Clone)]
 struct ServeArgs {
     #[command(flatten)]
@@ -175,12 +199,8 @@ enum Command {
     Uploads {
         #[command(flatten)]
         place: DataArgs,
-        /// The server's admin listener (`serve --admin-listen`).
-        #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
-        admin_listen: Option<SocketAddr>,
-        /// The admin listener's token, if it has one.
-        #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the JSON array as the server sends it.
         #[arg(long)]
         json: bool,
@@ -196,12 +216,8 @@ enum Command {
         clear: bool,
         #[command(flatten)]
         place: DataArgs,
-        /// The server's admin listener (`serve --admin-listen`).
-        #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
-        admin_listen: Option<SocketAddr>,
-        /// The admin listener's token, if it has one.
-        #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Write the manual pages (ferryd.1, ferryd-serve.1, …) into a folder.
     Man { dir: PathBuf },
@@ -629,19 +645,8 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Uploads {
-            admin_listen,
-            admin_token,
-            json,
-            ..
-        } => {
-            let Some(addr) = admin_listen else {
-                anyhow::bail!(
-                    "no admin listener given: pass --admin-listen ADDR (as the server's), set \
-                     FERRYD_ADMIN_LISTEN, or --config the server's file"
-                );
-            };
-            let body = http(addr, "GET", "/uploads", admin_token.as_deref(), "")?;
+        Command::Uploads { admin, json, .. } => {
+            let body = admin.call("GET", "/uploads", "")?;
             if json {
                 println!("{body}");
                 return Ok(ExitCode::SUCCESS);
@@ -680,21 +685,10 @@ fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Notice {
-            text,
-            admin_listen,
-            admin_token,
-            ..
-        } => {
-            let Some(addr) = admin_listen else {
-                anyhow::bail!(
-                    "no admin listener given: pass --admin-listen ADDR (as the server's), set \
-                     FERRYD_ADMIN_LISTEN, or --config the server's file"
-                );
-            };
+        Command::Notice { text, admin, .. } => {
             match text {
-                Some(text) => http(addr, "PUT", "/notice", admin_token.as_deref(), &text)?,
-                None => http(addr, "DELETE", "/notice", admin_token.as_deref(), "")?,
+                Some(text) => admin.call("PUT", "/notice", &text)?,
+                None => admin.call("DELETE", "/notice", "")?,
             };
             Ok(ExitCode::SUCCESS)
         }
