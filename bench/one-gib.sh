@@ -14,7 +14,9 @@ bin=${BIN:-$root/target/release}
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
 trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 head -c $((mib * 1024 * 1024)) /dev/urandom > "$work/src.bin"
-token=$("$bin/ferryd" token add bench --init --data "$work/data")
+# --init since the data-directory guard (issue 10); older builds (bench/ab.sh) do without.
+token=$("$bin/ferryd" token add bench --init --data "$work/data" 2>/dev/null \
+  || "$bin/ferryd" token add bench --data "$work/data")
 /usr/bin/time -v -o "$work/server.time" "$bin/ferryd" serve --listen 127.0.0.1:0 --data "$work/data" 2> "$work/server.log" &
 time_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" 2>/dev/null && break; sleep 0.1; done

@@ -14,4 +14,4 @@ target/release/ferry completions fish > "$out/completions/ferry.fish"
 target/release/ferry man "$out/man"
 target/release/ferryd man "$out/man"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
-cargo deb -p ferry-server --no-build "$@"
+cargo deb -p ferry-server --no-build --strip "$@"

@@ -88,16 +88,16 @@ fn the_deb_package_holds_binaries_unit_config_completions_and_manuals() {
     for path in [
         "./usr/bin/ferryd",
         "./usr/bin/ferry",
-        "./lib/systemd/system/ferryd.service",
+        "./usr/lib/systemd/system/ferryd.service",
         "./etc/ferry/ferryd.toml",
         "./usr/lib/sysctl.d/90-ferry.conf",
         "./usr/share/bash-completion/completions/ferry",
         "./usr/share/zsh/vendor-completions/_ferry",
         "./usr/share/fish/vendor_completions.d/ferry.fish",
-        "./usr/share/man/man1/ferry.1",
-        "./usr/share/man/man1/ferry-upload.1",
-        "./usr/share/man/man1/ferryd.1",
-        "./usr/share/man/man1/ferryd-serve.1",
+        "./usr/share/man/man1/ferry.1.gz",
+        "./usr/share/man/man1/ferry-upload.1.gz",
+        "./usr/share/man/man1/ferryd.1.gz",
+        "./usr/share/man/man1/ferryd-serve.1.gz",
         "./usr/share/doc/ferry/operations.md",
     ] {
         assert!(listing.contains(path), "{path} in\n{listing}");
