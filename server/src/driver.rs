@@ -189,7 +189,8 @@ impl Registry {
             rx,
         };
         let registry = self.clone();
-        let span = info_span!("upload", id = %id, name = %driver.record.file_name);
+        // No parent: the driver outlives the connection that started it (takeovers, reconnects).
+        let span = info_span!(parent: None, "upload", id = %id, name = %driver.record.file_name);
         let handle = tokio::spawn(
             async move {
                 driver.run().await;
