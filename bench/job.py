@@ -3,7 +3,7 @@
 and the job's throughput, with one file in flight (--files 1: one after another, as before
 issue 9) and with several (--files 4, the default).
 
-Usage: python3 bench/job.py [BIN_DIR] [HUGE_MIB] [SMALL_COUNT] [SMALL_MIB] [RUNS]
+Usage: [DROP_CACHES=1] python3 bench/job.py [BIN_DIR] [HUGE_MIB] [SMALL_COUNT] [SMALL_MIB] [RUNS]
   BIN_DIR defaults to target/release (cargo build --release --bins first).
 Prints one line per run and setting: total seconds, MiB/s over the job, and the second at
 which the last small file was reported uploaded (from the client's per-file lines on stderr,
@@ -64,6 +64,12 @@ def run(work, files, setting, n):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        # Each run starts alike: the last run's published gigabyte gone and written back.
+        subprocess.run(["rm", "-rf", data], check=False)
+        subprocess.run(["sync"], check=False)
+        if os.environ.get("DROP_CACHES") == "1":
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
 
 
 def main():
