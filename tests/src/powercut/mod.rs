@@ -70,6 +70,11 @@ impl PowerCutFs {
         self.lock().power_off_after_link();
     }
 
+    /// Arms a cut at the `n`th hard link from now.
+    pub fn power_off_after_links(&self, n: u32) {
+        self.lock().power_off_after_links(n);
+    }
+
     pub fn is_off(&self) -> bool {
         self.lock().is_off()
     }

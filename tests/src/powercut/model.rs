@@ -155,8 +155,9 @@ pub struct State {
     /// Set by `power_off`: from then on every operation fails with EIO and changes nothing,
     /// until `cut` brings the power back.
     off: bool,
-    /// Set by `power_off_after_link`: the next hard link cuts the power as it returns.
-    armed: bool,
+    /// Set by `power_off_after_links(n)`: the nth hard link from then cuts the power as it
+    /// returns (0: not armed).
+    armed: u32,
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     pub stats: Stats,
@@ -180,7 +181,7 @@ impl State {
         Self {
             mode,
             off: false,
-            armed: false,
+            armed: 0,
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
             stats: Stats::default(),
@@ -195,7 +196,13 @@ impl State {
     /// Arms a cut at the next hard link: the instant a publish's link exists, before its
     /// directory is synced.
     pub fn power_off_after_link(&mut self) {
-        self.armed = true;
+        self.power_off_after_links(1);
+    }
+
+    /// Arms a cut at the `n`th hard link from now (a deduplicated publish links twice: its
+    /// staging name, then the published name).
+    pub fn power_off_after_links(&mut self, n: u32) {
+        self.armed = n;
     }
 
     pub fn is_off(&self) -> bool {
@@ -283,8 +290,9 @@ impl State {
             return Err(libc::EEXIST);
         }
         self.add_entry(parent, name, ino)?;
-        if std::mem::take(&mut self.armed) {
-            self.off = true;
+        if self.armed > 0 {
+            self.armed -= 1;
+            self.off = self.armed == 0;
         }
         Ok(())
     }
@@ -386,7 +394,7 @@ impl State {
     pub fn cut(&mut self) {
         self.stats.cuts += 1;
         self.off = false;
-        self.armed = false;
+        self.armed = 0;
         for inode in self.inodes.values_mut() {
             match &mut inode.node {
                 Node::File { content, durable } => {

@@ -7,7 +7,11 @@
 //! - an upload whose `created` reply arrived still exists;
 //! - an upload reported complete is still complete, under the same name, with the same bytes,
 //!   and every published file belongs to exactly one complete upload (nothing published twice);
-//! - the certificate the client pinned survives.
+//! - the certificate the client pinned survives;
+//! - a copy published by `dedup` (every tenth cut, once something is complete; cut at its
+//!   staging link, at its published link, or after the `deduped` reply) is, once told, still
+//!   published under its name with the source's bytes; untold, it is either complete or gone
+//!   without a trace (no receiving upload, no stray file).
 //!
 //! `FERRY_POWERCUT_RUNS` sets the cuts per metadata mode (25 by default, about 4 s in CI),
 //! `FERRY_POWERCUT_SEED` the seed (printed at the start of every run).
@@ -101,8 +105,31 @@ async fn power_cuts(mode: Metadata) {
     let fingerprint = rig.server.fingerprint.clone();
     let mut current: Option<Upload> = None;
     let mut done: Vec<Upload> = Vec::new();
+    let mut copies: Vec<Copy> = Vec::new();
     let mut tally = Tally::default();
     for cut in 0..runs {
+        if cut % 10 == 9 && !done.is_empty() {
+            let source = &done[rng.below(done.len() as u64) as usize];
+            // 1: the staging link, 2: the published link, 3: after the reply.
+            let links = 1 + rng.below(3) as u32;
+            let name = format!("copy-{cut}.bin");
+            let told = rig.dedup_until(source, &name, links).await;
+            rig.restart();
+            eprintln!("cut {cut}: dedup, cut at link {links}: told {told:?}");
+            let what = format!("cut {cut} (dedup, link {links}, seed {seed})");
+            if let Some((id, file_name)) = told {
+                tally.deduplicated += 1;
+                copies.push(Copy {
+                    id,
+                    file_name,
+                    data: source.data.clone(),
+                });
+            }
+            let upload = current.get_or_insert_with(|| Upload::new(&mut rng, rig.work.path()));
+            rig.check(upload, &done, &what).await;
+            rig.check_copies(&copies, &what).await;
+            continue;
+        }
         let upload = current.get_or_insert_with(|| Upload::new(&mut rng, rig.work.path()));
         let trigger = match cut % 5 {
             0 => Trigger::Unsynced,
@@ -132,6 +159,7 @@ async fn power_cuts(mode: Metadata) {
         tally.lossy_cuts += u64::from(after.files_lost > before.files_lost);
         tally.acked_chunks += upload.durable.len();
         rig.check(upload, &done, &what).await;
+        rig.check_copies(&copies, &what).await;
         if upload.complete.is_some() {
             tally.completed += 1;
             done.extend(current.take());
@@ -140,11 +168,13 @@ async fn power_cuts(mode: Metadata) {
     let stats = rig.fs.stats();
     let recovered = rig.recovered();
     eprintln!(
-        "power cuts ({mode:?}): {runs} cuts, {} uploads completed, {} acknowledged chunks \
-         checked after cuts, all still durable; file system: unsynced writes lost at {} cuts \
+        "power cuts ({mode:?}): {runs} cuts, {} uploads completed, {} deduplicated copies \
+         confirmed, {} acknowledged chunks checked after cuts, all still durable; file \
+         system: unsynced writes lost at {} cuts \
          ({} pages of 16 KiB in {} files), {} directory entries lost, {} file syncs, {} directory \
          syncs; ferryd recovery: {recovered}",
         tally.completed,
+        tally.deduplicated,
         tally.acked_chunks,
         tally.lossy_cuts,
         stats.pages_lost,
@@ -170,6 +200,13 @@ async fn power_cuts(mode: Metadata) {
             "a cut during publish was not reconciled ({settled}): {recovered}"
         );
     }
+}
+
+/// A copy the server said it published by `dedup`.
+struct Copy {
+    id: String,
+    file_name: String,
+    data: Bytes,
 }
 
 /// When to cut the power.
@@ -433,6 +470,89 @@ impl Rig {
         }
     }
 
+    /// Asks the server to publish `source`'s content as `name` by `dedup`, cutting the power at
+    /// the `links`th hard link from now (1: the staging link, 2: the published link) or, for 3,
+    /// right after the reply. Returns the reply's id and name if `deduped` arrived.
+    async fn dedup_until(
+        &mut self,
+        source: &Upload,
+        name: &str,
+        links: u32,
+    ) -> Option<(String, String)> {
+        if links <= 2 {
+            self.fs.power_off_after_links(links);
+        }
+        let mut client = self.client();
+        let sha256 = Digest::of(&source.data).to_hex();
+        let size = source.data.len() as u64;
+        let ask = |req| Frame::Dedup {
+            req,
+            file_name: name.to_owned(),
+            size,
+            sha256: sha256.clone(),
+            desc: String::new(),
+            dir: Vec::new(),
+            on_exists: Default::default(),
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(30), async {
+            client.connection().await?.request(ask).await
+        })
+        .await
+        .expect("dedup answered within 30 s");
+        self.fs.power_off();
+        self.server.kill9();
+        match reply {
+            Ok(Frame::Deduped {
+                upload_id,
+                file_name,
+                existing,
+                ..
+            }) => {
+                assert!(!existing, "{name} is a new name");
+                Some((upload_id, file_name))
+            }
+            Ok(Frame::NoMatch { .. }) => {
+                panic!("no match for the content of a completed upload")
+            }
+            // The power went off under the request.
+            Ok(other) => panic!("dedup answered {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Every copy the server said it published is complete, under its name, with the bytes of
+    /// its source.
+    async fn check_copies(&self, copies: &[Copy], what: &str) {
+        if copies.is_empty() {
+            return;
+        }
+        let mut client = self.client();
+        let listed = client.list().await.expect("list after the cut");
+        client.close().await;
+        for copy in copies {
+            let summary = listed.iter().find(|s| s.upload_id == copy.id);
+            assert!(
+                summary.is_some_and(|s| s.state == "complete" && s.file_name == copy.file_name),
+                "{what}: copy {} was deduplicated as {:?}, now {summary:?}",
+                copy.id,
+                copy.file_name
+            );
+            let path = self.data.join("files").join("alice").join(&copy.file_name);
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                bytes == copy.data,
+                "{what}: {} differs from its source",
+                copy.file_name
+            );
+        }
+        assert!(
+            listed
+                .iter()
+                .all(|s| s.state == "complete" || !s.file_name.starts_with("copy-")),
+            "{what}: an interrupted dedup left an upload that is not complete"
+        );
+    }
+
     /// The recovery counts `ferryd` logged, summed over its restarts.
     fn recovered(&self) -> String {
         let keys = [
@@ -571,6 +691,8 @@ struct Tally {
     /// Cuts that threw away written but unsynced bytes.
     lossy_cuts: u64,
     completed: u64,
+    /// `deduped` replies received (the copy then checked after every later cut).
+    deduplicated: u64,
     acked_chunks: u64,
 }
 
