@@ -58,9 +58,15 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
+            // A client that trickles its request head is cut off (one admin request is
+            // small; the listener belongs on loopback, but need not trust what reaches it).
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(60), serving)
                 .await
+                .unwrap_or_else(|_| Ok(()))
             {
                 debug!(%peer, error = %e, "admin connection ended");
             }
