@@ -160,8 +160,9 @@ struct UploadArgs {
     /// When stderr is not a terminal, print a progress line every this many seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     progress_interval: u64,
-    /// Hash each new file first and, if the server holds the same content for this token,
-    /// publish it by link without sending it (one extra read of the file).
+    /// Hash each new file before sending anything and, if the server holds the same content
+    /// for this token, publish it by link without sending it; otherwise upload it, reusing
+    /// that digest (the hash pass then comes before the upload instead of beside it).
     #[arg(long)]
     dedup: bool,
     /// When a file of the same name exists on the server: rename (publish as "name (1)"),
