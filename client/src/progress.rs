@@ -68,7 +68,10 @@ pub struct Tracker {
     /// Bytes of every file of the job, and their count.
     total: AtomicU64,
     files_total: AtomicU64,
+    /// Files in flight; a finished one is folded into `settled` at the next snapshot, so a job
+    /// of many files keeps only those in flight here.
     files: Mutex<Vec<Arc<FileProgress>>>,
+    settled: Mutex<Settled>,
     /// Whether a status line is on the terminal (notes clear it first).
     drawn: AtomicBool,
     /// Serialises writes to stderr between notes and the status line.
@@ -88,6 +91,7 @@ impl Tracker {
             total: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
             files: Mutex::new(Vec::new()),
+            settled: Mutex::new(Settled::default()),
             drawn: AtomicBool::new(false),
             out: Mutex::new(()),
         }
@@ -153,29 +157,38 @@ impl Tracker {
         self.snapshot().sent
     }
 
-    /// Totals now.
+    /// Totals now. Finished files move from `files` into `settled`.
     fn snapshot(&self) -> Snapshot {
-        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        files.retain(|f| {
+            let done = f.done.load(Ordering::Relaxed);
+            if done {
+                settled.files += 1;
+                settled.bytes += f.size;
+                settled.sent += f.sent.load(Ordering::Relaxed);
+            }
+            !done
+        });
         let mut s = Snapshot {
             total: self.total.load(Ordering::Relaxed),
             files_total: self.files_total.load(Ordering::Relaxed),
-            ..Snapshot::default()
+            files_done: settled.files,
+            position: settled.bytes,
+            safe: settled.bytes,
+            sent: settled.sent,
+            current: Vec::new(),
         };
         for f in files.iter() {
             s.sent += f.sent.load(Ordering::Relaxed);
-            if f.done.load(Ordering::Relaxed) {
-                s.files_done += 1;
-                s.position += f.size;
-                s.safe += f.size;
-            } else {
-                s.position += f.position();
-                s.safe += f.safe.load(Ordering::Relaxed).min(f.size);
-                s.current.push(f.name.clone());
-            }
+            s.position += f.position();
+            s.safe += f.safe.load(Ordering::Relaxed).min(f.size);
+            s.current.push(f.name.clone());
         }
         // A job of unknown size (library use): what was started.
-        s.total = s.total.max(files.iter().map(|f| f.size).sum());
-        s.files_total = s.files_total.max(files.len() as u64);
+        let started: u64 = files.iter().map(|f| f.size).sum();
+        s.total = s.total.max(settled.bytes + started);
+        s.files_total = s.files_total.max(settled.files + files.len() as u64);
         s
     }
 
@@ -221,6 +234,14 @@ impl Tracker {
             tracker: self.clone(),
         })
     }
+}
+
+/// What the finished files of a command add up to.
+#[derive(Debug, Default)]
+struct Settled {
+    files: u64,
+    bytes: u64,
+    sent: u64,
 }
 
 /// The status line's task; stops it and clears the line when dropped.

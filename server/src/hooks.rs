@@ -26,6 +26,8 @@ use crate::Shared;
 const KEPT_OUTPUT: u64 = 16 * 1024;
 /// Longest an `--on-create` hook may take: a client waits for it.
 pub const ON_CREATE_LIMIT: Duration = Duration::from_secs(30);
+/// Jobs read from the queue per look (the running ones among them are skipped).
+const QUEUE_LOOK: usize = 256;
 /// How often the queue of `--on-complete` jobs is looked at.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -148,7 +150,8 @@ pub(crate) async fn complete_forever(shared: Arc<Shared>) {
         let limit = tunable.hook_timeout;
         let queued = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.hook_jobs()).await
+            // The oldest few: the queue may be long while a slow hook works through it.
+            tokio::task::spawn_blocking(move || store.hook_jobs(QUEUE_LOOK)).await
         };
         let jobs = match queued {
             Ok(Ok(jobs)) => jobs,

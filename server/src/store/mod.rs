@@ -261,10 +261,10 @@ impl Store {
         Ok(db)
     }
 
-    /// The queued `--on-complete` hook jobs, oldest first, with their sequence numbers.
-    pub fn hook_jobs(&self) -> Result<Vec<(u64, HookJob)>> {
+    /// The oldest `limit` queued `--on-complete` hook jobs, with their sequence numbers.
+    pub fn hook_jobs(&self, limit: usize) -> Result<Vec<(u64, HookJob)>> {
         let mut out = Vec::new();
-        for entry in self.db()?.hooks.iter() {
+        for entry in self.db()?.hooks.iter().take(limit) {
             let (key, value) = entry?;
             let seq = key.as_ref().try_into().map_or(0, u64::from_be_bytes);
             match serde_json::from_slice(&value) {
