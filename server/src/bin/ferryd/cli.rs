@@ -1,0 +1,364 @@
+//! `ferryd`'s command line: every command and option, what `serve`'s options become (the
+//! library's `Config`), and the value parsers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ferryd",
+    version,
+    about = "Ferry server: resumable chunked uploads over QUIC",
+    args_override_self = true,
+    disable_help_subcommand = true,
+    after_help = "Every `serve` option can also be set in the config file (--config) under its \
+                  long name, or in a FERRYD_* environment variable; a flag beats the \
+                  environment, which beats the file."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the data directory is, for every subcommand: `--data`, else `FERRYD_DATA`, else the
+/// config file's `data`, else `./ferry-data`.
+#[derive(Args, Clone)]
+pub(crate) struct DataArgs {
+    /// Data directory: database, staging files, published files, certificate, tokens.
+    #[arg(
+        long,
+        env = "FERRYD_DATA",
+        default_value = "./ferry-data",
+        global = true
+    )]
+    pub(crate) data: PathBuf,
+    /// Config file (TOML, keys named like the long options of `ferryd serve`).
+    #[arg(long, env = "FERRYD_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// How a command reaches a running server's admin listener (also from the config file).
+#[derive(Args, Clone)]
+pub(crate) struct AdminArgs {
+    /// The server's admin listener (`serve --admin-listen`).
+    #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// The admin listener's token, if it has one.
+    #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) place: DataArgs,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4433", env = "FERRYD_LISTEN")]
+    pub(crate) listen: SocketAddr,
+    /// Close a connection silent this long (e.g. 30s).
+    #[arg(long, default_value = "30s", env = "FERRYD_IDLE_TIMEOUT", value_parser = duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Free disk space kept for the database (e.g. 64M): uploads that would eat into it are
+    /// refused, and commits pause while free space is below it.
+    #[arg(long, default_value = "64M", env = "FERRYD_MIN_FREE_SPACE", value_parser = ferry_proto::units::parse_size)]
+    pub(crate) min_free_space: u64,
+    /// Remove unfinished uploads that made no progress for this long (e.g. 7d, 12h; a unit is
+    /// required; 0: never).
+    #[arg(long, default_value = "7d", env = "FERRYD_EXPIRE_AFTER", value_parser = duration)]
+    pub(crate) expire_after: Duration,
+    /// Cut off a stream that stalls inside a frame or a chunk, or a client that leaves the
+    /// server's replies unread, after this long (e.g. 30s).
+    #[arg(long, default_value = "30s", env = "FERRYD_STREAM_TIMEOUT", value_parser = duration)]
+    pub(crate) stream_timeout: Duration,
+    /// After an unclean stop, re-verify staged chunks in the background at most this fast
+    /// (bytes per second, e.g. 200M; 0: no limit). The server listens at once regardless.
+    #[arg(long, default_value = "200M", env = "FERRYD_VERIFY_RATE", value_parser = parse_rate)]
+    pub(crate) verify_rate: u64,
+    /// Uploads in progress per token (0: no limit).
+    #[arg(long, default_value_t = 16, env = "FERRYD_MAX_UPLOADS")]
+    pub(crate) max_uploads: u64,
+    /// Stored plus staged bytes per token, e.g. 500G (0: no quota).
+    #[arg(long, default_value = "0", env = "FERRYD_QUOTA", value_parser = parse_rate)]
+    pub(crate) quota: u64,
+    /// Logged-in connections at once, in total.
+    #[arg(long, default_value_t = 256, env = "FERRYD_MAX_CONNECTIONS")]
+    pub(crate) max_connections: usize,
+    /// Logged-in connections at once from one client IP address (`ferry upload` opens up to
+    /// --files connections, 4 by default).
+    #[arg(long, default_value_t = 16, env = "FERRYD_MAX_CONNECTIONS_PER_IP")]
+    pub(crate) max_connections_per_ip: usize,
+    /// Connections still logging in (handshake and hello), in total; when full, the oldest
+    /// is dropped. A budget apart, so they never take logged-in connections' places.
+    #[arg(long, default_value_t = 64, env = "FERRYD_MAX_PENDING_LOGINS")]
+    pub(crate) max_pending_logins: usize,
+    /// Connections still logging in from one client IP address.
+    #[arg(long, default_value_t = 8, env = "FERRYD_MAX_PENDING_LOGINS_PER_IP")]
+    pub(crate) max_pending_logins_per_ip: usize,
+    /// Congestion controller: cubic, bbr or newreno.
+    #[arg(long, default_value_t = ferry_proto::Congestion::default(), env = "FERRYD_CONGESTION")]
+    pub(crate) congestion: ferry_proto::Congestion,
+    /// Let `ferry upload --dedup` publish a file by linking to another token's file of the
+    /// same content. Off by default: a match tells the client that someone has that content.
+    #[arg(long, env = "FERRYD_DEDUP_ACROSS_OWNERS")]
+    pub(crate) dedup_across_owners: bool,
+    /// PEM certificate chain to present instead of the generated one (needs --key).
+    #[arg(long, requires = "key", env = "FERRYD_CERT")]
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert", env = "FERRYD_KEY")]
+    pub(crate) key: Option<PathBuf>,
+    /// Serve health, metrics and uploads over HTTP on this address (e.g. 127.0.0.1:9433);
+    /// off when unset. Keep it on loopback or a management network.
+    #[arg(long, env = "FERRYD_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin listener requires for /metrics and /uploads (/healthz stays
+    /// open).
+    #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// Command run by `/bin/sh -c` after each upload is published, with FERRY_UPLOAD_ID,
+    /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_SHA256, FERRY_DESC. Queued
+    /// durably: a crash before it ran runs it after the restart (at least once).
+    #[arg(long, env = "FERRYD_ON_COMPLETE")]
+    pub(crate) on_complete: Option<String>,
+    /// Command run before each upload is created, with FERRY_OWNER, FERRY_NAME, FERRY_DIR,
+    /// FERRY_SIZE, FERRY_DESC; a non-zero exit refuses the upload, its first stdout line the
+    /// message the client shows. At most 30 s.
+    #[arg(long, env = "FERRYD_ON_CREATE")]
+    pub(crate) on_create: Option<String>,
+    /// --on-complete runs at once, at most.
+    #[arg(long, default_value_t = 2, env = "FERRYD_HOOK_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) hook_concurrency: u16,
+    /// An --on-complete run still going after this long is killed (e.g. 5m).
+    #[arg(long, default_value = "5m", env = "FERRYD_HOOK_TIMEOUT", value_parser = duration)]
+    pub(crate) hook_timeout: Duration,
+    /// Log filter, as RUST_LOG would give it (e.g. `debug,quinn=warn`); RUST_LOG, when set,
+    /// wins. A reload (SIGHUP) applies a changed value.
+    #[arg(
+        long,
+        default_value = "info,quinn=warn,sled=warn",
+        env = "FERRYD_LOG_LEVEL"
+    )]
+    pub(crate) log_level: String,
+    /// Log format on stderr: text (coloured only on a terminal; NO_COLOR turns colour off)
+    /// or json (one object per line).
+    #[arg(long, default_value = "text", env = "FERRYD_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Print the effective configuration (config file, environment and flags merged) and
+    /// exit: 0 if the server would start with it, 2 if not.
+    CheckConfig(Box<ServeArgs>),
+    /// Re-hash every staged durable chunk against its digest, with the server stopped, and
+    /// forget those that no longer match (they are re-sent). Prints what it found.
+    Verify {
+        #[command(flatten)]
+        place: DataArgs,
+    },
+    /// Print the SHA-256 fingerprint of the server's certificate, for clients to pin: the
+    /// generated one in DATA/tls, or --cert's.
+    Fingerprint {
+        #[command(flatten)]
+        place: DataArgs,
+        /// The PEM certificate the server presents (as `serve --cert`).
+        #[arg(long, env = "FERRYD_CERT")]
+        cert: Option<PathBuf>,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        place: DataArgs,
+    },
+    /// List the uploads in progress (every owner) from a running server's admin listener.
+    Uploads {
+        #[command(flatten)]
+        place: DataArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the JSON array as the server sends it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the notice every connected client is shown (and new ones, in welcome) through a
+    /// running server's admin listener; --clear removes it.
+    Notice {
+        /// The text (at most 1 024 bytes).
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        text: Option<String>,
+        /// Remove the notice.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        place: DataArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Write the manual pages (ferryd.1, ferryd-serve.1, …) into a folder.
+    Man { dir: PathBuf },
+    /// Print help for ferryd or one of its commands.
+    Help {
+        /// The command to explain.
+        command: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a token for NAME and print it (only its hash is stored).
+    Add {
+        name: String,
+        /// Create the data directory if it holds no server state yet (a new installation).
+        #[arg(long)]
+        init: bool,
+    },
+    /// List token names.
+    List,
+    /// Remove NAME's token.
+    Revoke { name: String },
+}
+
+impl ServeArgs {
+    pub(crate) fn config(&self) -> ferry_server::Config {
+        let mut config = ferry_server::Config::new(self.place.data.clone(), self.listen);
+        config.idle_timeout = self.idle_timeout.max(Duration::from_secs(1));
+        config.cert = self.cert.clone().zip(self.key.clone());
+        config.min_free_space = self.min_free_space;
+        config.congestion = self.congestion;
+        config.expire_after = self.expire_after;
+        config.stream_timeout = self.stream_timeout.max(Duration::from_secs(1));
+        config.verify_rate = self.verify_rate;
+        config.max_uploads_per_owner = self.max_uploads;
+        config.quota_per_owner = self.quota;
+        config.max_connections = self.max_connections.max(1);
+        config.max_connections_per_ip = self.max_connections_per_ip.max(1);
+        config.max_pending_logins = self.max_pending_logins.max(1);
+        config.max_pending_logins_per_ip = self.max_pending_logins_per_ip.max(1);
+        config.dedup_across_owners = self.dedup_across_owners;
+        config.admin_listen = self.admin_listen;
+        config.admin_token = self.admin_token.clone();
+        config.on_complete = self.on_complete.clone();
+        config.on_create = self.on_create.clone();
+        config.hook_concurrency = self.hook_concurrency.into();
+        config.hook_timeout = self.hook_timeout.max(Duration::from_secs(1));
+        config
+    }
+
+    /// The effective settings as config-file lines (`check-config`).
+    pub(crate) fn effective(&self) -> String {
+        let path = |p: &Option<PathBuf>| match p {
+            Some(p) => format!("{:?}", p.display().to_string()),
+            None => "\"\"  # none".to_owned(),
+        };
+        let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
+        let lines = [
+            format!("data = {:?}", self.place.data.display().to_string()),
+            format!("listen = \"{}\"", self.listen),
+            format!("idle-timeout = {}", secs(self.idle_timeout)),
+            format!("min-free-space = {}", self.min_free_space),
+            format!("expire-after = {}", secs(self.expire_after)),
+            format!("stream-timeout = {}", secs(self.stream_timeout)),
+            format!("verify-rate = {}", self.verify_rate),
+            format!("max-uploads = {}", self.max_uploads),
+            format!("quota = {}", self.quota),
+            format!("max-connections = {}", self.max_connections),
+            format!("max-connections-per-ip = {}", self.max_connections_per_ip),
+            format!("max-pending-logins = {}", self.max_pending_logins),
+            format!(
+                "max-pending-logins-per-ip = {}",
+                self.max_pending_logins_per_ip
+            ),
+            format!("congestion = \"{}\"", self.congestion),
+            format!("dedup-across-owners = {}", self.dedup_across_owners),
+            format!("cert = {}", path(&self.cert)),
+            format!("key = {}", path(&self.key)),
+            format!(
+                "admin-listen = {}",
+                self.admin_listen
+                    .map_or("\"\"  # off".to_owned(), |a| format!("\"{a}\""))
+            ),
+            format!(
+                "admin-token = {}",
+                if self.admin_token.is_some() {
+                    "\"…\"  # set"
+                } else {
+                    "\"\"  # none"
+                }
+            ),
+            format!(
+                "on-complete = {:?}",
+                self.on_complete.clone().unwrap_or_default()
+            ),
+            format!(
+                "on-create = {:?}",
+                self.on_create.clone().unwrap_or_default()
+            ),
+            format!("hook-concurrency = {}", self.hook_concurrency),
+            format!("hook-timeout = {}", secs(self.hook_timeout)),
+            format!("log-level = {:?}", self.log_level),
+            format!("log-format = \"{}\"", self.log_format),
+        ];
+        lines.join("\n")
+    }
+
+    /// What would stop `serve` before it listens, found without starting it.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            ferry_server::tls::Identity::load(cert, key)?;
+        }
+        let data = &self.place.data;
+        if data.exists() && !data.is_dir() {
+            anyhow::bail!("data {} is not a directory", data.display());
+        }
+        if data.join("tokens").exists() {
+            ferry_server::Tokens::new(data)
+                .entries()
+                .context("the tokens file is invalid")?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration with its unit (`90s`, `30m`, `12h`, `7d`), or `0`. A bare number is refused:
+/// `--expire-after 7` meant seven seconds, never what anyone wanted.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t != "0" && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{t:?} has no unit; write {t}s, {t}m, {t}h or {t}d"));
+    }
+    ferry_proto::units::parse_duration(t)
+}
+
+/// A size per second or a size (`200M`, `500G`); `0` for none.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        other => ferry_proto::units::parse_size(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert!(super::duration("7")
+            .unwrap_err()
+            .contains("write 7s, 7m, 7h or 7d"));
+        assert_eq!(super::duration("7d").unwrap().as_secs(), 7 * 86400);
+        assert_eq!(super::duration("0").unwrap().as_secs(), 0);
+    }
+}

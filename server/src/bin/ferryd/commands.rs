@@ -1,0 +1,267 @@
+//! What each `ferryd` command does, once the command line is parsed.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command, TokenCommand};
+use crate::logging::Relog;
+use crate::{parse, Parse};
+
+pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let server = ferry_server::Server::bind(config)?;
+                let reloader = server.reloader();
+                let mut level = args.log_level.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                        return;
+                    };
+                    // Bounded by the process: one reload per SIGHUP.
+                    while hup.recv().await.is_some() {
+                        reload(&reloader, &relog, &mut level);
+                    }
+                });
+                let report = server.open_report();
+                let fixed = report.reconciled;
+                if !report.clean || fixed.any() {
+                    tracing::warn!(
+                        clean = report.clean,
+                        uploads_to_verify = report.to_verify.len(),
+                        bytes_to_verify = report.to_verify.iter().map(|(_, b)| b).sum::<u64>(),
+                        published = fixed.published,
+                        rolled_back = fixed.rolled_back,
+                        orphans_removed = fixed.orphans,
+                        leftovers_removed = fixed.leftovers,
+                        lost = fixed.lost,
+                        "recovered from an unclean stop"
+                    );
+                }
+                if let Some(admin) = server.admin_addr() {
+                    say!("ferryd: admin listener on http://{admin}");
+                }
+                say!(
+                    "ferryd: listening on {} (certificate {})",
+                    server.local_addr()?,
+                    server.fingerprint()
+                );
+                server.run(shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(args) => {
+            println!("{}", args.effective());
+            match args.check() {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    say!("ferryd: the server would not start: {e:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Verify { place } => {
+            let data = existing_state(&place.data)?;
+            let (store, _) = ferry_server::Store::open(data, 0).map_err(|e| in_use(e, data))?;
+            let uploads = store.to_verify()?;
+            let mut found = ferry_server::store::Verified::default();
+            for (id, _) in &uploads {
+                found += store.verify_upload(*id, |_| {})?;
+            }
+            // Everything staged was just verified: the next start need not do it again.
+            store.mark_clean()?;
+            println!(
+                "verified {} uploads: {} chunks ({}); {} no longer matched and will be re-sent",
+                uploads.len(),
+                found.chunks,
+                ferry_proto::units::human(found.bytes),
+                found.mismatched
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fingerprint { place, cert } => {
+            let fingerprint = match cert {
+                Some(cert) => ferry_server::tls::certificate_fingerprint(&cert)?,
+                None => ferry_server::tls::stored_fingerprint(existing_state(&place.data)?)?,
+            };
+            println!("{fingerprint}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command, place } => {
+            let init = matches!(command, TokenCommand::Add { init: true, .. });
+            if !init {
+                existing_state(&place.data)?;
+            }
+            // `add` creates the directory (durably) when it writes the tokens file.
+            let tokens = ferry_server::Tokens::new(&place.data);
+            match command {
+                TokenCommand::Add { name, .. } => println!("{}", tokens.add(&name)?),
+                TokenCommand::List => {
+                    for entry in tokens.entries()? {
+                        println!("{}", entry.name);
+                    }
+                }
+                TokenCommand::Revoke { name } => tokens.revoke(&name)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uploads { admin, json, .. } => {
+            let body = admin.call("GET", "/uploads", "")?;
+            if json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let uploads: Vec<serde_json::Value> =
+                serde_json::from_str(&body).context("the admin listener sent something else")?;
+            if uploads.is_empty() {
+                println!("nothing in progress");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<32}  {:<16}  {:>6}  {:>10}  {:<6}  NAME",
+                "ID", "OWNER", "DONE", "SIZE", "ACTIVE"
+            );
+            for u in uploads {
+                let size = u["size"].as_u64().unwrap_or(0);
+                let durable = u["durable_bytes"].as_u64().unwrap_or(0);
+                let pct = if size == 0 {
+                    100.0
+                } else {
+                    durable as f64 * 100.0 / size as f64
+                };
+                println!(
+                    "{:<32}  {:<16}  {:>5.1}%  {:>10}  {:<6}  {}",
+                    u["upload_id"].as_str().unwrap_or(""),
+                    u["owner"].as_str().unwrap_or(""),
+                    pct,
+                    ferry_proto::units::human(size),
+                    if u["active"].as_bool().unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    u["file_name"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Notice { text, admin, .. } => {
+            match text {
+                Some(text) => admin.call("PUT", "/notice", &text)?,
+                None => admin.call("DELETE", "/notice", "")?,
+            };
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Help { command } => {
+            let mut root = Cli::command();
+            match command {
+                None => root.print_help()?,
+                Some(name) => match root.find_subcommand_mut(&name) {
+                    Some(sub) => sub.print_help()?,
+                    None => {
+                        say!("ferryd: no command {name:?}; the commands are serve, check-config, verify, fingerprint, token, uploads, notice, man, help");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `data` if it holds server state (a database, tokens or a certificate); otherwise an error
+/// that says which directory was looked at and how to point at the right one — so that a
+/// command run from another directory does not silently create a new, unused one.
+fn existing_state(data: &Path) -> Result<&Path> {
+    let state = ["db", "tokens", "tls"]
+        .iter()
+        .any(|n| data.join(n).exists());
+    if state {
+        return Ok(data);
+    }
+    anyhow::bail!(
+        "{} holds no ferryd state (no db, tokens or tls inside); point at the server's data \
+         directory with --data DIR, FERRYD_DATA or --config FILE (for a new installation: \
+         `ferryd token add NAME --init`)",
+        data.display()
+    )
+}
+
+/// The database lock held by a running server, said as such.
+fn in_use(e: anyhow::Error, data: &Path) -> anyhow::Error {
+    let locked = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::WouldBlock)
+            || c.to_string().contains("WouldBlock")
+    });
+    if locked {
+        anyhow::anyhow!(
+            "{} is in use by a running ferryd (its database is locked); stop it first",
+            data.display()
+        )
+    } else {
+        e.context(format!("cannot open {}", data.display()))
+    }
+}
+
+/// SIGHUP: reads the command line, environment and config file again and applies what a
+/// running server can change (limits, hooks, dedup, log level); never exits. A config that
+/// does not parse is logged and changes nothing. Tokens need no reload: they are read at
+/// every connection, and revocations apply within 100 ms.
+fn reload(reloader: &ferry_server::Reloader, relog: &Relog, level: &mut String) {
+    let args = match parse() {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => args,
+        Ok(_) => return,
+        Err(Parse::Config(e)) => {
+            tracing::warn!(error = %e, "reload refused: the config file is invalid; nothing changed");
+            return;
+        }
+        Err(Parse::Clap(e)) => {
+            let first = e.render().to_string();
+            let first = first.lines().next().unwrap_or("").to_owned();
+            tracing::warn!(
+                error = first,
+                "reload refused: the settings are invalid; nothing changed"
+            );
+            return;
+        }
+    };
+    reloader.reload(&args.config());
+    if args.log_level != *level {
+        match relog(&args.log_level) {
+            Ok(()) => {
+                tracing::info!(
+                    from = level.as_str(),
+                    to = args.log_level,
+                    "log level changed"
+                );
+                *level = args.log_level.clone();
+            }
+            Err(e) => tracing::warn!(error = %e, "log level not changed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
