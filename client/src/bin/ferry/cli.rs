@@ -1,0 +1,266 @@
+//! `ferry`'s command line: the commands and options, and the settings they add up to with
+//! the environment and the config file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_client::config::FileConfig;
+use ferry_client::progress::Verbosity;
+use ferry_client::{ClientError, Options, Target};
+use ferry_proto::units::parse_size;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Resumable uploads of large files to a Ferry server over QUIC",
+    after_help = "Settings also come from FERRY_* environment variables and the config file \
+                  (~/.config/ferry/config.toml); a flag beats the environment, which beats the file."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Args)]
+pub(crate) struct Global {
+    /// Server address, HOST:PORT [default: 127.0.0.1:4433].
+    #[arg(long, env = "FERRY_SERVER", global = true)]
+    pub(crate) server: Option<String>,
+    /// Bearer token from `ferryd token add`.
+    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Pin the server certificate: sha256:HEX as printed by `ferryd fingerprint`. Without it
+    /// the first certificate seen is trusted and recorded in the known-servers file.
+    #[arg(long, env = "FERRY_FINGERPRINT", global = true, conflicts_with = "ca")]
+    pub(crate) fingerprint: Option<String>,
+    /// Trust a CA-signed server certificate: PEM file of the CA(s); the server's name (the HOST
+    /// of --server) must match the certificate.
+    #[arg(long, env = "FERRY_CA", global = true)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Config file [default: $XDG_CONFIG_HOME/ferry/config.toml, if it exists].
+    #[arg(long, env = "FERRY_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory of the resume journal [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
+    #[arg(long, env = "FERRY_STATE_DIR", global = true)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Known-servers file for trust on first use [default: $XDG_CONFIG_HOME/ferry/known_servers].
+    #[arg(long, env = "FERRY_KNOWN_SERVERS", global = true)]
+    pub(crate) known_servers: Option<PathBuf>,
+    /// After a connection loss, keep reconnecting this many seconds without progress.
+    #[arg(long, default_value_t = 300, global = true)]
+    pub(crate) reconnect_for: u64,
+    /// Congestion controller for the upload: cubic, bbr or newreno.
+    #[arg(long, global = true, default_value_t = ferry_proto::Congestion::default())]
+    pub(crate) congestion: ferry_proto::Congestion,
+    /// Seconds without any packet from the server before a connection counts as lost.
+    #[arg(long, default_value_t = 15, global = true)]
+    pub(crate) idle_timeout: u64,
+    /// Seconds a connection attempt waits for the server's answer; a server never reached
+    /// fails after one attempt [default: 5].
+    #[arg(long, global = true)]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Print errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Also print connection events.
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Upload files and folders; running the same command again resumes what was interrupted
+    /// and skips what is complete.
+    Upload {
+        /// Files and folders to upload.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        upload: UploadArgs,
+    },
+    /// Number the files of a folder, ask which to upload (e.g. 1,3,5-7 or a), upload them,
+    /// repeat. Files already on the server are marked.
+    Pick {
+        dir: PathBuf,
+        #[command(flatten)]
+        upload: UploadArgs,
+    },
+    /// List this token's uploads on the server: those in progress and the last 20 completed.
+    List {
+        /// Print one JSON object per line.
+        #[arg(short, long)]
+        json: bool,
+        /// Every upload the server has on record, not only the last 20 completed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one upload, by id or by local file (via the resume journal); all unfinished ones
+    /// without an argument.
+    Status {
+        target: Option<String>,
+        /// Print one JSON object per line.
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// Discard an unfinished upload on the server, by id or by local file; the local resume
+    /// record of the file is forgotten too.
+    Abort { target: String },
+    /// Check the way to the server: handshake time, round trips, server version and limits,
+    /// and whether the token is accepted.
+    Ping {
+        /// Round trips to measure.
+        #[arg(short = 'c', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        /// Print one JSON object instead.
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (ferry.1, ferry-upload.1, …) into a folder.
+    Man { dir: PathBuf },
+}
+
+#[derive(Args)]
+pub(crate) struct UploadArgs {
+    /// Description stored with the upload.
+    #[arg(long, default_value = "")]
+    pub(crate) desc: String,
+    /// Chunk size of a new upload, e.g. 4MiB or 512k; k, M, G are powers of 1024 (4MB = 4MiB)
+    /// [default: 4MiB].
+    #[arg(long, value_parser = ferry_client::rate::parse_size)]
+    pub(crate) chunk_size: Option<u64>,
+    /// Chunk streams sending at once, all files together [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) parallel: Option<u16>,
+    /// Files in flight at once, each on its own connection, sharing the --parallel streams
+    /// [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub(crate) files: Option<u16>,
+    /// Cap the upload rate, bytes per second (e.g. 10M).
+    #[arg(long, value_parser = ferry_client::rate::parse_size)]
+    pub(crate) limit_rate: Option<u64>,
+    /// Print one JSON line per file and a summary line on stdout instead of progress.
+    #[arg(short, long)]
+    pub(crate) json: bool,
+    /// In a folder, follow symbolic links (to files and folders) instead of leaving them out.
+    #[arg(long)]
+    pub(crate) follow_links: bool,
+    /// When stderr is not a terminal, print a progress line every this many seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) progress_interval: u64,
+    /// Hash each new file before sending anything and, if the server holds the same content
+    /// for this token, publish it by link without sending it; otherwise upload it, reusing
+    /// that digest (the hash pass then comes before the upload instead of beside it).
+    #[arg(long)]
+    pub(crate) dedup: bool,
+    /// When a file of the same name exists on the server: rename (publish as "name (1)"),
+    /// skip, or fail [default: rename].
+    #[arg(long)]
+    pub(crate) on_exists: Option<ferry_proto::OnExists>,
+}
+
+/// Settings after flags, environment and config file are merged.
+pub(crate) struct Settings {
+    pub(crate) opts: Options,
+    pub(crate) files: usize,
+    pub(crate) verbosity: Verbosity,
+}
+
+pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settings, ClientError> {
+    let (config_path, required) = match &g.config {
+        Some(path) => (path.clone(), true),
+        None => (config_dir().join("config.toml"), false),
+    };
+    let file = FileConfig::load(&config_path, required)?;
+    let token = g.token.clone().or(file.token).ok_or_else(|| {
+        ClientError::Usage(
+            "pass --token, set FERRY_TOKEN or put token = \"…\" in the config file".into(),
+        )
+    })?;
+    let fingerprint = match g.fingerprint.clone().or(file.fingerprint) {
+        None => None,
+        Some(text) => Some(
+            ferry_client::trust::parse_fingerprint(&text).ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "bad --fingerprint: {text:?} is not sha256:<64 hex digits>"
+                ))
+            })?,
+        ),
+    };
+    let state_dir = g
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_dir(dirs::state_dir(), ".local/state").join("ferry"));
+    let known_servers = g
+        .known_servers
+        .clone()
+        .unwrap_or_else(|| config_dir().join("known_servers"));
+    let target = Target {
+        server: g
+            .server
+            .clone()
+            .or(file.server)
+            .unwrap_or_else(|| "127.0.0.1:4433".into()),
+        token,
+        fingerprint,
+        known_servers,
+        idle_timeout: Duration::from_secs(g.idle_timeout.max(1)),
+        congestion: g.congestion,
+        ca: g.ca.clone().or(file.ca),
+    };
+    let mut opts = Options::new(target, state_dir);
+    opts.reconnect_for = Duration::from_secs(g.reconnect_for);
+    let connect_timeout = g.connect_timeout.or(file.connect_timeout).unwrap_or(5);
+    opts.connect_timeout = Duration::from_secs(connect_timeout.max(1));
+    let size = |v: &Option<String>| v.as_deref().map(|v| parse_size(v).unwrap_or(0));
+    let mut files = 4;
+    if let Some(a) = upload {
+        opts.chunk_size = a.chunk_size.or(size(&file.chunk_size)).unwrap_or(4 << 20);
+        opts.parallel = a.parallel.or(file.parallel).unwrap_or(8).into();
+        opts.limit_rate = a.limit_rate.or(size(&file.limit_rate));
+        opts.on_exists = match a.on_exists {
+            Some(v) => v,
+            None => file
+                .on_exists
+                .as_deref()
+                .unwrap_or("rename")
+                .parse()
+                .unwrap_or_default(),
+        };
+        opts.dedup = a.dedup;
+        files = a.files.or(file.files).unwrap_or(4).into();
+    }
+    let verbosity = match (g.quiet, g.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
+    Ok(Settings {
+        opts,
+        files,
+        verbosity,
+    })
+}
+
+pub(crate) fn config_dir() -> PathBuf {
+    default_dir(dirs::config_dir(), ".config").join("ferry")
+}
+
+pub(crate) fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {
+    base.or_else(|| dirs::home_dir().map(|h| h.join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
