@@ -2,7 +2,9 @@
 //! requests and replies (`requests.rs`), and one task per chunk stream that streams the
 //! payload to disk while hashing it (`chunks.rs`).
 
+mod admission;
 mod chunks;
+mod dedup;
 mod requests;
 
 use std::collections::HashSet;

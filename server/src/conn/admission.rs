@@ -1,0 +1,185 @@
+//! Whether a new upload is accepted: its name, folder and description checked, the owner's
+//! limits (under the owner's lock), the `--on-create` hook, a taken name under
+//! `on_exists` skip or fail.
+
+use ferry_proto::{name, ErrorCode, OnExists};
+use tracing::{info, warn};
+
+use crate::driver::WireError;
+use crate::store::{unix_now, RecordState, UploadRecord};
+
+use super::{storage, Conn};
+
+/// Longest description accepted at create.
+const MAX_DESC: usize = 4096;
+
+impl Conn {
+    /// The record of a new upload of this connection's owner, its name and folder sanitised
+    /// and its description checked.
+    pub(super) fn new_record(
+        &self,
+        file_name: String,
+        size: u64,
+        chunk_size: u64,
+        desc: String,
+        (dir, on_exists): (Vec<String>, OnExists),
+    ) -> Result<UploadRecord, WireError> {
+        let file_name = name::sanitize(&file_name)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let dir = name::sanitize_dir(&dir)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        if desc.len() > MAX_DESC {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!(
+                    "description is {} bytes, the limit is {MAX_DESC}",
+                    desc.len()
+                ),
+            ));
+        }
+        let now = unix_now();
+        let record = UploadRecord {
+            owner: self.owner.clone(),
+            file_name,
+            desc,
+            size,
+            chunk_size,
+            state: RecordState::Receiving,
+            created_at: now,
+            updated_at: now,
+            final_name: None,
+            sha256: None,
+            dir,
+            on_exists,
+            dedup: false,
+            stamp: None,
+        };
+        if on_exists != OnExists::Rename && self.shared.store.name_taken(&record) {
+            return Err(name_taken(&record));
+        }
+        Ok(record)
+    }
+
+    /// The owner's lock, held from the check of its limits to the record of what it adds.
+    pub(super) async fn owner_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .shared
+                .create_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(self.owner.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Runs the `--on-create` hook: a non-zero exit refuses the upload with the hook's first
+    /// line of stdout.
+    pub(super) async fn ask_on_create(
+        &self,
+        command: &str,
+        record: &UploadRecord,
+    ) -> Result<(), WireError> {
+        let env = [
+            ("FERRY_OWNER", record.owner.clone()),
+            ("FERRY_NAME", record.file_name.clone()),
+            ("FERRY_DIR", record.dir.join("/")),
+            ("FERRY_SIZE", record.size.to_string()),
+            ("FERRY_DESC", record.desc.clone()),
+        ];
+        let ran = crate::hooks::run(command, &env, crate::hooks::ON_CREATE_LIMIT).await;
+        crate::metrics::metrics().hook("on_create", ran.result);
+        let said = ran.stdout.lines().next().unwrap_or("").trim();
+        let message = match ran.result {
+            "ok" => return Ok(()),
+            "failed" if !said.is_empty() => said.chars().take(1024).collect(),
+            "failed" => "refused by the server's on-create hook".to_owned(),
+            _ => {
+                warn!(status = ran.status, "on-create hook did not run to the end");
+                format!(
+                    "the server's on-create hook did not answer ({})",
+                    ran.status
+                )
+            }
+        };
+        info!(
+            name = record.file_name,
+            size = record.size,
+            message,
+            "on-create hook refused an upload"
+        );
+        Err(WireError::new(ErrorCode::Refused, message))
+    }
+
+    /// Uploads in progress and the quota, checked before a new upload is created.
+    /// The owner's quota (and, for a `new_upload`, its uploads in progress) allow `size` more.
+    pub(super) fn check_owner_limits(&self, size: u64, new_upload: bool) -> Result<(), WireError> {
+        let config = self.shared.tunable();
+        let uploads = self
+            .shared
+            .store
+            .list(&self.owner)
+            .map_err(|e| storage(&e, "failed to list uploads"))?;
+        let receiving = uploads
+            .iter()
+            .filter(|(_, r)| r.state != RecordState::Complete)
+            .count() as u64;
+        if new_upload
+            && config.max_uploads_per_owner > 0
+            && receiving >= config.max_uploads_per_owner
+        {
+            return Err(WireError::new(
+                ErrorCode::TooManyUploads,
+                format!(
+                    "{} has {receiving} uploads in progress, the limit is {}",
+                    self.owner, config.max_uploads_per_owner
+                ),
+            ));
+        }
+        // Completed uploads count through the owner's published bytes (old records are
+        // pruned), unfinished ones through their records.
+        let published = self
+            .shared
+            .store
+            .published_bytes(&self.owner)
+            .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
+        let staged: u64 = uploads
+            .iter()
+            .filter(|(_, r)| r.state != RecordState::Complete)
+            .map(|(_, r)| r.size)
+            .sum();
+        let used = published.saturating_add(staged);
+        if config.quota_per_owner > 0 && used.saturating_add(size) > config.quota_per_owner {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} uses {used} bytes; {size} more would exceed the quota of {} bytes",
+                    self.owner, config.quota_per_owner
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `already_exists` for an upload whose name is taken and that asked not to be renamed.
+pub(super) fn name_taken(record: &UploadRecord) -> WireError {
+    let path: Vec<&str> = record
+        .dir
+        .iter()
+        .map(String::as_str)
+        .chain([record.file_name.as_str()])
+        .collect();
+    WireError::new(
+        ErrorCode::AlreadyExists,
+        format!(
+            "{} already exists on the server (on_exists: {})",
+            path.join("/"),
+            if record.on_exists == OnExists::Skip {
+                "skip"
+            } else {
+                "fail"
+            }
+        ),
+    )
+}
