@@ -1,9 +1,12 @@
 //! End-to-end tests of Ferry over real QUIC on 127.0.0.1: one test binary, one scenario per
 //! test. `process` runs the built binaries and kills them.
 
+mod admin;
 mod battery;
 mod crash;
 mod hardening;
+mod hooks;
+mod job_options;
 mod jobs;
 mod operations;
 mod packaging;
