@@ -302,12 +302,14 @@ impl Conn {
         let mut page = Vec::new();
         let mut used = 0;
         let mut last = None;
+        // Read once for the page, not once per upload.
+        let expire_after = self.shared.tunable().expire_after.as_secs();
         for (id, record) in uploads {
             let key = (record.created_at, id);
             if after.is_some_and(|after| key <= after) {
                 continue;
             }
-            let summary = self.summary(id, record)?;
+            let summary = self.summary(id, record, expire_after)?;
             // Each summary is measured as it will be sent; one always fits (a description is
             // at most 4 KiB, 24 KiB as escaped JSON).
             let len = serde_json::to_vec(&summary).map_or(MAX_FRAME, |v| v.len()) + 1;
@@ -321,7 +323,13 @@ impl Conn {
         Ok((page, None))
     }
 
-    fn summary(&self, id: UploadId, record: UploadRecord) -> Result<UploadSummary, WireError> {
+    /// One line of `listing`; `expire_after` in seconds (0: uploads never expire).
+    fn summary(
+        &self,
+        id: UploadId,
+        record: UploadRecord,
+        expire_after: u64,
+    ) -> Result<UploadSummary, WireError> {
         let durable_bytes = match (record.state, record.layout()) {
             // Publishing: every chunk is durable, the link is being made.
             (RecordState::Complete | RecordState::Publishing, _) => record.size,
@@ -351,7 +359,7 @@ impl Conn {
             },
             created_at: record.created_at,
             updated_at: record.updated_at,
-            expires_at: match (record.state, self.shared.tunable().expire_after.as_secs()) {
+            expires_at: match (record.state, expire_after) {
                 (RecordState::Receiving, secs) if secs > 0 => record.updated_at + secs,
                 _ => 0,
             },
