@@ -10,6 +10,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digests::ChunkDigests;
+
 /// What identifies a local file for resuming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileKey {
@@ -36,7 +38,7 @@ impl FileKey {
         })
     }
 
-    fn file_name(&self) -> String {
+    fn stem(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.server.as_bytes());
         h.update([0]);
@@ -44,7 +46,7 @@ impl FileKey {
         h.update([0]);
         h.update(self.size.to_be_bytes());
         h.update(self.mtime_ns.to_be_bytes());
-        format!("{}.json", hex::encode(&h.finalize()[..16]))
+        hex::encode(&h.finalize()[..16])
     }
 }
 
@@ -68,7 +70,8 @@ pub struct Entry {
 pub struct Completed {
     /// The name the server published it under.
     pub file_name: String,
-    /// The whole file's SHA-256, as sent in `finish`.
+    /// The digest sent in `finish`: the content hash (entries written by ferry 0.1 with
+    /// protocol 3 hold the plain SHA-256, which the server recorded for those uploads).
     pub sha256: String,
 }
 
@@ -85,17 +88,31 @@ impl Journal {
 
     /// The entry for `key`, if one was saved and is readable.
     pub fn get(&self, key: &FileKey) -> Option<Entry> {
-        let text = fs::read(self.dir.join(key.file_name())).ok()?;
+        let text = fs::read(self.entry_path(key)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
     pub fn put(&self, key: &FileKey, entry: &Entry) -> std::io::Result<()> {
         let json = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join(key.file_name()), &json)
+        write_atomic(&self.entry_path(key), &json)
+    }
+
+    /// The chunk digests of `key`'s upload of `count` chunks, as far as this machine kept them.
+    pub fn digests(&self, key: &FileKey, count: u64) -> ChunkDigests {
+        ChunkDigests::open(self.digests_path(key), count)
     }
 
     pub fn remove(&self, key: &FileKey) {
-        let _ = fs::remove_file(self.dir.join(key.file_name()));
+        let _ = fs::remove_file(self.entry_path(key));
+        let _ = fs::remove_file(self.digests_path(key));
+    }
+
+    fn entry_path(&self, key: &FileKey) -> PathBuf {
+        self.dir.join(format!("{}.json", key.stem()))
+    }
+
+    fn digests_path(&self, key: &FileKey) -> PathBuf {
+        self.dir.join(format!("{}.digests", key.stem()))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod digests;
 mod error;
 pub mod job;
 pub mod journal;
@@ -45,6 +46,8 @@ pub struct Options {
     /// Before sending a new upload, hash the whole file and ask the server whether it holds
     /// that content already (then it is published by link, nothing is sent).
     pub dedup: bool,
+    /// Also compute the plain SHA-256 of each file (a second read and hash pass).
+    pub sha256: bool,
     /// How long a connection attempt waits for the server's answer. A server never reached
     /// in this run fails after one attempt; one that was reached is reconnected to.
     pub connect_timeout: Duration,
@@ -61,6 +64,7 @@ impl Options {
             reconnect_for: Duration::from_secs(300),
             on_exists: OnExists::Rename,
             dedup: false,
+            sha256: false,
             connect_timeout: Duration::from_secs(5),
         }
     }

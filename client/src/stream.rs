@@ -1,15 +1,17 @@
-//! One chunk stream: the header claiming the chunk's digest, then its bytes in pieces of at
-//! most 256 KiB (the unit of rate limiting and progress), then FIN.
+//! One chunk stream: the header, the chunk's bytes in pieces of at most 256 KiB (the unit of
+//! rate limiting and progress), read and hashed once, then `chunk_end` with their digest and
+//! FIN.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferry_proto::{Digest, Frame, Span};
 use sha2::{Digest as _, Sha256};
 
+use crate::digests::ChunkDigests;
 use crate::rate::RateLimiter;
 use crate::wire::write_frame;
 use crate::ClientError;
@@ -30,6 +32,8 @@ pub(crate) struct ChunkJob {
     pub(crate) window: Option<Arc<tokio::sync::Semaphore>>,
     /// The upload's streams holding a place, this one included while it sends.
     pub(crate) sending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where the digest of the bytes sent is recorded, before FIN (so before any ack).
+    pub(crate) digests: Arc<Mutex<ChunkDigests>>,
 }
 
 /// Counts a stream in `ChunkJob::sending` while it lives.
@@ -49,11 +53,10 @@ impl Drop for Sending {
 }
 
 impl ChunkJob {
-    /// Two passes over the chunk's bytes: one to hash them (the header carries the digest),
-    /// one to send them piece by piece. The second read comes from the page cache, and the
-    /// client never holds a whole chunk in memory: its memory is the QUIC send window, not
-    /// `parallel` × chunk size. If the file changes between the passes, the server's digest
-    /// check rejects the chunk and it is sent again.
+    /// One pass over the chunk's bytes: each piece is read, hashed and sent, and the digest
+    /// follows the payload in `chunk_end`. The client never holds a whole chunk in memory:
+    /// its memory is the QUIC send window, not `parallel` × chunk size. The digest of the
+    /// bytes sent is recorded before the stream ends, so before the server can acknowledge it.
     pub(crate) async fn send(self) -> Result<(), ClientError> {
         let _place = match &self.window {
             Some(window) => Some(
@@ -66,58 +69,44 @@ impl ChunkJob {
             None => None,
         };
         let _sending = Sending::new(&self.sending);
-        let (file, span, index) = (self.file.clone(), self.span, self.index);
-        let unreadable = move |e: std::io::Error| {
-            ClientError::local(
-                format!("cannot read chunk {index} of the source file (did it shrink?)"),
-                e,
-            )
-        };
-        let digest = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; PIECE];
-            let mut offset = span.offset;
-            while offset < span.offset + span.len {
-                let n = (span.offset + span.len - offset).min(PIECE as u64) as usize;
-                file.read_exact_at(&mut buf[..n], offset)?;
-                hasher.update(&buf[..n]);
-                offset += n as u64;
-            }
-            Ok(hasher.into())
-        })
-        .await
-        .map_err(|e| ClientError::Local(e.to_string()))?
-        .map_err(unreadable)?;
-        let file = self.file.clone();
-        let read = move |offset: u64, len: usize| {
-            let file = file.clone();
-            async move {
-                tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, span.offset + offset)?;
-                    Ok(Bytes::from(buf))
-                })
-                .await
-                .map_err(std::io::Error::other)?
-            }
-        };
+        let index = self.index;
         let chunk = Outgoing {
             upload_id: &self.upload_id,
             index,
-            size: span.len,
-            digest,
+            size: self.span.len,
         };
-        send_stream(&self.quic, chunk, read, self.limiter.as_deref(), &self.sent)
-            .await
-            .map_err(|e| match e {
-                StreamError::Read(e) => unreadable(e),
-                StreamError::Send(e) => e,
-            })
+        let source = FileSource {
+            file: self.file.clone(),
+            base: self.span.offset,
+            hasher: Some(Sha256::new()),
+        };
+        let record = |digest| {
+            self.digests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(index, digest)
+        };
+        send_stream(
+            &self.quic,
+            chunk,
+            source,
+            record,
+            self.limiter.as_deref(),
+            &self.sent,
+        )
+        .await
+        .map_err(|e| match e {
+            StreamError::Read(e) => ClientError::local(
+                format!("cannot read chunk {index} of the source file (did it shrink?)"),
+                e,
+            ),
+            StreamError::Send(e) => e,
+        })
     }
 }
 
-/// Sends one chunk stream: the header claiming `digest`, then `data`. Public so tests can
-/// send a chunk whose bytes do not match its digest.
+/// Sends one chunk stream: the header, `data`, then `chunk_end` claiming `digest`. Public so
+/// tests can send a chunk whose bytes do not match its digest.
 pub async fn send_chunk(
     quic: &quinn::Connection,
     upload_id: &str,
@@ -131,13 +120,8 @@ pub async fn send_chunk(
         upload_id,
         index,
         size: data.len() as u64,
-        digest,
     };
-    let read = |offset: u64, len: usize| {
-        let piece = data.slice(offset as usize..offset as usize + len);
-        async move { Ok(piece) }
-    };
-    send_stream(quic, chunk, read, limiter, sent)
+    send_stream(quic, chunk, Given { data, digest }, |_| {}, limiter, sent)
         .await
         .map_err(|e| match e {
             StreamError::Read(e) => ClientError::Local(e.to_string()),
@@ -150,7 +134,6 @@ struct Outgoing<'a> {
     upload_id: &'a str,
     index: u64,
     size: u64,
-    digest: Digest,
 }
 
 enum StreamError {
@@ -158,19 +141,71 @@ enum StreamError {
     Send(ClientError),
 }
 
-/// One chunk stream: header, then the payload in pieces of at most `PIECE` bytes obtained
-/// from `read(offset, len)`, then FIN.
-async fn send_stream<F, Fut>(
+/// Where a chunk's bytes come from, and the digest that goes in its `chunk_end`.
+trait Source {
+    /// `len` bytes from `offset` within the chunk, in order.
+    async fn piece(&mut self, offset: u64, len: usize) -> std::io::Result<Bytes>;
+    /// The digest of every piece handed out.
+    fn digest(self) -> Digest;
+}
+
+/// A chunk of a file, hashed as it is read, in the blocking pool.
+struct FileSource {
+    file: Arc<File>,
+    /// The chunk's offset in the file.
+    base: u64,
+    /// `None` only while a read owns it.
+    hasher: Option<Sha256>,
+}
+
+impl Source for FileSource {
+    async fn piece(&mut self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let (file, at) = (self.file.clone(), self.base + offset);
+        let mut hasher = self.hasher.take().unwrap_or_default();
+        let (bytes, hasher) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, at)?;
+            hasher.update(&buf);
+            Ok::<_, std::io::Error>((Bytes::from(buf), hasher))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.hasher = Some(hasher);
+        Ok(bytes)
+    }
+
+    fn digest(self) -> Digest {
+        self.hasher.unwrap_or_default().into()
+    }
+}
+
+/// Bytes in memory with the digest to claim for them (right or not).
+struct Given {
+    data: Bytes,
+    digest: Digest,
+}
+
+impl Source for Given {
+    async fn piece(&mut self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        Ok(self.data.slice(offset as usize..offset as usize + len))
+    }
+
+    fn digest(self) -> Digest {
+        self.digest
+    }
+}
+
+/// One chunk stream: header, then the payload in pieces of at most `PIECE` bytes, then
+/// `chunk_end`, `record` of its digest, and FIN. Ends early, without error, if the server
+/// stops the stream (it holds the chunk, or its reply says why not).
+async fn send_stream(
     quic: &quinn::Connection,
     chunk: Outgoing<'_>,
-    mut read: F,
+    mut source: impl Source,
+    record: impl FnOnce(Digest),
     limiter: Option<&RateLimiter>,
     sent: &AtomicU64,
-) -> Result<(), StreamError>
-where
-    F: FnMut(u64, usize) -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<Bytes>>,
-{
+) -> Result<(), StreamError> {
     let lost =
         |e: &dyn std::fmt::Display| StreamError::Send(ClientError::Connection(e.to_string()));
     let mut stream = quic.open_uni().await.map_err(|e| lost(&e))?;
@@ -178,7 +213,6 @@ where
         upload_id: chunk.upload_id.to_owned(),
         index: chunk.index,
         size: chunk.size,
-        sha256: chunk.digest.to_hex(),
     };
     write_frame(&mut stream, &header)
         .await
@@ -186,7 +220,7 @@ where
     let mut offset = 0;
     while offset < chunk.size {
         let n = (chunk.size - offset).min(PIECE as u64) as usize;
-        let piece = read(offset, n).await.map_err(StreamError::Read)?;
+        let piece = source.piece(offset, n).await.map_err(StreamError::Read)?;
         if let Some(limiter) = limiter {
             limiter.acquire(n).await;
         }
@@ -199,6 +233,16 @@ where
         sent.fetch_add(n as u64, Ordering::Relaxed);
         offset += n as u64;
     }
+    let digest = source.digest();
+    let end = Frame::ChunkEnd {
+        sha256: digest.to_hex(),
+    };
+    match write_frame(&mut stream, &end).await {
+        Ok(()) => {}
+        Err(quinn::WriteError::Stopped(_)) => return Ok(()),
+        Err(e) => return Err(lost(&e)),
+    }
+    record(digest);
     let _ = stream.finish();
     Ok(())
 }

@@ -18,11 +18,11 @@ fuzz_target!(|data: &[u8]| {
         let (kind, a, b) = (op[0], *op.get(1).unwrap_or(&0) as u64, *op.get(2).unwrap_or(&0));
         match kind % 9 {
             0 => {
-                let _ = session.handle_header(&ChunkHeader { index: a % 16, size: b as u64, sha256: Digest::from_bytes([b % 3; 32]) });
+                let _ = session.handle_header(&ChunkHeader { index: a % 16, size: b as u64 });
             }
             1 => {
                 if let Ok(i) = layout.index(a % 16) {
-                    session.handle_payload(i, Digest::from_bytes([b % 3; 32]), now);
+                    session.handle_payload(i, Digest::from_bytes([b % 3; 32]), Digest::from_bytes([b % 5 % 3; 32]), now);
                 }
             }
             2 => {

@@ -11,8 +11,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// Protocol version spoken by this build, sent in `hello` and `welcome`. 2 added paging of
 /// `listing` and of `resumed`'s durable ranges, and the codes `token_revoked`,
 /// `control_stream_full` and `name_exhausted`; 3 added `create.on_exists`, `dedup`, `ping`,
-/// `welcome.server`, `welcome.notice`, `notice` and the codes `already_exists` and `refused`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `welcome.server`, `welcome.notice`, `notice` and the codes `already_exists` and `refused`;
+/// 4 moved the chunk digest after the payload (`chunk_end`) and made the file-level check the
+/// content hash (SHA-256 over the chunk digests) in `finish`, `finished`, `dedup`, `deduped`.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -70,17 +72,19 @@ pub enum Frame {
         req: u64,
         upload: UploadInfo,
     },
+    /// Publish the upload. `content_hash` is the upload's content hash: SHA-256 over its
+    /// chunk digests, in index order (see [`crate::ContentHasher`]).
     Finish {
         req: u64,
         upload_id: String,
-        sha256: String,
+        content_hash: String,
     },
     Finished {
         req: u64,
         upload_id: String,
         file_name: String,
         size: u64,
-        sha256: String,
+        content_hash: String,
     },
     Abort {
         req: u64,
@@ -108,7 +112,10 @@ pub enum Frame {
         req: u64,
         file_name: String,
         size: u64,
-        sha256: String,
+        /// The chunk size `content_hash` was computed with: only uploads of that chunk size
+        /// can match.
+        chunk_size: u64,
+        content_hash: String,
         #[serde(default)]
         desc: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,7 +130,7 @@ pub enum Frame {
         upload_id: String,
         file_name: String,
         size: u64,
-        sha256: String,
+        content_hash: String,
         existing: bool,
     },
     /// No content like it: upload the file.
@@ -169,10 +176,14 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// Opens a chunk stream; `size` payload bytes and a `chunk_end` follow.
     Chunk {
         upload_id: String,
         index: u64,
         size: u64,
+    },
+    /// Ends a chunk stream, after the payload: the SHA-256 of the payload bytes as sent.
+    ChunkEnd {
         sha256: String,
     },
     Error {
@@ -307,9 +318,32 @@ impl FrameError {
 }
 
 const KNOWN_TYPES: &[&str] = &[
-    "hello", "welcome", "create", "created", "resume", "resumed", "finish", "finished", "abort",
-    "aborted", "mkdir", "made", "dedup", "deduped", "no_match", "ping", "pong", "notice", "list",
-    "listing", "ack", "reject", "detached", "chunk", "error",
+    "hello",
+    "welcome",
+    "create",
+    "created",
+    "resume",
+    "resumed",
+    "finish",
+    "finished",
+    "abort",
+    "aborted",
+    "mkdir",
+    "made",
+    "dedup",
+    "deduped",
+    "no_match",
+    "ping",
+    "pong",
+    "notice",
+    "list",
+    "listing",
+    "ack",
+    "reject",
+    "detached",
+    "chunk",
+    "chunk_end",
+    "error",
 ];
 
 impl Frame {
@@ -412,6 +446,7 @@ impl Frame {
             Self::Reject { .. } => "reject",
             Self::Detached { .. } => "detached",
             Self::Chunk { .. } => "chunk",
+            Self::ChunkEnd { .. } => "chunk_end",
             Self::Error { .. } => "error",
         }
     }
@@ -435,7 +470,8 @@ mod tests {
                 req: 1,
                 file_name: "a.mov".into(),
                 size: 5,
-                sha256: "00".repeat(32),
+                chunk_size: 4096,
+                content_hash: "00".repeat(32),
                 desc: String::new(),
                 dir: vec!["card".into()],
                 on_exists: OnExists::Skip,
@@ -445,7 +481,7 @@ mod tests {
                 upload_id: "ab".into(),
                 file_name: "card/a.mov".into(),
                 size: 5,
-                sha256: "00".repeat(32),
+                content_hash: "00".repeat(32),
                 existing: false,
             },
             Frame::NoMatch { req: 1 },
@@ -473,7 +509,6 @@ mod tests {
             upload_id: "ab".into(),
             index: 3,
             size: 10,
-            sha256: "00".into(),
         };
         let bytes = frame.to_bytes();
         for cut in 0..bytes.len() {

@@ -16,7 +16,7 @@ pub mod units;
 
 pub use chunkset::{ChunkSet, RangeError};
 pub use congestion::Congestion;
-pub use digest::{Digest, DigestParseError};
+pub use digest::{ContentHasher, Digest, DigestParseError};
 pub use error::ErrorCode;
 pub use frame::{
     Frame, FrameError, Limits, OnExists, UploadInfo, UploadSummary, ALPN, MAX_FRAME,

@@ -37,8 +37,8 @@ proptest! {
 /// One input to a session, as a fuzzer would choose it.
 #[derive(Debug, Clone)]
 enum Input {
-    Header { index: u64, size: u64, digest: u8 },
-    Payload { index: u64, digest: u8 },
+    Header { index: u64, size: u64 },
+    Payload { index: u64, actual: u8, claimed: u8 },
     Abandoned { index: u64 },
     Tick { ms: u64 },
     Persisted,
@@ -50,14 +50,13 @@ enum Input {
 
 fn input() -> impl Strategy<Value = Input> {
     prop_oneof![
-        (0u64..12, prop_oneof![0u64..40, Just(u64::MAX)], 0u8..3).prop_map(
-            |(index, size, digest)| Input::Header {
-                index,
-                size,
-                digest
-            }
-        ),
-        (0u64..12, 0u8..3).prop_map(|(index, digest)| Input::Payload { index, digest }),
+        (0u64..12, prop_oneof![0u64..40, Just(u64::MAX)])
+            .prop_map(|(index, size)| Input::Header { index, size }),
+        (0u64..12, 0u8..3, 0u8..3).prop_map(|(index, actual, claimed)| Input::Payload {
+            index,
+            actual,
+            claimed
+        }),
         (0u64..12).prop_map(|index| Input::Abandoned { index }),
         (0u64..20).prop_map(|ms| Input::Tick { ms }),
         Just(Input::Persisted),
@@ -84,12 +83,12 @@ proptest! {
         let digest = |d: u8| Digest::from_bytes([d; 32]);
         for input in inputs {
             match input {
-                Input::Header { index, size, digest: d } => {
-                    let _ = session.handle_header(&ChunkHeader { index, size, sha256: digest(d) });
+                Input::Header { index, size } => {
+                    let _ = session.handle_header(&ChunkHeader { index, size });
                 }
-                Input::Payload { index, digest: d } => {
+                Input::Payload { index, actual, claimed } => {
                     if let Ok(index) = layout.index(index) {
-                        session.handle_payload(index, digest(d), now);
+                        session.handle_payload(index, digest(actual), digest(claimed), now);
                     }
                 }
                 Input::Abandoned { index } => {

@@ -2,24 +2,24 @@
 //! payload is read, tracks what is being received, received and durable, batches received
 //! chunks into group commits and emits acks only for chunks the I/O layer reported persisted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::{ChunkIndex, ChunkLayout, ChunkSet, Digest, ErrorCode, Span};
 
-/// A chunk header after the frame was decoded and its digest parsed.
+/// A chunk header after the frame was decoded. The chunk's digest comes after its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {
     pub index: u64,
     pub size: u64,
-    pub sha256: Digest,
 }
 
 /// What to do with a chunk stream whose header was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Accept {
-    /// Read exactly `span.len` bytes, write them at `span.offset`, hash them, then call
+    /// Read exactly `span.len` bytes, write them at `span.offset`, hash them, read the
+    /// digest the client claims for them (`chunk_end`), then call
     /// [`UploadSession::handle_payload`] (or `handle_abandoned` if the stream fails).
     Receive { index: ChunkIndex, span: Span },
     /// The chunk is durable already: drop the stream; a fresh ack is queued.
@@ -140,9 +140,9 @@ pub struct UploadSession {
     layout: ChunkLayout,
     policy: CommitPolicy,
     state: State,
-    /// Chunks whose header was accepted and whose payload is still arriving, with the digest
-    /// the header promised. An entry leaves on `handle_payload` or `handle_abandoned`.
-    receiving: BTreeMap<u64, Digest>,
+    /// Chunks whose header was accepted and whose payload is still arriving. An entry leaves
+    /// on `handle_payload` or `handle_abandoned`.
+    receiving: BTreeSet<u64>,
     /// Verified chunks waiting for the next commit, and when the first of them arrived.
     waiting: Vec<(ChunkIndex, Digest)>,
     waiting_since: Option<Instant>,
@@ -162,7 +162,7 @@ impl UploadSession {
             layout,
             policy,
             state: State::Receiving,
-            receiving: BTreeMap::new(),
+            receiving: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
             committing: None,
@@ -226,25 +226,32 @@ impl UploadSession {
             return Ok(Accept::AlreadyReceived);
         }
         // Two streams writing one span at once could interleave, so one stream per chunk.
-        if self.receiving.contains_key(&header.index) {
+        if self.receiving.contains(&header.index) {
             return Err(ChunkError::InProgress {
                 index: header.index,
             });
         }
-        self.receiving.insert(header.index, header.sha256);
+        self.receiving.insert(header.index);
         Ok(Accept::Receive { index, span })
     }
 
-    /// The whole payload of `index` arrived and hashed to `actual`.
-    pub fn handle_payload(&mut self, index: ChunkIndex, actual: Digest, now: Instant) {
-        let Some(expected) = self.receiving.remove(&index.get()) else {
+    /// The whole payload of `index` arrived and hashed to `actual`; the client's `chunk_end`
+    /// said `claimed`.
+    pub fn handle_payload(
+        &mut self,
+        index: ChunkIndex,
+        actual: Digest,
+        claimed: Digest,
+        now: Instant,
+    ) {
+        if !self.receiving.remove(&index.get()) {
             return;
-        };
-        if actual != expected {
+        }
+        if actual != claimed {
             self.outputs.push_back(Output::Reject {
                 index: index.get(),
                 code: ErrorCode::DigestMismatch,
-                message: format!("chunk {index} hashed to {actual}, header said {expected}"),
+                message: format!("chunk {index} hashed to {actual}, its chunk_end said {claimed}"),
             });
             return;
         }
@@ -384,18 +391,13 @@ mod tests {
         ChunkHeader {
             index,
             size: data.len() as u64,
-            sha256: Digest::of(data),
         }
     }
 
     #[test]
     fn header_checks_come_before_payload() {
         let mut s = session(10, 4);
-        let h = |index, size| ChunkHeader {
-            index,
-            size,
-            sha256: Digest::of(b""),
-        };
+        let h = |index, size| ChunkHeader { index, size };
         assert_eq!(
             s.handle_header(&h(3, 4)).unwrap_err().code(),
             ErrorCode::IndexOutOfRange
@@ -426,7 +428,7 @@ mod tests {
         let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
             panic!()
         };
-        s.handle_payload(index, Digest::of(&data), now);
+        s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
         assert_eq!(s.poll_output(), None);
         assert_eq!(
             s.poll_commit(now),
@@ -453,7 +455,7 @@ mod tests {
         let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
             panic!()
         };
-        s.handle_payload(index, Digest::of(b"other"), now);
+        s.handle_payload(index, Digest::of(b"other"), Digest::of(&data), now);
         assert!(matches!(
             s.poll_output(),
             Some(Output::Reject {
@@ -465,7 +467,7 @@ mod tests {
         let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
             panic!()
         };
-        s.handle_payload(index, Digest::of(&data), now);
+        s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
         // The last chunk commits at once.
         assert!(s.poll_commit(now).is_some());
         s.handle_persisted();
@@ -502,7 +504,7 @@ mod tests {
         let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
             panic!()
         };
-        s.handle_payload(index, Digest::of(&data), now);
+        s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
         assert_eq!(
             s.handle_header(&header(0, &data)),
             Ok(Accept::AlreadyReceived)
@@ -535,7 +537,7 @@ mod tests {
         let Accept::Receive { index, .. } = s.handle_header(&header(0, &[2; 4])).unwrap() else {
             panic!()
         };
-        s.handle_payload(index, Digest::of(&[2; 4]), now);
+        s.handle_payload(index, Digest::of(&[2; 4]), Digest::of(&[2; 4]), now);
         let _batch = s.poll_commit(now).unwrap();
         s.handle_persist_failed(ErrorCode::StorageFull, "disk full");
         assert!(matches!(

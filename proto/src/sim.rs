@@ -200,14 +200,17 @@ impl Pair {
         let header = ChunkHeader {
             index: stream.index,
             size: stream.payload.len() as u64,
-            sha256: stream.claimed,
         };
         match self.session.handle_header(&header) {
             Ok(Accept::Receive { index, span }) => {
                 self.disk[span.offset as usize..(span.offset + span.len) as usize]
                     .copy_from_slice(&stream.payload);
-                self.session
-                    .handle_payload(index, Digest::of(&stream.payload), self.now);
+                self.session.handle_payload(
+                    index,
+                    Digest::of(&stream.payload),
+                    stream.claimed,
+                    self.now,
+                );
             }
             Ok(Accept::AlreadyDurable | Accept::AlreadyReceived) => {}
             Err(e) => self.acks.push(Output::Reject {

@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::metrics;
-use crate::prefix::PrefixHash;
 use crate::store::{Store, UploadId, UploadRecord};
 
 /// Frames pushed to a connection's control stream.
@@ -88,7 +87,7 @@ pub enum Verdict {
 pub struct Published {
     pub file_name: String,
     pub size: u64,
-    pub sha256: Digest,
+    pub content_hash: Digest,
 }
 
 pub enum Msg {
@@ -107,9 +106,11 @@ pub enum Msg {
         header: ChunkHeader,
         reply: oneshot::Sender<Result<Verdict, WireError>>,
     },
+    /// The payload arrived and hashed to `digest`; the client's `chunk_end` said `claimed`.
     Payload {
         index: ChunkIndex,
         digest: Digest,
+        claimed: Digest,
     },
     Abandoned {
         index: ChunkIndex,
@@ -185,7 +186,6 @@ impl Registry {
             file: Arc::new(file),
             attached: None,
             takeovers: watch::Sender::new(0),
-            prefix: PrefixHash::new(),
             rx,
         };
         let registry = self.clone();
@@ -264,8 +264,6 @@ struct Driver {
     /// Counts takeovers; chunk streams of the previous connection watch it and stop, so a
     /// re-send from the new connection never races an old stream writing the same span.
     takeovers: watch::Sender<u64>,
-    /// The whole-file digest, kept up to date with the durable prefix.
-    prefix: PrefixHash,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
 
@@ -289,14 +287,8 @@ impl Driver {
                 }
             }
             self.forward_outputs();
-            let prefix = self.session.durable().contiguous_prefix();
-            self.prefix
-                .advance(&self.file, self.session.layout(), prefix);
             let deadline = self.session.poll_timeout();
             tokio::select! {
-                hashed = async { self.prefix.job().expect("guarded by the select condition").await }, if self.prefix.running() => {
-                    self.prefix.completed(hashed);
-                }
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     if let Msg::Shutdown = msg {
@@ -384,9 +376,13 @@ impl Driver {
                 };
                 let _ = reply.send(verdict);
             }
-            Msg::Payload { index, digest } => {
-                self.session.handle_payload(index, digest, Instant::now())
-            }
+            Msg::Payload {
+                index,
+                digest,
+                claimed,
+            } => self
+                .session
+                .handle_payload(index, digest, claimed, Instant::now()),
             Msg::Abandoned { index } => self.session.handle_abandoned(index),
             Msg::Failed { index, error } => {
                 self.session.handle_abandoned(index);
@@ -452,11 +448,12 @@ impl Driver {
         }
         let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
         let started = Instant::now();
-        // Most of the file was hashed while it arrived; only the rest is read now.
-        let actual = self.prefix.finish(&self.file, self.session.layout()).await;
+        // The content hash comes from the chunk digests on record, each checked against the
+        // bytes when they arrived (and again after an unclean stop): no data is read again.
+        let layout = *self.session.layout();
         let result =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
-                let actual = actual?;
+                let actual = store.content_hash(id, &layout)?;
                 if actual != digest {
                     return Ok(Err(actual));
                 }
@@ -482,12 +479,14 @@ impl Driver {
                 Ok(Published {
                     file_name,
                     size: self.record.size,
-                    sha256: digest,
+                    content_hash: digest,
                 })
             }
             Ok(Ok(Err(actual))) => Err(WireError::new(
                 ErrorCode::FileDigestMismatch,
-                format!("the file on the server hashes to {actual}, finish said {digest}"),
+                format!(
+                    "the chunks on the server give the content hash {actual}, finish said {digest}"
+                ),
             )),
             Ok(Err(e)) if e.downcast_ref::<crate::store::NameTaken>().is_some() => {
                 Err(WireError::new(ErrorCode::AlreadyExists, format!("{e:#}")))

@@ -128,7 +128,8 @@ fn complete_env(job: &HookJob) -> Vec<(&'static str, String)> {
         ("FERRY_PATH", job.path.display().to_string()),
         ("FERRY_NAME", job.name.clone()),
         ("FERRY_SIZE", job.size.to_string()),
-        ("FERRY_SHA256", job.sha256.clone()),
+        ("FERRY_CONTENT_HASH", job.content_hash.clone()),
+        ("FERRY_CHUNK_SIZE", job.chunk_size.to_string()),
         ("FERRY_DESC", job.desc.clone()),
     ]
 }

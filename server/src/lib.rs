@@ -11,7 +11,6 @@ mod guard;
 pub mod hooks;
 pub mod metrics;
 mod outbox;
-mod prefix;
 pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -140,6 +140,12 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The content hash of a file cut into chunks of `chunk_size` bytes (what `finish` carries).
+pub fn content_hash_file(path: &Path, chunk_size: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    ferry_proto::ContentHasher::of(&data, chunk_size).to_hex()
+}
+
 /// Asserts two files have identical bytes.
 pub fn assert_same_file(a: &Path, b: &Path) {
     let (da, db) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());

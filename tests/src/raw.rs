@@ -156,7 +156,8 @@ impl Raw {
         }
     }
 
-    /// A chunk stream: the header claiming `size` and `digest`, then `payload`, then FIN.
+    /// A chunk stream: the header claiming `size`, then `payload`, then `chunk_end` claiming
+    /// `digest`, then FIN.
     pub async fn chunk(
         &self,
         upload_id: &str,
@@ -165,15 +166,23 @@ impl Raw {
         digest: &str,
         payload: &[u8],
     ) {
+        let end = Frame::ChunkEnd {
+            sha256: digest.into(),
+        };
+        let tail = [payload, &end.to_bytes()].concat();
+        self.chunk_raw(upload_id, index, size, &tail).await;
+    }
+
+    /// A chunk stream: the header claiming `size`, then `tail` as it is, then FIN.
+    pub async fn chunk_raw(&self, upload_id: &str, index: u64, size: u64, tail: &[u8]) {
         let mut stream = self.conn.open_uni().await.unwrap();
         let header = Frame::Chunk {
             upload_id: upload_id.into(),
             index,
             size,
-            sha256: digest.into(),
         };
         let _ = stream.write_all(&header.to_bytes()).await;
-        let _ = stream.write_all(payload).await;
+        let _ = stream.write_all(tail).await;
         let _ = stream.finish();
     }
 

@@ -39,7 +39,7 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             created_at: 1_700_000_000 + n,
             updated_at: 1_700_000_000 + n,
             final_name: None,
-            sha256: None,
+            content_hash: None,
             dir: Vec::new(),
             on_exists: Default::default(),
             dedup: false,

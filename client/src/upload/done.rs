@@ -28,9 +28,11 @@ impl Client {
                 upload_id: String::new(),
                 file_name: shown.to_owned(),
                 size: key.size,
-                sha256: String::new(),
+                content_hash: String::new(),
+                sha256: None,
                 bytes_sent: 0,
                 bytes_skipped: 0,
+                bytes_rehashed: 0,
                 elapsed_ms: started.elapsed().as_millis() as u64,
                 resumed: false,
                 reconnects: 0,
@@ -80,16 +82,18 @@ impl Client {
         &mut self,
         key: &FileKey,
         (name, dir, desc): (&str, &[String], &str),
-        digest: Digest,
+        (digest, plain): (Digest, Digest),
         started: Instant,
         reconnects: &mut u32,
     ) -> Result<Option<Report>, ClientError> {
         let on_exists = self.opts.on_exists;
+        let chunk_size = self.opts.chunk_size;
         let ask = |req| Frame::Dedup {
             req,
             file_name: name.to_owned(),
             size: key.size,
-            sha256: digest.to_hex(),
+            chunk_size,
+            content_hash: digest.to_hex(),
             desc: desc.to_owned(),
             dir: dir.to_vec(),
             on_exists,
@@ -123,9 +127,11 @@ impl Client {
                     upload_id,
                     file_name,
                     size,
-                    sha256: digest.to_hex(),
+                    content_hash: digest.to_hex(),
+                    sha256: self.opts.sha256.then(|| plain.to_hex()),
                     bytes_sent: 0,
                     bytes_skipped: size,
+                    bytes_rehashed: 0,
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     resumed: false,
                     reconnects: *reconnects,
@@ -167,9 +173,11 @@ impl Client {
                 upload_id: entry.upload_id,
                 file_name,
                 size,
-                sha256: done.sha256,
+                content_hash: done.sha256,
+                sha256: None,
                 bytes_sent: 0,
                 bytes_skipped: size,
+                bytes_rehashed: 0,
                 elapsed_ms: started.elapsed().as_millis() as u64,
                 resumed: false,
                 reconnects: *reconnects,
@@ -197,7 +205,7 @@ impl Client {
         let ask = |req| Frame::Finish {
             req,
             upload_id: upload_id.to_owned(),
-            sha256: digest.to_hex(),
+            content_hash: digest.to_hex(),
         };
         match self.request_retrying(ask, reconnects).await? {
             Frame::Finished {

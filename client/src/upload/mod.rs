@@ -1,23 +1,24 @@
 //! The upload pipeline: open or resume the upload, keep `parallel` chunk streams busy while
 //! the server's acks come back, re-send what it rejects, ride through lost connections by
-//! reconnecting and resuming, then finish with the whole-file SHA-256.
+//! reconnecting and resuming, then finish with the content hash.
 //!
-//! The client never reads the file ahead of sending: each chunk is read, hashed and sent when
-//! the window has room, and the whole-file digest is computed by one sequential pass in the
-//! blocking pool while the upload runs.
+//! The client reads each byte once: each chunk is read, hashed and sent piece by piece when
+//! the window has room, and its digest follows its payload. The content hash sent in `finish`
+//! is SHA-256 over those digests (kept beside the journal entry), so finishing reads nothing
+//! again. `--sha256` adds today's plain whole-file digest, at the cost of a second,
+//! sequential read and hash of the file in the blocking pool while the upload runs.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::units::human;
-use ferry_proto::{ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, UploadInfo, UploadSender};
+use ferry_proto::{ChunkLayout, ChunkSet, ErrorCode, Frame, UploadInfo, UploadSender};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
+use crate::digests::{hash_file, ChunkDigests};
 use crate::journal::{Entry, FileKey, Journal};
 use crate::progress::FileProgress;
 pub use crate::stream::send_chunk;
@@ -42,11 +43,20 @@ pub struct Report {
     /// The name the server published the file under (relative to the owner's folder).
     pub file_name: String,
     pub size: u64,
-    pub sha256: String,
+    /// The content hash: SHA-256 over the chunk digests (see `docs/protocol.md`); `ferry hash`
+    /// computes it for any file.
+    pub content_hash: String,
+    /// The plain SHA-256 of the whole file (`sha256sum`'s), with `--sha256` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Payload bytes written to chunk streams in this run, re-sends included.
     pub bytes_sent: u64,
     /// Bytes the server held already when this run started.
     pub bytes_skipped: u64,
+    /// Bytes read a second time for the content hash: chunks the server held whose digests
+    /// this machine had not kept (its journal was lost or is from an older `ferry`); 0
+    /// normally.
+    pub bytes_rehashed: u64,
     pub elapsed_ms: u64,
     /// True when this run continued an upload begun earlier.
     pub resumed: bool,
@@ -61,6 +71,8 @@ pub struct Report {
 struct Active {
     info: UploadInfo,
     sender: UploadSender,
+    /// The digests of the chunks as sent, for the content hash; chunk streams record them.
+    digests: Arc<std::sync::Mutex<ChunkDigests>>,
 }
 
 /// Marks a file's progress finished however its upload ends.
@@ -104,36 +116,35 @@ impl Client {
         if let Some(report) = self.already_there(&key, started, &mut reconnects).await? {
             return Ok(report);
         }
-        // With --dedup, a file the server never saw from here is hashed first (one read) and
-        // offered by content; the digest then serves the finish too.
-        let mut known_digest = None;
+        // With --dedup, a file the server never saw from here is hashed first (one read, both
+        // digests) and offered by content.
+        let mut known_plain = None;
         if self.opts.dedup && self.journal.get(&key).is_none() {
-            let digest = {
-                let file = file.clone();
-                let size = key.size;
-                tokio::task::spawn_blocking(move || hash_file(&file, size))
+            let (content, plain) = {
+                let (file, size, chunk_size) = (file.clone(), key.size, self.opts.chunk_size);
+                tokio::task::spawn_blocking(move || hash_file(&file, size, chunk_size))
                     .await
                     .map_err(|e| ClientError::Local(e.to_string()))?
                     .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
             };
             let ask = (name.as_str(), dir, desc);
             match self
-                .dedup(&key, ask, digest, started, &mut reconnects)
+                .dedup(&key, ask, (content, plain), started, &mut reconnects)
                 .await
             {
                 Ok(Some(report)) => return Ok(report),
-                Ok(None) => known_digest = Some(digest),
+                Ok(None) => known_plain = Some(plain),
                 Err(e) => return self.name_taken(e, &shown, &key, started),
             }
         }
-        let hashing = {
-            let file = file.clone();
-            let size = key.size;
-            tokio::task::spawn_blocking(move || match known_digest {
+        // The plain digest only when asked for: a second read and hash of every byte.
+        let plain = self.opts.sha256.then(|| {
+            let (file, size) = (file.clone(), key.size);
+            tokio::task::spawn_blocking(move || match known_plain {
                 Some(digest) => Ok(digest),
-                None => hash_file(&file, size),
+                None => hash_file(&file, size, u64::MAX).map(|(_, plain)| plain),
             })
-        };
+        });
         let sent = progress.sent.clone();
         let mut active: Option<Active> = None;
         let mut skipped = None;
@@ -155,6 +166,9 @@ impl Client {
                         progress.set_held(held);
                         active = Some(Active {
                             sender: UploadSender::new(layout, durable.clone(), self.opts.parallel),
+                            digests: Arc::new(std::sync::Mutex::new(
+                                self.journal.digests(&key, layout.count()),
+                            )),
                             info,
                         });
                         durable
@@ -204,10 +218,34 @@ impl Client {
                 Err(e) => return self.name_taken(e, &shown, &key, started),
             }
         };
-        let digest = hashing
+        let upload_id = finished.info.upload_id.clone();
+        let unreadable = |e| ClientError::local(format!("cannot read {}", path.display()), e);
+        let (digest, reread) = {
+            let (digests, file) = (finished.digests.clone(), file.clone());
+            let layout = *finished.sender.layout();
+            tokio::task::spawn_blocking(move || {
+                let mut digests = digests.lock().unwrap_or_else(|p| p.into_inner());
+                digests.content_hash(&file, &layout)
+            })
             .await
             .map_err(|e| ClientError::Local(e.to_string()))?
-            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
+            .map_err(unreadable)?
+        };
+        if reread > 0 {
+            self.shared.tracker.note(&format!(
+                "ferry: {}: read {} again for the content hash (chunks the server held whose digests this machine had not kept)",
+                path.display(),
+                human(reread)
+            ));
+        }
+        let plain = match plain {
+            Some(task) => Some(
+                task.await
+                    .map_err(|e| ClientError::Local(e.to_string()))?
+                    .map_err(unreadable)?,
+            ),
+            None => None,
+        };
         // A file written to during the upload must not be published: what the server holds may
         // mix old and new bytes. Size and modification time tell.
         let now = FileKey::of(&self.opts.target.server, path).ok();
@@ -215,13 +253,12 @@ impl Client {
             .as_ref()
             .is_none_or(|k| k.size != key.size || k.mtime_ns != key.mtime_ns)
         {
-            self.discard(&finished.info.upload_id, &key).await;
+            self.discard(&upload_id, &key).await;
             return Err(ClientError::Local(format!(
                 "{} changed while it was being uploaded; the upload was discarded, nothing was published",
                 path.display()
             )));
         }
-        let upload_id = finished.info.upload_id.clone();
         let reply = self.finish(&upload_id, digest, &mut reconnects).await;
         let (file_name, size) = match reply {
             Ok(done) => done,
@@ -256,9 +293,11 @@ impl Client {
             upload_id,
             file_name,
             size,
-            sha256: digest.to_hex(),
+            content_hash: digest.to_hex(),
+            sha256: plain.map(|d| d.to_hex()),
             bytes_sent: sent.load(Ordering::Relaxed),
             bytes_skipped: skipped.unwrap_or(0),
+            bytes_rehashed: reread,
             elapsed_ms: started.elapsed().as_millis() as u64,
             resumed,
             reconnects,
@@ -340,18 +379,4 @@ async fn open(
 
 fn layout_of(info: &UploadInfo) -> Result<ChunkLayout, ClientError> {
     ChunkLayout::new(info.size, info.chunk_size).map_err(|e| ClientError::Protocol(e.to_string()))
-}
-
-/// SHA-256 of the first `size` bytes of `file`, read sequentially.
-fn hash_file(file: &File, size: u64) -> std::io::Result<Digest> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0;
-    while offset < size {
-        let n = (size - offset).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset)?;
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok(hasher.into())
 }

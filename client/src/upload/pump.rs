@@ -65,6 +65,7 @@ pub(super) async fn pump(
                 sent: sent.clone(),
                 window: window.cloned(),
                 sending: sending.clone(),
+                digests: active.digests.clone(),
             };
             tasks.spawn(async move { (job.index, job.send().await) });
         }

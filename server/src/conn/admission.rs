@@ -48,7 +48,7 @@ impl Conn {
             created_at: now,
             updated_at: now,
             final_name: None,
-            sha256: None,
+            content_hash: None,
             dir,
             on_exists,
             dedup: false,

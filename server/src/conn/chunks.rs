@@ -1,13 +1,16 @@
-//! Chunk streams: the header, the driver's verdict, then the payload streamed to disk while it
-//! is hashed, off the runtime threads, with memory bounded by the read buffer.
+//! Chunk streams: the header, the driver's verdict, the payload streamed to disk while it is
+//! hashed (off the runtime threads, memory bounded by the read buffer), then the client's
+//! digest in `chunk_end`.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use ferry_proto::{ChunkHeader, Digest, ErrorCode, Frame};
+use std::time::Duration;
+
+use ferry_proto::{ChunkHeader, ChunkIndex, Digest, ErrorCode, Frame, Span};
 use quinn::{RecvStream, VarInt};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Msg, Verdict, WireError};
 use crate::wire::{read_frame, ReadError};
@@ -26,13 +29,12 @@ pub(super) async fn accept_chunk_streams(conn: Arc<Conn>) {
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
 async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     let stall = conn.shared.config.stream_timeout;
-    let (upload_id, index, size, sha256) = match read_frame(&mut recv, stall, false).await {
+    let (upload_id, index, size) = match read_frame(&mut recv, stall, false).await {
         Ok(Some(Frame::Chunk {
             upload_id,
             index,
             size,
-            sha256,
-        })) => (upload_id, index, size, sha256),
+        })) => (upload_id, index, size),
         Ok(None) | Err(ReadError::Gone) => return,
         Ok(Some(other)) => {
             let message = format!(
@@ -59,7 +61,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
             return;
         }
     };
-    let verdict = match header_verdict(&conn, &upload_id, index, size, &sha256).await {
+    let verdict = match header_verdict(&conn, &upload_id, index, size).await {
         Ok(v) => v,
         Err(error) => {
             let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
@@ -82,6 +84,51 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         ) => (driver, index, span, file, takeover),
     };
 
+    let received = receive(&mut recv, &file, span, stall, &mut takeover).await;
+    let outcome = match received {
+        Ok(digest) => match trailer(&mut recv, index, stall).await {
+            Ok(claimed) => {
+                crate::metrics::metrics().bytes_received.inc_by(span.len);
+                Msg::Payload {
+                    index,
+                    digest,
+                    claimed,
+                }
+            }
+            Err(Fail::Abandoned) => Msg::Abandoned { index },
+            Err(Fail::Stop(error)) => {
+                let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
+                Msg::Failed { index, error }
+            }
+        },
+        Err(Fail::Abandoned) => Msg::Abandoned { index },
+        Err(Fail::Stop(error)) => {
+            let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
+            Msg::Failed { index, error }
+        }
+    };
+    let _ = driver.send(outcome);
+}
+
+/// Why a chunk stream ended without a verified payload.
+enum Fail {
+    /// The stream was reset, the connection dropped, or another connection took the upload
+    /// over: nobody to tell (the driver forgets the chunk).
+    Abandoned,
+    /// Stop the stream with the error's code and reject the chunk.
+    Stop(WireError),
+}
+
+/// Reads `span.len` payload bytes, writing them at `span.offset` and hashing them in the
+/// blocking pool (on runtime threads they would stall every other connection's I/O). Memory:
+/// one read buffer.
+async fn receive(
+    recv: &mut RecvStream,
+    file: &Arc<std::fs::File>,
+    span: Span,
+    stall: Duration,
+    takeover: &mut watch::Receiver<u64>,
+) -> Result<Digest, Fail> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_BUF.min(span.len as usize)];
     let mut done = 0u64;
@@ -90,45 +137,34 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         let mut filled = 0;
         while filled < want {
             let read = tokio::select! {
-                read = tokio::time::timeout(stall, recv.read(&mut buf[filled..want])) => match read {
-                    Ok(read) => read,
-                    Err(_) => {
-                        let _ = recv.stop(VarInt::from_u32(ErrorCode::StreamTimeout.quic_code()));
-                        let message = format!("chunk {index} sent nothing for {} s", stall.as_secs());
-                        let _ = driver.send(Msg::Failed { index, error: WireError::new(ErrorCode::StreamTimeout, message) });
-                        return;
-                    }
-                },
+                read = tokio::time::timeout(stall, recv.read(&mut buf[filled..want])) => read,
                 _ = takeover.changed() => {
                     let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
-                    let _ = driver.send(Msg::Abandoned { index });
-                    return;
+                    return Err(Fail::Abandoned);
                 }
             };
             match read {
-                Ok(Some(n)) => filled += n,
-                Ok(None) => {
+                Ok(Ok(Some(n))) => filled += n,
+                Ok(Ok(None)) => {
                     let message = format!(
-                        "chunk {index} ended after {} of {} bytes",
+                        "the stream ended after {} of {} payload bytes",
                         done + filled as u64,
                         span.len
                     );
-                    let _ = driver.send(Msg::Failed {
-                        index,
-                        error: WireError::new(ErrorCode::ShortPayload, message),
-                    });
-                    return;
+                    return Err(Fail::Stop(WireError::new(ErrorCode::ShortPayload, message)));
                 }
+                Ok(Err(_)) => return Err(Fail::Abandoned),
                 Err(_) => {
-                    let _ = driver.send(Msg::Abandoned { index });
-                    return;
+                    let message = format!("no payload byte for {} s", stall.as_secs());
+                    return Err(Fail::Stop(WireError::new(
+                        ErrorCode::StreamTimeout,
+                        message,
+                    )));
                 }
             }
         }
         let file = file.clone();
         let offset = span.offset + done;
-        // Hashing and writing run in the blocking pool: on runtime threads they would stall
-        // every other connection's I/O.
         let result = tokio::task::spawn_blocking(move || {
             hasher.update(&buf[..want]);
             let written = file.write_all_at(&buf[..want], offset);
@@ -136,46 +172,60 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         })
         .await;
         let written;
-        (hasher, buf, written) = match result {
-            Ok(parts) => parts,
-            Err(e) => {
-                let _ = driver.send(Msg::Failed {
-                    index,
-                    error: internal(e.to_string()),
-                });
-                return;
-            }
-        };
+        (hasher, buf, written) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
         if let Err(e) = written {
-            let _ = recv.stop(VarInt::from_u32(ErrorCode::StorageError.quic_code()));
-            let _ = driver.send(Msg::Failed {
-                index,
-                error: WireError::storage(&e, "failed to write the chunk"),
-            });
-            return;
+            return Err(Fail::Stop(WireError::storage(
+                &e,
+                "failed to write the chunk",
+            )));
         }
         done += want as u64;
     }
-    // The payload must end exactly here.
+    Ok(hasher.into())
+}
+
+/// After the payload: the `chunk_end` frame with the client's digest, then the end of the
+/// stream.
+async fn trailer(
+    recv: &mut RecvStream,
+    index: ChunkIndex,
+    stall: Duration,
+) -> Result<Digest, Fail> {
+    let stop = |code, message: String| Err(Fail::Stop(WireError::new(code, message)));
+    let claimed = match read_frame(recv, stall, false).await {
+        Ok(Some(Frame::ChunkEnd { sha256 })) => match Digest::parse(&sha256) {
+            Ok(digest) => digest,
+            Err(e) => return stop(ErrorCode::BadDigest, e.to_string()),
+        },
+        Ok(None) | Err(ReadError::Truncated) => {
+            return stop(
+                ErrorCode::ShortPayload,
+                format!("chunk {index} ended after its payload without a whole chunk_end frame"),
+            )
+        }
+        Ok(Some(other)) => {
+            return stop(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "chunk {index}'s payload must be followed by chunk_end, not {}",
+                    other.kind()
+                ),
+            )
+        }
+        Err(ReadError::Gone) => return Err(Fail::Abandoned),
+        Err(e) => {
+            let (code, message) = e.code().unwrap_or((ErrorCode::Internal, String::new()));
+            return stop(code, format!("chunk {index}'s chunk_end: {message}"));
+        }
+    };
+    // The stream must end here.
     match recv.read(&mut [0u8; 1]).await {
-        Ok(None) => {
-            crate::metrics::metrics().bytes_received.inc_by(span.len);
-            let _ = driver.send(Msg::Payload {
-                index,
-                digest: hasher.into(),
-            });
-        }
-        Ok(Some(_)) => {
-            let _ = recv.stop(VarInt::from_u32(ErrorCode::LongPayload.quic_code()));
-            let message = format!("chunk {index} carried more than its {} bytes", span.len);
-            let _ = driver.send(Msg::Failed {
-                index,
-                error: WireError::new(ErrorCode::LongPayload, message),
-            });
-        }
-        Err(_) => {
-            let _ = driver.send(Msg::Abandoned { index });
-        }
+        Ok(None) => Ok(claimed),
+        Ok(Some(_)) => stop(
+            ErrorCode::LongPayload,
+            format!("chunk {index} carried bytes after its chunk_end frame"),
+        ),
+        Err(_) => Err(Fail::Abandoned),
     }
 }
 
@@ -185,10 +235,7 @@ async fn header_verdict(
     upload_id: &str,
     index: u64,
     size: u64,
-    sha256: &str,
 ) -> Result<(mpsc::UnboundedSender<Msg>, Verdict), WireError> {
-    let sha256 =
-        Digest::parse(sha256).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
     // Someone else's upload is reported exactly like a missing one.
     let (id, _) = conn.owned(upload_id)?;
     let attached = conn
@@ -204,11 +251,7 @@ async fn header_verdict(
         ));
     };
     let (reply, rx) = oneshot::channel();
-    let header = ChunkHeader {
-        index,
-        size,
-        sha256,
-    };
+    let header = ChunkHeader { index, size };
     let _ = driver.send(Msg::Header {
         conn: conn.id,
         header,

@@ -16,15 +16,16 @@ impl Conn {
         &self,
         req: u64,
         record: Result<UploadRecord, WireError>,
-        sha256: &str,
+        content_hash: &str,
     ) -> Result<Frame, WireError> {
-        let mut record = record?;
-        let digest = Digest::parse(sha256)
+        let record = record?;
+        let digest = Digest::parse(content_hash)
             .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
         let store = self.shared.store.clone();
-        let (owner, size, any) = (
+        let (owner, size, chunk_size, any) = (
             self.owner.clone(),
             record.size,
+            record.chunk_size,
             self.shared.tunable().dedup_across_owners,
         );
         let asked: String = record
@@ -35,7 +36,7 @@ impl Conn {
             .collect();
         let wanted = asked.clone();
         let found = tokio::task::spawn_blocking(move || {
-            store.find_content(&owner, size, digest, any, &wanted)
+            store.find_content(&owner, (size, chunk_size), digest, any, &wanted)
         })
         .await
         .map_err(internal)?
@@ -51,14 +52,13 @@ impl Conn {
                 upload_id: content.id.to_string(),
                 file_name: asked,
                 size,
-                sha256: digest.to_hex(),
+                content_hash: digest.to_hex(),
                 existing: true,
             });
         }
         // Counted against the quota like any published file (it is one, for this owner).
         let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, false)?;
-        record.chunk_size = content.record.chunk_size;
         let store = self.shared.store.clone();
         let stored = record.clone();
         let published = tokio::task::spawn_blocking(move || {
@@ -83,7 +83,7 @@ impl Conn {
             upload_id: id.to_string(),
             file_name,
             size,
-            sha256: digest.to_hex(),
+            content_hash: digest.to_hex(),
             existing: false,
         })
     }

@@ -47,13 +47,14 @@ impl Conn {
                 req,
                 file_name,
                 size,
-                sha256,
+                chunk_size,
+                content_hash,
                 desc,
                 dir,
                 on_exists,
             } => {
-                let record = self.new_record(file_name, size, 0, desc, (dir, on_exists));
-                (req, self.dedup(req, record, &sha256).await)
+                let record = self.new_record(file_name, size, chunk_size, desc, (dir, on_exists));
+                (req, self.dedup(req, record, &content_hash).await)
             }
             Frame::Ping { req } => (req, Ok(Frame::Pong { req })),
             Frame::Mkdir { req, dir } => (
@@ -73,8 +74,8 @@ impl Conn {
             Frame::Finish {
                 req,
                 upload_id,
-                sha256,
-            } => (req, self.finish(req, &upload_id, &sha256).await),
+                content_hash,
+            } => (req, self.finish(req, &upload_id, &content_hash).await),
             Frame::Abort { req, upload_id } => (
                 req,
                 self.abort(&upload_id)
@@ -224,16 +225,18 @@ impl Conn {
         Ok(info)
     }
 
-    async fn finish(&self, req: u64, raw_id: &str, sha256: &str) -> Result<Frame, WireError> {
-        let digest = Digest::parse(sha256)
-            .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
+    async fn finish(&self, req: u64, raw_id: &str, hash: &str) -> Result<Frame, WireError> {
+        let digest =
+            Digest::parse(hash).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
         let (id, record) = self.owned(raw_id)?;
         if record.state == RecordState::Complete {
-            let stored = record.sha256.clone().unwrap_or_default();
+            let stored = record.content_hash.clone().unwrap_or_default();
             if stored != digest.to_hex() {
                 return Err(WireError::new(
                     ErrorCode::FileDigestMismatch,
-                    format!("the upload completed with digest {stored}, finish said {digest}"),
+                    format!(
+                        "the upload completed with content hash {stored}, finish said {digest}"
+                    ),
                 ));
             }
             return Ok(Frame::Finished {
@@ -241,7 +244,7 @@ impl Conn {
                 upload_id: id.to_string(),
                 file_name: record.final_name.unwrap_or(record.file_name),
                 size: record.size,
-                sha256: stored,
+                content_hash: stored,
             });
         }
         self.verified(id).await?;
@@ -260,7 +263,7 @@ impl Conn {
             upload_id: id.to_string(),
             file_name: published.file_name,
             size: published.size,
-            sha256: published.sha256.to_hex(),
+            content_hash: published.content_hash.to_hex(),
         })
     }
 

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ferry_migrations as migrations;
-use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, Digest, OnExists};
+use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, ContentHasher, Digest, OnExists};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -70,7 +70,7 @@ impl std::fmt::Display for UploadId {
 #[serde(rename_all = "snake_case")]
 pub enum RecordState {
     Receiving,
-    /// Between the two durable steps of publishing: `final_name` and `sha256` name the link
+    /// Between the two durable steps of publishing: `final_name` and `content_hash` name the link
     /// about to be made. A crash here is settled at the next start: completed if the link
     /// exists, back to `Receiving` if not (see `Store::reconcile`).
     Publishing,
@@ -99,9 +99,12 @@ pub struct UploadRecord {
     /// Folders under `files/<owner>/` to publish into (sanitised), outermost first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dir: Vec<String>,
-    /// Set when publishing starts: the whole file's SHA-256.
-    #[serde(default)]
-    pub sha256: Option<String>,
+    /// Set when publishing starts: the digest `finish` carried, as hex. From protocol 4 on the
+    /// content hash (SHA-256 over the chunk digests); for uploads completed by protocol 3 or
+    /// older, the whole file's plain SHA-256 (the stored key is still `sha256`, so the records
+    /// of earlier releases read unchanged and a repeated `finish` of those still matches).
+    #[serde(default, rename = "sha256")]
+    pub content_hash: Option<String>,
     /// What publishing does when the name is taken.
     #[serde(default, skip_serializing_if = "OnExists::is_default")]
     pub on_exists: OnExists,
@@ -166,7 +169,13 @@ pub struct HookJob {
     /// The published name under the owner's folder (`card/clip (1).mov`).
     pub name: String,
     pub size: u64,
-    pub sha256: String,
+    /// Hooks queued by earlier releases carried the plain SHA-256 here.
+    #[serde(alias = "sha256")]
+    pub content_hash: String,
+    /// The chunk size the content hash was computed with (0 in hooks queued by earlier
+    /// releases).
+    #[serde(default)]
+    pub chunk_size: u64,
     pub desc: String,
 }
 
@@ -386,6 +395,33 @@ impl Store {
             }
         }
         Ok(set)
+    }
+
+    /// The content hash of `id`: SHA-256 over the recorded chunk digests in index order
+    /// (sled keeps the keys sorted, and the index is big-endian). Fails if a chunk of the
+    /// layout has no digest on record.
+    pub fn content_hash(&self, id: UploadId, layout: &ChunkLayout) -> Result<Digest> {
+        let mut hasher = ContentHasher::new();
+        let mut next = 0u64;
+        for entry in self.db()?.chunks.scan_prefix(id.0) {
+            let (key, value) = entry?;
+            let index = key
+                .get(16..24)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let digest = <[u8; 32]>::try_from(value.as_ref()).ok();
+            match (index, digest) {
+                (Some(index), Some(digest)) if index == next && index < layout.count() => {
+                    hasher.push(&Digest::from_bytes(digest));
+                    next += 1;
+                }
+                _ => continue,
+            }
+        }
+        if next != layout.count() {
+            anyhow::bail!("chunk {next} of upload {id} has no digest on record");
+        }
+        Ok(hasher.finish())
     }
 
     /// Refuses to write when the disk is down to the database's reserve.

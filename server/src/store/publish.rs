@@ -55,15 +55,15 @@ impl Store {
             .is_ok()
     }
 
-    /// A completed upload of `owner` (of anyone, with `any_owner`) with this size and digest
-    /// whose published file is still the one published (same inode and modification time), or
+    /// A completed upload of `owner` (of anyone, with `any_owner`) with this size, chunk size
+    /// and content hash whose published file is still the one published (same inode and modification time), or
     /// `None`. Preferred: the owner's copy at the path `asked` (relative to the owner's
     /// folder), then any copy of the owner's, then another owner's. One pass over the records:
     /// the owners' histories are bounded by `MAX_HISTORY`.
     pub fn find_content(
         &self,
         owner: &str,
-        size: u64,
+        (size, chunk_size): (u64, u64),
         digest: Digest,
         any_owner: bool,
         asked: &str,
@@ -84,7 +84,8 @@ impl Store {
         for (id, record) in records {
             if record.state != RecordState::Complete
                 || record.size != size
-                || record.sha256.as_deref() != Some(hex.as_str())
+                || record.chunk_size != chunk_size
+                || record.content_hash.as_deref() != Some(hex.as_str())
             {
                 continue;
             }
@@ -168,7 +169,7 @@ impl Store {
             let mut intent = record.clone();
             intent.state = RecordState::Publishing;
             intent.final_name = Some(format!("{prefix}{name}"));
-            intent.sha256 = Some(digest.to_hex());
+            intent.content_hash = Some(digest.to_hex());
             let linked = if dir.join(&name).symlink_metadata().is_ok() {
                 Err(std::io::ErrorKind::AlreadyExists.into())
             } else {
@@ -240,7 +241,8 @@ impl Store {
                 path: published.clone(),
                 name: final_name.clone(),
                 size: record.size,
-                sha256: record.sha256.clone().unwrap_or_default(),
+                content_hash: record.content_hash.clone().unwrap_or_default(),
+                chunk_size: record.chunk_size,
                 desc: record.desc.clone(),
             };
             Some((

@@ -62,7 +62,7 @@ impl Store {
                         let mut back = record;
                         back.state = RecordState::Receiving;
                         back.final_name = None;
-                        back.sha256 = None;
+                        back.content_hash = None;
                         self.put_record(id, &back)?;
                         info!(upload = %id, "publish rolled back after an unclean stop");
                         done.rolled_back += 1;

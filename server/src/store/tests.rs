@@ -13,7 +13,7 @@ fn record(name: &str, size: u64) -> UploadRecord {
         created_at: 1,
         updated_at: 1,
         final_name: None,
-        sha256: None,
+        content_hash: None,
         dir: Vec::new(),
         on_exists: OnExists::Rename,
         dedup: false,
@@ -30,7 +30,7 @@ fn interrupted_publish(linked: bool) -> (tempfile::TempDir, UploadId) {
     let mut intent = record("a.mov", 10);
     intent.state = RecordState::Publishing;
     intent.final_name = Some("a.mov".into());
-    intent.sha256 = Some("00".repeat(32));
+    intent.content_hash = Some("00".repeat(32));
     store.put_record(id, &intent).unwrap();
     if linked {
         let owner = store.owner_dir("alice");
@@ -185,19 +185,26 @@ fn dedup_links_unchanged_content_of_the_same_owner() {
     let digest = Digest::of(bytes);
     published(&store, "a.mov", bytes);
     assert!(store
-        .find_content("bob", 10, digest, false, "a.mov")
+        .find_content("bob", (10, 4096), digest, false, "a.mov")
         .unwrap()
         .is_none());
     assert!(store
-        .find_content("bob", 10, digest, true, "a.mov")
+        .find_content("bob", (10, 4096), digest, true, "a.mov")
         .unwrap()
         .is_some());
     assert!(store
-        .find_content("alice", 11, digest, false, "a.mov")
+        .find_content("alice", (11, 4096), digest, false, "a.mov")
         .unwrap()
         .is_none());
+    assert!(
+        store
+            .find_content("alice", (10, 8192), digest, false, "a.mov")
+            .unwrap()
+            .is_none(),
+        "a content hash of another chunk size is another digest"
+    );
     let found = store
-        .find_content("alice", 10, digest, false, "a.mov")
+        .find_content("alice", (10, 4096), digest, false, "a.mov")
         .unwrap()
         .unwrap();
     let (id, name) = store
@@ -216,7 +223,7 @@ fn dedup_links_unchanged_content_of_the_same_owner() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(owner.join("a.mov"), b"TEN BYTES!").unwrap();
     assert!(store
-        .find_content("alice", 10, digest, false, "a.mov")
+        .find_content("alice", (10, 4096), digest, false, "a.mov")
         .unwrap()
         .is_none());
 }
@@ -262,7 +269,7 @@ fn an_interrupted_dedup_is_removed_at_start() {
     let mut intent = record("b.mov", 10);
     intent.state = RecordState::Publishing;
     intent.final_name = Some("b.mov".into());
-    intent.sha256 = Some(Digest::of(b"0123456789").to_hex());
+    intent.content_hash = Some(Digest::of(b"0123456789").to_hex());
     intent.dedup = true;
     store.put_record(id, &intent).unwrap();
     store.sync().unwrap();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_proto::{Digest, ErrorCode, Frame, PROTOCOL_VERSION};
+use ferry_proto::{ContentHasher, Digest, ErrorCode, Frame, PROTOCOL_VERSION};
 use ferry_tests::raw::{quic, Raw};
 use ferry_tests::*;
 
@@ -174,7 +174,7 @@ async fn request_cases(server: &TestServer) {
             Frame::Finish {
                 req: 9,
                 upload_id: "0".repeat(32),
-                sha256: "zz".into(),
+                content_hash: "zz".into(),
             },
             ErrorCode::BadDigest,
         ),
@@ -201,7 +201,7 @@ async fn request_cases(server: &TestServer) {
     raw.frame(&Frame::Finish {
         req: 11,
         upload_id: id,
-        sha256: Digest::of(b"").to_hex(),
+        content_hash: Digest::of(b"").to_hex(),
     })
     .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
@@ -246,12 +246,13 @@ async fn chunk_cases(server: &TestServer) {
             ErrorCode::WrongChunkSize,
         ),
         (
+            // The extra byte is read as the start of chunk_end's length prefix.
             "payload longer than declared",
             0,
             65536,
             good.clone(),
             [data.clone(), vec![1]].concat(),
-            ErrorCode::LongPayload,
+            ErrorCode::FrameTooLarge,
         ),
         (
             "payload shorter than declared",
@@ -295,6 +296,28 @@ async fn chunk_cases(server: &TestServer) {
         raw.chunk(&upload, index, size, &digest, &payload).await;
         assert_eq!(raw.code().await, want, "{what}");
     }
+    // What may follow the payload: exactly one chunk_end, then the end of the stream.
+    let end = Frame::ChunkEnd {
+        sha256: good.clone(),
+    }
+    .to_bytes();
+    let tails: [(&str, Vec<u8>, ErrorCode); 3] = [
+        (
+            "bytes after chunk_end",
+            [&data[..], &end, &[0]].concat(),
+            ErrorCode::LongPayload,
+        ),
+        ("no chunk_end", data.clone(), ErrorCode::ShortPayload),
+        (
+            "another frame in place of chunk_end",
+            [&data[..], &Frame::Ping { req: 1 }.to_bytes()].concat(),
+            ErrorCode::UnexpectedFrame,
+        ),
+    ];
+    for (what, tail, want) in tails {
+        raw.chunk_raw(&id, 0, 65536, &tail).await;
+        assert_eq!(raw.code().await, want, "{what}");
+    }
 
     // Another owner's upload looks like no upload at all.
     let bob = Raw::hello(server, &server.bob).await;
@@ -317,11 +340,11 @@ async fn chunk_cases(server: &TestServer) {
             }
         }
     }
-    let whole = Digest::of(&[data.clone(), data.clone()].concat()).to_hex();
+    let whole = ContentHasher::of(&[data.clone(), data.clone()].concat(), data.len()).to_hex();
     raw.frame(&Frame::Finish {
         req: 20,
         upload_id: id.clone(),
-        sha256: whole.clone(),
+        content_hash: whole.clone(),
     })
     .await;
     assert_eq!(
@@ -334,7 +357,7 @@ async fn chunk_cases(server: &TestServer) {
     raw.frame(&Frame::Finish {
         req: 21,
         upload_id: id.clone(),
-        sha256: good.clone(),
+        content_hash: good.clone(),
     })
     .await;
     assert_eq!(
@@ -342,10 +365,22 @@ async fn chunk_cases(server: &TestServer) {
         ErrorCode::FileDigestMismatch,
         "finish with a wrong digest"
     );
+    let plain = Digest::of(&[data.clone(), data.clone()].concat()).to_hex();
+    raw.frame(&Frame::Finish {
+        req: 23,
+        upload_id: id.clone(),
+        content_hash: plain,
+    })
+    .await;
+    assert_eq!(
+        raw.code().await,
+        ErrorCode::FileDigestMismatch,
+        "finish with the plain SHA-256 instead of the content hash"
+    );
     raw.frame(&Frame::Finish {
         req: 22,
         upload_id: id,
-        sha256: whole,
+        content_hash: whole,
     })
     .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
@@ -371,7 +406,6 @@ async fn stream_limit_case(server: &TestServer) {
             upload_id: id.clone(),
             index,
             size: 65536,
-            sha256: "0".repeat(64),
         };
         stream.write_all(&header.to_bytes()).await.unwrap();
         held.push(stream);
@@ -443,7 +477,6 @@ async fn slow_clients_are_cut_off_by_timeouts() {
         upload_id: id,
         index: 0,
         size: 65536,
-        sha256: "0".repeat(64),
     };
     stream.write_all(&header.to_bytes()).await.unwrap();
     stream.write_all(&[1]).await.unwrap();

@@ -84,7 +84,8 @@ fn on_complete_runs_once_also_after_a_kill() {
         format!("FERRY_PATH={}", published.display()),
         "FERRY_NAME=clip one.mov".to_owned(),
         format!("FERRY_SIZE={}", 1 << 20),
-        format!("FERRY_SHA256={}", sha256_file(&file)),
+        format!("FERRY_CONTENT_HASH={}", content_hash_file(&file, 4 << 20)),
+        format!("FERRY_CHUNK_SIZE={}", 4 << 20),
         "FERRY_DESC=".to_owned(),
     ] {
         assert!(env.lines().any(|l| l == line), "{line:?} in\n{env}");

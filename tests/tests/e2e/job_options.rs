@@ -168,7 +168,7 @@ fn ping_reports_round_trips_version_and_token() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("ferryd 0.1.0 (protocol 3), token accepted for \"alice\""),
+        stdout.contains("ferryd 0.1.0 (protocol 4), token accepted for \"alice\""),
         "{stdout}"
     );
     assert!(stdout.contains("round trips: 3 probes, min "), "{stdout}");
@@ -327,4 +327,71 @@ fn completions_and_manual_pages() {
     let page = std::fs::read_to_string(dir.path().join("ferry-upload.1")).unwrap();
     assert!(page.contains("on\\-exists"), "{page}");
     assert!(dir.path().join("ferry.1").exists());
+}
+
+/// The digests a user can check: `--json` reports the content hash (and with `--sha256` the
+/// plain SHA-256); `ferry hash` prints the same content hash for the source and for the
+/// published file, and with `--sha256` exactly what sha256sum prints; an unreadable file is
+/// exit 2 naming it, the other files still printed.
+#[test]
+fn hash_prints_what_the_upload_reported() {
+    let job = Job::start();
+    let source = random_file(job.work.path(), "take.mov", (5 << 20) + 7, 41);
+    let out = job
+        .upload(std::slice::from_ref(&source), &["--sha256"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = &json_lines(&out.stdout)[0];
+    let plain = sha256_file(&source);
+    assert_eq!(line["sha256"], plain.as_str(), "{line}");
+    let content = line["content_hash"].as_str().unwrap().to_owned();
+    // `Job::upload` sends 1 MiB chunks; `ferry hash` is told the same.
+    assert_eq!(content, content_hash_file(&source, 1 << 20));
+
+    let published = job.data.join("files/alice/take.mov");
+    let hash = |args: &[&str]| {
+        Command::new(binary("ferry"))
+            .arg("hash")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (src, dst) = (source.to_str().unwrap(), published.to_str().unwrap());
+    let out = hash(&["--chunk-size", "1MiB", src, dst]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{content}  {src}\n{content}  {dst}\n")
+    );
+    let out = hash(&["--sha256", src]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{plain}  {src}\n")
+    );
+    let out = hash(&["--json", "--chunk-size", "1MiB", src]);
+    let line = &json_lines(&out.stdout)[0];
+    assert_eq!(line["sha256"], plain.as_str());
+    assert_eq!(line["chunk_size"], 1 << 20);
+    assert_eq!(
+        line["content_hash"],
+        content_hash_file(&source, 1 << 20).as_str()
+    );
+
+    let missing = job.work.path().join("missing.mov");
+    let out = hash(&["--chunk-size", "1MiB", missing.to_str().unwrap(), src]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.mov"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{content}  {src}\n")
+    );
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use ferry_client::{Client, ClientError};
-use ferry_proto::{Digest, Frame};
+use ferry_proto::{ContentHasher, Digest, Frame};
 use ferry_tests::relay::{Impairment, Relay};
 use ferry_tests::*;
 
@@ -279,9 +279,13 @@ async fn tampered_chunk_and_torn_records_are_caught_after_an_unclean_stop() {
             .any(|u| u.durable_bytes == size as u64)
     });
     assert!(done.await);
-    crate::upload::finish_raw(&mut client, &id, Digest::of(&data).to_hex())
-        .await
-        .unwrap();
+    crate::upload::finish_raw(
+        &mut client,
+        &id,
+        ContentHasher::of(&data, 64 << 10).to_hex(),
+    )
+    .await
+    .unwrap();
     assert_same_file(&source, &server.published("alice", "t.bin"));
 }
 

@@ -18,7 +18,8 @@ async fn multi_chunk_upload_lands_byte_for_byte() {
     assert_eq!(report.status, "complete");
     assert_eq!(report.file_name, "clip.mp4");
     assert_eq!(report.size, 3 * 1024 * 1024 + 12_345);
-    assert_eq!(report.sha256, sha256_file(&source));
+    assert_eq!(report.content_hash, content_hash_file(&source, 64 << 10));
+    assert_eq!(report.sha256, None, "the plain digest only with --sha256");
     assert_eq!(
         report.bytes_sent, report.size,
         "a fresh upload sends every byte once"
@@ -52,7 +53,7 @@ async fn empty_file_uploads() {
         .unwrap();
     assert_eq!(report.size, 0);
     assert_eq!(
-        report.sha256,
+        report.content_hash,
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
     assert_eq!(
@@ -251,6 +252,25 @@ async fn another_token_cannot_see_resume_or_abort() {
 
 #[tokio::test]
 async fn interrupted_run_resumes_sending_only_what_is_missing() {
+    let report = interrupted_then_resumed(false).await;
+    assert_eq!(
+        report.bytes_rehashed, 0,
+        "the digests of what the server held came from the journal, not from the file"
+    );
+}
+
+/// Without the digests kept beside the journal (lost, or a journal of an older ferry), the
+/// resumed run reads exactly the chunks the server held once more, to hash them, and still
+/// sends only what is missing.
+#[tokio::test]
+async fn resume_without_kept_digests_rehashes_only_what_the_server_held() {
+    let report = interrupted_then_resumed(true).await;
+    assert_eq!(report.bytes_rehashed, report.bytes_skipped);
+}
+
+/// Interrupts an upload of 8 MiB once a quarter is acknowledged, optionally deletes the
+/// chunk digests the client kept, runs it again, and checks what was sent and published.
+async fn interrupted_then_resumed(lose_digests: bool) -> ferry_client::Report {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let size = 8 * 1024 * 1024;
@@ -271,6 +291,17 @@ async fn interrupted_run_resumes_sending_only_what_is_missing() {
     drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let held = probe.list().await.unwrap()[0].durable_bytes;
+    if lose_digests {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(local.path().join("journal")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "digests") {
+                std::fs::remove_file(path).unwrap();
+                removed += 1;
+            }
+        }
+        assert_eq!(removed, 1, "one upload, one digests file");
+    }
 
     let report = server
         .client(&server.alice, local.path())
@@ -293,6 +324,8 @@ async fn interrupted_run_resumes_sending_only_what_is_missing() {
         "sent + skipped = {total}"
     );
     assert_same_file(&source, &server.published("alice", "big.bin"));
+    assert_eq!(report.content_hash, content_hash_file(&source, 64 << 10));
+    report
 }
 
 #[tokio::test]
@@ -358,16 +391,16 @@ pub async fn create_raw(client: &mut ferry_client::Client, name: &str, size: u64
     create_named(client, name, size).await.unwrap().upload_id
 }
 
-/// Sends `finish` for `upload_id` claiming `sha256`, through the raw request API.
+/// Sends `finish` for `upload_id` claiming `content_hash`, through the raw request API.
 pub async fn finish_raw(
     client: &mut ferry_client::Client,
     upload_id: &str,
-    sha256: String,
+    content_hash: String,
 ) -> Result<Frame, ClientError> {
     let finish = |req| Frame::Finish {
         req,
         upload_id: upload_id.to_owned(),
-        sha256,
+        content_hash,
     };
     client.connection().await.unwrap().request(finish).await
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_client::upload::send_chunk;
-use ferry_proto::{Digest, ErrorCode, Frame};
+use ferry_proto::{ContentHasher, Digest, ErrorCode, Frame};
 use ferry_tests::*;
 
 use crate::upload::{create_named, create_raw, finish_raw, server_code};
@@ -57,9 +57,13 @@ async fn chunk_not_matching_its_digest_is_rejected_then_resent() {
         Frame::Ack { chunks, .. } => assert_eq!(chunks, vec![[0, 1]]),
         other => panic!("expected an ack, got {other:?}"),
     }
-    let reply = finish_raw(&mut client, &id, Digest::of(&data).to_hex())
-        .await
-        .unwrap();
+    let reply = finish_raw(
+        &mut client,
+        &id,
+        ContentHasher::of(&data, 64 << 10).to_hex(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(reply, Frame::Finished { .. }), "got {reply:?}");
     assert_eq!(
         std::fs::read(server.published("alice", "d.bin")).unwrap(),
@@ -108,7 +112,12 @@ async fn finish_before_all_chunks_and_with_a_wrong_digest() {
     let mut client = server.client(&server.alice, local.path());
     let data = Bytes::from(vec![9u8; 64 << 10]);
     let id = create_raw(&mut client, "f.bin", data.len() as u64).await;
-    let early = finish_raw(&mut client, &id, Digest::of(&data).to_hex()).await;
+    let early = finish_raw(
+        &mut client,
+        &id,
+        ContentHasher::of(&data, 64 << 10).to_hex(),
+    )
+    .await;
     assert_eq!(
         server_code(&early),
         Some(ErrorCode::Incomplete),
@@ -140,9 +149,13 @@ async fn finish_before_all_chunks_and_with_a_wrong_digest() {
         Some(ErrorCode::FileDigestMismatch),
         "got {wrong:?}"
     );
-    let right = finish_raw(&mut client, &id, Digest::of(&data).to_hex())
-        .await
-        .unwrap();
+    let right = finish_raw(
+        &mut client,
+        &id,
+        ContentHasher::of(&data, 64 << 10).to_hex(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(right, Frame::Finished { .. }));
 }
 
@@ -167,9 +180,13 @@ async fn dot_dot_name_lands_sanitised_inside_files() {
     .await
     .unwrap();
     assert!(matches!(next_event(&mut client).await, Frame::Ack { .. }));
-    finish_raw(&mut client, &upload.upload_id, Digest::of(&data).to_hex())
-        .await
-        .unwrap();
+    finish_raw(
+        &mut client,
+        &upload.upload_id,
+        ContentHasher::of(&data, 64 << 10).to_hex(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         std::fs::read(server.published("alice", "x")).unwrap(),
         data.to_vec()

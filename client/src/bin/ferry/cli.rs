@@ -119,6 +119,21 @@ pub(crate) enum Command {
         #[arg(short, long)]
         json: bool,
     },
+    /// Print each file's content hash (SHA-256 over its chunks' SHA-256 digests, what uploads
+    /// report and the server checks) in sha256sum's format; no server needed. One read.
+    Hash {
+        #[arg(required = true, value_name = "FILE")]
+        paths: Vec<PathBuf>,
+        /// The chunk size the upload used [default: 4MiB].
+        #[arg(long, default_value = "4MiB", value_parser = ferry_client::rate::parse_size)]
+        chunk_size: u64,
+        /// Print the plain SHA-256 instead (what sha256sum prints).
+        #[arg(long)]
+        sha256: bool,
+        /// Print one JSON object per file with both digests.
+        #[arg(short, long)]
+        json: bool,
+    },
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
     /// Write the manual pages (ferry.1, ferry-upload.1, …) into a folder.
@@ -153,11 +168,15 @@ pub(crate) struct UploadArgs {
     /// When stderr is not a terminal, print a progress line every this many seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) progress_interval: u64,
-    /// Hash each new file before sending anything and, if the server holds the same content
-    /// for this token, publish it by link without sending it; otherwise upload it, reusing
-    /// that digest (the hash pass then comes before the upload instead of beside it).
+    /// Hash each new file before sending anything (one extra read) and, if the server holds
+    /// the same content for this token (same size, chunk size and content hash), publish it by
+    /// link without sending it; otherwise upload it.
     #[arg(long)]
     pub(crate) dedup: bool,
+    /// Also compute each file's plain SHA-256 (sha256sum's) and report it (`--json` field
+    /// "sha256"): a second read and hash pass of every file, beside the upload.
+    #[arg(long)]
+    pub(crate) sha256: bool,
     /// When a file of the same name exists on the server: rename (publish as "name (1)"),
     /// skip, or fail [default: rename].
     #[arg(long)]
@@ -233,6 +252,7 @@ pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settin
                 .unwrap_or_default(),
         };
         opts.dedup = a.dedup;
+        opts.sha256 = a.sha256;
         files = a.files.or(file.files).unwrap_or(4).into();
     }
     let verbosity = match (g.quiet, g.verbose) {

@@ -2,6 +2,7 @@
 //! code (0 complete, 1 interrupted but resumable, 2 usage, auth or permanent error).
 
 mod cli;
+mod hash;
 mod job;
 mod ping;
 mod uploads;
@@ -38,6 +39,12 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut cmd, "ferry", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Command::Hash {
+            paths,
+            chunk_size,
+            sha256,
+            json,
+        } => return hash::hash(paths, *chunk_size, *sha256, *json),
         Command::Man { dir } => {
             return match clap_mangen::generate_to(Cli::command(), dir) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -95,7 +102,7 @@ async fn run(cli: Cli) -> ExitCode {
             with_client(opts, tracker, |c| Box::pin(abort(c, target))).await
         }
         Command::Ping { count, json } => ping(opts, count, json).await,
-        Command::Completions { .. } | Command::Man { .. } => 0,
+        Command::Completions { .. } | Command::Man { .. } | Command::Hash { .. } => 0,
     };
     ExitCode::from(code)
 }

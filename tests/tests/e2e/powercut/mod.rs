@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_client::upload::send_chunk;
 use ferry_client::{Client, ClientError, Options, Target};
-use ferry_proto::{ChunkSet, Digest, ErrorCode, Frame};
+use ferry_proto::{ChunkSet, ContentHasher, Digest, ErrorCode, Frame};
 use ferry_tests::powercut::{Metadata, PowerCutFs};
 use ferry_tests::*;
 use tokio::sync::watch;

@@ -213,13 +213,14 @@ impl Rig {
             self.fs.power_off_after_links(links);
         }
         let mut client = self.client();
-        let sha256 = Digest::of(&source.data).to_hex();
+        let hash = ContentHasher::of(&source.data, CHUNK as usize).to_hex();
         let size = source.data.len() as u64;
         let ask = |req| Frame::Dedup {
             req,
             file_name: name.to_owned(),
             size,
-            sha256: sha256.clone(),
+            chunk_size: CHUNK,
+            content_hash: hash.clone(),
             desc: String::new(),
             dir: Vec::new(),
             on_exists: Default::default(),
@@ -386,7 +387,7 @@ async fn drive(
     let finish = |req| Frame::Finish {
         req,
         upload_id: id.clone(),
-        sha256: Digest::of(&data).to_hex(),
+        content_hash: ContentHasher::of(&data, CHUNK as usize).to_hex(),
     };
     match conn.request(finish).await? {
         Frame::Finished { file_name, .. } => told.send_modify(|t| t.finished = Some(file_name)),
