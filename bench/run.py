@@ -222,22 +222,26 @@ class Bench:
         ok = sha256(received) == self.digests[mib]
         if not ok:
             raise RuntimeError(f"{received} differs from the source")
-        return dict(secs=secs, mibs=mib / secs, cpu=scpu + ccpu, srss=srss, crss=crss)
+        gib = mib / 1024
+        return dict(secs=secs, mibs=mib / secs, cpu=scpu + ccpu, srss=srss, crss=crss,
+                    scpu_gib=scpu / gib, ccpu_gib=ccpu / gib)
 
 
 def table(title, results, mib):
     print(f"\n### {title}\n")
-    print("| system | median MiB/s | min–max MiB/s | runs | CPU s (both sides, median) | server peak RSS | client peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| system | median MiB/s | min–max MiB/s | runs | CPU s (both sides, median) | CPU-s/GiB server | CPU-s/GiB client | server peak RSS | client peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in results.items():
         done = [r for r in rows if r.get("secs")]
         if not done:
-            print(f"| {name} | did not finish in the time limit | | {len(rows)} | | | |")
+            print(f"| {name} | did not finish in the time limit | | {len(rows)} | | | | | |")
             continue
         rates = [r["mibs"] for r in done]
         note = "" if len(done) == len(rows) else f" ({len(rows) - len(done)} timed out)"
         print(f"| {name} | {statistics.median(rates):.0f} | {min(rates):.0f}–{max(rates):.0f} | {len(done)}{note} | "
-              f"{statistics.median(r['cpu'] for r in done):.2f} | {max(r['srss'] for r in done):.0f} MiB | "
+              f"{statistics.median(r['cpu'] for r in done):.2f} | "
+              f"{statistics.median(r['scpu_gib'] for r in done):.2f} | {statistics.median(r['ccpu_gib'] for r in done):.2f} | "
+              f"{max(r['srss'] for r in done):.0f} MiB | "
               f"{max(r['crss'] for r in done):.0f} MiB |")
     sys.stdout.flush()
 
