@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use crate::{Client, ClientError, Options, Report, Shared};
 
@@ -139,7 +139,7 @@ pub async fn run(
         window: Some(
             shared
                 .window
-                .unwrap_or_else(|| Arc::new(Semaphore::new(window))),
+                .unwrap_or_else(|| Arc::new(crate::Window::new(window))),
         ),
         ..shared
     };

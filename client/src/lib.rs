@@ -3,6 +3,7 @@
 //! chunk pipeline (see `upload.rs`), `list` and `abort` are single requests.
 
 pub mod config;
+pub mod congestion;
 pub mod connection;
 pub mod digests;
 mod error;
@@ -35,8 +36,11 @@ pub struct Options {
     /// Holds the resume journal.
     pub state_dir: PathBuf,
     pub chunk_size: u64,
-    /// Chunks sent and not yet acknowledged, at most.
+    /// Chunks sent and not yet acknowledged, at most: at first, and always on a short path.
     pub parallel: usize,
+    /// On a long, fast path the window of chunks grows with the bandwidth-delay product up to
+    /// this many (equal to `parallel` when the user fixed `--parallel`). See `upload::pump`.
+    pub max_parallel: usize,
     /// Bytes per second, all streams together.
     pub limit_rate: Option<u64>,
     /// After a connection loss, keep reconnecting this long without progress before giving up.
@@ -60,6 +64,7 @@ impl Options {
             state_dir,
             chunk_size: 4 << 20,
             parallel: 8,
+            max_parallel: 32,
             limit_rate: None,
             reconnect_for: Duration::from_secs(300),
             on_exists: OnExists::Rename,
@@ -76,9 +81,39 @@ impl Options {
 pub struct Shared {
     /// Chunk streams sending at once, all files together; `None`: each upload's own
     /// `parallel` only.
-    pub window: Option<Arc<Semaphore>>,
+    pub window: Option<Arc<Window>>,
     pub limiter: Option<Arc<rate::RateLimiter>>,
     pub tracker: Arc<progress::Tracker>,
+}
+
+/// The chunk streams that may send at once, all files of a command together. It grows (never
+/// shrinks) when a long, fast path needs more chunks in flight.
+pub struct Window {
+    permits: Arc<Semaphore>,
+    size: std::sync::atomic::AtomicUsize,
+}
+
+impl Window {
+    pub fn new(size: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            size: size.into(),
+        }
+    }
+
+    pub fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
+    /// Raises the window to `size` streams if it is smaller.
+    pub fn grow_to(&self, size: usize) {
+        let old = self
+            .size
+            .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+        if size > old {
+            self.permits.add_permits(size - old);
+        }
+    }
 }
 
 pub struct Client {

@@ -14,6 +14,7 @@ pub fn controller(congestion: Congestion) -> Arc<dyn ControllerFactory + Send + 
         Congestion::Cubic => Arc::new(CubicConfig::default()),
         Congestion::Bbr => Arc::new(BbrConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+        Congestion::Delay => Arc::new(crate::congestion::DelayConfig::default()),
     }
 }
 

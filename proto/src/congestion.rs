@@ -14,6 +14,10 @@ pub enum Congestion {
     Bbr,
     /// NewReno (RFC 9002's reference controller).
     NewReno,
+    /// Ferry's delay-based controller (the client's `congestion::DelayConfig`): ignores random
+    /// loss, backs off on queueing delay. A sender's choice; the server, which sends only
+    /// control frames, uses BBR for it.
+    Delay,
 }
 
 impl FromStr for Congestion {
@@ -24,8 +28,9 @@ impl FromStr for Congestion {
             "cubic" => Ok(Self::Cubic),
             "bbr" => Ok(Self::Bbr),
             "newreno" => Ok(Self::NewReno),
+            "delay" => Ok(Self::Delay),
             other => Err(format!(
-                "unknown congestion controller {other:?}; use cubic, bbr or newreno"
+                "unknown congestion controller {other:?}; use cubic, bbr, newreno or delay"
             )),
         }
     }
@@ -37,6 +42,7 @@ impl fmt::Display for Congestion {
             Self::Cubic => "cubic",
             Self::Bbr => "bbr",
             Self::NewReno => "newreno",
+            Self::Delay => "delay",
         })
     }
 }

@@ -67,6 +67,16 @@ impl UploadSender {
         }
     }
 
+    /// Raises the window to `window` chunks (a long, fast path needs more in flight); a
+    /// smaller value changes nothing.
+    pub fn widen(&mut self, window: usize) {
+        self.window = self.window.max(window);
+    }
+
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     pub fn layout(&self) -> &ChunkLayout {
         &self.layout
     }

@@ -30,7 +30,8 @@ pub fn server(config: &crate::Config) -> Result<TransportConfig> {
         Congestion::Cubic => {
             Arc::new(CubicConfig::default()) as Arc<dyn ControllerFactory + Send + Sync>
         }
-        Congestion::Bbr => Arc::new(BbrConfig::default()),
+        // `delay` is a sender's controller; the server sends only control frames.
+        Congestion::Bbr | Congestion::Delay => Arc::new(BbrConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
     });
     VarInt::from_u64(config.max_streams).context("max_streams too large")?;

@@ -45,6 +45,17 @@ pub async fn read_frame(
     stall: Duration,
     idle_first: bool,
 ) -> Result<Option<Frame>, ReadError> {
+    Ok(read_frame_sized(recv, stall, idle_first)
+        .await?
+        .map(|(frame, _)| frame))
+}
+
+/// Like [`read_frame`], with the number of stream bytes the frame took.
+pub async fn read_frame_sized(
+    recv: &mut RecvStream,
+    stall: Duration,
+    idle_first: bool,
+) -> Result<Option<(Frame, u64)>, ReadError> {
     let mut prefix = [0u8; 4];
     if idle_first {
         match recv.read(&mut prefix[..1]).await {
@@ -71,7 +82,7 @@ pub async fn read_frame(
             Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
         }
         Frame::decode_body(&body)
-            .map(Some)
+            .map(|frame| Some((frame, 4 + len as u64)))
             .map_err(ReadError::Frame)
     };
     tokio::time::timeout(stall, rest)

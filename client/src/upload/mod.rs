@@ -188,6 +188,7 @@ impl Client {
                     sent: &sent,
                     limiter: self.limiter.as_ref(),
                     window: self.shared.window.as_ref(),
+                    max_parallel: self.opts.max_parallel.max(self.opts.parallel),
                     progress: &progress,
                     stall: STALL_TIMEOUT.min(self.opts.reconnect_for),
                 };

@@ -7,16 +7,19 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use ferry_proto::{ChunkHeader, ChunkIndex, Digest, ErrorCode, Frame, Span};
+use ferry_proto::{ChunkHeader, ChunkIndex, ChunkSet, Digest, ErrorCode, Frame, Span, MAX_FRAME};
 use quinn::{RecvStream, VarInt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Msg, Verdict, WireError};
-use crate::wire::{read_frame, ReadError};
+use crate::wire::{read_frame_sized, ReadError};
 
 use super::{internal, Conn};
 
+/// Paths with a smoothed RTT from this on read chunk streams out of order (loopback stays far
+/// below it even when both sides are busy: 1.5–13 ms measured).
+const UNORDERED_FROM_RTT: Duration = Duration::from_millis(20);
 /// Bytes read from a chunk stream before they are hashed and written in one blocking call.
 const READ_BUF: usize = 256 * 1024;
 
@@ -29,14 +32,18 @@ pub(super) async fn accept_chunk_streams(conn: Arc<Conn>) {
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
 async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     let stall = conn.shared.config.stream_timeout;
-    let (upload_id, index, size) = match read_frame(&mut recv, stall, false).await {
-        Ok(Some(Frame::Chunk {
-            upload_id,
-            index,
-            size,
-        })) => (upload_id, index, size),
+    let (upload_id, index, size, header_len) = match read_frame_sized(&mut recv, stall, false).await
+    {
+        Ok(Some((
+            Frame::Chunk {
+                upload_id,
+                index,
+                size,
+            },
+            header_len,
+        ))) => (upload_id, index, size, header_len),
         Ok(None) | Err(ReadError::Gone) => return,
-        Ok(Some(other)) => {
+        Ok(Some((other, _))) => {
             let message = format!(
                 "a chunk stream must start with a chunk frame, not {}",
                 other.kind()
@@ -84,9 +91,15 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         ) => (driver, index, span, file, takeover),
     };
 
-    let received = receive(&mut recv, &file, span, stall, &mut takeover).await;
-    let outcome = match received {
-        Ok(digest) => match trailer(&mut recv, index, stall).await {
+    // On a short path read in order, in large copies; on a long one read as pieces arrive,
+    // so that a lost packet does not hold up flow-control credit for a round trip or more.
+    let at = Placement {
+        span,
+        payload_start: header_len,
+        ordered: conn.connection.rtt() < UNORDERED_FROM_RTT,
+    };
+    let outcome = match receive(&mut recv, &file, at, stall, &mut takeover).await {
+        Ok((digest, tail)) => match trailer(&tail, index) {
             Ok(claimed) => {
                 crate::metrics::metrics().bytes_received.inc_by(span.len);
                 Msg::Payload {
@@ -95,11 +108,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
                     claimed,
                 }
             }
-            Err(Fail::Abandoned) => Msg::Abandoned { index },
-            Err(Fail::Stop(error)) => {
-                let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
-                Msg::Failed { index, error }
-            }
+            Err(error) => Msg::Failed { index, error },
         },
         Err(Fail::Abandoned) => Msg::Abandoned { index },
         Err(Fail::Stop(error)) => {
@@ -119,113 +128,268 @@ enum Fail {
     Stop(WireError),
 }
 
-/// Reads `span.len` payload bytes, writing them at `span.offset` and hashing them in the
-/// blocking pool (on runtime threads they would stall every other connection's I/O). Memory:
-/// one read buffer.
+/// Where a chunk's payload lies: in the file (`span`) and in its stream (from
+/// `payload_start`, after the header frame).
+#[derive(Clone, Copy)]
+struct Placement {
+    span: Span,
+    payload_start: u64,
+    /// Read in order (a short path) or as pieces arrive (a long one).
+    ordered: bool,
+}
+
+/// Reads the rest of a chunk stream **out of order**: each piece QUIC delivers is written
+/// at its place in the file at once, so a lost packet holds up neither the stream's nor the
+/// connection's flow-control credit (on a lossy long link, ordered reads left megabytes of
+/// received data per stream waiting behind each hole). The payload is hashed in order: what
+/// arrives in order is hashed from memory; what arrived beyond a hole is hashed when the hole
+/// fills, read back from the file (the page cache). Returns the payload's digest and the
+/// bytes after the payload (the `chunk_end` frame, at most one frame's worth). Hashing and
+/// writing run in the blocking pool, in batches of up to `READ_BUF` bytes.
 async fn receive(
     recv: &mut RecvStream,
     file: &Arc<std::fs::File>,
-    span: Span,
+    at: Placement,
     stall: Duration,
     takeover: &mut watch::Receiver<u64>,
-) -> Result<Digest, Fail> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUF.min(span.len as usize)];
-    let mut done = 0u64;
-    while done < span.len {
-        let want = (span.len - done).min(buf.len() as u64) as usize;
-        let mut filled = 0;
-        while filled < want {
+) -> Result<(Digest, Vec<u8>), Fail> {
+    let ordered = at.ordered;
+    let len = at.span.len;
+    let mut hashing = Some(InOrder {
+        hasher: Sha256::new(),
+        hashed: 0,
+        received: ChunkSet::new(),
+    });
+    let mut tail = Vec::new();
+    // Runs of adjacent payload bytes (payload offset, bytes), copied out of quinn's packet
+    // buffers (holding those would pin whole receive buffers for a few bytes each).
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batched = 0;
+    // In order: stream bytes read after the header.
+    let mut pos = 0u64;
+    let mut ended = false;
+    while !ended {
+        if ordered && pos < len {
+            // Straight into the batch: one copy, many packets per call.
+            if batch
+                .last()
+                .is_none_or(|(at, run)| at + run.len() as u64 != pos)
+            {
+                batch.push((pos, Vec::with_capacity(READ_BUF)));
+            }
+            let (_, run) = batch.last_mut().expect("pushed above");
+            let old = run.len();
+            let room = ((READ_BUF - batched).max(1) as u64).min(len - pos) as usize;
+            run.resize(old + room, 0);
             let read = tokio::select! {
-                read = tokio::time::timeout(stall, recv.read(&mut buf[filled..want])) => read,
+                read = tokio::time::timeout(stall, recv.read(&mut run[old..])) => read,
+                _ = takeover.changed() => {
+                    let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
+                    return Err(Fail::Abandoned);
+                }
+            };
+            let n = match read {
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => {
+                    ended = true;
+                    0
+                }
+                Ok(Err(_)) => return Err(Fail::Abandoned),
+                Err(_) => return Err(stalled(stall)),
+            };
+            run.truncate(old + n);
+            pos += n as u64;
+            batched += n;
+        } else {
+            let read = tokio::select! {
+                read = tokio::time::timeout(stall, recv.read_chunk(READ_BUF, ordered)) => read,
                 _ = takeover.changed() => {
                     let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
                     return Err(Fail::Abandoned);
                 }
             };
             match read {
-                Ok(Ok(Some(n))) => filled += n,
-                Ok(Ok(None)) => {
-                    let message = format!(
-                        "the stream ended after {} of {} payload bytes",
-                        done + filled as u64,
-                        span.len
-                    );
-                    return Err(Fail::Stop(WireError::new(ErrorCode::ShortPayload, message)));
+                Ok(Ok(Some(chunk))) => {
+                    let offset = chunk.offset.saturating_sub(at.payload_start);
+                    batched += place(offset, &chunk.bytes, len, &mut batch, &mut tail)?;
                 }
+                Ok(Ok(None)) => ended = true,
                 Ok(Err(_)) => return Err(Fail::Abandoned),
-                Err(_) => {
-                    let message = format!("no payload byte for {} s", stall.as_secs());
-                    return Err(Fail::Stop(WireError::new(
-                        ErrorCode::StreamTimeout,
-                        message,
-                    )));
-                }
+                Err(_) => return Err(stalled(stall)),
             }
         }
-        let file = file.clone();
-        let offset = span.offset + done;
-        let result = tokio::task::spawn_blocking(move || {
-            hasher.update(&buf[..want]);
-            let written = file.write_all_at(&buf[..want], offset);
-            (hasher, buf, written)
-        })
-        .await;
-        let written;
-        (hasher, buf, written) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
-        if let Err(e) = written {
-            return Err(Fail::Stop(WireError::storage(
-                &e,
-                "failed to write the chunk",
-            )));
+        if batched >= READ_BUF || (ended && !batch.is_empty()) {
+            let (file, runs) = (file.clone(), std::mem::take(&mut batch));
+            let mut state = hashing.take().expect("returned by the previous batch");
+            let offset = at.span.offset;
+            let result = tokio::task::spawn_blocking(move || {
+                let written = state.take(&file, offset, &runs);
+                (state, written)
+            })
+            .await;
+            let (state, written) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
+            if let Err(e) = written {
+                return Err(Fail::Stop(WireError::storage(
+                    &e,
+                    "failed to write the chunk",
+                )));
+            }
+            hashing = Some(state);
+            batched = 0;
         }
-        done += want as u64;
     }
-    Ok(hasher.into())
+    let state = hashing.expect("returned by the last batch");
+    if state.hashed < len {
+        let message = format!(
+            "the stream ended after {} of {len} payload bytes in order",
+            state.hashed
+        );
+        return Err(Fail::Stop(WireError::new(ErrorCode::ShortPayload, message)));
+    }
+    Ok((state.hasher.into(), tail))
 }
 
-/// After the payload: the `chunk_end` frame with the client's digest, then the end of the
-/// stream.
-async fn trailer(
-    recv: &mut RecvStream,
-    index: ChunkIndex,
-    stall: Duration,
-) -> Result<Digest, Fail> {
-    let stop = |code, message: String| Err(Fail::Stop(WireError::new(code, message)));
-    let claimed = match read_frame(recv, stall, false).await {
-        Ok(Some(Frame::ChunkEnd { sha256 })) => match Digest::parse(&sha256) {
-            Ok(digest) => digest,
-            Err(e) => return stop(ErrorCode::BadDigest, e.to_string()),
-        },
-        Ok(None) | Err(ReadError::Truncated) => {
-            return stop(
-                ErrorCode::ShortPayload,
-                format!("chunk {index} ended after its payload without a whole chunk_end frame"),
-            )
+fn stalled(stall: Duration) -> Fail {
+    let message = format!("no byte for {} s", stall.as_secs());
+    Fail::Stop(WireError::new(ErrorCode::StreamTimeout, message))
+}
+
+/// Puts stream bytes read out of order where they belong: payload bytes into the batch (a new
+/// run, or the end of the run they continue), bytes after the payload into `tail` (at most
+/// one frame's worth). Returns the payload bytes added.
+fn place(
+    offset: u64,
+    bytes: &[u8],
+    len: u64,
+    batch: &mut Vec<(u64, Vec<u8>)>,
+    tail: &mut Vec<u8>,
+) -> Result<usize, Fail> {
+    let end = offset + bytes.len() as u64;
+    if end > len {
+        let from = offset.max(len);
+        let part = &bytes[(from - offset) as usize..];
+        let at = (from - len) as usize;
+        if at + part.len() > 4 + MAX_FRAME {
+            let message = "more than one chunk_end frame's worth of bytes after the payload";
+            return Err(Fail::Stop(WireError::new(ErrorCode::LongPayload, message)));
         }
-        Ok(Some(other)) => {
-            return stop(
-                ErrorCode::UnexpectedFrame,
-                format!(
-                    "chunk {index}'s payload must be followed by chunk_end, not {}",
-                    other.kind()
-                ),
-            )
+        if tail.len() < at + part.len() {
+            tail.resize(at + part.len(), 0);
         }
-        Err(ReadError::Gone) => return Err(Fail::Abandoned),
-        Err(e) => {
-            let (code, message) = e.code().unwrap_or((ErrorCode::Internal, String::new()));
-            return stop(code, format!("chunk {index}'s chunk_end: {message}"));
+        tail[at..at + part.len()].copy_from_slice(part);
+    }
+    if offset >= len {
+        return Ok(0);
+    }
+    let keep = &bytes[..(len.min(end) - offset) as usize];
+    match batch.last_mut() {
+        Some((at, run)) if *at + run.len() as u64 == offset => run.extend_from_slice(keep),
+        _ => batch.push((offset, keep.to_vec())),
+    }
+    Ok(keep.len())
+}
+
+/// The payload hashed so far, in order, and which of its bytes are on disk.
+struct InOrder {
+    hasher: Sha256,
+    /// Payload bytes `[0, hashed)` are hashed.
+    hashed: u64,
+    /// Payload byte ranges written to the file.
+    received: ChunkSet,
+}
+
+impl InOrder {
+    /// Writes `runs` (payload offset, bytes) at `base` + offset, then hashes the payload
+    /// from `hashed` up to the first byte not yet received: from the runs where they cover
+    /// it, else read back from the file.
+    fn take(
+        &mut self,
+        file: &std::fs::File,
+        base: u64,
+        runs: &[(u64, Vec<u8>)],
+    ) -> std::io::Result<()> {
+        for (offset, run) in runs {
+            file.write_all_at(run, base + offset)?;
+            self.received
+                .insert_range(*offset, offset + run.len() as u64);
         }
+        let prefix = self.received.contiguous_prefix();
+        let mut sorted: Vec<&(u64, Vec<u8>)> = runs.iter().collect();
+        sorted.sort_by_key(|(offset, _)| *offset);
+        let mut buf = Vec::new();
+        for (offset, run) in sorted {
+            let end = offset + run.len() as u64;
+            if end <= self.hashed || *offset >= prefix {
+                continue;
+            }
+            if *offset > self.hashed {
+                self.read_back(file, base, *offset, &mut buf)?;
+            }
+            let from = (self.hashed - offset) as usize;
+            let to = (end.min(prefix) - offset) as usize;
+            self.hasher.update(&run[from..to]);
+            self.hashed = offset + to as u64;
+        }
+        self.read_back(file, base, prefix, &mut buf)
+    }
+
+    /// Hashes payload bytes `[hashed, to)` read from the file.
+    fn read_back(
+        &mut self,
+        file: &std::fs::File,
+        base: u64,
+        to: u64,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        while self.hashed < to {
+            let n = (to - self.hashed).min(READ_BUF as u64) as usize;
+            buf.resize(n, 0);
+            file.read_exact_at(buf, base + self.hashed)?;
+            self.hasher.update(&buf[..]);
+            self.hashed += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The bytes after the payload must be exactly one `chunk_end` frame.
+fn trailer(tail: &[u8], index: ChunkIndex) -> Result<Digest, WireError> {
+    let fail =
+        |code, message: String| Err(WireError::new(code, format!("chunk {index}: {message}")));
+    let Some(prefix) = tail.get(..4) else {
+        return fail(
+            ErrorCode::ShortPayload,
+            "the stream ended after its payload without a whole chunk_end frame".into(),
+        );
     };
-    // The stream must end here.
-    match recv.read(&mut [0u8; 1]).await {
-        Ok(None) => Ok(claimed),
-        Ok(Some(_)) => stop(
+    let len = match Frame::peek_len(prefix) {
+        Ok(len) => len.unwrap_or(0),
+        Err(e) => return fail(e.code(), format!("chunk_end: {e}")),
+    };
+    if tail.len() < 4 + len {
+        return fail(
+            ErrorCode::ShortPayload,
+            "the stream ended inside its chunk_end frame".into(),
+        );
+    }
+    if tail.len() > 4 + len {
+        return fail(
             ErrorCode::LongPayload,
-            format!("chunk {index} carried bytes after its chunk_end frame"),
+            "bytes after its chunk_end frame".into(),
+        );
+    }
+    match Frame::decode_body(&tail[4..]) {
+        Ok(Frame::ChunkEnd { sha256 }) => {
+            Digest::parse(&sha256).or_else(|e| fail(ErrorCode::BadDigest, e.to_string()))
+        }
+        Ok(other) => fail(
+            ErrorCode::UnexpectedFrame,
+            format!(
+                "its payload must be followed by chunk_end, not {}",
+                other.kind()
+            ),
         ),
-        Err(_) => Err(Fail::Abandoned),
+        Err(e) => fail(e.code(), format!("chunk_end: {e}")),
     }
 }
 
@@ -261,4 +425,74 @@ async fn header_verdict(
         .await
         .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished or was aborted"))??;
     Ok((driver, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::ChunkLayout;
+
+    /// A payload whose packets arrive shuffled, some twice, with the `chunk_end` after it
+    /// split too: every byte lands at its place, the hash is the payload's in order (parts
+    /// read back from the file), and the trailer is whole.
+    #[test]
+    fn out_of_order_pieces_are_written_and_hashed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("staging"))
+            .unwrap();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let payload: Vec<u8> = (0..1_000_003).map(|_| next() as u8).collect();
+        let digest = Digest::of(&payload);
+        let end = Frame::ChunkEnd {
+            sha256: digest.to_hex(),
+        }
+        .to_bytes();
+        let (header_len, base) = (57u64, 4096u64);
+        let stream = [&payload[..], &end[..]].concat();
+        let mut pieces: Vec<(u64, &[u8])> = stream
+            .chunks(1200)
+            .enumerate()
+            .map(|(i, p)| (header_len + i as u64 * 1200, p))
+            .collect();
+        for i in (1..pieces.len()).rev() {
+            pieces.swap(i, next() as usize % (i + 1));
+        }
+        let again: Vec<_> = pieces.iter().step_by(50).copied().collect();
+        pieces.extend(again);
+        let len = payload.len() as u64;
+        let mut state = InOrder {
+            hasher: Sha256::new(),
+            hashed: 0,
+            received: ChunkSet::new(),
+        };
+        let (mut batch, mut tail) = (Vec::new(), Vec::new());
+        for (n, (offset, bytes)) in pieces.iter().enumerate() {
+            let placed = place(offset - header_len, bytes, len, &mut batch, &mut tail);
+            assert!(placed.is_ok());
+            if n % 64 == 63 {
+                state
+                    .take(&file, base, &std::mem::take(&mut batch))
+                    .unwrap();
+            }
+        }
+        state.take(&file, base, &batch).unwrap();
+        assert_eq!(state.hashed, len);
+        assert_eq!(Digest::from(state.hasher), digest);
+        let mut written = vec![0u8; payload.len()];
+        file.read_exact_at(&mut written, base).unwrap();
+        assert!(written == payload, "every byte at its place");
+        let index = ChunkLayout::new(1, 1).unwrap().index(0).unwrap();
+        assert_eq!(trailer(&tail, index).ok(), Some(digest));
+    }
 }

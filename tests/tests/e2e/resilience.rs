@@ -52,6 +52,32 @@ async fn lossy_reordering_link_completes() {
     assert_same_file(&source, &server.published("alice", "lossy.bin"));
 }
 
+/// `--congestion delay` through a link of 25 ms each way (so the server reads chunk streams out
+/// of order), 2 % loss and reordering: the file lands byte for byte, each byte sent about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_controller_over_a_long_lossy_link_completes() {
+    let server = TestServer::start().await;
+    let link = Impairment {
+        jitter: Duration::from_millis(5),
+        ..Impairment::lossy(25, 0.02, 0.02)
+    };
+    let relay = Relay::start(server.addr, link, link, 107).await;
+    let local = tempfile::tempdir().unwrap();
+    let size = 6 << 20;
+    let source = random_file(local.path(), "far.bin", size, 5);
+    let mut opts = server.options(&server.alice, local.path());
+    opts.target.server = relay.addr.to_string();
+    opts.target.congestion = ferry_proto::Congestion::Delay;
+    let report = Client::new(opts)
+        .unwrap()
+        .upload(&source, "")
+        .await
+        .unwrap();
+    assert!(relay.counts()[0].1 > 0, "the relay did drop packets");
+    assert_eq!(report.bytes_sent, size as u64, "no chunk sent twice");
+    assert_same_file(&source, &server.published("alice", "far.bin"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_black_hole_rides_through_without_resending() {
     let server = TestServer::start().await;

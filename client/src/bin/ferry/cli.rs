@@ -241,6 +241,10 @@ pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settin
     if let Some(a) = upload {
         opts.chunk_size = a.chunk_size.or(size(&file.chunk_size)).unwrap_or(4 << 20);
         opts.parallel = a.parallel.or(file.parallel).unwrap_or(8).into();
+        // A window the user fixed stays fixed; the default grows on a long, fast path.
+        if a.parallel.or(file.parallel).is_some() {
+            opts.max_parallel = opts.parallel;
+        }
         opts.limit_rate = a.limit_rate.or(size(&file.limit_rate));
         opts.on_exists = match a.on_exists {
             Some(v) => v,

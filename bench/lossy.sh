@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One Ferry upload across an emulated long, lossy link: ../shared/tools/netem_tun joins two
+# network namespaces (wan-a: client, wan-b: server) with DELAY_MS each way, LOSS per
+# direction, RATE_MBIT and a tail-drop queue of one bandwidth-delay product. Prints MB/s
+# (10^6 bytes/s, as the tool's README), the client's report, and the emulator's counters.
+# Root only; the emulator stays outside the project and is built from ../shared/tools.
+# Usage: [DELAY_MS=100] [LOSS=0.05] [RATE_MBIT=1000] [SEED=3] [FERRY_ARGS="--parallel 16"]
+#        [CONGESTION=bbr] [BIN=DIR] bench/lossy.sh [SIZE_MIB]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+mib=${1:-128}
+tool="$root/../shared/tools/netem_tun"
+[ -d "$tool" ] || { echo "lossy.sh: $tool not found; this benchmark needs the shared emulator" >&2; exit 2; }
+cargo build -q --release --manifest-path "$tool/Cargo.toml" --target-dir /tmp/netem_tun-target
+netem=/tmp/netem_tun-target/release/netem_tun
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --release --bins --manifest-path "$root/Cargo.toml"
+fi
+bin=${BIN:-$root/target/release}
+work=$(mktemp -d /var/tmp/ferry-lossy.XXXXXX)
+netem_pid= server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  [ -n "$netem_pid" ] && kill -TERM "$netem_pid" 2>/dev/null && wait "$netem_pid" 2>/dev/null || true
+  "$netem" down >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+head -c $((mib * 1024 * 1024)) /dev/urandom > "$work/src.bin"
+"$netem" up --delay-ms "${DELAY_MS:-100}" --loss "${LOSS:-0.05}" --rate-mbit "${RATE_MBIT:-1000}" \
+  --seed "${SEED:-3}" --max-seconds 900 > "$work/netem.log" 2>&1 &
+netem_pid=$!
+for _ in $(seq 100); do grep -q ready "$work/netem.log" && break; sleep 0.1; done
+token=$("$bin/ferryd" token add bench --init --data "$work/data" 2>/dev/null)
+ip netns exec wan-b "$bin/ferryd" serve --listen 10.99.0.2:4433 --data "$work/data" 2> "$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+fp=$("$bin/ferryd" fingerprint --data "$work/data")
+# shellcheck disable=SC2086
+ip netns exec wan-a /usr/bin/time -v -o "$work/client.time" "$bin/ferry" --server 10.99.0.2:4433 \
+  --token "$token" --fingerprint "$fp" --state-dir "$work/state" --congestion "${CONGESTION:-bbr}" \
+  upload --json ${FERRY_ARGS:-} "$work/src.bin" > "$work/report.json" 2> "${CLIENT_ERR:-/dev/null}"
+# UDP receive-buffer drops on each side (the emulator does not see those).
+for ns in wan-a wan-b; do
+  ip netns exec "$ns" awk -v ns="$ns" '/^Udp:/ { if (h) { print ns ": UDP RcvbufErrors " $6 ", InErrors " $4 } else h = 1 }' /proc/net/snmp
+done
+kill -TERM "$netem_pid"; wait "$netem_pid" 2>/dev/null || true; netem_pid=
+python3 - "$work" "$mib" <<'PY'
+import json, re, sys
+work, mib = sys.argv[1], int(sys.argv[2])
+r = json.loads(open(f"{work}/report.json").read().splitlines()[0])
+t = open(f"{work}/client.time").read()
+cpu = sum(float(re.search(p, t).group(1)) for p in [r"User time \(seconds\): ([\d.]+)", r"System time \(seconds\): ([\d.]+)"])
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024
+secs = r["elapsed_ms"] / 1000
+print(f"{mib} MiB in {secs:.1f} s = {mib * 1048576 / secs / 1e6:.1f} MB/s; sent {r['bytes_sent'] / 1048576:.0f} MiB; "
+      f"client {cpu:.1f} CPU-s, {rss:.0f} MiB peak RSS")
+PY
+grep -E "forwarded|dropped" "$work/netem.log" | tail -4 || true
