@@ -53,8 +53,9 @@ pub(crate) struct Global {
     /// After a connection loss, keep reconnecting this many seconds without progress.
     #[arg(long, default_value_t = 300, global = true)]
     pub(crate) reconnect_for: u64,
-    /// Congestion controller for the upload: cubic, bbr or newreno.
-    #[arg(long, global = true, default_value_t = ferry_proto::Congestion::default())]
+    /// Congestion controller for the upload: delay (Ferry's: ignores random loss, yields to
+    /// queueing delay), bbr, cubic or newreno.
+    #[arg(long, global = true, default_value_t = ferry_proto::Congestion::Delay)]
     pub(crate) congestion: ferry_proto::Congestion,
     /// Seconds without any packet from the server before a connection counts as lost.
     #[arg(long, default_value_t = 15, global = true)]
