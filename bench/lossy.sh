@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One Ferry upload across an emulated long, lossy link: ../shared/tools/netem_tun joins two
+# One upload across an emulated long, lossy link: ../shared/tools/netem_tun joins two
 # network namespaces (wan-a: client, wan-b: server) with DELAY_MS each way, LOSS per
 # direction, RATE_MBIT and a tail-drop queue of one bandwidth-delay product. Prints MB/s
 # (10^6 bytes/s, as the tool's README), the client's report, and the emulator's counters.
 # Root only; the emulator stays outside the project and is built from ../shared/tools.
-# Usage: [DELAY_MS=100] [LOSS=0.05] [RATE_MBIT=1000] [SEED=3] [FERRY_ARGS="--parallel 16"]
-#        [CONGESTION=bbr] [BIN=DIR] bench/lossy.sh [SIZE_MIB]
+# SYSTEM=ferry (default), ceiling (bench's quic-ceiling pair: bare quinn with Ferry's
+# transport settings, 8 streams, no hashing, no sync) or tus (@tus/server + tus-js-client over
+# TCP with TCP=bbr|cubic in both namespaces; node and npm needed).
+# Usage: [SYSTEM=ferry] [DELAY_MS=100] [LOSS=0.05] [RATE_MBIT=1000] [SEED=3]
+#        [FERRY_ARGS="--parallel 16"] [CONGESTION=delay] [TCP=bbr] [BIN=DIR] bench/lossy.sh [SIZE_MIB]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-128}
@@ -31,6 +34,40 @@ head -c $((mib * 1024 * 1024)) /dev/urandom > "$work/src.bin"
   --seed "${SEED:-3}" --max-seconds 900 > "$work/netem.log" 2>&1 &
 netem_pid=$!
 for _ in $(seq 100); do grep -q ready "$work/netem.log" && break; sleep 0.1; done
+mbs() { python3 -c "import sys; print(f'{sys.argv[1]} MiB in {float(sys.argv[2]):.1f} s = {int(sys.argv[1]) * 1048576 / float(sys.argv[2]) / 1e6:.1f} MB/s')" "$@"; }
+case "${SYSTEM:-ferry}" in
+ceiling)
+  ip netns exec wan-b "$bin/quic-ceiling" recv --listen 10.99.0.2:4433 --out "$work/out.bin" \
+    --size $((mib * 1024 * 1024)) --congestion "${CONGESTION:-bbr}" > "$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+  t0=$(date +%s.%N)
+  ip netns exec wan-a "$bin/quic-ceiling" send --server 10.99.0.2:4433 --file "$work/src.bin" \
+    --congestion "${CONGESTION:-bbr}" > /dev/null
+  wait "$server_pid" || true; server_pid=
+  mbs "$mib" "$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$t0")"
+  cmp -s "$work/src.bin" "$work/out.bin" || { echo "lossy.sh: received file differs" >&2; exit 1; }
+  kill -TERM "$netem_pid"; wait "$netem_pid" 2>/dev/null || true; netem_pid=
+  grep -E "final" "$work/netem.log" | head -1 || true
+  exit 0 ;;
+tus)
+  for ns in wan-a wan-b; do ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_congestion_control="${TCP:-bbr}"; done
+  mkdir "$work/tus" "$work/store"
+  cp "$root"/bench/tus/{server.mjs,client.mjs,package.json} "$work/tus/"
+  (cd "$work/tus" && npm install --no-audit --no-fund --silent)
+  ip netns exec wan-b node "$work/tus/server.mjs" "$work/store" 10.99.0.2 > "$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+  addr=$(sed -n 's/^listening on //p' "$work/server.log")
+  t0=$(date +%s.%N)
+  ip netns exec wan-a node "$work/tus/client.mjs" "$work/src.bin" "http://$addr/files/" > "$work/url.txt"
+  mbs "$mib" "$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$t0")"
+  out="$work/store/$(sed 's|.*/||' "$work/url.txt")"
+  cmp -s "$work/src.bin" "$out" || { echo "lossy.sh: received file differs" >&2; exit 1; }
+  kill -TERM "$netem_pid"; wait "$netem_pid" 2>/dev/null || true; netem_pid=
+  grep -E "final" "$work/netem.log" | head -1 || true
+  exit 0 ;;
+esac
 token=$("$bin/ferryd" token add bench --init --data "$work/data" 2>/dev/null)
 ip netns exec wan-b "$bin/ferryd" serve --listen 10.99.0.2:4433 --data "$work/data" 2> "$work/server.log" &
 server_pid=$!
@@ -38,7 +75,7 @@ for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; slee
 fp=$("$bin/ferryd" fingerprint --data "$work/data")
 # shellcheck disable=SC2086
 ip netns exec wan-a /usr/bin/time -v -o "$work/client.time" "$bin/ferry" --server 10.99.0.2:4433 \
-  --token "$token" --fingerprint "$fp" --state-dir "$work/state" --congestion "${CONGESTION:-bbr}" \
+  --token "$token" --fingerprint "$fp" --state-dir "$work/state" --congestion "${CONGESTION:-delay}" \
   upload --json ${FERRY_ARGS:-} "$work/src.bin" > "$work/report.json" 2> "${CLIENT_ERR:-/dev/null}"
 # UDP receive-buffer drops on each side (the emulator does not see those).
 for ns in wan-a wan-b; do
