@@ -195,7 +195,7 @@ class Bench:
         srv.stop()
         if p is None:
             return dict(secs=None)
-        m = re.search(r"published.*elapsed_ms\S*=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", (d / "server.log").read_text()))
+        m = re.search(r"published.*publish_ms\S*=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", (d / "server.log").read_text()))
         row = self.measured(d, secs, d / "data" / "files" / "bench" / Path(src).name, mib)
         row["finish_ms"] = int(m.group(1)) if m else None
         return row

@@ -165,6 +165,8 @@ async fn receive(
     // buffers (holding those would pin whole receive buffers for a few bytes each).
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut batched = 0;
+    // The in-order path's buffer, reused from batch to batch.
+    let mut spare: Option<Vec<u8>> = None;
     // In order: stream bytes read after the header.
     let mut pos = 0u64;
     let mut ended = false;
@@ -175,7 +177,8 @@ async fn receive(
                 .last()
                 .is_none_or(|(at, run)| at + run.len() as u64 != pos)
             {
-                batch.push((pos, Vec::with_capacity(READ_BUF)));
+                let buf = spare.take().unwrap_or_else(|| Vec::with_capacity(READ_BUF));
+                batch.push((pos, buf));
             }
             let (_, run) = batch.last_mut().expect("pushed above");
             let old = run.len();
@@ -224,10 +227,18 @@ async fn receive(
             let offset = at.span.offset;
             let result = tokio::task::spawn_blocking(move || {
                 let written = state.take(&file, offset, &runs);
-                (state, written)
+                (state, written, runs)
             })
             .await;
-            let (state, written) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
+            let (state, written, runs) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
+            spare = runs
+                .into_iter()
+                .map(|(_, run)| run)
+                .find(|run| run.capacity() >= READ_BUF)
+                .map(|mut run| {
+                    run.clear();
+                    run
+                });
             if let Err(e) = written {
                 return Err(Fail::Stop(WireError::storage(
                     &e,
