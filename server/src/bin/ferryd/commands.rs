@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::CommandFactory;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Cli, Command, TokenCommand};
 use crate::logging::Relog;
@@ -20,11 +21,11 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 let server = ferry_server::Server::bind(config)?;
                 let reloader = server.reloader();
                 let mut level = args.log_level.clone();
+                // Every handler is installed before "listening on" is printed: a signal that
+                // comes right after it must not meet the default action (which terminates).
+                let shutdown = shutdown_signal()?;
+                let mut hup = signal(SignalKind::hangup())?;
                 tokio::spawn(async move {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                        return;
-                    };
                     // Bounded by the process: one reload per SIGHUP.
                     while hup.recv().await.is_some() {
                         reload(&reloader, &relog, &mut level);
@@ -53,7 +54,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                     server.local_addr()?,
                     server.fingerprint()
                 );
-                server.run(shutdown_signal()).await
+                server.run(shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -256,12 +257,14 @@ fn reload(reloader: &ferry_server::Reloader, relog: &Relog, level: &mut String) 
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
