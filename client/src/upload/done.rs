@@ -122,21 +122,18 @@ impl Client {
                     )
                     .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
                 self.remember_complete(key, &file_name, digest);
+                let status = if existing { "skipped" } else { "deduplicated" };
                 Ok(Some(Report {
-                    status: if existing { "skipped" } else { "deduplicated" },
-                    upload_id,
-                    file_name,
-                    size,
-                    content_hash: digest.to_hex(),
                     sha256: self.opts.sha256.then(|| plain.to_hex()),
-                    bytes_sent: 0,
-                    bytes_skipped: size,
-                    bytes_rehashed: 0,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    resumed: false,
-                    reconnects: *reconnects,
                     reason: existing
                         .then(|| "the same content is on the server under this name".into()),
+                    ..Report::held(
+                        status,
+                        (upload_id, file_name, size),
+                        digest.to_hex(),
+                        started,
+                        *reconnects,
+                    )
                 }))
             }
             other => Err(ClientError::Protocol(format!(
@@ -168,21 +165,13 @@ impl Client {
             return Ok(None);
         };
         match self.finish(&entry.upload_id, digest, reconnects).await {
-            Ok((file_name, size)) => Ok(Some(Report {
-                status: "skipped",
-                upload_id: entry.upload_id,
-                file_name,
-                size,
-                content_hash: done.sha256,
-                sha256: None,
-                bytes_sent: 0,
-                bytes_skipped: size,
-                bytes_rehashed: 0,
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                resumed: false,
-                reconnects: *reconnects,
-                reason: None,
-            })),
+            Ok((file_name, size)) => Ok(Some(Report::held(
+                "skipped",
+                (entry.upload_id, file_name, size),
+                done.sha256,
+                started,
+                *reconnects,
+            ))),
             Err(ClientError::Server {
                 code: ErrorCode::NotFound | ErrorCode::Expired | ErrorCode::FileDigestMismatch,
                 ..
@@ -249,6 +238,34 @@ impl Client {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+impl Report {
+    /// A file whose content the server holds already under the reported name: nothing read
+    /// to send, nothing sent.
+    fn held(
+        status: &'static str,
+        (upload_id, file_name, size): (String, String, u64),
+        content_hash: String,
+        started: Instant,
+        reconnects: u32,
+    ) -> Self {
+        Self {
+            status,
+            upload_id,
+            file_name,
+            size,
+            content_hash,
+            sha256: None,
+            bytes_sent: 0,
+            bytes_skipped: size,
+            bytes_rehashed: 0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            resumed: false,
+            reconnects,
+            reason: None,
         }
     }
 }

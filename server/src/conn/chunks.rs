@@ -165,27 +165,19 @@ async fn receive(
     // buffers (holding those would pin whole receive buffers for a few bytes each).
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut batched = 0;
-    // The in-order path's buffer, reused from batch to batch.
-    let mut spare: Option<Vec<u8>> = None;
+    // The in-order path's buffer: zeroed once per stream, filled in place (its first `batched`
+    // bytes are payload from `pos - batched`), lent to each batch and given back.
+    let mut inbuf: Vec<u8> = Vec::new();
     // In order: stream bytes read after the header.
     let mut pos = 0u64;
     let mut ended = false;
     while !ended {
         if ordered && pos < len {
-            // Straight into the batch: one copy, many packets per call.
-            if batch
-                .last()
-                .is_none_or(|(at, run)| at + run.len() as u64 != pos)
-            {
-                let buf = spare.take().unwrap_or_else(|| Vec::with_capacity(READ_BUF));
-                batch.push((pos, buf));
-            }
-            let (_, run) = batch.last_mut().expect("pushed above");
-            let old = run.len();
-            let room = ((READ_BUF - batched).max(1) as u64).min(len - pos) as usize;
-            run.resize(old + room, 0);
+            // Straight into the buffer: one copy, many packets per call.
+            inbuf.resize(READ_BUF, 0);
+            let room = (READ_BUF - batched).min((len - pos) as usize);
             let read = tokio::select! {
-                read = tokio::time::timeout(stall, recv.read(&mut run[old..])) => read,
+                read = tokio::time::timeout(stall, recv.read(&mut inbuf[batched..batched + room])) => read,
                 _ = takeover.changed() => {
                     let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
                     return Err(Fail::Abandoned);
@@ -200,7 +192,6 @@ async fn receive(
                 Ok(Err(_)) => return Err(Fail::Abandoned),
                 Err(_) => return Err(stalled(stall)),
             };
-            run.truncate(old + n);
             pos += n as u64;
             batched += n;
         } else {
@@ -221,7 +212,12 @@ async fn receive(
                 Err(_) => return Err(stalled(stall)),
             }
         }
-        if batched >= READ_BUF || (ended && !batch.is_empty()) {
+        if batched >= READ_BUF || (ended && batched > 0) {
+            if ordered && batched > 0 {
+                let mut run = std::mem::take(&mut inbuf);
+                run.truncate(batched);
+                batch.push((pos - batched as u64, run));
+            }
             let (file, runs) = (file.clone(), std::mem::take(&mut batch));
             let mut state = hashing.take().expect("returned by the previous batch");
             let offset = at.span.offset;
@@ -230,15 +226,12 @@ async fn receive(
                 (state, written, runs)
             })
             .await;
-            let (state, written, runs) = result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
-            spare = runs
-                .into_iter()
-                .map(|(_, run)| run)
-                .find(|run| run.capacity() >= READ_BUF)
-                .map(|mut run| {
-                    run.clear();
-                    run
-                });
+            let (state, written, mut runs) =
+                result.map_err(|e| Fail::Stop(internal(e.to_string())))?;
+            if ordered {
+                // Back to its full length: only the part past a short last batch is zeroed.
+                inbuf = runs.pop().map(|(_, run)| run).unwrap_or_default();
+            }
             if let Err(e) = written {
                 return Err(Fail::Stop(WireError::storage(
                     &e,
@@ -367,33 +360,19 @@ impl InOrder {
 fn trailer(tail: &[u8], index: ChunkIndex) -> Result<Digest, WireError> {
     let fail =
         |code, message: String| Err(WireError::new(code, format!("chunk {index}: {message}")));
-    let Some(prefix) = tail.get(..4) else {
-        return fail(
+    match Frame::decode(tail) {
+        Ok(None) => fail(
             ErrorCode::ShortPayload,
             "the stream ended after its payload without a whole chunk_end frame".into(),
-        );
-    };
-    let len = match Frame::peek_len(prefix) {
-        Ok(len) => len.unwrap_or(0),
-        Err(e) => return fail(e.code(), format!("chunk_end: {e}")),
-    };
-    if tail.len() < 4 + len {
-        return fail(
-            ErrorCode::ShortPayload,
-            "the stream ended inside its chunk_end frame".into(),
-        );
-    }
-    if tail.len() > 4 + len {
-        return fail(
+        ),
+        Ok(Some((_, used))) if used < tail.len() => fail(
             ErrorCode::LongPayload,
             "bytes after its chunk_end frame".into(),
-        );
-    }
-    match Frame::decode_body(&tail[4..]) {
-        Ok(Frame::ChunkEnd { sha256 }) => {
+        ),
+        Ok(Some((Frame::ChunkEnd { sha256 }, _))) => {
             Digest::parse(&sha256).or_else(|e| fail(ErrorCode::BadDigest, e.to_string()))
         }
-        Ok(other) => fail(
+        Ok(Some((other, _))) => fail(
             ErrorCode::UnexpectedFrame,
             format!(
                 "its payload must be followed by chunk_end, not {}",
