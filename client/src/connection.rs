@@ -47,6 +47,8 @@ pub struct Connection {
     pub limits: Limits,
     /// The server software and version from `welcome` (empty from an older server).
     pub server: String,
+    /// The service id from `welcome`: the same on every node of a service.
+    pub service: String,
 }
 
 /// A client endpoint: one UDP socket, reused across reconnects. Cloning shares it.
@@ -264,18 +266,19 @@ impl Connection {
             token: token.to_owned(),
         };
         write_frame(&mut send, &hello).await.map_err(|e| lost(&e))?;
-        let (owner, limits, server) = match read_frame(&mut recv).await {
+        let (owner, limits, server, service) = match read_frame(&mut recv).await {
             Ok(Some(Frame::Welcome {
                 owner,
                 limits,
                 server,
                 notice,
+                service,
                 ..
             })) => {
                 if let Some(text) = notice {
                     notices.show(&text);
                 }
-                (owner, limits, server)
+                (owner, limits, server, service)
             }
             Ok(Some(Frame::Error { code, message, .. })) => {
                 return Err(ClientError::Server { code, message })
@@ -300,6 +303,7 @@ impl Connection {
             owner,
             limits,
             server,
+            service,
         })
     }
 

@@ -219,17 +219,35 @@ impl Client {
         }
     }
 
+    /// What the resume journal is keyed by: the service id the server announced (the same on
+    /// every node of a service sharing one store, so an upload begun through one node resumes
+    /// through another), or the server's address if it announced none. Connects if needed.
+    pub async fn scope(&mut self) -> Result<String, ClientError> {
+        let service = self.connection().await?.service.clone();
+        Ok(match service.is_empty() {
+            true => self.opts.target.server.clone(),
+            false => format!("service:{service}"),
+        })
+    }
+
     /// The journal's upload id for a local file, if a run of it was interrupted.
-    pub fn journal_entry(&self, path: &std::path::Path) -> Option<journal::Entry> {
-        let key = journal::FileKey::of(&self.opts.target.server, path).ok()?;
-        self.journal.get(&key)
+    pub async fn journal_entry(
+        &mut self,
+        path: &std::path::Path,
+    ) -> Result<Option<journal::Entry>, ClientError> {
+        let scope = self.scope().await?;
+        Ok(journal::FileKey::of(&scope, path)
+            .ok()
+            .and_then(|key| self.journal.get(&key)))
     }
 
     /// Forgets the journal's record of `path` (after its upload was aborted or is gone).
-    pub fn forget(&self, path: &std::path::Path) {
-        if let Ok(key) = journal::FileKey::of(&self.opts.target.server, path) {
+    pub async fn forget(&mut self, path: &std::path::Path) -> Result<(), ClientError> {
+        let scope = self.scope().await?;
+        if let Ok(key) = journal::FileKey::of(&scope, path) {
             self.journal.remove(&key);
         }
+        Ok(())
     }
 
     /// Closes the connection and waits (at most a second) until the server was told, so it

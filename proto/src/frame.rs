@@ -13,8 +13,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// `control_stream_full` and `name_exhausted`; 3 added `create.on_exists`, `dedup`, `ping`,
 /// `welcome.server`, `welcome.notice`, `notice` and the codes `already_exists` and `refused`;
 /// 4 moved the chunk digest after the payload (`chunk_end`) and made the file-level check the
-/// content hash (SHA-256 over the chunk digests) in `finish`, `finished`, `dedup`, `deduped`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// content hash (SHA-256 over the chunk digests) in `finish`, `finished`, `dedup`, `deduped`;
+/// 5 added `welcome.service` (the service a resume journal is keyed by), let the server choose
+/// the chunk size (`created.upload.chunk_size` may differ from `create.chunk_size`).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -40,6 +42,10 @@ pub enum Frame {
         /// The operator's notice (message of the day), if one is set.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notice: Option<String>,
+        /// The service's id (32 hex characters): the same on every node of a service that
+        /// shares one store, so a client resumes an upload through any of them.
+        #[serde(default)]
+        service: String,
     },
     Create {
         req: u64,

@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Accept, ChunkHeader, ChunkIndex, CommitBatch, CommitPolicy, Digest, ErrorCode, Frame, Output,
-    Span, UploadInfo, UploadSession,
+    Accept, ChunkHeader, ChunkIndex, ChunkLayout, ChunkSet, CommitBatch, Digest, ErrorCode, Frame,
+    Output, Span, UploadInfo, UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::metrics;
+use crate::store::s3::{PublishError, S3};
 use crate::store::{Store, UploadId, UploadRecord};
 
 /// Frames pushed to a connection's control stream.
@@ -160,21 +161,26 @@ impl Registry {
             .map(|(tx, _)| tx.clone())
     }
 
-    /// The driver of `id`, started if needed from the stored record. The caller has checked
-    /// that the record exists, belongs to the caller, and is receiving.
-    pub fn get_or_start(
+    /// The driver of `id`, started if needed from the stored record and `durable` (the s3
+    /// store's markers), or else the chunks on record here. The caller has checked that the
+    /// record exists, belongs to the caller, and is receiving.
+    pub(crate) fn get_or_start(
         self: &Arc<Self>,
-        store: &Arc<Store>,
-        policy: CommitPolicy,
+        shared: &crate::Shared,
         id: UploadId,
         record: UploadRecord,
+        durable: Option<ChunkSet>,
     ) -> anyhow::Result<mpsc::UnboundedSender<Msg>> {
+        let (store, policy) = (&shared.store, shared.config.commit);
         let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((tx, _)) = drivers.get(&id).filter(|(tx, _)| !tx.is_closed()) {
             return Ok(tx.clone());
         }
         let layout = record.layout()?;
-        let durable = store.durable_chunks(id, &layout)?;
+        let durable = match durable {
+            Some(durable) => durable,
+            None => store.durable_chunks(id, &layout)?,
+        };
         let path = store.staging_path(id);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -182,6 +188,7 @@ impl Registry {
             id,
             record,
             store: store.clone(),
+            s3: shared.s3.clone(),
             session: UploadSession::new(layout, durable, policy),
             file: Arc::new(file),
             attached: None,
@@ -256,6 +263,8 @@ struct Driver {
     id: UploadId,
     record: UploadRecord,
     store: Arc<Store>,
+    /// The bucket, with the s3 store: commits store parts, finish completes the upload there.
+    s3: Option<Arc<S3>>,
     session: UploadSession,
     file: Arc<File>,
     /// The connection that drives the upload: set by `Attach`, replaced by a later `Attach`
@@ -278,12 +287,7 @@ impl Driver {
         loop {
             if commit.is_none() {
                 if let Some(batch) = self.session.poll_commit(Instant::now()) {
-                    commit = Some(tokio::spawn(persist(
-                        self.store.clone(),
-                        self.file.clone(),
-                        self.id,
-                        batch,
-                    )));
+                    commit = Some(tokio::spawn(self.persist(batch)));
                 }
             }
             self.forward_outputs();
@@ -395,6 +399,13 @@ impl Driver {
             }
             Msg::Finish { digest, reply } => return self.finish(digest, reply).await,
             Msg::Abort { reply } => {
+                if let Some(s3) = &self.s3 {
+                    if let Err(e) = s3.abort(self.id, &self.record).await {
+                        let message = format!("{e:#}");
+                        let _ = reply.send(Err(WireError::new(ErrorCode::StorageError, message)));
+                        return Step::Continue;
+                    }
+                }
                 let store = self.store.clone();
                 let id = self.id;
                 let result = tokio::task::spawn_blocking(move || store.remove(id)).await;
@@ -421,6 +432,13 @@ impl Driver {
                     let _ = reply.send(false);
                     return Step::Continue;
                 }
+                if let Some(s3) = &self.s3 {
+                    if let Err(e) = s3.abort(self.id, &self.record).await {
+                        warn!(error = %format!("{e:#}"), "failed to abort the expired upload in the bucket");
+                        let _ = reply.send(false);
+                        return Step::Continue;
+                    }
+                }
                 let (store, id, owner) = (self.store.clone(), self.id, self.record.owner.clone());
                 let removed =
                     tokio::task::spawn_blocking(move || store.expire(id, &owner, now)).await;
@@ -428,7 +446,11 @@ impl Driver {
                 let _ = reply.send(removed);
                 if removed {
                     info!("expired");
-                    metrics().failed("expired");
+                    // With the s3 store the sweep counts it (it also expires uploads no driver
+                    // holds).
+                    if self.s3.is_none() {
+                        metrics().failed("expired");
+                    }
                     return Step::Stop;
                 }
             }
@@ -445,6 +467,9 @@ impl Driver {
         if let Err(e) = self.session.handle_finish() {
             let _ = reply.send(Err(WireError::new(e.code(), e.to_string())));
             return Step::Continue;
+        }
+        if let Some(s3) = self.s3.clone() {
+            return self.finish_remote(&s3, digest, reply).await;
         }
         let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
         let started = Instant::now();
@@ -513,6 +538,98 @@ impl Driver {
         }
     }
 
+    /// `finish` with the s3 store: the bucket's parts are checked against the markers and
+    /// completed (`S3::publish`), then recorded here.
+    async fn finish_remote(
+        &mut self,
+        s3: &S3,
+        digest: Digest,
+        reply: oneshot::Sender<Result<Published, WireError>>,
+    ) -> Step {
+        let started = Instant::now();
+        let count = self.session.layout().count();
+        let result = s3.publish(self.id, &self.record, count, digest).await;
+        let outcome = match result {
+            Ok(done) => {
+                let (store, id, url) = (
+                    self.store.clone(),
+                    self.id,
+                    done.remote.as_ref().map_or(String::new(), |r| s3.url(&r.key)),
+                );
+                let name = done.final_name.clone().unwrap_or_default();
+                let recorded =
+                    tokio::task::spawn_blocking(move || store.complete_remote(id, &done, &url))
+                        .await;
+                match recorded {
+                    Ok(Ok(())) => Ok(name),
+                    // The object is complete in the bucket whatever this node failed to note.
+                    Ok(Err(e)) => {
+                        warn!(error = %format!("{e:#}"), "published, but not recorded here");
+                        Ok(name)
+                    }
+                    Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
+                }
+            }
+            Err(PublishError::Mismatch { actual, claimed }) => Err(WireError::new(
+                ErrorCode::FileDigestMismatch,
+                format!("the chunks on the server give the content hash {actual}, finish said {claimed}"),
+            )),
+            Err(e @ PublishError::Missing(_)) => Err(WireError::new(ErrorCode::Incomplete, e.to_string())),
+            Err(e @ PublishError::Taken(_)) => Err(WireError::new(ErrorCode::AlreadyExists, e.to_string())),
+            Err(PublishError::Store(e)) => Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))),
+        };
+        let done = outcome.is_ok();
+        match &outcome {
+            Ok(name) => {
+                metrics().uploads_completed.inc();
+                info!(
+                    owner = self.record.owner,
+                    path = name,
+                    size = self.record.size,
+                    publish_ms = started.elapsed().as_millis() as u64,
+                    "published"
+                );
+            }
+            Err(e) => metrics().failed(e.code.as_str()),
+        }
+        // Chunks found missing at finish are durable no longer: this driver stops, and the
+        // next resume starts from the bucket's markers.
+        let stop = done
+            || outcome
+                .as_ref()
+                .is_err_and(|e| e.code == ErrorCode::Incomplete);
+        self.session.handle_finalized(done);
+        let _ = reply.send(outcome.map(|file_name| Published {
+            file_name,
+            size: self.record.size,
+            content_hash: digest,
+        }));
+        if stop {
+            Step::Stop
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// The commit of `batch`, to run as its own task: the local durability rule, or with the
+    /// s3 store the parts stored in the bucket.
+    fn persist(
+        &self,
+        batch: CommitBatch,
+    ) -> impl std::future::Future<Output = Result<(), WireError>> + Send + 'static {
+        let (store, file, id) = (self.store.clone(), self.file.clone(), self.id);
+        let remote = self.s3.clone().zip(self.record.remote.clone());
+        let layout = *self.session.layout();
+        async move {
+            match remote {
+                Some((s3, remote)) => {
+                    persist_remote(s3, remote, store, file, id, layout, batch).await
+                }
+                None => persist(store, file, id, batch).await,
+            }
+        }
+    }
+
     /// Commits everything received, then returns: the shutdown path.
     async fn drain(&mut self, running: Option<JoinHandle<Result<(), WireError>>>) {
         if let Some(handle) = running {
@@ -521,7 +638,7 @@ impl Driver {
         // Far in the future, so every waiting chunk is due.
         let later = Instant::now() + Duration::from_secs(3600);
         if let Some(batch) = self.session.poll_commit(later) {
-            let result = persist(self.store.clone(), self.file.clone(), self.id, batch).await;
+            let result = self.persist(batch).await;
             self.committed(Ok(result));
         }
         self.forward_outputs();
@@ -579,6 +696,64 @@ impl Driver {
             durable_next,
         }
     }
+}
+
+/// The durability rule with the s3 store: every chunk of the batch is stored as a part (the
+/// store checks its SHA-256) and its marker written, with at most
+/// [`crate::store::s3::PARTS_IN_FLIGHT_MIB`] MiB of parts in flight server-wide; then the
+/// chunks are noted in this node's cache. Each stored chunk's bytes are freed from the spool.
+async fn persist_remote(
+    s3: Arc<S3>,
+    remote: crate::store::s3::Remote,
+    store: Arc<Store>,
+    file: Arc<File>,
+    id: UploadId,
+    layout: ChunkLayout,
+    batch: CommitBatch,
+) -> Result<(), WireError> {
+    let started = Instant::now();
+    let mut parts = tokio::task::JoinSet::new();
+    for &(index, digest) in &batch.chunks {
+        let span = layout.span(index);
+        let (s3, remote, file) = (s3.clone(), remote.clone(), file.clone());
+        parts.spawn(async move {
+            let _slot = s3.part_slot(span.len).await?;
+            let spool = file.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut body = vec![0u8; span.len as usize];
+                spool.read_exact_at(&mut body, span.offset).map(|()| body)
+            })
+            .await??;
+            s3.put_part(id, &remote, index.get(), body.into(), &digest)
+                .await?;
+            crate::fsutil::punch_hole(&file, span.offset, span.len);
+            anyhow::Ok(())
+        });
+    }
+    let mut failure = None;
+    // Bounded by the batch: one result per chunk.
+    while let Some(done) = parts.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(WireError::new(
+            ErrorCode::StorageError,
+            format!("failed to store chunks in the bucket: {e:#}"),
+        ));
+    }
+    // A cache only (listings, the admin view): a loss costs nothing, so no flush.
+    if let Err(e) = store.record_chunks(id, &batch.chunks) {
+        warn!(error = %format!("{e:#}"), "failed to note stored chunks");
+    }
+    metrics()
+        .commit_duration
+        .observe(started.elapsed().as_secs_f64());
+    debug!(chunks = batch.chunks.len(), "stored");
+    Ok(())
 }
 
 /// The durability rule: data synced, then the records, then the flush. Only after this

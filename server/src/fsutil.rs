@@ -83,3 +83,22 @@ pub fn remove_file_durable(path: &Path) -> std::io::Result<()> {
         Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
     }
 }
+
+/// Frees the blocks of `[offset, offset + len)` of `file`, keeping its size: a spool's chunk
+/// once the bucket holds it. Best effort: a file system without hole punching keeps the bytes
+/// until the spool is removed.
+pub fn punch_hole(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+}

@@ -4,6 +4,7 @@
 //! store clean and returns.
 
 mod admin;
+mod cluster;
 mod conn;
 mod driver;
 mod fsutil;
@@ -93,6 +94,8 @@ pub struct Config {
     pub hook_concurrency: usize,
     /// An `--on-complete` run is killed after this long.
     pub hook_timeout: Duration,
+    /// Store into this S3 bucket (`--store s3`); `None`: the local data directory.
+    pub s3: Option<store::s3::S3Settings>,
 }
 
 impl Config {
@@ -127,6 +130,7 @@ impl Config {
             on_create: None,
             hook_concurrency: 2,
             hook_timeout: Duration::from_secs(300),
+            s3: None,
         }
     }
 
@@ -294,6 +298,12 @@ pub(crate) struct Shared {
     /// After an unclean stop, until every upload is re-verified; `None` after a clean one.
     verifier: Option<Arc<verify::Verifier>>,
     throttle: guard::AuthThrottle,
+    /// The bucket, with `--store s3`.
+    s3: Option<Arc<store::s3::S3>>,
+    /// The service id announced in `welcome`.
+    service: String,
+    /// With `--store s3`: when the tokens were last fetched on demand (an unknown token).
+    tokens_fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Where the operator's notice is kept, in the data directory.
@@ -361,8 +371,8 @@ pub struct Server {
 
 impl Server {
     /// Opens the data directory (creating it, the certificate and the database on first start)
-    /// and binds the UDP socket. Blocks while re-verifying chunks after an unclean stop.
-    pub fn bind(config: Config) -> Result<Self> {
+    /// and binds the UDP socket; with `--store s3`, reaches the bucket first.
+    pub async fn bind(config: Config) -> Result<Self> {
         let dir = &config.data_dir;
         fsutil::create_dir_durable(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
@@ -391,13 +401,26 @@ impl Server {
                     e.context(format!("failed to open data directory {}", dir.display()))
                 }
             })?;
+        let s3 = match &config.s3 {
+            Some(settings) => Some(Arc::new(store::s3::S3::connect(settings).await?)),
+            None => None,
+        };
         let tokens = Tokens::new(dir);
+        if let Some(s3) = &s3 {
+            cluster::mirror_tokens(s3, &tokens).await?;
+        }
         tokens
             .entries()
             .context("cannot start with this tokens file")?;
+        let service = match &s3 {
+            Some(s3) => s3.service_id().await?,
+            None => store.service_id()?,
+        };
         let store = Arc::new(store);
-        let verifier =
-            (!report.clean).then(|| verify::Verifier::new(store.clone(), report.to_verify.clone()));
+        // With the s3 store the staging files are spools, not the durable copy: nothing to
+        // re-verify (the store checked every part's SHA-256).
+        let verifier = (!report.clean && s3.is_none())
+            .then(|| verify::Verifier::new(store.clone(), report.to_verify.clone()));
         let identity = match &config.cert {
             Some((cert, key)) => tls::Identity::load(cert, key)?,
             None => {
@@ -446,6 +469,9 @@ impl Server {
                 config.max_pending_logins_per_ip,
             ),
             throttle: Default::default(),
+            s3,
+            service,
+            tokens_fetched: Default::default(),
             config,
         });
         Ok(Self {
@@ -484,7 +510,15 @@ impl Server {
     /// Accepts connections until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let next_id = AtomicU64::new(1);
-        let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
+        let sweeper = match self.shared.s3.is_some() {
+            true => tokio::spawn(cluster::sweep_forever(self.shared.clone())),
+            false => tokio::spawn(sweep_forever(self.shared.clone())),
+        };
+        let mirror = self
+            .shared
+            .s3
+            .is_some()
+            .then(|| tokio::spawn(cluster::tokens_forever(self.shared.clone())));
         let revoker = tokio::spawn(revoke_forever(self.shared.clone()));
         let hooks = Some(tokio::spawn(hooks::complete_forever(self.shared.clone())));
         let admin = match self.admin {
@@ -523,6 +557,9 @@ impl Server {
         info!("shutting down");
         sweeper.abort();
         revoker.abort();
+        if let Some(mirror) = mirror {
+            mirror.abort();
+        }
         if let Some(admin) = admin {
             admin.abort();
         }
@@ -554,7 +591,7 @@ impl Server {
 }
 
 /// Tombstones of expired uploads are kept this long, for a clear error on resume.
-const TOMBSTONE_LIFE: u64 = 30 * 24 * 3600;
+pub(crate) const TOMBSTONE_LIFE: u64 = 30 * 24 * 3600;
 
 /// Removes uploads that made no progress for `expire_after`, every `sweep_interval`.
 async fn sweep_forever(shared: Arc<Shared>) {
@@ -629,5 +666,5 @@ async fn revoke_forever(shared: Arc<Shared>) {
 
 /// Binds and runs a server until `shutdown` resolves: what `ferryd serve` calls.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    Server::bind(config)?.run(shutdown).await
+    Server::bind(config).await?.run(shutdown).await
 }

@@ -115,6 +115,16 @@ impl Tokens {
         found
     }
 
+    /// Replaces the file with `bytes` (the bucket's copy, `--store s3`) if they differ;
+    /// returns whether it changed.
+    pub(crate) fn replace(&self, bytes: &[u8]) -> Result<bool> {
+        if self.snapshot() == bytes {
+            return Ok(false);
+        }
+        crate::fsutil::write_private(&self.path, bytes)?;
+        Ok(true)
+    }
+
     /// The file's raw bytes (empty if it does not exist), to notice a change cheaply.
     pub fn snapshot(&self) -> Vec<u8> {
         fs::read(&self.path).unwrap_or_default()

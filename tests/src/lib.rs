@@ -6,6 +6,7 @@ pub mod powercut;
 pub mod raw;
 pub mod relay;
 pub mod stage;
+pub mod weed;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -50,7 +51,9 @@ impl TestServer {
     /// Starts a server on an existing data directory with `config` (its data dir is replaced).
     pub async fn start_in(dir: tempfile::TempDir, mut config: ferry_server::Config) -> Self {
         config.data_dir = dir.path().to_owned();
-        let server = ferry_server::Server::bind(config).expect("server binds");
+        let server = ferry_server::Server::bind(config)
+            .await
+            .expect("server binds");
         let (stop, stopped) = oneshot::channel::<()>();
         let addr = server.local_addr().unwrap();
         let fingerprint = server.fingerprint().to_owned();

@@ -44,6 +44,7 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             on_exists: Default::default(),
             dedup: false,
             stamp: None,
+            remote: None,
         };
         let id = store.create(&record).expect("create");
         let layout = record.layout().unwrap();

@@ -99,7 +99,8 @@ impl Client {
         desc: &str,
     ) -> Result<Report, ClientError> {
         let started = Instant::now();
-        let key = FileKey::of(&self.opts.target.server, path)
+        let scope = self.scope().await?;
+        let key = FileKey::of(&scope, path)
             .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
         let file = Arc::new(
             File::open(&key.path)
@@ -249,7 +250,7 @@ impl Client {
         };
         // A file written to during the upload must not be published: what the server holds may
         // mix old and new bytes. Size and modification time tell.
-        let now = FileKey::of(&self.opts.target.server, path).ok();
+        let now = FileKey::of(&key.server, path).ok();
         if now
             .as_ref()
             .is_none_or(|k| k.size != key.size || k.mtime_ns != key.mtime_ns)

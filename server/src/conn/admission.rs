@@ -53,6 +53,7 @@ impl Conn {
             on_exists,
             dedup: false,
             stamp: None,
+            remote: None,
         };
         if on_exists != OnExists::Rename && self.shared.store.name_taken(&record) {
             return Err(name_taken(&record));

@@ -21,6 +21,10 @@ impl Conn {
         let record = record?;
         let digest = Digest::parse(content_hash)
             .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
+        // The s3 store keeps no index of content: the client sends the file.
+        if self.shared.s3.is_some() {
+            return Ok(Frame::NoMatch { req });
+        }
         let store = self.shared.store.clone();
         let (owner, size, chunk_size, any) = (
             self.owner.clone(),

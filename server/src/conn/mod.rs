@@ -97,7 +97,12 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
                 let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
                 return refuse(&connection, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
-            match shared.tokens.verify(&token) {
+            let mut verified = shared.tokens.verify(&token);
+            // With the s3 store a token added on another node may not be mirrored here yet.
+            if matches!(verified, Ok(None)) && crate::cluster::fetch_tokens_now(&shared).await {
+                verified = shared.tokens.verify(&token);
+            }
+            match verified {
                 Ok(Some(owner)) => (owner, crate::tokens::hash(&token)),
                 Ok(None) => {
                     // Each failure from the same address waits longer before its answer; the
@@ -153,6 +158,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         limits: shared.limits(),
         server: concat!("ferryd ", env!("CARGO_PKG_VERSION")).to_owned(),
         notice: shared.notice(),
+        service: shared.service.clone(),
     };
     if write_frame(&mut send, &welcome).await.is_err() {
         return;

@@ -26,6 +26,17 @@ fn parse_cursor(text: &str) -> Option<(u64, UploadId)> {
     Some((created_at.parse().ok()?, UploadId::parse(id)?))
 }
 
+/// The error for a failed create in the bucket: a taken or exhausted name keeps its code.
+fn publish_error(e: &anyhow::Error, what: &str) -> WireError {
+    if e.downcast_ref::<crate::store::NameTaken>().is_some() {
+        WireError::new(ErrorCode::AlreadyExists, format!("{e:#}"))
+    } else if e.downcast_ref::<crate::store::NameExhausted>().is_some() {
+        WireError::new(ErrorCode::NameExhausted, format!("{e:#}"))
+    } else {
+        storage(e, what)
+    }
+}
+
 impl Conn {
     pub(super) async fn request(&self, frame: Frame) {
         let (req, result) = match frame {
@@ -141,6 +152,9 @@ impl Conn {
         // Check and reserve in one step per owner: concurrent creates queue here.
         let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, true)?;
+        if let Some(s3) = &self.shared.s3 {
+            return self.create_remote(s3.clone(), record).await;
+        }
         let store = self.shared.store.clone();
         let stored = record.clone();
         let id = tokio::task::spawn_blocking(move || store.create(&stored))
@@ -157,10 +171,87 @@ impl Conn {
         self.attach(id, record, 0).await
     }
 
+    /// With the s3 store: the server chooses the chunk size (parts of at least 8 MiB, at most
+    /// 10 000 of them), reserves the name and starts the multipart upload, then records the
+    /// upload here.
+    async fn create_remote(
+        &self,
+        s3: std::sync::Arc<crate::store::s3::S3>,
+        mut record: UploadRecord,
+    ) -> Result<UploadInfo, WireError> {
+        use crate::store::s3::{chunk_size_for, MAX_PARTS};
+        let max_chunk = self.shared.config.max_chunk_size;
+        record.chunk_size = chunk_size_for(record.size);
+        if record.chunk_size > max_chunk {
+            return Err(WireError::new(
+                ErrorCode::FileTooLarge,
+                format!(
+                    "file of {} bytes exceeds what the s3 store takes: {MAX_PARTS} parts of at most {max_chunk} bytes",
+                    record.size
+                ),
+            ));
+        }
+        let id = UploadId::random().map_err(internal)?;
+        let record = s3
+            .create(id, &record)
+            .await
+            .map_err(|e| publish_error(&e, "failed to create the upload"))?;
+        let store = self.shared.store.clone();
+        let stored = record.clone();
+        let adopted = tokio::task::spawn_blocking(move || store.adopt(id, &stored))
+            .await
+            .map_err(internal)?;
+        if let Err(e) = adopted {
+            let _ = s3.abort(id, &record).await;
+            return Err(storage(&e, "failed to create the upload"));
+        }
+        info!(upload = %id, name = record.file_name, size = record.size, chunk_size = record.chunk_size, "created");
+        crate::metrics::metrics().uploads_created.inc();
+        self.attach(id, record, 0).await
+    }
+
+    /// With the s3 store the bucket, not this node, knows the upload's state: unless this node
+    /// drives it now, its record is refreshed from the manifest (it may have been begun,
+    /// finished or aborted through another node). Then [`Conn::owned`].
+    async fn owned_fresh(&self, raw_id: &str) -> Result<(UploadId, UploadRecord), WireError> {
+        let (Some(s3), Some(id)) = (&self.shared.s3, UploadId::parse(raw_id)) else {
+            return self.owned(raw_id);
+        };
+        if self.shared.registry.get(id).is_some() {
+            return self.owned(raw_id);
+        }
+        let manifest = s3
+            .manifest(id)
+            .await
+            .map_err(|e| storage(&e, "failed to read the upload's manifest"))?;
+        let store = self.shared.store.clone();
+        let cached = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let local = store.record(id)?;
+            match (manifest, local) {
+                (Some(m), Some(local)) if m.record == local => Ok(()),
+                (Some(m), _) => store.adopt(id, &m.record),
+                // Gone from the bucket (aborted or expired elsewhere): gone here too, but a
+                // complete record stays as the answer to a repeated `finish`.
+                (None, Some(local)) if local.state != RecordState::Complete => store.forget(id),
+                (None, _) => Ok(()),
+            }
+        })
+        .await
+        .map_err(internal)?;
+        cached.map_err(|e| storage(&e, "failed to record the upload"))?;
+        self.owned(raw_id)
+    }
+
     /// Creates a folder under the owner's folder (an empty folder of an uploaded tree).
     async fn mkdir(&self, dir: &[String]) -> Result<String, WireError> {
         let dir = name::sanitize_dir(dir)
             .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        if let Some(s3) = &self.shared.s3 {
+            s3.make_dir(&self.owner, &dir)
+                .await
+                .map_err(|e| storage(&e, "failed to create the folder"))?;
+            return Ok(dir.join("/"));
+        }
         let store = self.shared.store.clone();
         let owner = self.owner.clone();
         let made = dir.join("/");
@@ -172,7 +263,7 @@ impl Conn {
     }
 
     async fn resume(&self, raw_id: &str, from: u64) -> Result<UploadInfo, WireError> {
-        let (id, record) = self.owned(raw_id)?;
+        let (id, record) = self.owned_fresh(raw_id).await?;
         if record.state == RecordState::Complete {
             // Complete already (the finish reply may have been lost): everything is durable,
             // and a finish with the same digest is answered again.
@@ -204,7 +295,7 @@ impl Conn {
         record: UploadRecord,
         from: u64,
     ) -> Result<UploadInfo, WireError> {
-        let driver = self.driver(id, record)?;
+        let driver = self.driver(id, record).await?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Attach {
             conn: self.id,
@@ -228,7 +319,7 @@ impl Conn {
     async fn finish(&self, req: u64, raw_id: &str, hash: &str) -> Result<Frame, WireError> {
         let digest =
             Digest::parse(hash).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
-        let (id, record) = self.owned(raw_id)?;
+        let (id, record) = self.owned_fresh(raw_id).await?;
         if record.state == RecordState::Complete {
             let stored = record.content_hash.clone().unwrap_or_default();
             if stored != digest.to_hex() {
@@ -248,7 +339,7 @@ impl Conn {
             });
         }
         self.verified(id).await?;
-        let driver = self.driver(id, record)?;
+        let driver = self.driver(id, record).await?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Finish { digest, reply });
         let published = rx.await.map_err(|_| {
@@ -268,14 +359,14 @@ impl Conn {
     }
 
     async fn abort(&self, raw_id: &str) -> Result<(), WireError> {
-        let (id, record) = self.owned(raw_id)?;
+        let (id, record) = self.owned_fresh(raw_id).await?;
         if record.state == RecordState::Complete {
             return Err(WireError::new(
                 ErrorCode::BadState,
                 "the upload is complete; it cannot be aborted",
             ));
         }
-        let driver = self.driver(id, record)?;
+        let driver = self.driver(id, record).await?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Abort { reply });
         rx.await
@@ -401,15 +492,35 @@ impl Conn {
         }
     }
 
-    fn driver(
+    /// The upload's driver, started if needed. With the s3 store a new driver starts from
+    /// the markers in the bucket (what every node made durable), not from this node's cache.
+    async fn driver(
         &self,
         id: UploadId,
         record: UploadRecord,
     ) -> Result<mpsc::UnboundedSender<Msg>, WireError> {
         let shared = &self.shared;
+        if let Some(driver) = shared.registry.get(id) {
+            return Ok(driver);
+        }
+        let durable = match (&shared.s3, record.layout()) {
+            (Some(s3), Ok(layout)) => {
+                let markers = s3
+                    .markers(id)
+                    .await
+                    .map_err(|e| storage(&e, "failed to list the stored chunks"))?;
+                let digests = crate::store::s3::durable_digests(&markers, layout.count());
+                let mut set = ChunkSet::new();
+                for index in digests.keys() {
+                    set.insert(*index);
+                }
+                Some(set)
+            }
+            _ => None,
+        };
         shared
             .registry
-            .get_or_start(&shared.store, shared.config.commit, id, record)
+            .get_or_start(shared, id, record, durable)
             .map_err(|e| storage(&e, "failed to open the upload"))
     }
 

@@ -20,6 +20,7 @@ use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 mod db;
 mod publish;
 mod recovery;
+pub mod s3;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,8 @@ pub use recovery::{Reconciled, Verified};
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
 /// running.
 const CLEAN: &[u8] = b"clean_shutdown";
+/// Key of the service id in the `meta` tree (local store; the s3 store keeps it in the bucket).
+const SERVICE: &[u8] = b"service_id";
 
 /// 16 random bytes, 32 lowercase hex characters on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,6 +119,10 @@ pub struct UploadRecord {
     /// `dedup` links to it only while both are unchanged (nobody rewrote it since).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<(u64, i64)>,
+    /// With the s3 store: the object key, published name and multipart upload (the staging
+    /// file is then only a spool of the chunks not yet stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<s3::Remote>,
 }
 
 impl UploadRecord {
@@ -236,6 +243,56 @@ impl Store {
 
     pub fn staging_path(&self, id: UploadId) -> PathBuf {
         self.data_dir.join("staging").join(format!("{id}.part"))
+    }
+
+    /// The service id announced in `welcome`: made once, at the first start, and kept.
+    pub fn service_id(&self) -> Result<String> {
+        let db = self.db()?;
+        if let Some(id) = db.meta.get(SERVICE)? {
+            return Ok(String::from_utf8_lossy(&id).into_owned());
+        }
+        let id = UploadId::random()?.to_string();
+        db.meta.insert(SERVICE, id.as_bytes())?;
+        db.sync()?;
+        Ok(id)
+    }
+
+    /// Records an upload of the s3 store on this node (a new one, or one another node began):
+    /// a sparse spool file for its chunks in flight, and its record. Nothing here is the only
+    /// copy: the bucket has the manifest and the stored parts.
+    pub fn adopt(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        self.check_space()?;
+        if record.state == RecordState::Complete {
+            let _ = fs::remove_file(self.staging_path(id));
+            self.put_record(id, record)?;
+            return self.sync();
+        }
+        let path = self.staging_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        file.set_len(record.size)
+            .with_context(|| format!("failed to size {}", path.display()))?;
+        self.put_record(id, record)?;
+        self.sync()
+    }
+
+    /// Records an upload of the s3 store complete (queuing its hook), drops its chunk records
+    /// and its spool. `record` is the manifest's, already complete.
+    pub fn complete_remote(&self, id: UploadId, record: &UploadRecord, url: &str) -> Result<()> {
+        let name = record.final_name.clone().unwrap_or_default();
+        self.record_complete(id, record, PathBuf::from(url), &name)?;
+        let _ = fs::remove_file(self.staging_path(id));
+        Ok(())
+    }
+
+    /// Forgets an upload of the s3 store that the bucket no longer has (aborted, expired or
+    /// finished elsewhere long ago): its records and spool, nothing in the bucket.
+    pub fn forget(&self, id: UploadId) -> Result<()> {
+        self.remove(id)
     }
 
     /// Records the clean stop. Called last, after every driver has stopped.

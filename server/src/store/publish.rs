@@ -227,6 +227,22 @@ impl Store {
             .map(|m| (m.ino(), mtime_ns(&m)));
         record.state = RecordState::Complete;
         record.updated_at = unix_now();
+        self.record_complete(id, &record, published, &final_name)?;
+        let staging = self.staging_path(id);
+        remove_file_durable(&staging)
+            .with_context(|| format!("failed to remove {}", staging.display()))?;
+        Ok(final_name)
+    }
+
+    /// Records `record` (complete) and the owner's published bytes in one transaction, with
+    /// the `--on-complete` job for `published` if hooks are on; drops the chunk records.
+    pub(super) fn record_complete(
+        &self,
+        id: UploadId,
+        record: &UploadRecord,
+        published: std::path::PathBuf,
+        final_name: &str,
+    ) -> Result<()> {
         // The record and the owner's published bytes change in one sled transaction: a crash
         // keeps both or neither.
         let db = self.db()?;
@@ -238,8 +254,8 @@ impl Store {
             let job = HookJob {
                 upload_id: id.to_string(),
                 owner: record.owner.clone(),
-                path: published.clone(),
-                name: final_name.clone(),
+                path: published,
+                name: final_name.to_owned(),
                 size: record.size,
                 content_hash: record.content_hash.clone().unwrap_or_default(),
                 chunk_size: record.chunk_size,
@@ -267,10 +283,7 @@ impl Store {
         self.remove_chunk_records(id)?;
         self.prune_history(&record.owner)?;
         self.sync()?;
-        let staging = self.staging_path(id);
-        remove_file_durable(&staging)
-            .with_context(|| format!("failed to remove {}", staging.display()))?;
-        Ok(final_name)
+        Ok(())
     }
 
     /// Bytes of the uploads `owner` completed, pruned records included.

@@ -18,6 +18,7 @@ fn record(name: &str, size: u64) -> UploadRecord {
         on_exists: OnExists::Rename,
         dedup: false,
         stamp: None,
+        remote: None,
     }
 }
 

@@ -168,10 +168,19 @@ fn ping_reports_round_trips_version_and_token() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("ferryd 0.1.0 (protocol 4), token accepted for \"alice\""),
+        stdout.contains("ferryd 0.1.0 (protocol 5), token accepted for \"alice\""),
         "{stdout}"
     );
     assert!(stdout.contains("round trips: 3 probes, min "), "{stdout}");
+    // The service id, the same through every node of a service (32 hex characters).
+    let service = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("service: "))
+        .unwrap_or_else(|| panic!("a service line: {stdout}"));
+    assert!(
+        service.len() == 32 && service.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{service}"
+    );
     assert!(stdout.contains("limits: files up to 1.0 TiB"), "{stdout}");
 
     let out = job

@@ -14,6 +14,7 @@ mod powercut;
 mod process;
 mod resilience;
 mod restart;
+mod scaleout;
 mod storage;
 mod upload;
 mod wire;

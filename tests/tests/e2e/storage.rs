@@ -15,6 +15,7 @@ async fn store_from_a_newer_version_is_refused() {
     let err = format!(
         "{:#}",
         ferry_server::Server::bind(config)
+            .await
             .err()
             .expect("bind must fail")
     );

@@ -51,6 +51,7 @@ pub(crate) async fn ping(opts: Options, count: u32, json: bool) -> u8 {
             "software": conn.server,
             "protocol": ferry_proto::PROTOCOL_VERSION,
             "owner": conn.owner,
+            "service": conn.service,
             "token": "accepted",
             "handshake_ms": ms(handshake),
             "rtt_ms": {"min": ms(min), "avg": ms(avg), "max": ms(max), "count": rtts.len()},
@@ -70,6 +71,7 @@ pub(crate) async fn ping(opts: Options, count: u32, json: bool) -> u8 {
         ferry_proto::PROTOCOL_VERSION,
         conn.owner
     );
+    println!("service: {}", conn.service);
     println!("connect + TLS + login: {:.1} ms", ms(handshake));
     println!(
         "round trips: {} probes, min {:.2} / avg {:.2} / max {:.2} ms",

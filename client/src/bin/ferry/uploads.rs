@@ -73,7 +73,11 @@ pub(crate) async fn status(
         .map_err(|e| ("status failed".to_owned(), e))?;
     let wanted: Option<String> = match &target {
         None => None,
-        Some(t) if Path::new(t).exists() => match client.journal_entry(Path::new(t)) {
+        Some(t) if Path::new(t).exists() => match client
+            .journal_entry(Path::new(t))
+            .await
+            .map_err(|e| ("status failed".to_owned(), e))?
+        {
             Some(entry) => Some(entry.upload_id),
             None => {
                 println!(
@@ -111,7 +115,11 @@ pub(crate) async fn abort(
 ) -> Result<(), (String, ClientError)> {
     let path = Path::new(&target);
     let upload_id = if path.exists() {
-        match client.journal_entry(path) {
+        let entry = client
+            .journal_entry(path)
+            .await
+            .map_err(|e| ("abort failed".to_owned(), e))?;
+        match entry {
             Some(entry) if entry.complete.is_none() => entry.upload_id,
             Some(_) => {
                 let e = ClientError::Usage(format!(
@@ -137,7 +145,10 @@ pub(crate) async fn abort(
         Err(e) => return Err((format!("abort of {upload_id} failed"), e)),
     }
     if path.exists() {
-        client.forget(path);
+        client
+            .forget(path)
+            .await
+            .map_err(|e| ("abort failed".to_owned(), e))?;
     }
     Ok(())
 }

@@ -52,10 +52,75 @@ pub(crate) struct AdminArgs {
     pub(crate) admin_token: Option<String>,
 }
 
+/// Where uploads are stored: the data directory (`local`) or an S3 bucket shared by the
+/// nodes of a service (`s3`). Also for `token` and `s3 gc`.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct StoreArgs {
+    /// Where finished files and upload state live: local (the data directory) or s3 (a
+    /// bucket, see docs/scale-out.md).
+    #[arg(long, global = true, default_value = "local", env = "FERRYD_STORE", value_parser = ["local", "s3"])]
+    pub(crate) store: String,
+    /// The S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS for --s3-region).
+    #[arg(long, global = true, env = "FERRYD_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// The bucket (must exist).
+    #[arg(long, global = true, env = "FERRYD_S3_BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+    /// Key prefix for everything Ferry writes, e.g. ferry/ (default: the bucket's root).
+    #[arg(long, global = true, default_value = "", env = "FERRYD_S3_PREFIX")]
+    pub(crate) s3_prefix: String,
+    /// The bucket's region.
+    #[arg(
+        long,
+        global = true,
+        default_value = "us-east-1",
+        env = "FERRYD_S3_REGION"
+    )]
+    pub(crate) s3_region: String,
+    /// Address the bucket in the path (host/bucket/key), as most stores but AWS need.
+    #[arg(long, global = true, env = "FERRYD_S3_PATH_STYLE")]
+    pub(crate) s3_path_style: bool,
+    /// The access key id (the standard AWS_ACCESS_KEY_ID variable works too).
+    #[arg(long, global = true, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub(crate) s3_access_key_id: Option<String>,
+    /// The secret access key (or AWS_SECRET_ACCESS_KEY).
+    #[arg(
+        long,
+        global = true,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub(crate) s3_secret_access_key: Option<String>,
+}
+
+impl StoreArgs {
+    /// The bucket settings with `--store s3`; `None` with the local store.
+    pub(crate) fn s3(&self) -> Result<Option<ferry_server::store::s3::S3Settings>> {
+        if self.store != "s3" {
+            return Ok(None);
+        }
+        let bucket = self
+            .s3_bucket
+            .clone()
+            .context("--store s3 needs --s3-bucket (or s3-bucket in the config)")?;
+        Ok(Some(ferry_server::store::s3::S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            bucket,
+            prefix: self.s3_prefix.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+        }))
+    }
+}
+
 #[derive(Args, Clone)]
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) place: DataArgs,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:4433", env = "FERRYD_LISTEN")]
     pub(crate) listen: SocketAddr,
@@ -70,6 +135,9 @@ pub(crate) struct ServeArgs {
     /// required; 0: never).
     #[arg(long, default_value = "7d", env = "FERRYD_EXPIRE_AFTER", value_parser = duration)]
     pub(crate) expire_after: Duration,
+    /// How often to look for uploads to expire (e.g. 10m).
+    #[arg(long, default_value = "10m", env = "FERRYD_SWEEP_INTERVAL", value_parser = duration)]
+    pub(crate) sweep_interval: Duration,
     /// Cut off a stream that stalls inside a frame or a chunk, or a client that leaves the
     /// server's replies unread, after this long (e.g. 30s).
     #[arg(long, default_value = "30s", env = "FERRYD_STREAM_TIMEOUT", value_parser = duration)]
@@ -171,12 +239,23 @@ pub(crate) enum Command {
         #[arg(long, env = "FERRYD_CERT")]
         cert: Option<PathBuf>,
     },
-    /// Manage bearer tokens.
+    /// Manage bearer tokens (in the bucket with --store s3, for every node).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
         #[command(flatten)]
         place: DataArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Maintain the S3 bucket of --store s3.
+    S3 {
+        #[command(subcommand)]
+        command: S3Command,
+        #[command(flatten)]
+        place: DataArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List the uploads in progress (every owner) from a running server's admin listener.
     Uploads {
@@ -212,6 +291,21 @@ pub(crate) enum Command {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum S3Command {
+    /// List, and abort, the multipart uploads under the prefix that no upload's manifest
+    /// names (left by a node that died while creating one). Uploads with a manifest are
+    /// expired by the servers themselves (--expire-after).
+    Gc {
+        /// Only multipart uploads begun this long ago or more (e.g. 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        older_than: Duration,
+        /// List them; abort nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum TokenCommand {
     /// Create a token for NAME and print it (only its hash is stored).
     Add {
@@ -227,13 +321,15 @@ pub(crate) enum TokenCommand {
 }
 
 impl ServeArgs {
-    pub(crate) fn config(&self) -> ferry_server::Config {
+    pub(crate) fn config(&self) -> Result<ferry_server::Config> {
         let mut config = ferry_server::Config::new(self.place.data.clone(), self.listen);
+        config.s3 = self.store.s3()?;
         config.idle_timeout = self.idle_timeout.max(Duration::from_secs(1));
         config.cert = self.cert.clone().zip(self.key.clone());
         config.min_free_space = self.min_free_space;
         config.congestion = self.congestion;
         config.expire_after = self.expire_after;
+        config.sweep_interval = self.sweep_interval.max(Duration::from_secs(1));
         config.stream_timeout = self.stream_timeout.max(Duration::from_secs(1));
         config.verify_rate = self.verify_rate;
         config.max_uploads_per_owner = self.max_uploads;
@@ -249,7 +345,7 @@ impl ServeArgs {
         config.on_create = self.on_create.clone();
         config.hook_concurrency = self.hook_concurrency.into();
         config.hook_timeout = self.hook_timeout.max(Duration::from_secs(1));
-        config
+        Ok(config)
     }
 
     /// The effective settings as config-file lines (`check-config`).
@@ -265,6 +361,7 @@ impl ServeArgs {
             format!("idle-timeout = {}", secs(self.idle_timeout)),
             format!("min-free-space = {}", self.min_free_space),
             format!("expire-after = {}", secs(self.expire_after)),
+            format!("sweep-interval = {}", secs(self.sweep_interval)),
             format!("stream-timeout = {}", secs(self.stream_timeout)),
             format!("verify-rate = {}", self.verify_rate),
             format!("max-uploads = {}", self.max_uploads),
@@ -305,12 +402,43 @@ impl ServeArgs {
             format!("hook-timeout = {}", secs(self.hook_timeout)),
             format!("log-level = {:?}", self.log_level),
             format!("log-format = \"{}\"", self.log_format),
+            format!("store = \"{}\"", self.store.store),
+            format!(
+                "s3-endpoint = {:?}",
+                self.store.s3_endpoint.clone().unwrap_or_default()
+            ),
+            format!(
+                "s3-bucket = {:?}",
+                self.store.s3_bucket.clone().unwrap_or_default()
+            ),
+            format!("s3-prefix = {:?}", self.store.s3_prefix),
+            format!("s3-region = {:?}", self.store.s3_region),
+            format!("s3-path-style = {}", self.store.s3_path_style),
+            format!(
+                "s3-access-key-id = {}",
+                match self.store.s3_access_key_id {
+                    Some(_) => "\"…\"  # set",
+                    None => "\"\"  # none",
+                }
+            ),
+            format!(
+                "s3-secret-access-key = {}",
+                match self.store.s3_secret_access_key {
+                    Some(_) => "\"…\"  # set",
+                    None => "\"\"  # none",
+                }
+            ),
         ];
         lines.join("\n")
     }
 
     /// What would stop `serve` before it listens, found without starting it.
     pub(crate) fn check(&self) -> Result<()> {
+        if let Some(s3) = self.store.s3()? {
+            if s3.access_key_id.is_none() || s3.secret_access_key.is_none() {
+                anyhow::bail!("--store s3 needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or s3-access-key-id and s3-secret-access-key)");
+            }
+        }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             ferry_server::tls::Identity::load(cert, key)?;
         }

@@ -8,17 +8,17 @@ use anyhow::{Context, Result};
 use clap::CommandFactory;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{Cli, Command, TokenCommand};
+use crate::cli::{Cli, Command, S3Command, TokenCommand};
 use crate::logging::Relog;
 use crate::{parse, Parse};
 
 pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let config = args.config();
+            let config = args.config()?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let server = ferry_server::Server::bind(config)?;
+                let server = ferry_server::Server::bind(config).await?;
                 let reloader = server.reloader();
                 let mut level = args.log_level.clone();
                 // Every handler is installed before "listening on" is printed: a signal that
@@ -95,7 +95,14 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             println!("{fingerprint}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { command, place } => {
+        Command::Token {
+            command,
+            place,
+            store,
+        } => {
+            if let Some(settings) = store.s3()? {
+                return tokens_in_bucket(command, &settings);
+            }
             let init = matches!(command, TokenCommand::Add { init: true, .. });
             if !init {
                 existing_state(&place.data)?;
@@ -111,6 +118,38 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 }
                 TokenCommand::Revoke { name } => tokens.revoke(&name)?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::S3 { command, store, .. } => {
+            let settings = store
+                .s3()?
+                .context("`ferryd s3` needs --store s3 (and the bucket's options)")?;
+            let S3Command::Gc {
+                older_than,
+                dry_run,
+            } = command;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let orphans = runtime.block_on(async {
+                let s3 = ferry_server::store::s3::S3::connect(&settings).await?;
+                let now = ferry_server::store::unix_now();
+                // 0: every orphan, however new.
+                let cutoff = match older_than.as_secs() {
+                    0 => u64::MAX,
+                    secs => now.saturating_sub(secs),
+                };
+                s3.gc(cutoff, dry_run).await
+            })?;
+            for (key, what) in &orphans {
+                println!("{key}\t{what}");
+            }
+            let verb = match dry_run {
+                true => "found (dry run, nothing removed)",
+                false => "removed",
+            };
+            say!(
+                "{verb} {} orphans (multipart uploads and name reservations)",
+                orphans.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Uploads { admin, json, .. } => {
@@ -182,6 +221,44 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
     }
 }
 
+/// `ferryd token …` with --store s3: the bucket's token file, changed through a scratch copy.
+/// Read, change, write: two admins changing tokens at the same moment can lose one change
+/// (docs/scale-out.md).
+fn tokens_in_bucket(
+    command: TokenCommand,
+    settings: &ferry_server::store::s3::S3Settings,
+) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let s3 = ferry_server::store::s3::S3::connect(settings).await?;
+        let scratch = tempfile::tempdir()?;
+        let tokens = ferry_server::Tokens::new(scratch.path());
+        if let Some(bytes) = s3.tokens().await? {
+            std::fs::write(scratch.path().join("tokens"), &bytes)?;
+        }
+        let changed = match command {
+            TokenCommand::Add { name, .. } => {
+                println!("{}", tokens.add(&name)?);
+                true
+            }
+            TokenCommand::List => {
+                for entry in tokens.entries()? {
+                    println!("{}", entry.name);
+                }
+                false
+            }
+            TokenCommand::Revoke { name } => {
+                tokens.revoke(&name)?;
+                true
+            }
+        };
+        if changed {
+            s3.put_tokens(tokens.snapshot()).await?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `data` if it holds server state (a database, tokens or a certificate); otherwise an error
 /// that says which directory was looked at and how to point at the right one — so that a
 /// command run from another directory does not silently create a new, unused one.
@@ -241,7 +318,15 @@ fn reload(reloader: &ferry_server::Reloader, relog: &Relog, level: &mut String) 
             return;
         }
     };
-    reloader.reload(&args.config());
+    match args.config() {
+        Ok(config) => {
+            reloader.reload(&config);
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reload refused: the settings are invalid; nothing changed");
+            return;
+        }
+    }
     if args.log_level != *level {
         match relog(&args.log_level) {
             Ok(()) => {

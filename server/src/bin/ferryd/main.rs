@@ -78,6 +78,7 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
         Command::Verify { place }
         | Command::Fingerprint { place, .. }
         | Command::Token { place, .. }
+        | Command::S3 { place, .. }
         | Command::Uploads { place, .. }
         | Command::Notice { place, .. } => place,
         Command::Help { .. } | Command::Man { .. } => return Ok(cli),
@@ -107,6 +108,7 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
             "token",
             root.find_subcommand("token").expect("token").clone(),
         ),
+        Command::S3 { .. } => ("s3", root.find_subcommand("s3").expect("s3").clone()),
         Command::Uploads { .. } => (
             "uploads",
             root.find_subcommand("uploads").expect("uploads").clone(),

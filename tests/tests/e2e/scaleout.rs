@@ -1,0 +1,422 @@
+//! `--store s3` against a real S3 server (SeaweedFS, started and stopped here by PID): bytes
+//! read back from the bucket, a resume through another node after `kill -9`, digests checked by
+//! Ferry and by the store, the store restarted mid-upload, expiry, orphan collection, and
+//! tokens shared by the nodes. Each test has its own SeaweedFS (or its own prefix in it).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ferry_client::Client;
+use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
+use ferry_server::store::s3::S3;
+use ferry_tests::raw::{Dial, Raw};
+use ferry_tests::weed::Weed;
+use ferry_tests::{binary, eventually, random_file, ServerProcess};
+use sha2::{Digest as _, Sha256};
+
+/// `ferryd <args…> <the bucket's options>`, its stdout; panics on failure.
+fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
+    let out = Command::new(binary("ferryd"))
+        .args(args)
+        .args(weed.serve_args(prefix))
+        .output()
+        .expect("ferryd runs");
+    assert!(
+        out.status.success(),
+        "ferryd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A `ferryd serve` node on the bucket, with its own data directory.
+fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess {
+    let mut args: Vec<String> = weed.serve_args(prefix);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProcess::start_with(data, "127.0.0.1:0", &args)
+}
+
+fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
+    let mut opts = server.options(token, state);
+    opts.reconnect_for = Duration::from_secs(30);
+    Client::new(opts).expect("client starts")
+}
+
+/// The published object's bytes, read back from the bucket.
+async fn object(s3: &S3, prefix: &str, owner: &str, name: &str) -> Vec<u8> {
+    s3.get(&format!("{prefix}files/{owner}/{name}"))
+        .await
+        .expect("the bucket answers")
+        .unwrap_or_else(|| panic!("{name} is in the bucket"))
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_into_s3_reads_back_equal_bytes() {
+    let Some(weed) = Weed::start() else { return };
+    let (work, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "one/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let server = node(&weed, prefix, data.path(), &[]);
+    // 20 MiB + 5 bytes: three parts of the server's 8 MiB chunks, the last one short.
+    let source = random_file(work.path(), "clip.mov", (20 << 20) + 5, 1);
+    let mut client = client(&server, token.trim(), &work.path().join("state"));
+    let report = client.upload(&source, "").await.expect("upload succeeds");
+    assert_eq!(report.status, "complete");
+    assert_eq!(report.bytes_sent, (20 << 20) + 5);
+    let s3 = weed.client(prefix).await;
+    let stored = object(&s3, prefix, "alice", "clip.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+    // The content hash is over 8 MiB chunks: the server chose them, the client followed.
+    assert_eq!(
+        report.content_hash,
+        ferry_tests::content_hash_file(&source, 8 << 20)
+    );
+    // Nothing left behind: no multipart upload in progress, no markers, no reservation.
+    assert!(s3.multipart_uploads().await.unwrap().is_empty());
+    let leftovers = s3.list(&format!("{prefix}uploads/")).await.unwrap();
+    assert_eq!(leftovers.len(), 1, "only the manifest stays: {leftovers:?}");
+    assert!(s3
+        .list(&format!("{prefix}names/"))
+        .await
+        .unwrap()
+        .is_empty());
+    // The same name again is published as `clip (1).mov`, never over the first.
+    std::fs::write(work.path().join("clip.mov"), b"another take").unwrap();
+    let again = client
+        .upload(&work.path().join("clip.mov"), "")
+        .await
+        .unwrap();
+    assert_eq!(again.file_name, "clip (1).mov");
+    assert_eq!(
+        object(&s3, prefix, "alice", "clip (1).mov").await,
+        b"another take"
+    );
+    assert_eq!(object(&s3, prefix, "alice", "clip.mov").await, stored);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_node_a_resumes_through_node_b_sending_only_the_missing_parts() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "two/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let mut a = node(&weed, prefix, data_a.path(), &[]);
+    // Node B shares A's TLS identity (as the nodes of one service do) and the bucket, nothing
+    // else: another port, another data directory.
+    let tls = data_a.path().join("tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let b = node(
+        &weed,
+        prefix,
+        data_b.path(),
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(a.fingerprint, b.fingerprint);
+    const SIZE: u64 = 96 << 20;
+    let source = random_file(work.path(), "take.mov", SIZE as usize, 2);
+    let state = work.path().join("state");
+    let mut opts = a.options(token.trim(), &state);
+    opts.limit_rate = Some(16 << 20);
+    let mut first = Client::new(opts).unwrap();
+    let upload = {
+        let source = source.clone();
+        tokio::spawn(async move { first.upload(&source, "").await })
+    };
+    let s3 = weed.client(prefix).await;
+    let some_parts = eventually(Duration::from_secs(60), async || {
+        let markers = s3.list(&format!("{prefix}uploads/")).await.unwrap();
+        markers
+            .iter()
+            .filter(|(k, _)| k.contains("/parts/"))
+            .count()
+            >= 3
+    });
+    if !some_parts.await {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        let ended = upload.is_finished().then_some(upload);
+        let result = match ended {
+            Some(task) => format!("{:?}", task.await.unwrap().map(|r| r.status)),
+            None => "still running".into(),
+        };
+        panic!("node A stored no three parts within 60 s; upload: {result}; log:\n{log}");
+    }
+    a.kill9();
+    upload.abort();
+    // What node A made durable before it died: one marker per stored chunk.
+    let held = s3
+        .list(&format!("{prefix}uploads/"))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("/parts/"))
+        .count() as u64;
+    assert!(
+        held < 12,
+        "node A was killed mid-upload ({held} of 12 parts)"
+    );
+    let mut second = client(&b, token.trim(), &state);
+    let report = second.upload(&source, "").await.expect("resumes through B");
+    assert!(report.resumed, "B resumed the upload A began");
+    assert_eq!(report.bytes_skipped, held * (8 << 20));
+    assert_eq!(report.bytes_sent, SIZE - held * (8 << 20));
+    let stored = object(&s3, prefix, "alice", "take.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+    second.close().await;
+}
+
+/// A raw client's upload on `server`: logged in, one upload of `size` created; returns the
+/// connection, the upload id and the chunk size the server chose.
+async fn raw_create(
+    addr: std::net::SocketAddr,
+    fp: &str,
+    token: &str,
+    size: u64,
+) -> (Raw, String, u64) {
+    let mut raw = Raw::dial(addr, fp, Dial::default()).await.unwrap();
+    raw.frame(&Frame::Hello {
+        version: PROTOCOL_VERSION,
+        token: token.into(),
+    })
+    .await;
+    match raw.next().await {
+        Some(Frame::Welcome { service, .. }) => assert_eq!(service.len(), 32),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    raw.frame(&Frame::Create {
+        req: 1,
+        file_name: "raw.bin".into(),
+        size,
+        chunk_size: 64 << 10,
+        desc: String::new(),
+        dir: Vec::new(),
+        on_exists: Default::default(),
+    })
+    .await;
+    match raw.next().await {
+        Some(Frame::Created { upload, .. }) => (raw, upload.upload_id, upload.chunk_size),
+        other => panic!("expected created, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_bytes_do_not_match_its_digest_is_rejected() {
+    let Some(weed) = Weed::start() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let prefix = "three/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let server = node(&weed, prefix, data.path(), &[]);
+    let size = 10u64 << 20;
+    let (mut raw, id, chunk) =
+        raw_create(server.addr, &server.fingerprint, token.trim(), size).await;
+    assert_eq!(chunk, 8 << 20, "the server chose the chunk size");
+    let payload = vec![7u8; chunk as usize];
+    let wrong = hex::encode(Sha256::digest(b"something else"));
+    raw.chunk(&id, 0, chunk, &wrong, &payload).await;
+    assert_eq!(raw.code().await, ErrorCode::DigestMismatch);
+    let s3 = weed.client(prefix).await;
+    let upload = ferry_server::store::UploadId::parse(&id).unwrap();
+    assert!(
+        s3.markers(upload).await.unwrap().is_empty(),
+        "nothing became durable"
+    );
+    // The store checks too: a part sent with another part's SHA-256 is refused by SeaweedFS.
+    let manifest = s3.manifest(upload).await.unwrap().expect("a manifest");
+    let remote = manifest.record.remote.expect("a multipart upload");
+    let claimed = ferry_proto::Digest::parse(&wrong).unwrap();
+    let refused = s3
+        .put_part(upload, &remote, 0, payload.clone().into(), &claimed)
+        .await
+        .expect_err("the store refuses a part that does not match its digest");
+    assert!(format!("{refused:#}").contains("BadDigest"), "{refused:#}");
+    // The right digest is taken and acknowledged.
+    let right = hex::encode(Sha256::digest(&payload));
+    raw.chunk(&id, 0, chunk, &right, &payload).await;
+    let acked = loop {
+        match raw.next().await {
+            Some(Frame::Ack { chunks, .. }) => break chunks,
+            Some(Frame::Reject { code, message, .. }) => panic!("rejected: {code} {message}"),
+            _ => continue,
+        }
+    };
+    assert_eq!(acked, vec![[0, 1]]);
+    assert_eq!(s3.markers(upload).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_rides_through_a_restart_of_the_s3_server() {
+    let Some(mut weed) = Weed::start() else {
+        return;
+    };
+    let (work, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "four/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let server = node(&weed, prefix, data.path(), &[]);
+    let source = random_file(work.path(), "long.mov", 64 << 20, 4);
+    let mut opts = server.options(token.trim(), &work.path().join("state"));
+    opts.limit_rate = Some(12 << 20);
+    opts.reconnect_for = Duration::from_secs(60);
+    let mut uploader = Client::new(opts).unwrap();
+    let upload = {
+        let source = source.clone();
+        tokio::spawn(async move { uploader.upload(&source, "").await })
+    };
+    let s3 = weed.client(prefix).await;
+    let started = eventually(Duration::from_secs(60), async || {
+        let keys = s3
+            .list(&format!("{prefix}uploads/"))
+            .await
+            .unwrap_or_default();
+        keys.iter().any(|(k, _)| k.contains("/parts/"))
+    });
+    assert!(started.await, "a part was stored within 60 s");
+    weed.restart();
+    let report = tokio::time::timeout(Duration::from_secs(120), upload)
+        .await
+        .expect("the upload ends within 120 s")
+        .unwrap()
+        .expect("the upload completes across the S3 server's restart");
+    assert_eq!(report.status, "complete");
+    let s3 = weed.client(prefix).await;
+    let stored = object(&s3, prefix, "alice", "long.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_aborts_the_multipart_upload_and_gc_aborts_orphans() {
+    let Some(weed) = Weed::start() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let prefix = "five/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let s3 = weed.client(prefix).await;
+    // An orphan: a multipart upload whose manifest is gone (its node died in between).
+    let server = node(&weed, prefix, data.path(), &[]);
+    let (_raw, orphan, _) =
+        raw_create(server.addr, &server.fingerprint, token.trim(), 1 << 20).await;
+    let orphan = ferry_server::store::UploadId::parse(&orphan).unwrap();
+    s3.delete(&s3.manifest_key(orphan)).await.unwrap();
+    let listed = ferryd(
+        &weed,
+        prefix,
+        &["s3", "gc", "--older-than", "0s", "--dry-run"],
+    );
+    let mut lines: Vec<&str> = listed.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with(&format!("{prefix}files/alice/raw.bin\t")),
+        "{listed}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("{prefix}names/alice/raw.bin\treservation")
+    );
+    assert_eq!(
+        s3.multipart_uploads().await.unwrap().len(),
+        1,
+        "a dry run aborts nothing"
+    );
+    ferryd(&weed, prefix, &["s3", "gc", "--older-than", "0s"]);
+    assert!(s3.multipart_uploads().await.unwrap().is_empty());
+    assert!(s3
+        .list(&format!("{prefix}names/"))
+        .await
+        .unwrap()
+        .is_empty());
+    drop(server);
+
+    // Expiry: an upload that makes no progress for --expire-after is aborted in the bucket.
+    let data = tempfile::tempdir().unwrap();
+    let server = node(
+        &weed,
+        prefix,
+        data.path(),
+        &["--expire-after", "2s", "--sweep-interval", "1s"],
+    );
+    let (raw, id, _) = raw_create(server.addr, &server.fingerprint, token.trim(), 1 << 20).await;
+    let upload = ferry_server::store::UploadId::parse(&id).unwrap();
+    assert_eq!(s3.multipart_uploads().await.unwrap().len(), 1);
+    // The client goes away: an upload a connection drives is never expired.
+    drop(raw);
+    let gone = eventually(Duration::from_secs(30), async || {
+        s3.multipart_uploads().await.unwrap().is_empty()
+            && s3.manifest(upload).await.unwrap().is_none()
+    });
+    assert!(gone.await, "the abandoned upload was aborted within 30 s");
+    assert!(s3
+        .list(&format!("{prefix}names/"))
+        .await
+        .unwrap()
+        .is_empty());
+    let mut raw = Raw::login(
+        server.addr,
+        &server.fingerprint,
+        token.trim(),
+        Dial::default(),
+    )
+    .await;
+    raw.frame(&Frame::Resume {
+        req: 2,
+        upload_id: id,
+        from: 0,
+    })
+    .await;
+    assert_eq!(raw.code().await, ErrorCode::Expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_added_on_one_node_work_on_the_other() {
+    let Some(weed) = Weed::start() else { return };
+    let (work, data_a, data_b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let prefix = "six/";
+    ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let a = node(&weed, prefix, data_a.path(), &[]);
+    let b = node(&weed, prefix, data_b.path(), &[]);
+    // Added through the bucket while both run: the first login on B works at once.
+    let carol = ferryd(&weed, prefix, &["token", "add", "carol"]);
+    let mut on_b = client(&b, carol.trim(), &work.path().join("b"));
+    assert!(on_b.list().await.expect("carol logs in on B").is_empty());
+    let names = ferryd(&weed, prefix, &["token", "list"]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["alice", "carol"]);
+    // Revoked: node A refuses it within the mirror's period.
+    ferryd(&weed, prefix, &["token", "revoke", "carol"]);
+    let refused = eventually(Duration::from_secs(10), async || {
+        let mut on_a = client(&a, carol.trim(), &work.path().join("a"));
+        let result = on_a.list().await;
+        on_a.close().await;
+        matches!(
+            result,
+            Err(ferry_client::ClientError::Server {
+                code: ErrorCode::Unauthorized,
+                ..
+            })
+        )
+    });
+    assert!(
+        refused.await,
+        "node A refused the revoked token within 10 s"
+    );
+    on_b.close().await;
+}
