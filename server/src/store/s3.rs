@@ -508,6 +508,18 @@ impl S3 {
             .await
             .map_err(|e| failed(e, format!("failed to store part {part} of {}", remote.key)))?;
         let etag = stored.e_tag().unwrap_or_default().trim_matches('"');
+        // Another node may have stored other bytes for this part before (a takeover while
+        // the old node still received): its markers go, so the last writer's is the one left.
+        let mine = format!("{index:010}.{}.", digest.to_hex());
+        let prefix = format!("{}{index:010}.", self.markers_prefix(id));
+        let others: Vec<String> = self
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !key[self.markers_prefix(id).len()..].starts_with(&mine))
+            .collect();
+        self.delete_all(others).await?;
         let marker = format!(
             "{}{index:010}.{}.{}",
             self.markers_prefix(id),
@@ -547,9 +559,11 @@ impl S3 {
     }
 
     /// ETags of the multipart upload's parts by chunk index; `None` if the store no longer has
-    /// the multipart upload (completed or aborted).
-    async fn parts(&self, remote: &Remote) -> Result<Option<BTreeMap<u64, String>>> {
-        let mut out = BTreeMap::new();
+    /// the multipart upload (completed or aborted). A part number can be listed more than
+    /// once: SeaweedFS keeps every upload of a part until completion, and completes with the
+    /// one whose ETag it is given.
+    async fn parts(&self, remote: &Remote) -> Result<Option<BTreeMap<u64, Vec<String>>>> {
+        let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         let mut pages = self
             .client
             .list_parts()
@@ -574,7 +588,8 @@ impl S3 {
             for part in page.parts() {
                 if let (Some(n), Some(etag)) = (part.part_number(), part.e_tag()) {
                     if n >= 1 {
-                        out.insert(n as u64 - 1, etag.trim_matches('"').to_owned());
+                        let etag = etag.trim_matches('"').to_owned();
+                        out.entry(n as u64 - 1).or_default().push(etag);
                     }
                 }
             }
@@ -613,13 +628,21 @@ impl S3 {
         let mut chosen = Vec::with_capacity(count as usize);
         let mut missing = Vec::new();
         for index in 0..count {
-            let found = parts.get(&index).and_then(|etag| {
-                markers
-                    .get(&index)?
-                    .iter()
-                    .find(|m| &m.etag == etag)
-                    .map(|m| (etag.clone(), m.digest))
-            });
+            // The markers of this chunk whose part the store has. Two with different digests
+            // (two nodes wrote it at the same moment) make it missing: it is sent again.
+            let etags = parts.get(&index).map(Vec::as_slice).unwrap_or_default();
+            let candidates: Vec<&Marker> = markers
+                .get(&index)
+                .into_iter()
+                .flatten()
+                .filter(|m| etags.contains(&m.etag))
+                .collect();
+            let found = match candidates.as_slice() {
+                [first, rest @ ..] if rest.iter().all(|m| m.digest == first.digest) => {
+                    Some((first.etag.clone(), first.digest))
+                }
+                _ => None,
+            };
             match found {
                 Some((etag, digest)) => {
                     hasher.push(&digest);

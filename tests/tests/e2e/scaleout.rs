@@ -420,3 +420,115 @@ async fn tokens_added_on_one_node_work_on_the_other() {
     );
     on_b.close().await;
 }
+
+/// The next `ack` on `raw`'s control stream (panics on a reject).
+async fn acked(raw: &mut Raw) -> Vec<[u64; 2]> {
+    loop {
+        match raw.next().await {
+            Some(Frame::Ack { chunks, .. }) => return chunks,
+            Some(Frame::Reject { code, message, .. }) => panic!("rejected: {code} {message}"),
+            _ => continue,
+        }
+    }
+}
+
+fn digest_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The content hash (protocol §3.6) of chunks with these digests.
+fn content_hash(digests: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for d in digests {
+        h.update(hex::decode(d).unwrap());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Two nodes receiving one upload at once (a takeover across nodes where the old node still
+/// receives): S3 keeps the last write of a part, and `finish` publishes only if the parts on
+/// the store are the ones whose digests are on record and give the client's content hash.
+/// Chunk 0 is written with bytes X through node B and bytes Y through node A, in both orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_writing_one_part_never_publish_unrecorded_bytes() {
+    let Some(weed) = Weed::start() else { return };
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "seven/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let token = token.trim();
+    let a = node(&weed, prefix, data_a.path(), &[]);
+    let tls = data_a.path().join("tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let b = node(
+        &weed,
+        prefix,
+        data_b.path(),
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let s3 = weed.client(prefix).await;
+    let chunk = 8usize << 20;
+    let (x, y, z) = (vec![b'x'; chunk], vec![b'y'; chunk], vec![b'z'; 1000]);
+    let size = (chunk + z.len()) as u64;
+    for x_last in [true, false] {
+        let (mut on_a, id, chunk_size) = raw_create(a.addr, &a.fingerprint, token, size).await;
+        assert_eq!(chunk_size, chunk as u64);
+        let mut on_b = Raw::login(b.addr, &b.fingerprint, token, Dial::default()).await;
+        on_b.frame(&Frame::Resume {
+            req: 2,
+            upload_id: id.clone(),
+            from: 0,
+        })
+        .await;
+        assert!(matches!(on_b.next().await, Some(Frame::Resumed { .. })));
+        let (first, second) = match x_last {
+            true => ((&mut on_a, &y), (&mut on_b, &x)),
+            false => ((&mut on_b, &x), (&mut on_a, &y)),
+        };
+        first
+            .0
+            .chunk(&id, 0, chunk as u64, &digest_hex(first.1), first.1)
+            .await;
+        assert_eq!(acked(first.0).await, vec![[0, 1]]);
+        second
+            .0
+            .chunk(&id, 0, chunk as u64, &digest_hex(second.1), second.1)
+            .await;
+        assert_eq!(acked(second.0).await, vec![[0, 1]]);
+        on_b.chunk(&id, 1, z.len() as u64, &digest_hex(&z), &z)
+            .await;
+        assert_eq!(acked(&mut on_b).await, vec![[1, 2]]);
+        // The client (on B) believes chunk 0 is X.
+        on_b.frame(&Frame::Finish {
+            req: 3,
+            upload_id: id.clone(),
+            content_hash: content_hash(&[&digest_hex(&x), &digest_hex(&z)]),
+        })
+        .await;
+        let reply = loop {
+            match on_b.next().await {
+                Some(Frame::Ack { .. }) => continue,
+                other => break other,
+            }
+        };
+        let name = if x_last { "raw.bin" } else { "raw (1).bin" };
+        let key = format!("{prefix}files/alice/{name}");
+        if x_last {
+            // The store holds X, as recorded: published, and the bytes are X then Z.
+            assert!(matches!(reply, Some(Frame::Finished { .. })), "{reply:?}");
+            let stored = s3.get(&key).await.unwrap().expect("published");
+            assert!(stored[..chunk] == x[..] && stored[chunk..] == z[..]);
+        } else {
+            // The store holds Y: finish refuses, nothing is published.
+            match reply {
+                Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::FileDigestMismatch),
+                other => panic!("expected file_digest_mismatch, got {other:?}"),
+            }
+            assert!(s3.get(&key).await.unwrap().is_none(), "nothing published");
+        }
+    }
+}
