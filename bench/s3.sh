@@ -35,6 +35,9 @@ mkdir -p "$work/weed"
   -filer.port=28004 -filer.port.grpc=28005 -s3.port=28006 -s3.port.grpc=28007 \
   -admin.port=28008 -admin.port.grpc=28009 > "$work/weed.log" 2>&1 &
 pids+=($!)
+sleep 0.5
+weed_pid=$(pgrep -P "${pids[0]}" weed)
+pids=("$weed_pid" "${pids[@]}")
 s3=(--store s3 --s3-endpoint http://127.0.0.1:28006 --s3-bucket ferry --s3-path-style)
 token=""
 for _ in $(seq 300); do
@@ -64,7 +67,6 @@ run() { # NAME DATA [serve options…]
 run local "$work/local"
 got=$(sha256sum < "$work/local/files/bench/src.bin" | cut -d' ' -f1)
 [ "$want" = "$got" ] || { echo "MISMATCH (local)"; exit 1; }
-weed_pid=$(pgrep -P "${pids[0]}" weed || true)
 weed_before=$(awk '{print $14 + $15}' "/proc/$weed_pid/stat")
 run s3 "$work/s3data" "${s3[@]}"
 weed_after=$(awk '{print $14 + $15}' "/proc/$weed_pid/stat")
