@@ -242,6 +242,16 @@ impl S3 {
         format!("{}uploads/{id}/parts/", self.prefix)
     }
 
+    /// The marker of chunk `index` stored with `digest` as the part with `etag`.
+    fn marker_key(&self, id: UploadId, index: u64, digest: &Digest, etag: &str) -> String {
+        format!(
+            "{}{index:010}.{}.{}",
+            self.markers_prefix(id),
+            digest.to_hex(),
+            hex::encode(etag)
+        )
+    }
+
     /// `owner/dir…/name` under `kind/` (`files` or `names`).
     fn owner_key(&self, kind: &str, owner: &str, path: &str) -> String {
         format!("{}{kind}/{owner}/{path}", self.prefix)
@@ -520,13 +530,8 @@ impl S3 {
             .filter(|key| !key[self.markers_prefix(id).len()..].starts_with(&mine))
             .collect();
         self.delete_all(others).await?;
-        let marker = format!(
-            "{}{index:010}.{}.{}",
-            self.markers_prefix(id),
-            digest.to_hex(),
-            hex::encode(etag)
-        );
-        self.put(&marker, Vec::new()).await
+        self.put(&self.marker_key(id, index, digest, etag), Vec::new())
+            .await
     }
 
     /// Every marker of `id`. Keys that do not parse are ignored (their chunks are re-sent).
@@ -656,14 +661,7 @@ impl S3 {
             let stale: Vec<String> = missing
                 .iter()
                 .flat_map(|i| markers.get(i).into_iter().flatten().map(move |m| (i, m)))
-                .map(|(i, m)| {
-                    format!(
-                        "{}{i:010}.{}.{}",
-                        self.markers_prefix(id),
-                        m.digest.to_hex(),
-                        hex::encode(&m.etag)
-                    )
-                })
+                .map(|(&i, m)| self.marker_key(id, i, &m.digest, &m.etag))
                 .collect();
             self.delete_all(stale).await?;
             let shown: Vec<String> = missing.iter().take(10).map(u64::to_string).collect();
@@ -728,14 +726,7 @@ impl S3 {
         let keys = markers
             .iter()
             .flat_map(|(i, all)| all.iter().map(move |m| (i, m)))
-            .map(|(i, m)| {
-                format!(
-                    "{}{i:010}.{}.{}",
-                    self.markers_prefix(id),
-                    m.digest.to_hex(),
-                    hex::encode(&m.etag)
-                )
-            })
+            .map(|(&i, m)| self.marker_key(id, i, &m.digest, &m.etag))
             .collect();
         self.delete_all(keys).await?;
         self.delete(&self.owner_key("names", &done.owner, &remote.name))

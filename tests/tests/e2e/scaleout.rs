@@ -38,6 +38,20 @@ fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess
     ServerProcess::start_with(data, "127.0.0.1:0", &args)
 }
 
+/// Another node of the same service: A's TLS identity (as the nodes of one service share it)
+/// and the bucket, nothing else: another port, another data directory.
+fn second_node(weed: &Weed, prefix: &str, data: &Path, first: &Path) -> ServerProcess {
+    let tls = first.join("tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let identity = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    node(weed, prefix, data, &identity)
+}
+
 fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
     let mut opts = server.options(token, state);
     opts.reconnect_for = Duration::from_secs(30);
@@ -109,21 +123,7 @@ async fn kill_9_of_node_a_resumes_through_node_b_sending_only_the_missing_parts(
     let prefix = "two/";
     let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
     let mut a = node(&weed, prefix, data_a.path(), &[]);
-    // Node B shares A's TLS identity (as the nodes of one service do) and the bucket, nothing
-    // else: another port, another data directory.
-    let tls = data_a.path().join("tls");
-    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
-    let b = node(
-        &weed,
-        prefix,
-        data_b.path(),
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let b = second_node(&weed, prefix, data_b.path(), data_a.path());
     assert_eq!(a.fingerprint, b.fingerprint);
     const SIZE: u64 = 96 << 20;
     let source = random_file(work.path(), "take.mov", SIZE as usize, 2);
@@ -457,19 +457,7 @@ async fn two_nodes_writing_one_part_never_publish_unrecorded_bytes() {
     let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
     let token = token.trim();
     let a = node(&weed, prefix, data_a.path(), &[]);
-    let tls = data_a.path().join("tls");
-    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
-    let b = node(
-        &weed,
-        prefix,
-        data_b.path(),
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let b = second_node(&weed, prefix, data_b.path(), data_a.path());
     let s3 = weed.client(prefix).await;
     let chunk = 8usize << 20;
     let (x, y, z) = (vec![b'x'; chunk], vec![b'y'; chunk], vec![b'z'; 1000]);
