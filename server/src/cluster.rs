@@ -24,6 +24,18 @@ pub(crate) async fn mirror_tokens(s3: &S3, tokens: &Tokens) -> Result<bool> {
     tokens.replace(&bytes)
 }
 
+/// A bucket without a token file gets this node's (a local installation moved to the s3
+/// store keeps its tokens); one with a token file is left alone.
+pub(crate) async fn seed_tokens(s3: &S3, tokens: &Tokens) -> Result<()> {
+    let local = tokens.snapshot();
+    if !local.is_empty() && s3.tokens().await?.is_none() {
+        tokens.entries()?;
+        s3.put_tokens(local).await?;
+        info!("the bucket had no tokens; this node's were copied into it");
+    }
+    Ok(())
+}
+
 pub(crate) async fn tokens_forever(shared: Arc<Shared>) {
     let Some(s3) = shared.s3.clone() else { return };
     // Bounded by the process: one fetch per period.

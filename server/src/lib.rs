@@ -407,6 +407,7 @@ impl Server {
         };
         let tokens = Tokens::new(dir);
         if let Some(s3) = &s3 {
+            cluster::seed_tokens(s3, &tokens).await?;
             cluster::mirror_tokens(s3, &tokens).await?;
         }
         tokens

@@ -419,6 +419,16 @@ async fn tokens_added_on_one_node_work_on_the_other() {
         "node A refused the revoked token within 10 s"
     );
     on_b.close().await;
+    // A local installation moved to the s3 store: its tokens seed a bucket that has none.
+    let data_c = tempfile::tempdir().unwrap();
+    let dave = ferry_server::Tokens::new(data_c.path())
+        .add("dave")
+        .unwrap();
+    let c = node(&weed, "seeded/", data_c.path(), &[]);
+    let mut on_c = client(&c, &dave, &work.path().join("c"));
+    assert!(on_c.list().await.expect("dave logs in").is_empty());
+    on_c.close().await;
+    assert_eq!(ferryd(&weed, "seeded/", &["token", "list"]).trim(), "dave");
 }
 
 /// The next `ack` on `raw`'s control stream (panics on a reject).
