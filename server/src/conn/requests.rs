@@ -224,7 +224,10 @@ impl Conn {
             .manifest(id)
             .await
             .map_err(|e| storage(&e, "failed to read the upload's manifest"))?;
+        // Another owner's upload is not cached here; `owned` answers `not_found` for it.
+        let manifest = manifest.filter(|m| m.record.owner == self.owner);
         let store = self.shared.store.clone();
+        let owner = self.owner.clone();
         let cached = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let local = store.record(id)?;
             match (manifest, local) {
@@ -232,7 +235,11 @@ impl Conn {
                 (Some(m), _) => store.adopt(id, &m.record),
                 // Gone from the bucket (aborted or expired elsewhere): gone here too, but a
                 // complete record stays as the answer to a repeated `finish`.
-                (None, Some(local)) if local.state != RecordState::Complete => store.forget(id),
+                (None, Some(local))
+                    if local.state != RecordState::Complete && local.owner == owner =>
+                {
+                    store.forget(id)
+                }
                 (None, _) => Ok(()),
             }
         })

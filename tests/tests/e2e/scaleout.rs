@@ -472,8 +472,10 @@ async fn two_nodes_writing_one_part_never_publish_unrecorded_bytes() {
     let chunk = 8usize << 20;
     let (x, y, z) = (vec![b'x'; chunk], vec![b'y'; chunk], vec![b'z'; 1000]);
     let size = (chunk + z.len()) as u64;
+    let mut last_id = String::new();
     for x_last in [true, false] {
         let (mut on_a, id, chunk_size) = raw_create(a.addr, &a.fingerprint, token, size).await;
+        last_id = id.clone();
         assert_eq!(chunk_size, chunk as u64);
         let mut on_b = Raw::login(b.addr, &b.fingerprint, token, Dial::default()).await;
         on_b.frame(&Frame::Resume {
@@ -529,4 +531,23 @@ async fn two_nodes_writing_one_part_never_publish_unrecorded_bytes() {
             assert!(s3.get(&key).await.unwrap().is_none(), "nothing published");
         }
     }
+    // Another owner asking a third node for that upload: `not_found`, and nothing of it is
+    // cached or spooled there.
+    let bob = ferryd(&weed, prefix, &["token", "add", "bob"]);
+    let data_c = tempfile::tempdir().unwrap();
+    let c = node(&weed, prefix, data_c.path(), &[]);
+    let mut as_bob = Raw::login(c.addr, &c.fingerprint, bob.trim(), Dial::default()).await;
+    as_bob
+        .frame(&Frame::Resume {
+            req: 9,
+            upload_id: last_id.clone(),
+            from: 0,
+        })
+        .await;
+    assert_eq!(as_bob.code().await, ErrorCode::NotFound);
+    let spool = data_c
+        .path()
+        .join("staging")
+        .join(format!("{last_id}.part"));
+    assert!(!spool.exists(), "another owner's upload was spooled");
 }
