@@ -77,7 +77,7 @@ pub(crate) async fn sweep_forever(shared: Arc<Shared>) {
         }
         let _ = shared
             .store
-            .prune_tombstones(unix_now().saturating_sub(crate::TOMBSTONE_LIFE));
+            .prune_tombstones(unix_now().saturating_sub(crate::tasks::TOMBSTONE_LIFE));
     }
 }
 
@@ -98,7 +98,7 @@ async fn sweep(shared: &Shared, s3: &S3, expire: u64) -> Result<()> {
             if record.state == RecordState::Complete {
                 s3.abort(id, &record).await?;
                 let store = shared.store.clone();
-                tokio::task::spawn_blocking(move || store.forget(id)).await??;
+                tokio::task::spawn_blocking(move || store.remove(id)).await??;
             }
             continue;
         }

@@ -140,6 +140,12 @@ impl Raw {
     }
 
     pub async fn create(&mut self, name: &str, size: u64) -> String {
+        self.create_upload(name, size).await.upload_id
+    }
+
+    /// `create` of `name` (64 KiB chunks asked for; the server may choose others), its
+    /// `created.upload`.
+    pub async fn create_upload(&mut self, name: &str, size: u64) -> ferry_proto::UploadInfo {
         self.frame(&Frame::Create {
             req: 1,
             file_name: name.into(),
@@ -151,7 +157,7 @@ impl Raw {
         })
         .await;
         match self.next().await {
-            Some(Frame::Created { upload, .. }) => upload.upload_id,
+            Some(Frame::Created { upload, .. }) => upload,
             other => panic!("expected created, got {other:?}"),
         }
     }

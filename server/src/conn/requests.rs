@@ -238,7 +238,7 @@ impl Conn {
                 (None, Some(local))
                     if local.state != RecordState::Complete && local.owner == owner =>
                 {
-                    store.forget(id)
+                    store.remove(id)
                 }
                 (None, _) => Ok(()),
             }

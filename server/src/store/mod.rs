@@ -4,140 +4,39 @@
 //!
 //! Layout: `db/` (sled), `staging/<upload_id>.part`, `files/<owner>/<name>`, `tls/`, `tokens`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ferry_migrations as migrations;
-use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, ContentHasher, Digest, OnExists};
-use serde::{Deserialize, Serialize};
+use ferry_proto::{ChunkIndex, ChunkLayout, ChunkSet, ContentHasher, Digest};
 use tracing::warn;
 
 use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 
 mod db;
 mod publish;
+mod record;
 mod recovery;
 pub mod s3;
+mod space;
 #[cfg(test)]
 mod tests;
 
 use db::Db;
 pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
+pub use record::{HookJob, RecordState, Tombstone, UploadId, UploadRecord};
 pub use recovery::{Reconciled, Verified};
+use space::reserve;
+pub use space::{free_space, NoSpace};
 
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
 /// running.
 const CLEAN: &[u8] = b"clean_shutdown";
 /// Key of the service id in the `meta` tree (local store; the s3 store keeps it in the bucket).
 const SERVICE: &[u8] = b"service_id";
-
-/// 16 random bytes, 32 lowercase hex characters on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UploadId([u8; 16]);
-
-impl UploadId {
-    pub fn random() -> Result<Self> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        Ok(Self(bytes))
-    }
-
-    /// Parses the wire form; `None` for anything but 32 lowercase hex characters.
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 16];
-        let lower = text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        (text.len() == 32 && lower && hex::decode_to_slice(text, &mut bytes).is_ok())
-            .then_some(Self(bytes))
-    }
-
-    fn chunk_key(self, index: u64) -> [u8; 24] {
-        let mut key = [0u8; 24];
-        key[..16].copy_from_slice(&self.0);
-        key[16..].copy_from_slice(&index.to_be_bytes());
-        key
-    }
-}
-
-impl std::fmt::Display for UploadId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordState {
-    Receiving,
-    /// Between the two durable steps of publishing: `final_name` and `content_hash` name the link
-    /// about to be made. A crash here is settled at the next start: completed if the link
-    /// exists, back to `Receiving` if not (see `Store::reconcile`).
-    Publishing,
-    Complete,
-}
-
-/// One upload as sled keeps it (JSON in the `uploads` tree).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadRecord {
-    /// Name of the token that created it; only that token can see it.
-    pub owner: String,
-    /// Sanitised name asked for at create.
-    pub file_name: String,
-    #[serde(default)]
-    pub desc: String,
-    pub size: u64,
-    pub chunk_size: u64,
-    pub state: RecordState,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds of the last commit.
-    pub updated_at: u64,
-    /// Set when publishing starts: the name under `files/<owner>/`, which may carry ` (n)`.
-    #[serde(default)]
-    pub final_name: Option<String>,
-    /// Folders under `files/<owner>/` to publish into (sanitised), outermost first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dir: Vec<String>,
-    /// Set when publishing starts: the digest `finish` carried, as hex. From protocol 4 on the
-    /// content hash (SHA-256 over the chunk digests); for uploads completed by protocol 3 or
-    /// older, the whole file's plain SHA-256 (the stored key is still `sha256`, so the records
-    /// of earlier releases read unchanged and a repeated `finish` of those still matches).
-    #[serde(default, rename = "sha256")]
-    pub content_hash: Option<String>,
-    /// What publishing does when the name is taken.
-    #[serde(default, skip_serializing_if = "OnExists::is_default")]
-    pub on_exists: OnExists,
-    /// Published by `dedup`: its staging name is a second link to an already published file,
-    /// never written to. A crash before the link rolls it back by removing it entirely.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dedup: bool,
-    /// Inode number and modification time (ns) of the published file when it was published:
-    /// `dedup` links to it only while both are unchanged (nobody rewrote it since).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stamp: Option<(u64, i64)>,
-    /// With the s3 store: the object key, published name and multipart upload (the staging
-    /// file is then only a spool of the chunks not yet stored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<s3::Remote>,
-}
-
-impl UploadRecord {
-    pub fn layout(&self) -> Result<ChunkLayout> {
-        ChunkLayout::new(self.size, self.chunk_size).context("record has a zero chunk size")
-    }
-}
-
-/// What remains of an expired upload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tombstone {
-    pub owner: String,
-    /// Unix seconds.
-    pub expired_at: u64,
-}
 
 /// What opening the store found.
 #[derive(Debug, Default)]
@@ -164,26 +63,6 @@ pub struct Store {
     max_history: usize,
     /// Queue an `--on-complete` hook job with every completion.
     queue_hooks: std::sync::atomic::AtomicBool,
-}
-
-/// An `--on-complete` hook job, queued durably with the upload's completion.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookJob {
-    pub upload_id: String,
-    pub owner: String,
-    /// The published file, absolute.
-    pub path: PathBuf,
-    /// The published name under the owner's folder (`card/clip (1).mov`).
-    pub name: String,
-    pub size: u64,
-    /// Hooks queued by earlier releases carried the plain SHA-256 here.
-    #[serde(alias = "sha256")]
-    pub content_hash: String,
-    /// The chunk size the content hash was computed with (0 in hooks queued by earlier
-    /// releases).
-    #[serde(default)]
-    pub chunk_size: u64,
-    pub desc: String,
 }
 
 impl Store {
@@ -259,13 +138,13 @@ impl Store {
 
     /// Records an upload of the s3 store on this node (a new one, or one another node began):
     /// a sparse spool file for its chunks in flight, and its record. Nothing here is the only
-    /// copy: the bucket has the manifest and the stored parts.
+    /// copy: the bucket has the manifest and the stored parts, so nothing is synced (a record
+    /// lost in a crash is read from the manifest again at the next `resume`).
     pub fn adopt(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
         self.check_space()?;
         if record.state == RecordState::Complete {
             let _ = fs::remove_file(self.staging_path(id));
-            self.put_record(id, record)?;
-            return self.sync();
+            return self.put_record(id, record);
         }
         let path = self.staging_path(id);
         let file = OpenOptions::new()
@@ -276,8 +155,7 @@ impl Store {
             .with_context(|| format!("failed to create {}", path.display()))?;
         file.set_len(record.size)
             .with_context(|| format!("failed to size {}", path.display()))?;
-        self.put_record(id, record)?;
-        self.sync()
+        self.put_record(id, record)
     }
 
     /// Records an upload of the s3 store complete (queuing its hook), drops its chunk records
@@ -287,12 +165,6 @@ impl Store {
         self.record_complete(id, record, PathBuf::from(url), &name)?;
         let _ = fs::remove_file(self.staging_path(id));
         Ok(())
-    }
-
-    /// Forgets an upload of the s3 store that the bucket no longer has (aborted, expired or
-    /// finished elsewhere long ago): its records and spool, nothing in the bucket.
-    pub fn forget(&self, id: UploadId) -> Result<()> {
-        self.remove(id)
     }
 
     /// Records the clean stop. Called last, after every driver has stopped.
@@ -624,73 +496,6 @@ impl Store {
         }
         db.chunks.apply_batch(batch)?;
         Ok(())
-    }
-}
-
-/// Not enough disk space: for a file of `needed` bytes (at create), or for the database
-/// (`needed` 0, before a commit). `free` is what the file system has; `reserve` is the part of
-/// it kept for the database (`--min-free-space`).
-#[derive(Debug)]
-pub struct NoSpace {
-    pub needed: u64,
-    pub free: u64,
-    pub reserve: u64,
-}
-
-impl std::fmt::Display for NoSpace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use ferry_proto::units::human;
-        if self.needed > 0 {
-            write!(f, "the file needs {}; ", human(self.needed))?;
-        }
-        write!(f, "the server has {} free", human(self.free))?;
-        if self.reserve > 0 {
-            let reserve = human(self.reserve);
-            write!(f, " and keeps {reserve} in reserve (--min-free-space)")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for NoSpace {}
-
-/// Bytes available to unprivileged writers on the file system holding `path`.
-pub fn free_space(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a writable statvfs.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-/// Allocates every block of the staging file now, so a full disk shows at create and never
-/// in the middle of an upload.
-fn reserve(file: &File, size: u64, dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    if size == 0 {
-        return Ok(());
-    }
-    let len = libc::off_t::try_from(size).context("file size does not fit off_t")?;
-    // SAFETY: the descriptor is open for writing for the duration of the call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match rc {
-        0 => Ok(()),
-        libc::ENOSPC => Err(NoSpace {
-            needed: size,
-            free: free_space(dir).unwrap_or(0),
-            reserve: 0,
-        }
-        .into()),
-        // File systems without fallocate: fall back to a sparse file of the right size.
-        libc::EOPNOTSUPP => file
-            .set_len(size)
-            .context("failed to size the staging file"),
-        errno => Err(std::io::Error::from_raw_os_error(errno))
-            .context("failed to reserve space for the staging file"),
     }
 }
 

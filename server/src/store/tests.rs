@@ -1,5 +1,9 @@
 //! The store's unit tests: publishing, recovery, limits.
 
+use std::fs::File;
+
+use ferry_proto::OnExists;
+
 use super::*;
 
 fn record(name: &str, size: u64) -> UploadRecord {

@@ -58,6 +58,16 @@ fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
     Client::new(opts).expect("client starts")
 }
 
+/// Chunk markers under `prefix` (one per chunk a node stored); 0 while the store cannot be
+/// listed.
+async fn stored_parts(s3: &S3, prefix: &str) -> usize {
+    let keys = s3
+        .list(&format!("{prefix}uploads/"))
+        .await
+        .unwrap_or_default();
+    keys.iter().filter(|(k, _)| k.contains("/parts/")).count()
+}
+
 /// The published object's bytes, read back from the bucket.
 async fn object(s3: &S3, prefix: &str, owner: &str, name: &str) -> Vec<u8> {
     s3.get(&format!("{prefix}files/{owner}/{name}"))
@@ -137,12 +147,7 @@ async fn kill_9_of_node_a_resumes_through_node_b_sending_only_the_missing_parts(
     };
     let s3 = weed.client(prefix).await;
     let some_parts = eventually(Duration::from_secs(60), async || {
-        let markers = s3.list(&format!("{prefix}uploads/")).await.unwrap();
-        markers
-            .iter()
-            .filter(|(k, _)| k.contains("/parts/"))
-            .count()
-            >= 3
+        stored_parts(&s3, prefix).await >= 3
     });
     if !some_parts.await {
         let log = std::fs::read_to_string(&a.log).unwrap_or_default();
@@ -156,13 +161,7 @@ async fn kill_9_of_node_a_resumes_through_node_b_sending_only_the_missing_parts(
     a.kill9();
     upload.abort();
     // What node A made durable before it died: one marker per stored chunk.
-    let held = s3
-        .list(&format!("{prefix}uploads/"))
-        .await
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| k.contains("/parts/"))
-        .count() as u64;
+    let held = stored_parts(&s3, prefix).await as u64;
     assert!(
         held < 12,
         "node A was killed mid-upload ({held} of 12 parts)"
@@ -198,20 +197,8 @@ async fn raw_create(
         Some(Frame::Welcome { service, .. }) => assert_eq!(service.len(), 32),
         other => panic!("expected welcome, got {other:?}"),
     }
-    raw.frame(&Frame::Create {
-        req: 1,
-        file_name: "raw.bin".into(),
-        size,
-        chunk_size: 64 << 10,
-        desc: String::new(),
-        dir: Vec::new(),
-        on_exists: Default::default(),
-    })
-    .await;
-    match raw.next().await {
-        Some(Frame::Created { upload, .. }) => (raw, upload.upload_id, upload.chunk_size),
-        other => panic!("expected created, got {other:?}"),
-    }
+    let upload = raw.create_upload("raw.bin", size).await;
+    (raw, upload.upload_id, upload.chunk_size)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,11 +265,7 @@ async fn the_node_rides_through_a_restart_of_the_s3_server() {
     };
     let s3 = weed.client(prefix).await;
     let started = eventually(Duration::from_secs(60), async || {
-        let keys = s3
-            .list(&format!("{prefix}uploads/"))
-            .await
-            .unwrap_or_default();
-        keys.iter().any(|(k, _)| k.contains("/parts/"))
+        stored_parts(&s3, prefix).await > 0
     });
     assert!(started.await, "a part was stored within 60 s");
     weed.restart();

@@ -9,16 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Accept, ChunkHeader, ChunkIndex, ChunkLayout, ChunkSet, CommitBatch, Digest, ErrorCode, Frame,
-    Output, Span, UploadInfo, UploadSession,
+    Accept, ChunkHeader, ChunkIndex, ChunkSet, Digest, ErrorCode, Frame, Output, Span, UploadInfo,
+    UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::metrics;
-use crate::store::s3::{PublishError, S3};
+use crate::store::s3::S3;
 use crate::store::{Store, UploadId, UploadRecord};
+
+mod commit;
+mod finish;
 
 /// Frames pushed to a connection's control stream.
 pub type Events = crate::outbox::Outbox;
@@ -459,177 +462,6 @@ impl Driver {
         Step::Continue
     }
 
-    async fn finish(
-        &mut self,
-        digest: Digest,
-        reply: oneshot::Sender<Result<Published, WireError>>,
-    ) -> Step {
-        if let Err(e) = self.session.handle_finish() {
-            let _ = reply.send(Err(WireError::new(e.code(), e.to_string())));
-            return Step::Continue;
-        }
-        if let Some(s3) = self.s3.clone() {
-            return self.finish_remote(&s3, digest, reply).await;
-        }
-        let (store, id, record) = (self.store.clone(), self.id, self.record.clone());
-        let started = Instant::now();
-        // The content hash comes from the chunk digests on record, each checked against the
-        // bytes when they arrived (and again after an unclean stop): no data is read again.
-        let layout = *self.session.layout();
-        let result =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Result<String, Digest>> {
-                let actual = store.content_hash(id, &layout)?;
-                if actual != digest {
-                    return Ok(Err(actual));
-                }
-                Ok(Ok(store.publish(id, &record, digest)?))
-            })
-            .await;
-        let outcome = match result {
-            Ok(Ok(Ok(file_name))) => {
-                // From create to publish, interruptions included.
-                let took = crate::store::unix_now()
-                    .saturating_sub(self.record.created_at)
-                    .max(1);
-                info!(
-                    owner = self.record.owner,
-                    path = file_name,
-                    size = self.record.size,
-                    upload_s = took,
-                    rate_mib_s =
-                        format!("{:.1}", self.record.size as f64 / took as f64 / 1048576.0),
-                    publish_ms = started.elapsed().as_millis() as u64,
-                    "published"
-                );
-                Ok(Published {
-                    file_name,
-                    size: self.record.size,
-                    content_hash: digest,
-                })
-            }
-            Ok(Ok(Err(actual))) => Err(WireError::new(
-                ErrorCode::FileDigestMismatch,
-                format!(
-                    "the chunks on the server give the content hash {actual}, finish said {digest}"
-                ),
-            )),
-            Ok(Err(e)) if e.downcast_ref::<crate::store::NameTaken>().is_some() => {
-                Err(WireError::new(ErrorCode::AlreadyExists, format!("{e:#}")))
-            }
-            Ok(Err(e)) if e.downcast_ref::<crate::store::NameExhausted>().is_some() => {
-                Err(WireError::new(ErrorCode::NameExhausted, format!("{e:#}")))
-            }
-            Ok(Err(e)) => Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))),
-            Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
-        };
-        let done = outcome.is_ok();
-        match &outcome {
-            Ok(_) => {
-                metrics().uploads_completed.inc();
-            }
-            Err(e) => metrics().failed(e.code.as_str()),
-        }
-        self.session.handle_finalized(done);
-        let _ = reply.send(outcome);
-        if done {
-            Step::Stop
-        } else {
-            Step::Continue
-        }
-    }
-
-    /// `finish` with the s3 store: the bucket's parts are checked against the markers and
-    /// completed (`S3::publish`), then recorded here.
-    async fn finish_remote(
-        &mut self,
-        s3: &S3,
-        digest: Digest,
-        reply: oneshot::Sender<Result<Published, WireError>>,
-    ) -> Step {
-        let started = Instant::now();
-        let count = self.session.layout().count();
-        let result = s3.publish(self.id, &self.record, count, digest).await;
-        let outcome = match result {
-            Ok(done) => {
-                let (store, id, url) = (
-                    self.store.clone(),
-                    self.id,
-                    done.remote.as_ref().map_or(String::new(), |r| s3.url(&r.key)),
-                );
-                let name = done.final_name.clone().unwrap_or_default();
-                let recorded =
-                    tokio::task::spawn_blocking(move || store.complete_remote(id, &done, &url))
-                        .await;
-                match recorded {
-                    Ok(Ok(())) => Ok(name),
-                    // The object is complete in the bucket whatever this node failed to note.
-                    Ok(Err(e)) => {
-                        warn!(error = %format!("{e:#}"), "published, but not recorded here");
-                        Ok(name)
-                    }
-                    Err(e) => Err(WireError::new(ErrorCode::Internal, e.to_string())),
-                }
-            }
-            Err(PublishError::Mismatch { actual, claimed }) => Err(WireError::new(
-                ErrorCode::FileDigestMismatch,
-                format!("the chunks on the server give the content hash {actual}, finish said {claimed}"),
-            )),
-            Err(e @ PublishError::Missing(_)) => Err(WireError::new(ErrorCode::Incomplete, e.to_string())),
-            Err(e @ PublishError::Taken(_)) => Err(WireError::new(ErrorCode::AlreadyExists, e.to_string())),
-            Err(PublishError::Store(e)) => Err(WireError::new(ErrorCode::StorageError, format!("{e:#}"))),
-        };
-        let done = outcome.is_ok();
-        match &outcome {
-            Ok(name) => {
-                metrics().uploads_completed.inc();
-                info!(
-                    owner = self.record.owner,
-                    path = name,
-                    size = self.record.size,
-                    publish_ms = started.elapsed().as_millis() as u64,
-                    "published"
-                );
-            }
-            Err(e) => metrics().failed(e.code.as_str()),
-        }
-        // Chunks found missing at finish are durable no longer: this driver stops, and the
-        // next resume starts from the bucket's markers.
-        let stop = done
-            || outcome
-                .as_ref()
-                .is_err_and(|e| e.code == ErrorCode::Incomplete);
-        self.session.handle_finalized(done);
-        let _ = reply.send(outcome.map(|file_name| Published {
-            file_name,
-            size: self.record.size,
-            content_hash: digest,
-        }));
-        if stop {
-            Step::Stop
-        } else {
-            Step::Continue
-        }
-    }
-
-    /// The commit of `batch`, to run as its own task: the local durability rule, or with the
-    /// s3 store the parts stored in the bucket.
-    fn persist(
-        &self,
-        batch: CommitBatch,
-    ) -> impl std::future::Future<Output = Result<(), WireError>> + Send + 'static {
-        let (store, file, id) = (self.store.clone(), self.file.clone(), self.id);
-        let remote = self.s3.clone().zip(self.record.remote.clone());
-        let layout = *self.session.layout();
-        async move {
-            match remote {
-                Some((s3, remote)) => {
-                    persist_remote(s3, remote, store, file, id, layout, batch).await
-                }
-                None => persist(store, file, id, batch).await,
-            }
-        }
-    }
-
     /// Commits everything received, then returns: the shutdown path.
     async fn drain(&mut self, running: Option<JoinHandle<Result<(), WireError>>>) {
         if let Some(handle) = running {
@@ -696,101 +528,4 @@ impl Driver {
             durable_next,
         }
     }
-}
-
-/// The durability rule with the s3 store: every chunk of the batch is stored as a part (the
-/// store checks its SHA-256) and its marker written, with at most
-/// [`crate::store::s3::PARTS_IN_FLIGHT_MIB`] MiB of parts in flight server-wide; then the
-/// chunks are noted in this node's cache. Each stored chunk's bytes are freed from the spool.
-async fn persist_remote(
-    s3: Arc<S3>,
-    remote: crate::store::s3::Remote,
-    store: Arc<Store>,
-    file: Arc<File>,
-    id: UploadId,
-    layout: ChunkLayout,
-    batch: CommitBatch,
-) -> Result<(), WireError> {
-    let started = Instant::now();
-    let mut parts = tokio::task::JoinSet::new();
-    for &(index, digest) in &batch.chunks {
-        let span = layout.span(index);
-        let (s3, remote, file) = (s3.clone(), remote.clone(), file.clone());
-        parts.spawn(async move {
-            let _slot = s3.part_slot(span.len).await?;
-            let spool = file.clone();
-            let body = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut body = vec![0u8; span.len as usize];
-                spool.read_exact_at(&mut body, span.offset).map(|()| body)
-            })
-            .await??;
-            s3.put_part(id, &remote, index.get(), body.into(), &digest)
-                .await?;
-            crate::fsutil::punch_hole(&file, span.offset, span.len);
-            anyhow::Ok(())
-        });
-    }
-    let mut failure = None;
-    // Bounded by the batch: one result per chunk.
-    while let Some(done) = parts.join_next().await {
-        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = result {
-            failure.get_or_insert(e);
-        }
-    }
-    if let Some(e) = failure {
-        return Err(WireError::new(
-            ErrorCode::StorageError,
-            format!("failed to store chunks in the bucket: {e:#}"),
-        ));
-    }
-    // A cache only (listings, the admin view): a loss costs nothing, so no flush.
-    if let Err(e) = store.record_chunks(id, &batch.chunks) {
-        warn!(error = %format!("{e:#}"), "failed to note stored chunks");
-    }
-    metrics()
-        .commit_duration
-        .observe(started.elapsed().as_secs_f64());
-    debug!(chunks = batch.chunks.len(), "stored");
-    Ok(())
-}
-
-/// The durability rule: data synced, then the records, then the flush. Only after this
-/// returns `Ok` may the chunks be acknowledged.
-async fn persist(
-    store: Arc<Store>,
-    file: Arc<File>,
-    id: UploadId,
-    batch: CommitBatch,
-) -> Result<(), WireError> {
-    let started = Instant::now();
-    tokio::task::spawn_blocking(move || file.sync_data())
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| WireError::storage(&e, "failed to sync the staging file"))?;
-    // Writing the database on a full disk would break it (see `Store::close_after_failure`):
-    // stop before, and tell the client to come back.
-    store.check_space().map_err(|e| {
-        WireError::new(
-            ErrorCode::StorageFull,
-            format!("the server's disk is full ({e}); retry later"),
-        )
-    })?;
-    let recorded = match store.record_chunks(id, &batch.chunks) {
-        Ok(()) => store
-            .flush()
-            .await
-            .map_err(|e| WireError::from_error(&e, "failed to flush the database")),
-        Err(e) => Err(WireError::from_error(&e, "failed to record chunks")),
-    };
-    if recorded.is_err() {
-        store.close_after_failure();
-    }
-    recorded?;
-    metrics()
-        .commit_duration
-        .observe(started.elapsed().as_secs_f64());
-    debug!(chunks = batch.chunks.len(), "committed");
-    Ok(())
 }

@@ -1,0 +1,356 @@
+//! One upload in the bucket: created (name reserved, multipart upload begun, manifest written),
+//! its chunks stored as parts with their markers, published (every part checked against a
+//! marker, then completed) or aborted.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use ferry_proto::{ContentHasher, Digest, OnExists};
+
+use super::objects::{b64, code, failed, status};
+use super::{Marker, Markers, PublishError, Remote, S3};
+use crate::store::{RecordState, UploadId, UploadRecord};
+
+impl S3 {
+    /// Reserves a name for a new upload (the first free one for `rename`), starts its multipart
+    /// upload and writes its manifest. Returns the record with `remote` set.
+    pub async fn create(&self, id: UploadId, record: &UploadRecord) -> Result<UploadRecord> {
+        let dir: String = record.dir.iter().map(|c| format!("{c}/")).collect();
+        let mut chosen = None;
+        for n in 0..crate::store::MAX_NUMBERED {
+            let name = match n {
+                0 => record.file_name.clone(),
+                n => ferry_proto::name::numbered(&record.file_name, n),
+            };
+            let path = format!("{dir}{name}");
+            let key = self.owner_key("files", &record.owner, &path);
+            let free = !self.exists(&key).await?
+                && self
+                    .put_if_absent(
+                        &self.owner_key("names", &record.owner, &path),
+                        id.to_string().into_bytes(),
+                    )
+                    .await?;
+            if free {
+                chosen = Some((key, path));
+                break;
+            }
+            if record.on_exists != OnExists::Rename {
+                return Err(crate::store::NameTaken {
+                    name: path,
+                    on_exists: record.on_exists,
+                }
+                .into());
+            }
+        }
+        let Some((key, name)) = chosen else {
+            return Err(crate::store::NameExhausted {
+                name: record.file_name.clone(),
+            }
+            .into());
+        };
+        let started = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| failed(e, format!("failed to start the multipart upload of {key}")));
+        let multipart = match started.map(|s| s.upload_id().map(str::to_owned)) {
+            Ok(Some(multipart)) => multipart,
+            other => {
+                let _ = self
+                    .delete(&self.owner_key("names", &record.owner, &name))
+                    .await;
+                other?;
+                bail!("the store started a multipart upload without an id");
+            }
+        };
+        let mut record = record.clone();
+        record.remote = Some(Remote {
+            key,
+            name,
+            multipart,
+        });
+        if let Err(e) = self.put_manifest(id, &record).await {
+            self.abort(id, &record).await.ok();
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// Stores one chunk as part `index + 1`, with its SHA-256 for the store to check, then its
+    /// marker. Only then is the chunk durable. The caller holds a [`S3::part_slot`].
+    pub async fn put_part(
+        &self,
+        id: UploadId,
+        remote: &Remote,
+        index: u64,
+        body: Bytes,
+        digest: &Digest,
+    ) -> Result<()> {
+        let part = i32::try_from(index + 1).context("part number out of range")?;
+        let stored = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&remote.key)
+            .upload_id(&remote.multipart)
+            .part_number(part)
+            .checksum_sha256(b64(digest))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| failed(e, format!("failed to store part {part} of {}", remote.key)))?;
+        let etag = stored.e_tag().unwrap_or_default().trim_matches('"');
+        // Another node may have stored other bytes for this part before (a takeover while
+        // the old node still received): its markers go, so the last writer's is the one left.
+        let mine = format!("{index:010}.{}.", digest.to_hex());
+        let prefix = format!("{}{index:010}.", self.markers_prefix(id));
+        let others: Vec<String> = self
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !key[self.markers_prefix(id).len()..].starts_with(&mine))
+            .collect();
+        self.delete_all(others).await?;
+        self.put(&self.marker_key(id, index, digest, etag), Vec::new())
+            .await
+    }
+
+    /// Every marker of `id`. Keys that do not parse are ignored (their chunks are re-sent).
+    pub async fn markers(&self, id: UploadId) -> Result<Markers> {
+        let prefix = self.markers_prefix(id);
+        let mut out = Markers::new();
+        for (key, modified) in self.list(&prefix).await? {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let mut fields = rest.split('.');
+            let (Some(index), Some(digest), Some(etag), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let parsed = index.parse::<u64>().ok().zip(Digest::parse(digest).ok());
+            let etag = hex::decode(etag)
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok());
+            if let (Some((index, digest)), Some(etag)) = (parsed, etag) {
+                out.entry(index).or_default().push(Marker {
+                    digest,
+                    etag,
+                    modified,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// ETags of the multipart upload's parts by chunk index; `None` if the store no longer has
+    /// the multipart upload (completed or aborted). A part number can be listed more than
+    /// once: SeaweedFS keeps every upload of a part until completion, and completes with the
+    /// one whose ETag it is given.
+    pub(super) async fn parts(
+        &self,
+        remote: &Remote,
+    ) -> Result<Option<BTreeMap<u64, Vec<String>>>> {
+        let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut pages = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(&remote.key)
+            .upload_id(&remote.multipart)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if code(&e) == Some("NoSuchUpload") || status(&e) == Some(404) => {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(failed(
+                        e,
+                        format!("failed to list the parts of {}", remote.key),
+                    ))
+                }
+            };
+            for part in page.parts() {
+                if let (Some(n), Some(etag)) = (part.part_number(), part.e_tag()) {
+                    if n >= 1 {
+                        let etag = etag.trim_matches('"').to_owned();
+                        out.entry(n as u64 - 1).or_default().push(etag);
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Completes the multipart upload if every part on the store is one whose digest is on
+    /// record and the digests give `claimed`. Two steps, like the local publish: the manifest
+    /// says `Publishing` before the object is completed, `Complete` after. Returns the record
+    /// as completed.
+    pub async fn publish(
+        &self,
+        id: UploadId,
+        record: &UploadRecord,
+        count: u64,
+        claimed: Digest,
+    ) -> Result<UploadRecord, PublishError> {
+        let remote = record.remote.clone().context("upload without a remote")?;
+        let markers = self.markers(id).await?;
+        let parts = match self.parts(&remote).await? {
+            Some(parts) => parts,
+            // A publish that completed the object and stopped before recording it.
+            None if record.state == RecordState::Publishing && self.exists(&remote.key).await? => {
+                return Ok(self.published(id, record, &markers).await?);
+            }
+            None => {
+                return Err(anyhow::anyhow!(
+                    "the store no longer has the multipart upload of {}",
+                    remote.key
+                )
+                .into())
+            }
+        };
+        let mut hasher = ContentHasher::new();
+        let mut chosen = Vec::with_capacity(count as usize);
+        let mut missing = Vec::new();
+        for index in 0..count {
+            // The markers of this chunk whose part the store has. Two with different digests
+            // (two nodes wrote it at the same moment) make it missing: it is sent again.
+            let etags = parts.get(&index).map(Vec::as_slice).unwrap_or_default();
+            let candidates: Vec<&Marker> = markers
+                .get(&index)
+                .into_iter()
+                .flatten()
+                .filter(|m| etags.contains(&m.etag))
+                .collect();
+            let found = match candidates.as_slice() {
+                [first, rest @ ..] if rest.iter().all(|m| m.digest == first.digest) => {
+                    Some((first.etag.clone(), first.digest))
+                }
+                _ => None,
+            };
+            match found {
+                Some((etag, digest)) => {
+                    hasher.push(&digest);
+                    chosen.push((index, etag, digest));
+                }
+                None => missing.push(index),
+            }
+        }
+        if !missing.is_empty() {
+            // Their markers go, so a resume sends them again.
+            let stale: Vec<String> = missing
+                .iter()
+                .flat_map(|i| markers.get(i).into_iter().flatten().map(move |m| (i, m)))
+                .map(|(&i, m)| self.marker_key(id, i, &m.digest, &m.etag))
+                .collect();
+            self.delete_all(stale).await?;
+            let shown: Vec<String> = missing.iter().take(10).map(u64::to_string).collect();
+            return Err(PublishError::Missing(shown.join(", ")));
+        }
+        let actual = hasher.finish();
+        if actual != claimed {
+            return Err(PublishError::Mismatch { actual, claimed });
+        }
+        let mut intent = record.clone();
+        intent.state = RecordState::Publishing;
+        intent.content_hash = Some(claimed.to_hex());
+        intent.final_name = Some(remote.name.clone());
+        self.put_manifest(id, &intent).await?;
+        let completed = chosen
+            .iter()
+            .map(|(index, etag, digest)| {
+                CompletedPart::builder()
+                    .part_number(*index as i32 + 1)
+                    .e_tag(etag)
+                    .checksum_sha256(b64(digest))
+                    .build()
+            })
+            .collect();
+        let done = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&remote.key)
+            .upload_id(&remote.multipart)
+            .if_none_match("*")
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await;
+        match done {
+            Ok(_) => {}
+            Err(e) if code(&e) == Some("PreconditionFailed") || status(&e) == Some(412) => {
+                self.put_manifest(id, record).await?;
+                return Err(PublishError::Taken(remote.key));
+            }
+            Err(e) => return Err(failed(e, format!("failed to complete {}", remote.key)).into()),
+        }
+        Ok(self.published(id, &intent, &markers).await?)
+    }
+
+    /// After the object is complete: the manifest says so; markers and reservation go.
+    pub(super) async fn published(
+        &self,
+        id: UploadId,
+        intent: &UploadRecord,
+        markers: &Markers,
+    ) -> Result<UploadRecord> {
+        let remote = intent.remote.clone().context("upload without a remote")?;
+        let mut done = intent.clone();
+        done.state = RecordState::Complete;
+        done.updated_at = crate::store::unix_now();
+        self.put_manifest(id, &done).await?;
+        let keys = markers
+            .iter()
+            .flat_map(|(i, all)| all.iter().map(move |m| (i, m)))
+            .map(|(&i, m)| self.marker_key(id, i, &m.digest, &m.etag))
+            .collect();
+        self.delete_all(keys).await?;
+        self.delete(&self.owner_key("names", &done.owner, &remote.name))
+            .await?;
+        Ok(done)
+    }
+
+    /// Aborts the multipart upload and deletes the markers, the reservation and the manifest.
+    pub async fn abort(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        if let Some(remote) = &record.remote {
+            match self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&remote.key)
+                .upload_id(&remote.multipart)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if code(&e) == Some("NoSuchUpload") || status(&e) == Some(404) => {}
+                Err(e) => return Err(failed(e, format!("failed to abort {}", remote.key))),
+            }
+            let markers = self.list(&self.markers_prefix(id)).await?;
+            self.delete_all(markers.into_iter().map(|(k, _)| k).collect())
+                .await?;
+            if record.state != RecordState::Complete {
+                self.delete(&self.owner_key("names", &record.owner, &remote.name))
+                    .await?;
+            }
+        }
+        self.delete(&self.manifest_key(id)).await
+    }
+}
