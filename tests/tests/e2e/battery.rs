@@ -589,7 +589,9 @@ async fn stale_upload_expires_and_the_client_starts_afresh() {
     })
     .await;
     assert!(gone, "the sweeper removed the stale upload");
-    assert!(!staged.exists(), "its staged data is gone");
+    // The record goes first (and is synced), then the staging file: wait for both.
+    let deleted = eventually(Duration::from_secs(10), async || !staged.exists()).await;
+    assert!(deleted, "its staged data is gone");
     let resume = |req| Frame::Resume {
         req,
         upload_id: id.clone(),
