@@ -16,7 +16,7 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// content hash (SHA-256 over the chunk digests) in `finish`, `finished`, `dedup`, `deduped`;
 /// 5 added `welcome.service` (the service a resume journal is keyed by), let the server choose
 /// the chunk size (`created.upload.chunk_size` may differ from `create.chunk_size`).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";

@@ -73,6 +73,15 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// Store into this S3 bucket (`--store s3`); `None`: the local data directory.
     pub s3: Option<store::s3::S3Settings>,
+    /// The web listener: the upload page over HTTPS on TCP (`--web-listen`); `None`: off.
+    pub web_listen: Option<SocketAddr>,
+    /// Origins whose pages may open WebTransport sessions (`--web-origin`); empty: the web
+    /// listener's own origin (the host the browser dialled, on the web listener's port).
+    /// `*` allows any.
+    pub web_origins: Vec<String>,
+    /// The web listener's public address as upload links give it (`--web-url`, e.g.
+    /// `https://files.example.com:8443`).
+    pub web_url: Option<String>,
 }
 
 impl Config {
@@ -108,6 +117,9 @@ impl Config {
             hook_concurrency: 2,
             hook_timeout: Duration::from_secs(300),
             s3: None,
+            web_listen: None,
+            web_origins: Vec::new(),
+            web_url: None,
         }
     }
 

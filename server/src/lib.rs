@@ -6,11 +6,12 @@
 mod admin;
 mod cluster;
 mod config;
-mod conn;
+pub(crate) mod conn;
 mod driver;
 mod fsutil;
 mod guard;
 pub mod hooks;
+pub mod links;
 pub mod metrics;
 mod outbox;
 pub mod store;
@@ -19,6 +20,7 @@ pub mod tls;
 pub mod tokens;
 mod transport;
 mod verify;
+mod web;
 mod wire;
 
 use std::future::Future;
@@ -47,10 +49,10 @@ pub(crate) struct Shared {
     notices: tokio::sync::broadcast::Sender<String>,
     store: Arc<Store>,
     tokens: Tokens,
-    /// Logged-in connections by connection id, with the hash of the token each used, so a
-    /// revoked token's connections can be closed. At most `max_connections` entries: a
+    /// Logged-in connections by connection id, with the token (its hash) or upload link each
+    /// used, so a revoked one's connections can be closed. At most `max_connections` entries: a
     /// connection is added after `welcome` and removed when it ends.
-    live: std::sync::Mutex<std::collections::HashMap<u64, ([u8; 32], quinn::Connection)>>,
+    live: std::sync::Mutex<std::collections::HashMap<u64, (conn::Credential, conn::peer::Peer)>>,
     registry: Arc<driver::Registry>,
     limiter: Arc<guard::ConnLimiter>,
     pending: Arc<guard::PendingPool>,
@@ -67,6 +69,13 @@ pub(crate) struct Shared {
     service: String,
     /// With `--store s3`: when the tokens were last fetched on demand (an unknown token).
     tokens_fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The short-lived certificates browsers accept by hash: with the web listener and the
+    /// self-signed identity only.
+    browser_certs: Option<Arc<web::certs::BrowserCerts>>,
+    /// The UDP port the endpoint is bound to (the pages' session port, `Alt-Svc`).
+    quic_port: u16,
+    /// The TCP port the web listener is bound to, if it is on.
+    web_port: Option<u16>,
 }
 
 /// Where the operator's notice is kept, in the data directory.
@@ -130,6 +139,8 @@ pub struct Server {
     report: OpenReport,
     /// The admin listener, bound (`--admin-listen`).
     admin: Option<std::net::TcpListener>,
+    /// The web listener, bound (`--web-listen`), and its TLS configuration.
+    web: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Server {
@@ -146,6 +157,15 @@ impl Server {
             Some(addr) => {
                 let listener = std::net::TcpListener::bind(addr)
                     .with_context(|| format!("failed to bind the admin listener {addr}"))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let web_listener = match config.web_listen {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("failed to bind the web listener {addr}"))?;
                 listener.set_nonblocking(true)?;
                 Some(listener)
             }
@@ -199,7 +219,18 @@ impl Server {
             }
         };
         let fingerprint = identity.fingerprint();
-        let crypto = tls::server_crypto(identity)?;
+        let browser_certs = match (&web_listener, &config.cert) {
+            (Some(_), None) => Some(Arc::new(web::certs::BrowserCerts::open(
+                dir,
+                tls::names(config.listen),
+            )?)),
+            _ => None,
+        };
+        let web = match web_listener {
+            Some(listener) => Some((listener, tls::web_crypto(&identity)?)),
+            None => None,
+        };
+        let crypto = tls::server_crypto(identity, browser_certs.clone())?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport::server(&config)?));
         let (reset_key, cid_key) = tls::reset_keys(dir)?;
@@ -236,6 +267,12 @@ impl Server {
             s3,
             service,
             tokens_fetched: Default::default(),
+            browser_certs,
+            quic_port: endpoint.local_addr()?.port(),
+            web_port: web
+                .as_ref()
+                .and_then(|(l, _)| l.local_addr().ok())
+                .map(|a| a.port()),
             config,
         });
         Ok(Self {
@@ -244,6 +281,7 @@ impl Server {
             fingerprint,
             report,
             admin,
+            web,
         })
     }
 
@@ -259,6 +297,11 @@ impl Server {
     /// Where the admin listener listens, if it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the web listener listens, if it is on.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// `sha256:<hex>` of the certificate the server presents.
@@ -292,6 +335,22 @@ impl Server {
             }
             None => None,
         };
+        let web = match self.web {
+            Some((listener, tls)) => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                Some(tokio::spawn(web::listener::serve(
+                    listener,
+                    tls,
+                    self.shared.clone(),
+                )))
+            }
+            None => None,
+        };
+        let rotation = self
+            .shared
+            .browser_certs
+            .clone()
+            .map(|certs| tokio::spawn(web::certs::rotate_forever(certs)));
         if let Some(verifier) = &self.shared.verifier {
             tokio::spawn(verifier.clone().run(self.shared.config.verify_rate));
         }
@@ -326,6 +385,9 @@ impl Server {
         }
         if let Some(admin) = admin {
             admin.abort();
+        }
+        for task in [web, rotation].into_iter().flatten() {
+            task.abort();
         }
         // A hook still running is killed; its job stays queued and runs at the next start.
         if let Some(hooks) = hooks {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::ErrorCode;
-use quinn::VarInt;
 use tracing::{info, warn};
 
+use crate::conn::Credential;
 use crate::{store, Shared, Tokens};
 
 /// Tombstones of expired uploads are kept this long, for a clear error on resume.
@@ -52,33 +52,41 @@ pub(crate) async fn sweep_forever(shared: Arc<Shared>) {
 /// How often the tokens file is looked at for revocations.
 const TOKENS_POLL: Duration = Duration::from_millis(100);
 
-/// Watches the tokens file (every [`TOKENS_POLL`]) and closes, within that time, every live
-/// connection whose token is no longer in it (`token_revoked`). New connections always read
-/// the file, so added tokens work at once without this.
+/// Watches the tokens and links files (every [`TOKENS_POLL`]) and closes, within that time,
+/// every live connection whose token or upload link is no longer in them (`token_revoked`).
+/// New connections always read the files, so added ones work at once without this. (An
+/// upload link that expires while a session lives keeps the session; its next `create` is
+/// refused.)
 pub(crate) async fn revoke_forever(shared: Arc<Shared>) {
-    let mut seen = shared.tokens.snapshot();
+    let links = crate::links::Links::new(&shared.config.data_dir);
+    let snapshot = || {
+        let links = std::fs::read(shared.config.data_dir.join("links")).unwrap_or_default();
+        (shared.tokens.snapshot(), links)
+    };
+    let mut seen = snapshot();
     loop {
         tokio::time::sleep(TOKENS_POLL).await;
-        let now = shared.tokens.snapshot();
+        let now = snapshot();
         if now == seen {
             continue;
         }
         seen = now;
-        let entries = match shared.tokens.entries() {
-            Ok(entries) => entries,
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "tokens file changed but is invalid; live connections kept");
+        let (tokens, links) = match (shared.tokens.entries(), links.entries()) {
+            (Ok(tokens), Ok(links)) => (tokens, links),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %format!("{e:#}"), "tokens or links file changed but is invalid; live connections kept");
                 continue;
             }
         };
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        for (conn, (hash, connection)) in live.iter() {
-            if Tokens::find(&entries, hash).is_none() {
-                info!(conn, "token revoked; closing its connection");
-                connection.close(
-                    VarInt::from_u32(ErrorCode::TokenRevoked.quic_code()),
-                    b"token revoked",
-                );
+        for (conn, (credential, connection)) in live.iter() {
+            let valid = match credential {
+                Credential::Token(hash) => Tokens::find(&tokens, hash).is_some(),
+                Credential::Link(id) => links.iter().any(|l| &l.id == id),
+            };
+            if !valid {
+                info!(conn, "token or upload link revoked; closing its connection");
+                connection.close(ErrorCode::TokenRevoked, "token revoked");
             }
         }
     }

@@ -28,16 +28,7 @@ impl Identity {
         if generated {
             crate::fsutil::create_dir_durable(&dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
-            let mut names = vec!["localhost".to_owned()];
-            if let Ok(host) = gethostname::gethostname().into_string() {
-                if !host.is_empty() && host != "localhost" {
-                    names.push(host);
-                }
-            }
-            if !listen.ip().is_unspecified() {
-                names.push(listen.ip().to_string());
-            }
-            let certified = rcgen::generate_simple_self_signed(names)
+            let certified = rcgen::generate_simple_self_signed(names(listen))
                 .context("failed to generate a certificate")?;
             crate::fsutil::write_private(
                 &key_path,
@@ -67,6 +58,26 @@ impl Identity {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.certs[0])
     }
+}
+
+/// The names a generated certificate carries: `localhost`, the host name, the listen IP.
+pub(crate) fn names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned()];
+    if let Some(host) = host_name().filter(|h| h != "localhost") {
+        names.push(host);
+    }
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    names
+}
+
+/// This machine's host name, if it has one.
+pub fn host_name() -> Option<String> {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
 }
 
 /// `sha256:<hex>` of a certificate's DER bytes; what clients pin.
@@ -123,16 +134,38 @@ pub fn reset_keys(data_dir: &Path) -> Result<(Arc<ring::hmac::Key>, u64)> {
     ))
 }
 
-/// rustls server configuration: TLS 1.3 only, ring, ALPN `ferry/1`.
-pub fn server_crypto(identity: Identity) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+/// rustls server configuration for the QUIC port: TLS 1.3 only, ring, ALPN `ferry/1` (Ferry's
+/// client) and `h3` (browsers, WebTransport). Browsers get the short-lived browser certificate
+/// when there is one (`web::certs`), everyone else `identity`.
+pub(crate) fn server_crypto(
+    identity: Identity,
+    browser: Option<Arc<crate::web::certs::BrowserCerts>>,
+) -> Result<quinn::crypto::rustls::QuicServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = crate::web::certs::Resolver {
+        identity: crate::web::certs::certified(identity.certs, identity.key)?,
+        browser,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 is not available")?
         .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)
-        .context("the certificate and key do not fit together")?;
-    config.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ferry_proto::ALPN.to_vec(), crate::web::H3_ALPN.to_vec()];
     quinn::crypto::rustls::QuicServerConfig::try_from(config)
         .context("TLS configuration unusable for QUIC")
+}
+
+/// rustls server configuration for the web listener (HTTPS on TCP): the server's identity,
+/// TLS 1.2 and 1.3, HTTP/1.1.
+pub(crate) fn web_crypto(identity: &Identity) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS is not available")?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
+        .context("the certificate and key do not fit together")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

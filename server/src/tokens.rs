@@ -145,7 +145,7 @@ pub fn hash(token: &str) -> [u8; 32] {
 }
 
 /// Token names become directory names under `files/`, so they are kept plain.
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')

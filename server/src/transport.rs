@@ -35,10 +35,12 @@ pub fn server(config: &crate::Config) -> Result<TransportConfig> {
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
     });
     VarInt::from_u64(config.max_streams).context("max_streams too large")?;
-    // Before login: the control stream only, and 128 KiB of credit in all. `conn::serve`
-    // raises both at `welcome` (chunk streams to `max_streams`, the window to 32 MiB).
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    // Before login: the control stream (for a browser also the CONNECT request and HTTP/3's
+    // own three unidirectional streams, which it needs at the handshake), and 128 KiB of
+    // credit in all. `conn::serve` raises both at `welcome` (chunk streams to `max_streams`,
+    // the window to 32 MiB); no stream is read before then but the ones named here.
+    t.max_concurrent_uni_streams(VarInt::from_u64(crate::web::H3_UNI_STREAMS).expect("small"));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(2));
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(PRELOGIN_WINDOW));
     t.send_window(4 << 20);

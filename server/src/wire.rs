@@ -1,10 +1,11 @@
-//! Reading and writing frames on QUIC streams: exact reads, the length checked before the
+//! Reading and writing frames on the protocol's streams (plain QUIC or WebTransport): exact reads, the length checked before the
 //! body is read, and a bound on how long a frame may take once it has started.
 
 use std::time::Duration;
 
 use ferry_proto::{ErrorCode, Frame, FrameError};
-use quinn::{ReadExactError, RecvStream, SendStream};
+
+use crate::conn::peer::{ExactError, Recv, Send};
 
 /// Why a frame could not be read.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ impl ReadError {
 /// wait for the frame's first byte is unbounded (a control stream may be quiet between
 /// requests); every other byte must arrive within `stall` of the first.
 pub async fn read_frame(
-    recv: &mut RecvStream,
+    recv: &mut Recv,
     stall: Duration,
     idle_first: bool,
 ) -> Result<Option<Frame>, ReadError> {
@@ -52,7 +53,7 @@ pub async fn read_frame(
 
 /// Like [`read_frame`], with the number of stream bytes the frame took.
 pub async fn read_frame_sized(
-    recv: &mut RecvStream,
+    recv: &mut Recv,
     stall: Duration,
     idle_first: bool,
 ) -> Result<Option<(Frame, u64)>, ReadError> {
@@ -68,9 +69,9 @@ pub async fn read_frame_sized(
     let rest = async {
         match recv.read_exact(&mut prefix[start..]).await {
             Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(0)) if start == 0 => return Ok(None),
-            Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
-            Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+            Err(ExactError::Finished(0)) if start == 0 => return Ok(None),
+            Err(ExactError::Finished(_)) => return Err(ReadError::Truncated),
+            Err(ExactError::Gone) => return Err(ReadError::Gone),
         }
         let len = Frame::peek_len(&prefix)
             .map_err(ReadError::Frame)?
@@ -78,8 +79,8 @@ pub async fn read_frame_sized(
         let mut body = vec![0u8; len];
         match recv.read_exact(&mut body).await {
             Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(_)) => return Err(ReadError::Truncated),
-            Err(ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+            Err(ExactError::Finished(_)) => return Err(ReadError::Truncated),
+            Err(ExactError::Gone) => return Err(ReadError::Gone),
         }
         Frame::decode_body(&body)
             .map(|frame| Some((frame, 4 + len as u64)))
@@ -93,7 +94,7 @@ pub async fn read_frame_sized(
 /// Writes one frame. A frame over the limit is never sent (the peer would have to refuse it):
 /// an `internal` error goes in its place, and the bug is logged. Every reply that can grow is
 /// paged to stay far below the limit, so this is a last line of defence.
-pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
+pub async fn write_frame(send: &mut Send, frame: &Frame) -> Result<(), ()> {
     let bytes = frame.to_wire().unwrap_or_else(|e| {
         tracing::error!(kind = frame.kind(), error = %e, "refused to send an oversized frame");
         let error = Frame::Error {

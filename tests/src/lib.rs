@@ -2,10 +2,12 @@
 //! data directory, clients pinned to its certificate, seeded random files, and helpers to run
 //! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
 
+pub mod browser;
 pub mod powercut;
 pub mod raw;
 pub mod relay;
 pub mod stage;
+pub mod web;
 pub mod weed;
 
 use std::io::{BufRead, BufReader};
@@ -25,6 +27,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub alice: String,
     pub bob: String,
+    /// The web listener, when the configuration has one.
+    pub web: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -57,6 +61,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let addr = server.local_addr().unwrap();
         let fingerprint = server.fingerprint().to_owned();
+        let web = server.web_addr();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
@@ -66,6 +71,7 @@ impl TestServer {
             dir,
             alice: String::new(),
             bob: String::new(),
+            web,
             stop: Some(stop),
             task: Some(task),
         }
@@ -190,6 +196,10 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub log: PathBuf,
+    /// The admin listener, if started with one.
+    pub admin: Option<SocketAddr>,
+    /// The web listener, if started with one.
+    pub web: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -223,14 +233,27 @@ impl ServerProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 use std::io::Write;
                 let _ = writeln!(log_file, "{line}");
-                if let Some(rest) = line.strip_prefix("ferryd: listening on ") {
-                    let _ = tx.send(rest.to_owned());
+                if line.starts_with("ferryd: ") {
+                    let _ = tx.send(line);
                 }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ferryd prints its address within 60 s");
+        let (mut admin, mut web) = (None, None);
+        let line = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("ferryd prints its address within 60 s");
+            let addr_after = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.split([' ', '/']).next())
+                    .and_then(|a| a.parse().ok())
+            };
+            if let Some(rest) = line.strip_prefix("ferryd: listening on ") {
+                break rest.to_owned();
+            }
+            admin = admin.or(addr_after("ferryd: admin listener on http://"));
+            web = web.or(addr_after("ferryd: upload page on https://"));
+        };
         let (addr, rest) = line.split_once(' ').unwrap();
         let fingerprint = rest
             .trim_start_matches("(certificate ")
@@ -241,6 +264,8 @@ impl ServerProcess {
             addr: addr.parse().unwrap(),
             fingerprint,
             log,
+            admin,
+            web,
         }
     }
 

@@ -45,6 +45,7 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             dedup: false,
             stamp: None,
             remote: None,
+            link: None,
         };
         let id = store.create(&record).expect("create");
         let layout = record.layout().unwrap();

@@ -54,6 +54,7 @@ impl Conn {
             dedup: false,
             stamp: None,
             remote: None,
+            link: self.link.as_ref().map(|l| l.id.clone()),
         };
         if on_exists != OnExists::Rename && self.shared.store.name_taken(&record) {
             return Err(name_taken(&record));
@@ -110,6 +111,64 @@ impl Conn {
             "on-create hook refused an upload"
         );
         Err(WireError::new(ErrorCode::Refused, message))
+    }
+
+    /// An upload link's bounds allow one more file of `size` bytes: counted now (given back if
+    /// the create fails or the upload is aborted). Called under the owner's lock.
+    pub(super) fn take_from_link(&self, size: u64) -> Result<(), WireError> {
+        let Some(link) = &self.link else {
+            return Ok(());
+        };
+        // The link as it is now: revoked or expired since this session logged in.
+        let now = crate::store::unix_now();
+        let current = crate::links::Links::new(&self.shared.config.data_dir)
+            .get(&link.id)
+            .map_err(|e| storage(&e, "failed to read the upload links"))?;
+        let Some(link) = current.filter(|l| !l.expired(now)) else {
+            return Err(WireError::new(
+                ErrorCode::Unauthorized,
+                "this upload link was revoked or has expired",
+            ));
+        };
+        let store = &self.shared.store;
+        let (files, bytes) = store
+            .link_usage(&link.id)
+            .map_err(|e| storage(&e, "failed to read the link's usage"))?;
+        if link.max_files > 0 && files >= link.max_files {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this upload link allows {} files, and {files} were sent",
+                    link.max_files
+                ),
+            ));
+        }
+        if link.max_size > 0 && bytes.saturating_add(size) > link.max_size {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this upload link allows {} bytes in all; {bytes} were sent and this file has {size}",
+                    link.max_size
+                ),
+            ));
+        }
+        store
+            .add_link_usage(&link.id, 1, size as i64)
+            .map_err(|e| storage(&e, "failed to count the link's usage"))
+    }
+
+    /// Gives back what `take_from_link` counted for an upload that will not be (created or
+    /// kept).
+    pub(super) fn give_back_to_link(&self, record: &UploadRecord) {
+        if let Some(id) = &record.link {
+            if let Err(e) = self
+                .shared
+                .store
+                .add_link_usage(id, -1, -(record.size as i64))
+            {
+                warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
+            }
+        }
     }
 
     /// Uploads in progress and the quota, checked before a new upload is created.

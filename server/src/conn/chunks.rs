@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{ChunkHeader, ChunkIndex, ChunkSet, Digest, ErrorCode, Frame, Span, MAX_FRAME};
-use quinn::{RecvStream, VarInt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Msg, Verdict, WireError};
 use crate::wire::{read_frame_sized, ReadError};
 
+use super::peer::Recv;
 use super::{internal, Conn};
 
 /// Paths with a smoothed RTT from this on read chunk streams out of order (loopback stays far
@@ -24,13 +24,13 @@ const UNORDERED_FROM_RTT: Duration = Duration::from_millis(20);
 const READ_BUF: usize = 256 * 1024;
 
 pub(super) async fn accept_chunk_streams(conn: Arc<Conn>) {
-    while let Ok(recv) = conn.connection.accept_uni().await {
+    while let Some(recv) = conn.peer.accept_uni().await {
         tokio::spawn(chunk_stream(conn.clone(), recv));
     }
 }
 
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
-async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
+async fn chunk_stream(conn: Arc<Conn>, mut recv: Recv) {
     let stall = conn.shared.config.stream_timeout;
     let (upload_id, index, size, header_len) = match read_frame_sized(&mut recv, stall, false).await
     {
@@ -53,7 +53,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
                 code: ErrorCode::UnexpectedFrame,
                 message,
             });
-            let _ = recv.stop(VarInt::from_u32(ErrorCode::UnexpectedFrame.quic_code()));
+            recv.stop(ErrorCode::UnexpectedFrame.quic_code());
             return;
         }
         Err(e) => {
@@ -63,7 +63,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
                     code,
                     message,
                 });
-                let _ = recv.stop(VarInt::from_u32(code.quic_code()));
+                recv.stop(code.quic_code());
             }
             return;
         }
@@ -71,13 +71,13 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     let verdict = match header_verdict(&conn, &upload_id, index, size).await {
         Ok(v) => v,
         Err(error) => {
-            let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
+            recv.stop(error.code.quic_code());
             return conn.reject(&upload_id, index, error);
         }
     };
     let (driver, index, span, file, mut takeover) = match verdict {
         (_, Verdict::Skip) => {
-            let _ = recv.stop(VarInt::from_u32(0));
+            recv.stop(0);
             return;
         }
         (
@@ -96,7 +96,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
     let at = Placement {
         span,
         payload_start: header_len,
-        ordered: conn.connection.rtt() < UNORDERED_FROM_RTT,
+        ordered: !conn.peer.unordered_reads() || conn.peer.rtt() < UNORDERED_FROM_RTT,
     };
     let outcome = match receive(&mut recv, &file, at, stall, &mut takeover).await {
         Ok((digest, tail)) => match trailer(&tail, index) {
@@ -112,7 +112,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: RecvStream) {
         },
         Err(Fail::Abandoned) => Msg::Abandoned { index },
         Err(Fail::Stop(error)) => {
-            let _ = recv.stop(VarInt::from_u32(error.code.quic_code()));
+            recv.stop(error.code.quic_code());
             Msg::Failed { index, error }
         }
     };
@@ -147,7 +147,7 @@ struct Placement {
 /// bytes after the payload (the `chunk_end` frame, at most one frame's worth). Hashing and
 /// writing run in the blocking pool, in batches of up to `READ_BUF` bytes.
 async fn receive(
-    recv: &mut RecvStream,
+    recv: &mut Recv,
     file: &Arc<std::fs::File>,
     at: Placement,
     stall: Duration,
@@ -179,7 +179,7 @@ async fn receive(
             let read = tokio::select! {
                 read = tokio::time::timeout(stall, recv.read(&mut inbuf[batched..batched + room])) => read,
                 _ = takeover.changed() => {
-                    let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
+                    recv.stop(ErrorCode::TakenOver.quic_code());
                     return Err(Fail::Abandoned);
                 }
             };
@@ -198,7 +198,7 @@ async fn receive(
             let read = tokio::select! {
                 read = tokio::time::timeout(stall, recv.read_chunk(READ_BUF, ordered)) => read,
                 _ = takeover.changed() => {
-                    let _ = recv.stop(VarInt::from_u32(ErrorCode::TakenOver.quic_code()));
+                    recv.stop(ErrorCode::TakenOver.quic_code());
                     return Err(Fail::Abandoned);
                 }
             };

@@ -5,6 +5,7 @@
 mod admission;
 mod chunks;
 mod dedup;
+pub(crate) mod peer;
 mod requests;
 
 use std::collections::HashSet;
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
-use quinn::VarInt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -25,13 +25,17 @@ use crate::store::UploadId;
 use crate::transport::CONNECTION_WINDOW;
 use crate::wire::{read_frame, write_frame};
 use crate::Shared;
+use peer::{Peer, Send};
 
 /// State of one authenticated connection.
 struct Conn {
     shared: Arc<Shared>,
-    connection: quinn::Connection,
+    peer: Peer,
     id: u64,
     owner: String,
+    /// The upload link this connection logged in with, if not a token: it sees and makes only
+    /// that link's uploads, within its bounds.
+    link: Option<crate::links::Link>,
     /// Frames for the control stream, written in order by one writer task; bounded.
     events: Outbox,
     /// Uploads this connection created or resumed; detached when it closes.
@@ -72,13 +76,32 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         Err(_) => return debug!("handshake timed out or evicted"),
     };
     let remote = connection.remote_address();
-    let streams = step(deadline, &evicted, connection.accept_bi()).await;
+    // A browser (ALPN `h3`) first opens a WebTransport session; the protocol runs inside it.
+    let peer = if crate::web::is_h3(&connection) {
+        match step(
+            deadline,
+            &evicted,
+            crate::web::session(&shared, &connection),
+        )
+        .await
+        {
+            Ok(Some(session)) => Peer::Web(Box::new(session), connection),
+            Ok(None) => return,
+            Err(stop) => {
+                let (code, reason) = stop.close(config.handshake_timeout);
+                return Peer::Quic(connection).close(code, &reason);
+            }
+        }
+    } else {
+        Peer::Quic(connection)
+    };
+    let streams = step(deadline, &evicted, peer.accept_bi()).await;
     let (mut send, mut recv) = match streams {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(_)) => return,
+        Ok(Some(streams)) => streams,
+        Ok(None) => return,
         Err(stop) => {
             let (code, reason) = stop.close(config.handshake_timeout);
-            return connection.close(VarInt::from_u32(code.quic_code()), reason.as_bytes());
+            return peer.close(code, &reason);
         }
     };
     // The whole frame must arrive by the deadline, and only the deadline decides: the read's
@@ -91,52 +114,46 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         &evicted,
         read_frame(&mut recv, past_deadline, false),
     );
-    let (owner, token_hash) = match hello.await {
+    let (owner, credential, link) = match hello.await {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
-                return refuse(&connection, send, ErrorCode::UnsupportedVersion, &msg).await;
+                return refuse(&peer, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
-            let mut verified = shared.tokens.verify(&token);
-            // With the s3 store a token added on another node may not be mirrored here yet.
-            if matches!(verified, Ok(None)) && crate::cluster::fetch_tokens_now(&shared).await {
-                verified = shared.tokens.verify(&token);
-            }
-            match verified {
-                Ok(Some(owner)) => (owner, crate::tokens::hash(&token)),
-                Ok(None) => {
+            match login(&shared, &token).await {
+                Ok(Ok(login)) => login,
+                Ok(Err(what)) => {
                     // Each failure from the same address waits longer before its answer; the
                     // wait still holds a place in the login budget, so it can be evicted.
                     let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
-                    info!(%remote, delay_ms = delay.as_millis() as u64, "refused an unknown token");
+                    info!(%remote, delay_ms = delay.as_millis() as u64, what, "refused a login");
                     crate::metrics::metrics().auth_failures.inc();
                     let far = Instant::now() + delay + Duration::from_secs(1);
                     let _ = step(far, &evicted, tokio::time::sleep(delay)).await;
-                    return refuse(&connection, send, ErrorCode::Unauthorized, "unknown token")
-                        .await;
+                    return refuse(&peer, send, ErrorCode::Unauthorized, what).await;
                 }
                 Err(e) => {
-                    warn!(error = %format!("{e:#}"), "cannot read tokens");
+                    warn!(error = %format!("{e:#}"), "cannot read tokens or links");
                     let message = "server cannot check tokens";
-                    return refuse(&connection, send, ErrorCode::Internal, message).await;
+                    return refuse(&peer, send, ErrorCode::Internal, message).await;
                 }
             }
         }
         Ok(Ok(Some(other))) => {
             let msg = format!("expected hello, got {}", other.kind());
-            return refuse(&connection, send, ErrorCode::NotAuthenticated, &msg).await;
+            return refuse(&peer, send, ErrorCode::NotAuthenticated, &msg).await;
         }
         Ok(Err(e)) => match e.code() {
-            Some((code, msg)) => return refuse(&connection, send, code, &msg).await,
+            Some((code, msg)) => return refuse(&peer, send, code, &msg).await,
             None => return,
         },
         Ok(Ok(None)) => {
             let msg = "the control stream ended before hello";
-            return refuse(&connection, send, ErrorCode::NotAuthenticated, msg).await;
+            return refuse(&peer, send, ErrorCode::NotAuthenticated, msg).await;
         }
         Err(stop) => {
             let (code, reason) = stop.close(config.handshake_timeout);
-            return refuse(&connection, send, code, &reason).await;
+            return refuse(&peer, send, code, &reason).await;
         }
     };
     drop(pending);
@@ -144,14 +161,20 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         Ok(slot) => slot,
         Err(message) => {
             info!(%remote, message, "refused: too many connections");
-            return refuse(&connection, send, ErrorCode::TooManyConnections, &message).await;
+            return refuse(&peer, send, ErrorCode::TooManyConnections, &message).await;
         }
     };
-    // Logged in: the credit a client needs to upload.
-    connection.set_max_concurrent_uni_streams(
-        VarInt::from_u64(config.max_streams).unwrap_or(VarInt::MAX),
+    // Logged in: the credit a client needs to upload (for a browser, on top of the three
+    // streams HTTP/3 keeps open for itself).
+    let housekeeping = match peer {
+        Peer::Quic(_) => 0,
+        Peer::Web(..) => crate::web::H3_UNI_STREAMS,
+    };
+    let quic = peer.quic();
+    quic.set_max_concurrent_uni_streams(
+        quinn::VarInt::from_u64(config.max_streams + housekeeping).unwrap_or(quinn::VarInt::MAX),
     );
-    connection.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    quic.set_receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
@@ -165,7 +188,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     }
     tracing::Span::current().record("owner", owner.as_str());
     info!(%remote, owner, conn = id, "connected");
-    let _live = Live::register(&shared, id, token_hash, &connection);
+    let _live = Live::register(&shared, id, credential, &peer);
 
     let (events, drain) = Outbox::new();
     let Drain { mut frames, full } = drain;
@@ -175,15 +198,15 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
                 break;
             }
         }
-        let _ = send.finish();
         // Give the peer a moment to read the last frames (an error) before the close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        send.finish(Duration::from_secs(2)).await;
     });
     let conn = Arc::new(Conn {
         shared,
-        connection: connection.clone(),
+        peer: peer.clone(),
         id,
         owner,
+        link,
         events,
         attached: Default::default(),
     });
@@ -229,9 +252,9 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     chunk_streams.abort();
     notices.abort();
     conn.detach_all();
-    let reason = match (&close, connection.close_reason()) {
+    let reason = match (&close, peer.close_reason()) {
         (Some((code, message)), _) => format!("{code}: {message}"),
-        (None, Some(why)) => why.to_string(),
+        (None, Some(why)) => why,
         (None, None) => "the client ended the control stream".to_owned(),
     };
     info!(conn = id, reason, "disconnected");
@@ -248,7 +271,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         } else {
             let _ = writer.await;
         }
-        connection.close(VarInt::from_u32(code.quic_code()), message.as_bytes());
+        peer.close(code, &message);
     } else {
         drop(conn);
         let _ = writer.await;
@@ -272,6 +295,46 @@ impl Stop {
     }
 }
 
+/// What a connection logged in with, for the watch that closes revoked ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// The SHA-256 of a token.
+    Token([u8; 32]),
+    /// The id of an upload link.
+    Link(String),
+}
+
+/// Who `hello`'s token is: a token's owner, or an upload link (a grant, `fl_…`) and its owner.
+/// `Ok(Err(message))` for an unknown token or link, or a link that expired.
+async fn login(
+    shared: &Shared,
+    token: &str,
+) -> anyhow::Result<Result<(String, Credential, Option<crate::links::Link>), &'static str>> {
+    if token.starts_with(crate::links::GRANT_PREFIX) {
+        let link = crate::links::Links::new(&shared.config.data_dir).find(token)?;
+        return Ok(match link {
+            Some(link) if link.expired(crate::store::unix_now()) => {
+                Err("this upload link has expired")
+            }
+            Some(link) => Ok((
+                link.owner.clone(),
+                Credential::Link(link.id.clone()),
+                Some(link),
+            )),
+            None => Err("unknown or revoked upload link"),
+        });
+    }
+    let mut verified = shared.tokens.verify(token)?;
+    // With the s3 store a token added on another node may not be mirrored here yet.
+    if verified.is_none() && crate::cluster::fetch_tokens_now(shared).await {
+        verified = shared.tokens.verify(token)?;
+    }
+    Ok(match verified {
+        Some(owner) => Ok((owner, Credential::Token(crate::tokens::hash(token)), None)),
+        None => Err("unknown token"),
+    })
+}
+
 /// A logged-in connection's entry in `Shared::live`, removed on drop.
 struct Live {
     shared: Arc<Shared>,
@@ -279,14 +342,9 @@ struct Live {
 }
 
 impl Live {
-    fn register(
-        shared: &Arc<Shared>,
-        id: u64,
-        token: [u8; 32],
-        connection: &quinn::Connection,
-    ) -> Self {
+    fn register(shared: &Arc<Shared>, id: u64, credential: Credential, peer: &Peer) -> Self {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(id, (token, connection.clone()));
+        live.insert(id, (credential, peer.clone()));
         crate::metrics::metrics().connections_active.inc();
         Self {
             shared: shared.clone(),
@@ -304,22 +362,16 @@ impl Drop for Live {
 }
 
 /// Sends an error frame on the control stream, then closes the connection with its code.
-async fn refuse(
-    connection: &quinn::Connection,
-    mut send: quinn::SendStream,
-    code: ErrorCode,
-    message: &str,
-) {
+async fn refuse(peer: &Peer, mut send: Send, code: ErrorCode, message: &str) {
     let frame = Frame::Error {
         req: None,
         code,
         message: message.to_owned(),
     };
     if write_frame(&mut send, &frame).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        send.finish(Duration::from_secs(2)).await;
     }
-    connection.close(VarInt::from_u32(code.quic_code()), message.as_bytes());
+    peer.close(code, message);
 }
 
 pub(super) fn internal(e: impl ToString) -> WireError {

@@ -54,6 +54,13 @@ impl Conn {
                     .await
                     .map(|upload| Frame::Created { req, upload }),
             ),
+            Frame::Dedup { req, .. } | Frame::Mkdir { req, .. } | Frame::List { req, .. }
+                if self.link.is_some() =>
+            {
+                let message =
+                    "an upload link can only create, resume, finish and abort its own uploads";
+                (req, Err(WireError::new(ErrorCode::Refused, message)))
+            }
             Frame::Dedup {
                 req,
                 file_name,
@@ -152,20 +159,31 @@ impl Conn {
         // Check and reserve in one step per owner: concurrent creates queue here.
         let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, true)?;
+        self.take_from_link(size)?;
         if let Some(s3) = &self.shared.s3 {
-            return self.create_remote(s3.clone(), record).await;
+            let created = self.create_remote(s3.clone(), record.clone()).await;
+            if created.is_err() {
+                self.give_back_to_link(&record);
+            }
+            return created;
         }
         let store = self.shared.store.clone();
         let stored = record.clone();
-        let id = tokio::task::spawn_blocking(move || store.create(&stored))
+        let created = tokio::task::spawn_blocking(move || store.create(&stored))
             .await
-            .map_err(internal)?
-            .map_err(|e| match e.downcast_ref::<crate::store::NoSpace>() {
-                Some(no_space) => {
-                    WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
-                }
-                None => storage(&e, "failed to create the upload"),
-            })?;
+            .map_err(internal)
+            .and_then(|created| {
+                created.map_err(|e| match e.downcast_ref::<crate::store::NoSpace>() {
+                    Some(no_space) => {
+                        WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
+                    }
+                    None => storage(&e, "failed to create the upload"),
+                })
+            });
+        if created.is_err() {
+            self.give_back_to_link(&record);
+        }
+        let id = created?;
         info!(upload = %id, name = record.file_name, size, chunk_size, "created");
         crate::metrics::metrics().uploads_created.inc();
         self.attach(id, record, 0).await
@@ -373,11 +391,13 @@ impl Conn {
                 "the upload is complete; it cannot be aborted",
             ));
         }
-        let driver = self.driver(id, record).await?;
+        let driver = self.driver(id, record.clone()).await?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Abort { reply });
         rx.await
-            .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))?
+            .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))??;
+        self.give_back_to_link(&record);
+        Ok(())
     }
 
     /// One page of the owner's uploads, oldest first, from after `cursor`; with the cursor of
@@ -472,8 +492,14 @@ impl Conn {
     pub(super) fn owned(&self, raw_id: &str) -> Result<(UploadId, UploadRecord), WireError> {
         let not_found = || WireError::new(ErrorCode::NotFound, format!("no upload {raw_id:.40}"));
         let id = UploadId::parse(raw_id).ok_or_else(not_found)?;
+        // A link's session sees only the uploads made through that link; a token's, all of
+        // its owner's.
+        let link = self.link.as_ref().map(|l| &l.id);
+        let visible = |r: &UploadRecord| {
+            r.owner == self.owner && link.is_none_or(|id| r.link.as_ref() == Some(id))
+        };
         match self.shared.store.record(id) {
-            Ok(Some(record)) if record.owner == self.owner => Ok((id, record)),
+            Ok(Some(record)) if visible(&record) => Ok((id, record)),
             Ok(Some(_)) => Err(not_found()),
             Ok(None) => match self.shared.store.tombstone(id) {
                 Ok(Some(t)) if t.owner == self.owner => Err(WireError::new(

@@ -124,6 +124,25 @@ impl Store {
         self.data_dir.join("staging").join(format!("{id}.part"))
     }
 
+    /// What upload link `id` has created: files and bytes (`crate::links`).
+    pub fn link_usage(&self, id: &str) -> Result<(u64, u64)> {
+        let raw = self.db()?.meta.get(format!("link/{id}"))?;
+        Ok(raw.map_or((0, 0), |raw| decode_usage(&raw)))
+    }
+
+    /// Adds to (or, negative, takes from) what upload link `id` has created.
+    pub fn add_link_usage(&self, id: &str, files: i64, bytes: i64) -> Result<()> {
+        self.db()?
+            .meta
+            .update_and_fetch(format!("link/{id}"), |old| {
+                let (f, b) = old.map_or((0, 0), decode_usage);
+                let f = f.saturating_add_signed(files);
+                let b = b.saturating_add_signed(bytes);
+                Some([f.to_be_bytes(), b.to_be_bytes()].concat())
+            })?;
+        Ok(())
+    }
+
     /// The service id announced in `welcome`: made once, at the first start, and kept.
     pub fn service_id(&self) -> Result<String> {
         let db = self.db()?;
@@ -503,4 +522,14 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A link's usage as stored: files then bytes, big-endian u64s.
+fn decode_usage(raw: &[u8]) -> (u64, u64) {
+    let word = |at: usize| {
+        raw.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    (word(0), word(8))
 }

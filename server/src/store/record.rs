@@ -98,6 +98,9 @@ pub struct UploadRecord {
     /// file is then only a spool of the chunks not yet stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<s3::Remote>,
+    /// Created through this upload link (its id): only that link's sessions see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 impl UploadRecord {

@@ -23,6 +23,7 @@ fn record(name: &str, size: u64) -> UploadRecord {
         dedup: false,
         stamp: None,
         remote: None,
+        link: None,
     }
 }
 

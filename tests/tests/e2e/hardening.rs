@@ -375,12 +375,12 @@ async fn a_stalled_hello_is_not_authenticated() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-/// Protocol versions: a client of an older version (1 to 4) connects (same ALPN) and is told
+/// Protocol versions: a client of an older version (1 to 5) connects (same ALPN) and is told
 /// to upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_client_is_told_the_versions_and_to_upgrade() {
     let server = TestServer::start().await;
-    for version in [1, 2, 3, 4] {
+    for version in [1, 2, 3, 4, 5] {
         let mut raw = Raw::open(&server).await;
         raw.frame(&Frame::Hello {
             version,
@@ -393,7 +393,7 @@ async fn an_old_client_is_told_the_versions_and_to_upgrade() {
                 assert_eq!(
                     message,
                     format!(
-                        "protocol version {version} is not supported, this server speaks 5; upgrade the client"
+                        "protocol version {version} is not supported, this server speaks 6; upgrade the client"
                     )
                 );
             }

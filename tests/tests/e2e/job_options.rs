@@ -168,7 +168,7 @@ fn ping_reports_round_trips_version_and_token() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("ferryd 0.1.0 (protocol 5), token accepted for \"alice\""),
+        stdout.contains("ferryd 0.1.0 (protocol 6), token accepted for \"alice\""),
         "{stdout}"
     );
     assert!(stdout.contains("round trips: 3 probes, min "), "{stdout}");

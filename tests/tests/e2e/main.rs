@@ -3,6 +3,7 @@
 
 mod admin;
 mod battery;
+mod browser;
 mod crash;
 mod hardening;
 mod hooks;
@@ -17,4 +18,5 @@ mod restart;
 mod scaleout;
 mod storage;
 mod upload;
+mod web;
 mod wire;

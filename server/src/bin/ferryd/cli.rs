@@ -187,6 +187,19 @@ pub(crate) struct ServeArgs {
     /// open).
     #[arg(long, env = "FERRYD_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
+    /// Serve the upload page over HTTPS on this TCP address (e.g. 0.0.0.0:8443), with the
+    /// server's certificate; browsers then upload over WebTransport on the QUIC port. Off
+    /// when unset.
+    #[arg(long, env = "FERRYD_WEB_LISTEN")]
+    pub(crate) web_listen: Option<SocketAddr>,
+    /// Origins whose pages may upload (comma-separated, e.g. https://files.example.com; `*`:
+    /// any). Default: the web listener's own origin.
+    #[arg(long, env = "FERRYD_WEB_ORIGIN", value_delimiter = ',')]
+    pub(crate) web_origin: Vec<String>,
+    /// The web listener's public address, as upload links give it (e.g.
+    /// https://files.example.com:8443). Default: https://HOSTNAME:PORT of --web-listen.
+    #[arg(long, env = "FERRYD_WEB_URL")]
+    pub(crate) web_url: Option<String>,
     /// Command run by `/bin/sh -c` after each upload is published, with FERRY_UPLOAD_ID,
     /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_SHA256, FERRY_DESC. Queued
     /// durably: a crash before it ran runs it after the restart (at least once).
@@ -248,6 +261,9 @@ pub(crate) enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Make an upload link: a URL that lets whoever holds it upload into OWNER's folder from
+    /// a browser, within the bounds given, and do nothing else. Also --list and --revoke.
+    Link(Box<LinkArgs>),
     /// Maintain the S3 bucket of --store s3.
     S3 {
         #[command(subcommand)]
@@ -288,6 +304,36 @@ pub(crate) enum Command {
         /// The command to explain.
         command: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub(crate) struct LinkArgs {
+    /// Whose folder the link uploads into (a token name's rules: A-Z a-z 0-9 - _ .).
+    #[arg(required_unless_present_any = ["list", "revoke"])]
+    pub(crate) owner: Option<String>,
+    /// The link stops working after this long (e.g. 24h, 7d; 0: never).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub(crate) expires: Duration,
+    /// Bytes the link may upload in all, e.g. 50G (0: no bound).
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub(crate) max_size: u64,
+    /// Files the link may upload in all (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_files: u64,
+    /// List the links (id, owner, bounds, what each has used is on the server).
+    #[arg(long, conflicts_with_all = ["owner", "revoke"])]
+    pub(crate) list: bool,
+    /// Remove a link, by its id or its URL; uploads it made stay, sessions using it close.
+    #[arg(long, value_name = "ID|URL", conflicts_with = "owner")]
+    pub(crate) revoke: Option<String>,
+    /// The web listener's public address (as `serve --web-url`).
+    #[arg(long, env = "FERRYD_WEB_URL")]
+    pub(crate) web_url: Option<String>,
+    /// The web listener's address (as `serve --web-listen`), for the default --web-url.
+    #[arg(long, env = "FERRYD_WEB_LISTEN")]
+    pub(crate) web_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) place: DataArgs,
 }
 
 #[derive(Subcommand)]
@@ -345,6 +391,9 @@ impl ServeArgs {
         config.on_create = self.on_create.clone();
         config.hook_concurrency = self.hook_concurrency.into();
         config.hook_timeout = self.hook_timeout.max(Duration::from_secs(1));
+        config.web_listen = self.web_listen;
+        config.web_origins = self.web_origin.clone();
+        config.web_url = self.web_url.clone();
         Ok(config)
     }
 
@@ -400,6 +449,13 @@ impl ServeArgs {
             ),
             format!("hook-concurrency = {}", self.hook_concurrency),
             format!("hook-timeout = {}", secs(self.hook_timeout)),
+            format!(
+                "web-listen = {}",
+                self.web_listen
+                    .map_or("\"\"  # off".to_owned(), |a| format!("\"{a}\""))
+            ),
+            format!("web-origin = {:?}", self.web_origin.join(",")),
+            format!("web-url = {:?}", self.web_url.clone().unwrap_or_default()),
             format!("log-level = {:?}", self.log_level),
             format!("log-format = \"{}\"", self.log_format),
             format!("store = \"{}\"", self.store.store),

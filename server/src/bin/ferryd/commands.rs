@@ -49,6 +49,9 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 if let Some(admin) = server.admin_addr() {
                     say!("ferryd: admin listener on http://{admin}");
                 }
+                if let Some(web) = server.web_addr() {
+                    say!("ferryd: upload page on https://{web} (make links with `ferryd link OWNER`)");
+                }
                 say!(
                     "ferryd: listening on {} (certificate {})",
                     server.local_addr()?,
@@ -120,6 +123,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Link(args) => link(&args),
         Command::S3 { command, store, .. } => {
             let settings = store
                 .s3()?
@@ -352,4 +356,64 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+/// `ferryd link`: make, list or revoke upload links in the data directory.
+fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
+    existing_state(&args.place.data)?;
+    let links = ferry_server::links::Links::new(&args.place.data);
+    if args.list {
+        let now = ferry_server::store::unix_now();
+        for link in links.entries()? {
+            let bound = |n: u64, what: &str| match n {
+                0 => format!("no {what} bound"),
+                n => format!("{what} ≤ {n}"),
+            };
+            let expires = match link.expires_at {
+                0 => "never expires".to_owned(),
+                t if t <= now => format!("expired at {t}"),
+                t => format!("expires at {t} (in {} s)", t - now),
+            };
+            println!(
+                "{}  {}  {}, {}, {}",
+                link.id,
+                link.owner,
+                expires,
+                bound(link.max_size, "bytes"),
+                bound(link.max_files, "files")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(which) = &args.revoke {
+        let link = links.revoke(which)?;
+        eprintln!("revoked link {} of {}", link.id, link.owner);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let owner = args.owner.as_deref().context("name the owner")?;
+    let base = match (&args.web_url, args.web_listen) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(listen)) => {
+            let host = gethostname_or_localhost();
+            format!("https://{host}:{}", listen.port())
+        }
+        (None, None) => anyhow::bail!(
+            "the link needs the web listener's address: set web-url (or web-listen) in the config, or pass --web-url"
+        ),
+    };
+    let expires_at = match args.expires.as_secs() {
+        0 => 0,
+        secs => ferry_server::store::unix_now() + secs,
+    };
+    let (link, grant) = links.add(owner, expires_at, args.max_size, args.max_files)?;
+    println!("{base}/u/{grant}");
+    eprintln!(
+        "link {} for {owner}: only this URL opens it (it is not stored); revoke with `ferryd link --revoke {}`",
+        link.id, link.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gethostname_or_localhost() -> String {
+    ferry_server::tls::host_name().unwrap_or_else(|| "localhost".to_owned())
 }

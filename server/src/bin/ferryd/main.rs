@@ -75,6 +75,7 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
     let cli = Cli::try_parse_from(&raw).map_err(Parse::Clap)?;
     let place = match &cli.command {
         Command::Serve(a) | Command::CheckConfig(a) => &a.place,
+        Command::Link(a) => &a.place,
         Command::Verify { place }
         | Command::Fingerprint { place, .. }
         | Command::Token { place, .. }
@@ -109,6 +110,7 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
             root.find_subcommand("token").expect("token").clone(),
         ),
         Command::S3 { .. } => ("s3", root.find_subcommand("s3").expect("s3").clone()),
+        Command::Link(_) => ("link", root.find_subcommand("link").expect("link").clone()),
         Command::Uploads { .. } => (
             "uploads",
             root.find_subcommand("uploads").expect("uploads").clone(),
@@ -137,7 +139,9 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
         .into_iter()
         .chain(flags.iter().cloned())
         .collect();
-    if name != "token" {
+    // `token` and `link` need an argument the file cannot give; check the file's part with the
+    // whole command line instead.
+    if name != "token" && name != "link" {
         if let Err(e) = Cli::try_parse_from(&alone) {
             if e.use_stderr() {
                 return Err(Parse::Config(config::ConfigError {

@@ -1,0 +1,173 @@
+//! The web listener (`--web-listen`, off by default): the upload page over HTTPS on TCP, with
+//! the server's certificate. Every answer carries `Alt-Svc` naming the QUIC port.
+//!
+//! - `GET /` and `GET /u/<grant>`: the page (`web/index.html`); it reads the grant from its URL.
+//! - `GET …/ferry.js`, `…/app.js`, `…/style.css` (any folder: the page links them relatively):
+//!   the page's modules and style, built into ferryd.
+//! - `GET /webtransport.json`: where and how to open the session: `{"port": QUIC port,
+//!   "path": "/ferry", "certificate_hashes": [hex SHA-256, …]}` — the hashes of the browser
+//!   certificates (`certs.rs`), empty when the server has a CA certificate (`--cert`). Sent
+//!   with CORS for the allowed origins, so a page served elsewhere can ask for it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::Shared;
+
+/// Web connections served at once; more wait in the kernel's backlog.
+const MAX_WEB_CONNECTIONS: usize = 256;
+
+/// The page's files, built into the binary.
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "/ferry.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/ferry.js"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/style.css"),
+    ),
+];
+const INDEX: &str = include_str!("../../../web/index.html");
+
+/// Serves the web listener until the task is aborted.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_WEB_CONNECTIONS));
+    // Bounded by the process: each turn accepts one connection.
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "web listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (shared, acceptor) = (shared.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(
+                Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                _ => return debug!(%peer, "web listener: TLS handshake failed"),
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+            });
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(300), serving).await {
+                debug!(%peer, error = %e, "web connection ended");
+            }
+        });
+    }
+}
+
+fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let file = FILES
+        .iter()
+        .find(|(p, _, _)| path.rsplit('/').next() == p.strip_prefix('/'));
+    let mut response = if req.method() != Method::GET && req.method() != Method::HEAD {
+        reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n")
+    } else if let Some((_, kind, body)) = file {
+        // By the last segment: the page links its files relatively, and is at `/u/<grant>`.
+        reply(StatusCode::OK, kind, *body)
+    } else if path == "/" || path.starts_with("/u/") {
+        reply(StatusCode::OK, "text/html; charset=utf-8", INDEX)
+    } else if path == "/webtransport.json" {
+        let mut response = reply(StatusCode::OK, "application/json", session_info(shared));
+        cors(req, shared, &mut response);
+        response
+    } else {
+        reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+    };
+    let headers = response.headers_mut();
+    let port = shared.quic_port;
+    if let Ok(value) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
+        headers.insert("alt-svc", value);
+    }
+    // The grant is in the page's URL: no Referer may carry it elsewhere.
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// What the page needs to open its session.
+fn session_info(shared: &Shared) -> String {
+    let hashes: Vec<String> = match &shared.browser_certs {
+        Some(certs) => certs.hashes().iter().map(hex::encode).collect(),
+        None => Vec::new(),
+    };
+    serde_json::json!({
+        "port": shared.quic_port,
+        "path": super::SESSION_PATH,
+        "certificate_hashes": hashes,
+    })
+    .to_string()
+}
+
+/// Lets a page of an allowed origin read the answer (a page served by another web server).
+fn cors(req: &Request<Incoming>, shared: &Shared, response: &mut Response<Full<Bytes>>) {
+    let Some(origin) = req.headers().get("origin").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+        .unwrap_or_default();
+    if super::origin_allowed(&shared.config, shared.web_port, Some(origin), host) {
+        if let Ok(value) = HeaderValue::from_str(origin) {
+            let headers = response.headers_mut();
+            headers.insert("access-control-allow-origin", value);
+            headers.insert("vary", HeaderValue::from_static("origin"));
+        }
+    }
+}
+
+fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = kind.parse() {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}

@@ -1,0 +1,181 @@
+//! The upload page in a real browser: Debian's Chromium, headless, over WebDriver, against the
+//! built `ferryd` with its web listener. The page is opened through a link `ferryd link` made;
+//! Chromium trusts the web listener's self-signed certificate by its key
+//! (`--ignore-certificate-errors-spki-list`, as a person clicking through the warning once),
+//! and the QUIC port's browser certificate by the hash the page fetches.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_tests::browser::{available, spki_hash, Browser};
+use ferry_tests::{assert_same_file, binary, random_file, Deployment};
+
+/// `ferryd serve` with the web and admin listeners, a link for alice, and Chromium's trust.
+struct Site {
+    deployment: Deployment,
+    url: String,
+    spki: String,
+}
+
+impl Site {
+    fn start() -> Option<Self> {
+        if let Err(why) = available() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let deployment = Deployment::start(&[
+            "--web-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        let web = deployment.server.web.expect("the web listener's address");
+        let out = Command::new(binary("ferryd"))
+            .args(["link", "alice", "--expires", "1h", "--data"])
+            .arg(&deployment.data)
+            .args(["--web-url", &format!("https://127.0.0.1:{}", web.port())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(
+            url.starts_with(&format!("https://127.0.0.1:{}/u/fl_", web.port())),
+            "{url}"
+        );
+        let key = std::fs::read_to_string(deployment.data.join("tls").join("key.pem")).unwrap();
+        Some(Self {
+            deployment,
+            url,
+            spki: spki_hash(&key),
+        })
+    }
+
+    fn published(&self, name: &str) -> std::path::PathBuf {
+        self.deployment.data.join("files").join("alice").join(name)
+    }
+
+    /// One admin GET: the body.
+    fn admin(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.deployment.server.admin.expect("the admin listener");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split_once("\r\n\r\n").unwrap().1.to_owned()
+    }
+
+    fn bytes_received(&self) -> u64 {
+        let metrics = self.admin("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_bytes_received_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("ferry_bytes_received_total in\n{metrics}")) as u64
+    }
+
+    /// Durable bytes of the unfinished upload (0 if there is none).
+    fn durable_bytes(&self) -> u64 {
+        let uploads: serde_json::Value = serde_json::from_str(&self.admin("/uploads")).unwrap();
+        uploads
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|u| u["durable_bytes"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+fn is_done(status: &str) -> bool {
+    status == "complete" || status.starts_with("failed")
+}
+
+#[test]
+fn the_page_uploads_two_files_through_a_link() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let small = random_file(local.path(), "notes.txt", (100 << 10) + 3, 5);
+    let big = random_file(local.path(), "clip.mov", 64 << 20, 6);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&site.url);
+    let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    assert_eq!(status, "ready", "console:\n{}", browser.console());
+    browser.set_files("#files", &[&small, &big]);
+    let started = Instant::now();
+    browser.click("#upload");
+    let status = browser.wait_status(Duration::from_secs(180), is_done);
+    let took = started.elapsed();
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    assert_same_file(&small, &site.published("notes.txt"));
+    assert_same_file(&big, &site.published("clip.mov"));
+    eprintln!(
+        "two files, {} MiB, in {:.2} s through the page",
+        (64 << 20) / (1 << 20),
+        took.as_secs_f64()
+    );
+    browser.quit();
+}
+
+#[test]
+fn a_closed_page_resumes_sending_only_the_missing_chunks() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let size = 64u64 << 20;
+    let file = random_file(local.path(), "long.mov", size as usize, 9);
+    let profile = tempfile::tempdir().unwrap();
+    // First visit, paced at 16 MiB/s so that it is surely cut off mid-way.
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&format!("{}?limit=16M", site.url));
+    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while site.durable_bytes() < 16 << 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Ok(path) = std::env::var("FERRY_SCREENSHOT") {
+        browser.screenshot(Path::new(&path));
+    }
+    // Closed as a person closes the window; in-flight chunks are lost or committed.
+    browser.quit();
+    std::thread::sleep(Duration::from_secs(1));
+    let durable = site.durable_bytes();
+    let received_before = site.bytes_received();
+    assert!(
+        durable >= 16 << 20 && durable < size,
+        "cut off mid-way: {durable} of {size}"
+    );
+
+    // Second visit, same browser profile: the page finds its upload in IndexedDB, asks the
+    // server, and sends only the rest.
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&site.url);
+    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete");
+    assert_same_file(&file, &site.published("long.mov"));
+    let sent_again = site.bytes_received() - received_before;
+    assert_eq!(
+        sent_again,
+        size - durable,
+        "only the chunks the server did not hold were sent ({durable} of {size} durable)"
+    );
+    let note = browser.text("#list li .note");
+    assert!(note.starts_with("done: long.mov"), "{note}");
+    eprintln!(
+        "resumed: {} MiB durable before, {} MiB sent after",
+        durable >> 20,
+        sent_again >> 20
+    );
+    browser.quit();
+}

@@ -1,0 +1,370 @@
+// The upload page. Files (chosen, a folder, or dropped) are sent one after another, each in
+// chunks read, hashed and sent in one pass with a bounded number in flight; progress counts
+// what the server acknowledged (durable). The upload id and chunk digests are kept in
+// IndexedDB, so a closed tab resumes: the server is asked what it holds and only the rest is
+// sent. DOM contract for automation: #files, #upload, #status ("complete" or "failed: CODE
+// message").
+
+import { Session, FerryError, sha256Hex, contentHash, RETRY, EXPLAIN } from "./ferry.js";
+
+const CHUNK_SIZE = 4 << 20;
+/** Chunks sent and not yet acknowledged, at most (memory: this many chunk buffers). */
+const IN_FLIGHT = 6;
+/** Reconnections after a lost connection before the page gives up. */
+const RECONNECTS = 8;
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const grant = (location.pathname.match(/\/u\/(fl_[0-9a-f]+)/) || [])[1] || location.hash.slice(1);
+// The web listener: this page's own origin, or ?server=HOST:PORT when the page is hosted
+// elsewhere.
+const server = params.get("server");
+const base = server ? `https://${server}` : location.origin;
+const quicHost = server ? server.replace(/:\d+$/, "") : location.hostname;
+// ?limit=20M caps the sending rate (bytes per second; K, M, G suffixes), to spare a shared
+// uplink.
+const limit = parseRate(params.get("limit"));
+
+function parseRate(text) {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/i.exec(text || "");
+  if (!m) return 0;
+  return Number(m[1]) * 1024 ** " KMG".indexOf((m[2] || " ").toUpperCase());
+}
+
+let session = null;
+let paused = false;
+let running = false;
+let dropped = [];
+/** Uploads by id, for the pushed acks and rejections. */
+const active = new Map();
+
+// ---- IndexedDB: what a closed tab needs to resume ----
+
+const db = new Promise((resolve, reject) => {
+  const open = indexedDB.open("ferry", 1);
+  open.onupgradeneeded = () => open.result.createObjectStore("uploads", { keyPath: "key" });
+  open.onsuccess = () => resolve(open.result);
+  open.onerror = () => reject(open.error);
+});
+
+async function idb(mode, act) {
+  const store = (await db).transaction("uploads", mode).objectStore("uploads");
+  return new Promise((resolve, reject) => {
+    const req = act(store);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+const remember = (rec) => idb("readwrite", (s) => s.put(rec));
+const recall = (key) => idb("readonly", (s) => s.get(key));
+const forget = (key) => idb("readwrite", (s) => s.delete(key));
+
+// ---- the page ----
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function human(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) {
+    bytes /= 1024;
+    i++;
+  }
+  return `${bytes.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function chosen() {
+  const items = [];
+  for (const file of $("files").files) items.push({ file, dir: [] });
+  for (const file of $("folder").files) {
+    const parts = (file.webkitRelativePath || file.name).split("/");
+    items.push({ file, dir: parts.slice(0, -1) });
+  }
+  return items.concat(dropped);
+}
+
+function row(item) {
+  const li = document.createElement("li");
+  li.innerHTML = '<span class="name"></span><progress value="0"></progress><span class="note"></span>';
+  li.querySelector(".name").textContent = [...item.dir, item.file.name].join("/");
+  li.querySelector("progress").max = item.file.size || 1;
+  $("list").append(li);
+  item.li = li;
+  item.note = (text) => (li.querySelector(".note").textContent = text);
+  item.bar = (value) => (li.querySelector("progress").value = value);
+}
+
+// Dropped files and folders (walked with the entries API).
+async function walk(entry, dir, out) {
+  if (entry.isFile) {
+    const file = await new Promise((ok, fail) => entry.file(ok, fail));
+    out.push({ file, dir });
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+      if (!batch.length) break;
+      for (const child of batch) await walk(child, [...dir, entry.name], out);
+    }
+  }
+}
+
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", async (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry()).filter(Boolean);
+  for (const entry of entries) await walk(entry, [], dropped);
+  setStatus(`${chosen().length} file(s) chosen`);
+});
+
+$("pause").addEventListener("click", () => {
+  paused = !paused;
+  $("pause").textContent = paused ? "Resume" : "Pause";
+  if (!paused) for (const up of active.values()) up.pump();
+  if (running) setStatus(paused ? "paused" : "uploading");
+});
+
+$("upload").addEventListener("click", async () => {
+  if (running) return;
+  const items = chosen();
+  if (!grant) return setStatus("failed: no_link open this page through an upload link (ferryd link)");
+  if (!items.length) return setStatus("failed: no_files choose files first");
+  running = true;
+  $("list").replaceChildren();
+  items.forEach(row);
+  try {
+    for (const item of items) await withReconnects(item);
+    setStatus("complete");
+  } catch (e) {
+    const code = e instanceof FerryError ? e.code : "internal";
+    setStatus(`failed: ${code} ${e.message}`);
+    if (EXPLAIN[code]) $("explain").textContent = EXPLAIN[code];
+  } finally {
+    running = false;
+  }
+});
+
+// ---- the session ----
+
+async function connect() {
+  if (session && !session.closedWith) return session;
+  const answer = await fetch(`${base}/webtransport.json`, { cache: "no-store" });
+  if (!answer.ok) throw new FerryError("connection_lost", `the server answered ${answer.status}`);
+  const info = await answer.json();
+  session = await Session.open({
+    url: `https://${quicHost}:${info.port}${info.path}`,
+    hashes: info.certificate_hashes,
+    token: grant,
+    onPush: pushed,
+    // Whatever was in flight is asked for again after the reconnection.
+    onClose: (error) => {
+      for (const up of active.values()) up.fail(error);
+    },
+  });
+  $("who").textContent = `Uploading to ${session.welcome.owner}'s folder`;
+  return session;
+}
+
+function pushed(frame) {
+  const up = active.get(frame.upload_id);
+  if (frame.type === "notice") $("explain").textContent = frame.text;
+  if (!up) return;
+  if (frame.type === "ack") up.acked(frame.chunks);
+  else if (frame.type === "reject") up.rejected(frame.index, frame.code, frame.message);
+  else if (frame.type === "detached") up.fail(new FerryError(frame.code, frame.message));
+}
+
+/** One file, reconnecting (and resuming) after lost connections. */
+async function withReconnects(item) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await connect();
+      return await upload(item);
+    } catch (e) {
+      const transient = e instanceof FerryError
+        ? ["connection_lost", "shutting_down", "too_many_connections"].includes(e.code)
+        : true;
+      if (!transient || attempt >= RECONNECTS) throw e instanceof FerryError ? e : new FerryError("connection_lost", String(e));
+      item.note(`connection lost; retrying (${attempt + 1})`);
+      await new Promise((ok) => setTimeout(ok, Math.min(1000 * 2 ** attempt, 15000)));
+    }
+  }
+}
+
+/** The durable chunks of an upload: every page of `resume`. */
+async function durableOf(uploadId) {
+  let from = 0;
+  let info = null;
+  const durable = new Set();
+  for (let page = 0; page < 100000; page++) {
+    const reply = await session.request({ type: "resume", upload_id: uploadId, from });
+    info = reply.upload;
+    for (const [start, end] of info.durable) for (let i = start; i < end; i++) durable.add(i);
+    if (info.durable_next === undefined || info.durable_next === null) break;
+    from = info.durable_next;
+  }
+  return { info, durable };
+}
+
+async function upload(item) {
+  const { file, dir } = item;
+  const key = `${grant.slice(0, 16)}|${[...dir, file.name].join("/")}|${file.size}|${file.lastModified}`;
+  let rec = await recall(key);
+  let info = null;
+  let durable = new Set();
+  if (rec) {
+    try {
+      ({ info, durable } = await durableOf(rec.uploadId));
+    } catch (e) {
+      if (!(e instanceof FerryError) || !["not_found", "expired"].includes(e.code)) throw e;
+      await forget(key);
+      rec = null;
+    }
+  }
+  if (!rec) {
+    const created = await session.request({
+      type: "create", file_name: file.name, size: file.size, chunk_size: CHUNK_SIZE,
+      desc: "", dir, on_exists: "rename",
+    });
+    info = created.upload;
+    rec = { key, uploadId: info.upload_id, chunkSize: info.chunk_size, digests: {} };
+    await remember(rec);
+  }
+  const chunkSize = info.chunk_size;
+  const count = info.chunk_count;
+  const lengthOf = (i) => Math.min(chunkSize, file.size - i * chunkSize);
+  const up = new Upload(item, rec, count, lengthOf, durable);
+  active.set(rec.uploadId, up);
+  try {
+    await up.run();
+  } finally {
+    active.delete(rec.uploadId);
+  }
+  // Digests of chunks sent by an earlier page that kept none are read again (not re-sent).
+  const digests = [];
+  for (let i = 0; i < count; i++) {
+    if (!rec.digests[i]) {
+      const bytes = await file.slice(i * chunkSize, i * chunkSize + lengthOf(i)).arrayBuffer();
+      rec.digests[i] = await sha256Hex(bytes);
+    }
+    digests.push(rec.digests[i]);
+  }
+  const finished = await session.request({
+    type: "finish", upload_id: rec.uploadId, content_hash: await contentHash(digests),
+  });
+  await forget(key);
+  item.bar(file.size || 1);
+  item.note(`done: ${finished.file_name}`);
+}
+
+/** Sends the chunks of one upload the server does not hold, at most IN_FLIGHT at once. */
+class Upload {
+  constructor(item, rec, count, lengthOf, durable) {
+    Object.assign(this, { item, rec, count, lengthOf, durable });
+    this.queue = [];
+    for (let i = 0; i < count; i++) if (!durable.has(i)) this.queue.push(i);
+    this.inFlight = new Set();
+    this.started = performance.now();
+    this.sent = 0;
+    this.scheduled = 0;
+    this.ackedBytes = 0;
+    for (const i of durable) this.ackedBytes += lengthOf(i);
+    this.skipped = this.ackedBytes;
+  }
+
+  run() {
+    return new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+      this.show();
+      if (this.durable.size === this.count) return resolve();
+      this.pump();
+    });
+  }
+
+  pump() {
+    while (!paused && this.inFlight.size < IN_FLIGHT && this.queue.length && !this.failed) {
+      const index = this.queue.shift();
+      this.inFlight.add(index);
+      this.send(index).catch((e) => this.fail(e instanceof FerryError ? e : new FerryError("internal", String(e))));
+    }
+  }
+
+  async send(index) {
+    const size = this.lengthOf(index);
+    if (limit > 0) {
+      // Paced: this chunk starts once the chunks scheduled before it had 1/limit s per byte.
+      const due = this.started + (this.scheduled * 1000) / limit;
+      this.scheduled += size;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((ok) => setTimeout(ok, wait));
+    }
+    const at = index * this.rec.chunkSize;
+    const bytes = await this.item.file.slice(at, at + size).arrayBuffer();
+    const digest = await sha256Hex(bytes);
+    if (this.rec.digests[index] !== digest) {
+      this.rec.digests[index] = digest;
+      await remember(this.rec);
+    }
+    if (!session || session.closedWith) throw session ? session.closedWith : new FerryError("connection_lost", "no session");
+    await session.sendChunk(this.rec.uploadId, index, bytes, digest);
+    this.sent += size;
+  }
+
+  acked(ranges) {
+    for (const [start, end] of ranges) {
+      for (let i = start; i < end; i++) {
+        if (this.durable.has(i)) continue;
+        this.durable.add(i);
+        this.inFlight.delete(i);
+        this.ackedBytes += this.lengthOf(i);
+      }
+    }
+    this.show();
+    if (this.durable.size === this.count) this.resolve();
+    else this.pump();
+  }
+
+  rejected(index, code, message) {
+    this.inFlight.delete(index);
+    if (RETRY.has(code)) {
+      setTimeout(() => {
+        this.queue.push(index);
+        this.pump();
+      }, 250);
+    } else {
+      this.fail(new FerryError(code, message));
+    }
+  }
+
+  fail(error) {
+    if (this.failed) return;
+    this.failed = error;
+    this.reject(error);
+  }
+
+  show() {
+    const { file } = this.item;
+    const seconds = (performance.now() - this.started) / 1000;
+    const rate = seconds > 0.2 ? (this.ackedBytes - this.skipped) / seconds : 0;
+    const left = rate > 0 ? Math.ceil((file.size - this.ackedBytes) / rate) : null;
+    this.item.bar(this.ackedBytes);
+    const parts = [`${human(this.ackedBytes)} of ${human(file.size)}`];
+    if (this.skipped) parts.push(`${human(this.skipped)} already on the server`);
+    if (rate) parts.push(`${human(rate)}/s`);
+    if (left !== null && this.ackedBytes < file.size) parts.push(`${left} s left`);
+    this.item.note(parts.join(" · "));
+    this.item.li.dataset.sentBytes = String(this.sent);
+    setStatus(paused ? "paused" : "uploading");
+  }
+}
+
+setStatus(grant ? "ready" : "failed: no_link open this page through an upload link (ferryd link)");
