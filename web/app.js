@@ -133,7 +133,7 @@ $("pause").addEventListener("click", () => {
 });
 
 $("upload").addEventListener("click", async () => {
-  if (running) return;
+  if (running || !("WebTransport" in window)) return;
   const items = chosen();
   if (!grant) return setStatus("failed: no_link open this page through an upload link (ferryd link)");
   if (!items.length) return setStatus("failed: no_files choose files first");
@@ -367,4 +367,8 @@ class Upload {
   }
 }
 
-setStatus(grant ? "ready" : "failed: no_link open this page through an upload link (ferryd link)");
+if (!("WebTransport" in window)) {
+  setStatus("failed: unsupported this browser has no WebTransport (use a Chromium-based browser or Firefox)");
+} else {
+  setStatus(grant ? "ready" : "failed: no_link open this page through an upload link (ferryd link)");
+}

@@ -60,6 +60,34 @@ pub async fn quic(
     Ok((endpoint, conn))
 }
 
+/// The next frame on a stream (a QUIC or a WebTransport one), `None` when it ends; at most 15 s.
+pub async fn next_frame(recv: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Frame> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut prefix = [0u8; 4];
+        recv.read_exact(&mut prefix).await.ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        recv.read_exact(&mut body).await.ok()?;
+        Frame::decode_body(&body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("a frame within 15 s")
+}
+
+/// A `create` request with defaults for what it does not name.
+pub fn create(req: u64, name: &str, size: u64, chunk_size: u64) -> Frame {
+    Frame::Create {
+        req,
+        file_name: name.into(),
+        size,
+        chunk_size,
+        desc: String::new(),
+        dir: Vec::new(),
+        on_exists: Default::default(),
+    }
+}
+
 impl Raw {
     /// Connected, control stream open, nothing sent yet.
     pub async fn open(server: &TestServer) -> Self {
@@ -116,16 +144,7 @@ impl Raw {
 
     /// The next frame from the server, `None` when the control stream ends.
     pub async fn next(&mut self) -> Option<Frame> {
-        let read = async {
-            let mut prefix = [0u8; 4];
-            self.recv.read_exact(&mut prefix).await.ok()?;
-            let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-            self.recv.read_exact(&mut body).await.ok()?;
-            Frame::decode_body(&body).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(15), read)
-            .await
-            .expect("a frame within 15 s")
+        next_frame(&mut self.recv).await
     }
 
     /// The next `error` or `reject` frame's code, skipping acks.
@@ -146,16 +165,7 @@ impl Raw {
     /// `create` of `name` (64 KiB chunks asked for; the server may choose others), its
     /// `created.upload`.
     pub async fn create_upload(&mut self, name: &str, size: u64) -> ferry_proto::UploadInfo {
-        self.frame(&Frame::Create {
-            req: 1,
-            file_name: name.into(),
-            size,
-            chunk_size: 64 << 10,
-            desc: String::new(),
-            dir: Vec::new(),
-            on_exists: Default::default(),
-        })
-        .await;
+        self.frame(&create(1, name, size, 64 << 10)).await;
         match self.next().await {
             Some(Frame::Created { upload, .. }) => upload,
             other => panic!("expected created, got {other:?}"),

@@ -81,16 +81,7 @@ impl WebRaw {
 
     /// The next frame from the server, `None` when the control stream ends.
     pub async fn next(&mut self) -> Option<Frame> {
-        let read = async {
-            let mut prefix = [0u8; 4];
-            self.recv.read_exact(&mut prefix).await.ok()?;
-            let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-            self.recv.read_exact(&mut body).await.ok()?;
-            Frame::decode_body(&body).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(15), read)
-            .await
-            .expect("a frame within 15 s")
+        crate::raw::next_frame(&mut self.recv).await
     }
 
     /// One chunk on its own unidirectional stream: header, payload, `chunk_end`, FIN.

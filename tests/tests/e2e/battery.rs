@@ -120,15 +120,7 @@ async fn hello_cases(server: &TestServer) {
 
 async fn request_cases(server: &TestServer) {
     let mut raw = Raw::hello(server, &server.alice).await;
-    let create = |req, name: &str, size, chunk_size| Frame::Create {
-        req,
-        file_name: name.into(),
-        size,
-        chunk_size,
-        desc: String::new(),
-        dir: Vec::new(),
-        on_exists: Default::default(),
-    };
+    let create = ferry_tests::raw::create;
     let cases = [
         (
             "u64::MAX size",

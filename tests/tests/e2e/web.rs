@@ -7,24 +7,12 @@ use std::time::Duration;
 
 use ferry_proto::{ErrorCode, Frame};
 use ferry_server::links::Links;
-use ferry_tests::raw::Raw;
+use ferry_tests::raw::{create, Raw};
 use ferry_tests::web::{browser_cert_hashes, https_get, WebRaw};
 use ferry_tests::{assert_same_file, random_file, TestServer};
 
 async fn web_server() -> TestServer {
     TestServer::start_with(|c| c.web_listen = Some("127.0.0.1:0".parse().unwrap())).await
-}
-
-fn create(req: u64, name: &str, size: u64, chunk_size: u64) -> Frame {
-    Frame::Create {
-        req,
-        file_name: name.into(),
-        size,
-        chunk_size,
-        desc: String::new(),
-        dir: Vec::new(),
-        on_exists: Default::default(),
-    }
 }
 
 /// The next reply, skipping acks.
