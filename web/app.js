@@ -12,6 +12,9 @@ const CHUNK_SIZE = 4 << 20;
 const IN_FLIGHT = 6;
 /** Reconnections after a lost connection before the page gives up. */
 const RECONNECTS = 8;
+/** Chunks in flight with no ack or rejection for this long: start a new session and ask the
+ * server what it holds (a stream can fail without the page learning of it). */
+const STALL_MS = 60000;
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -190,8 +193,12 @@ async function withReconnects(item) {
       return await upload(item);
     } catch (e) {
       const transient = e instanceof FerryError
-        ? ["connection_lost", "shutting_down", "too_many_connections"].includes(e.code)
+        ? ["connection_lost", "shutting_down", "too_many_connections", "stalled"].includes(e.code)
         : true;
+      if (session && e instanceof FerryError && e.code === "stalled") {
+        session.close();
+        session = null;
+      }
       if (!transient || attempt >= RECONNECTS) throw e instanceof FerryError ? e : new FerryError("connection_lost", String(e));
       item.note(`connection lost; retrying (${attempt + 1})`);
       await new Promise((ok) => setTimeout(ok, Math.min(1000 * 2 ** attempt, 15000)));
@@ -281,13 +288,20 @@ class Upload {
   }
 
   run() {
-    return new Promise((resolve, reject) => {
+    const done = new Promise((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
       this.show();
       if (this.durable.size === this.count) return resolve();
       this.pump();
     });
+    this.lastProgress = performance.now();
+    const watchdog = setInterval(() => {
+      if (this.inFlight.size && !paused && performance.now() - this.lastProgress > STALL_MS) {
+        this.fail(new FerryError("stalled", `no answer for chunks in flight for ${STALL_MS / 1000} s`));
+      }
+    }, 5000);
+    return done.finally(() => clearInterval(watchdog));
   }
 
   pump() {
@@ -317,9 +331,11 @@ class Upload {
     if (!session || session.closedWith) throw session ? session.closedWith : new FerryError("connection_lost", "no session");
     await session.sendChunk(this.rec.uploadId, index, bytes, digest);
     this.sent += size;
+    this.lastProgress = performance.now();
   }
 
   acked(ranges) {
+    this.lastProgress = performance.now();
     for (const [start, end] of ranges) {
       for (let i = start; i < end; i++) {
         if (this.durable.has(i)) continue;
@@ -334,6 +350,7 @@ class Upload {
   }
 
   rejected(index, code, message) {
+    this.lastProgress = performance.now();
     this.inFlight.delete(index);
     if (RETRY.has(code)) {
       setTimeout(() => {
