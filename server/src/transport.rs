@@ -23,6 +23,9 @@ pub const PRELOGIN_WINDOW: u32 = 128 << 10;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Receive window of one stream (a chunk stream, or the control stream).
 pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Unread QUIC datagrams kept per connection. Ferry reads none, but WebTransport clients expect
+/// the datagram extension to be on; quinn's default would keep 1.25 MB per connection.
+pub const DATAGRAM_BUFFER: usize = 64 << 10;
 
 pub fn server(config: &crate::Config) -> Result<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -44,6 +47,7 @@ pub fn server(config: &crate::Config) -> Result<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(PRELOGIN_WINDOW));
     t.send_window(4 << 20);
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t.max_idle_timeout(Some(
         config
             .idle_timeout

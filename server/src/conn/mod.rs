@@ -95,6 +95,13 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     } else {
         Peer::Quic(connection)
     };
+    // The handshake grants every connection the three unidirectional streams HTTP/3 needs; a
+    // `ferry/1` client must not open any before `welcome`, and those it does are stopped at
+    // once, so their data is dropped instead of held until the login ends.
+    let early = match &peer {
+        Peer::Quic(c) => Some(AbortOnDrop(tokio::spawn(stop_early_streams(c.clone())))),
+        Peer::Web(..) => None,
+    };
     let streams = step(deadline, &evicted, peer.accept_bi()).await;
     let (mut send, mut recv) = match streams {
         Ok(Some(streams)) => streams,
@@ -157,6 +164,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         }
     };
     drop(pending);
+    drop(early);
     let _slot = match shared.limiter.acquire(remote.ip()) {
         Ok(slot) => slot,
         Err(message) => {
@@ -333,6 +341,24 @@ async fn login(
         Some(owner) => Ok((owner, Credential::Token(crate::tokens::hash(token)), None)),
         None => Err("unknown token"),
     })
+}
+
+/// Stops every unidirectional stream a `ferry/1` client opens before `welcome`
+/// (`not_authenticated`); aborted at `welcome`, when chunk streams are accepted.
+async fn stop_early_streams(connection: quinn::Connection) {
+    while let Ok(mut stream) = connection.accept_uni().await {
+        let code = quinn::VarInt::from_u32(ErrorCode::NotAuthenticated.quic_code());
+        let _ = stream.stop(code);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A logged-in connection's entry in `Shared::live`, removed on drop.

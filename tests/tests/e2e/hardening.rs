@@ -503,3 +503,19 @@ async fn folder_paths_cannot_leave_the_owners_folder() {
     assert!(owner.join("a/etc").is_dir() && owner.join("abs/ok").is_dir());
     assert!(!server.data().join("etc").exists() && !server.data().join("files/etc").exists());
 }
+
+/// The handshake grants three unidirectional streams (HTTP/3 needs them); a `ferry/1` client's
+/// stream opened before `welcome` is stopped at once with `not_authenticated`, not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_stream_before_welcome_is_stopped() {
+    let server = TestServer::start().await;
+    let raw = Raw::open(&server).await;
+    let mut stream = raw.conn.open_uni().await.unwrap();
+    let _ = stream.write_all(&[7u8; 4096]).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(5), stream.stopped()).await;
+    let code = match stopped {
+        Ok(Ok(Some(code))) => code.into_inner(),
+        other => panic!("expected STOP_SENDING, got {other:?}"),
+    };
+    assert_eq!(code, u64::from(ErrorCode::NotAuthenticated.quic_code()));
+}
