@@ -435,3 +435,74 @@ fn sighup_reloads_limits_and_tokens() {
     assert!(server.child.try_wait().unwrap().is_none(), "still serving");
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// `ferryd link`: the URL from the config's `web-url` on stdout and nothing else; without a web
+/// address a clear error (exit 1); `--list` shows it; `--revoke` by URL removes it; a bad owner
+/// is refused.
+#[test]
+fn link_commands_make_list_and_revoke() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    ferry_server::Tokens::new(&data).add("alice").unwrap();
+    let data_arg = data.to_str().unwrap();
+    let out = ferryd(&["link", "alice", "--data", data_arg])
+        .env_remove("FERRYD_WEB_URL")
+        .env_remove("FERRYD_WEB_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the link needs the web listener's address"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let config = work.path().join("ferryd.toml");
+    std::fs::write(
+        &config,
+        format!("data = {data_arg:?}\nweb-url = \"https://files.example.com:8443/\"\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let out = ferryd(&["link", "alice", "--max-files", "3", "--config", config_arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = text(&out.stdout);
+    assert_eq!(url.lines().count(), 1, "only the URL on stdout: {url}");
+    let url = url.trim();
+    assert!(
+        url.starts_with("https://files.example.com:8443/u/fl_"),
+        "{url}"
+    );
+
+    let listed = ferryd(&["link", "--list", "--config", config_arg])
+        .output()
+        .unwrap();
+    let listed = text(&listed.stdout);
+    assert!(
+        listed.contains("alice") && listed.contains("files ≤ 3"),
+        "{listed}"
+    );
+    let grant = url.rsplit('/').next().unwrap();
+    assert!(!listed.contains(grant), "the grant is not stored");
+
+    let revoked = ferryd(&["link", "--revoke", url, "--config", config_arg])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let listed = ferryd(&["link", "--list", "--config", config_arg])
+        .output()
+        .unwrap();
+    assert!(text(&listed.stdout).is_empty());
+
+    let bad = ferryd(&["link", "../etc", "--config", config_arg])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("must be 1-64 characters"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

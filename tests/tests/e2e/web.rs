@@ -251,3 +251,56 @@ async fn the_web_listener_serves_the_page_and_the_session_details() {
     let (status, _, _) = https_get(web, &server.fingerprint, "/nothing", "").await;
     assert_eq!(status, 404);
 }
+
+/// Bad input over WebTransport gets the same codes as over plain QUIC: an oversized frame is
+/// `frame_too_large` and closes the session with that code; a session without `hello` is closed
+/// after the handshake timeout with `not_authenticated`; a bad chunk header is an `error` and the
+/// session stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_webtransport_gets_the_same_codes() {
+    let server = TestServer::start_with(|c| {
+        c.web_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (_, grant) = Links::new(server.data()).add("alice", 0, 0, 0).unwrap();
+    let closed_with = |web: &WebRaw| {
+        let session = web.session.clone();
+        async move {
+            let reason = tokio::time::timeout(Duration::from_secs(10), session.closed())
+                .await
+                .expect("the session closes");
+            reason.to_string()
+        }
+    };
+
+    let mut web = WebRaw::open(&server, "/ferry", None).await.unwrap();
+    web.send.write_all(&100_000u32.to_be_bytes()).await.unwrap();
+    match web.next().await {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::FrameTooLarge),
+        other => panic!("expected frame_too_large, got {other:?}"),
+    }
+    let reason = closed_with(&web).await;
+    assert!(
+        reason.contains("65536"),
+        "closed with the message: {reason}"
+    );
+
+    let silent = WebRaw::open(&server, "/ferry", None).await.unwrap();
+    let reason = closed_with(&silent).await;
+    assert!(reason.contains("no hello within 2 s"), "{reason}");
+
+    let mut web = WebRaw::login(&server, &grant).await;
+    let mut stream = web.session.open_uni().await.unwrap();
+    stream
+        .write_all(&Frame::Ping { req: 1 }.to_bytes())
+        .await
+        .unwrap();
+    let _ = stream.finish();
+    match web.next().await {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::UnexpectedFrame),
+        other => panic!("expected unexpected_frame, got {other:?}"),
+    }
+    web.frame(&Frame::Ping { req: 2 }).await;
+    assert!(matches!(web.next().await, Some(Frame::Pong { req: 2 })));
+}
