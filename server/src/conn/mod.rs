@@ -62,10 +62,11 @@ async fn step<T>(
     }
 }
 
-/// Serves one connection. `pending` is its place in the login budget until `welcome`; then
-/// it needs a place under the logged-in connection limits. Until then it has no credit for
-/// chunk streams and a connection window of [`PRELOGIN_WINDOW`] (`transport::server`), and
-/// the TLS handshake plus `hello` must be done within one handshake timeout.
+/// Serves one connection (`ferry/1`, or a browser's WebTransport session over `h3`).
+/// `pending` is its place in the login budget until `welcome`; then it needs a place under the
+/// logged-in connection limits. Until then no chunk stream is read (a `ferry/1` client's are
+/// stopped), the connection window is [`PRELOGIN_WINDOW`] (`transport::server`), and the TLS
+/// handshake (and a browser's CONNECT) plus `hello` must be done within one handshake timeout.
 pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pending: PendingSlot) {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;

@@ -179,3 +179,34 @@ fn a_closed_page_resumes_sending_only_the_missing_chunks() {
     );
     browser.quit();
 }
+
+#[test]
+fn pause_stops_sending_and_resume_finishes() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let size = 64u64 << 20;
+    let file = random_file(local.path(), "paused.mov", size as usize, 13);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&format!("{}?limit=16M", site.url));
+    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while site.durable_bytes() < 8 << 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser.click("#pause");
+    assert_eq!(browser.text("#status"), "paused");
+    // What was in flight lands (at most 6 chunks, paced at 16 MiB/s), then nothing more.
+    std::thread::sleep(Duration::from_millis(2500));
+    let held = site.durable_bytes();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(site.durable_bytes(), held, "nothing is sent while paused");
+    assert!(held < size, "paused mid-way: {held} of {size}");
+    browser.click("#pause");
+    let status = browser.wait_status(Duration::from_secs(60), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    assert_same_file(&file, &site.published("paused.mov"));
+    browser.quit();
+}
