@@ -78,7 +78,7 @@ impl Links {
         max_size: u64,
         max_files: u64,
     ) -> Result<(Link, String)> {
-        crate::tokens::validate_name(owner)?;
+        crate::tokens::validate_owner("owner", owner)?;
         let mut entries = self.entries()?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;

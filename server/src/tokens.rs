@@ -145,7 +145,12 @@ pub fn hash(token: &str) -> [u8; 32] {
 }
 
 /// Token names become directory names under `files/`, so they are kept plain.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
+fn validate_name(name: &str) -> Result<()> {
+    validate_owner("token name", name)
+}
+
+/// An owner's name (a folder under `files/`): `what` names it in the error.
+pub(crate) fn validate_owner(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -153,7 +158,9 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        bail!("token name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with a dot");
+        bail!(
+            "{what} {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with a dot"
+        );
     }
     Ok(())
 }
