@@ -153,7 +153,7 @@ impl Conn {
             ));
         }
         store
-            .add_link_usage(&link.id, 1, size as i64)
+            .add_link_usage(&link.id, 1, i64::try_from(size).unwrap_or(i64::MAX))
             .map_err(|e| storage(&e, "failed to count the link's usage"))
     }
 
@@ -161,11 +161,11 @@ impl Conn {
     /// kept).
     pub(super) fn give_back_to_link(&self, record: &UploadRecord) {
         if let Some(id) = &record.link {
-            if let Err(e) = self
-                .shared
-                .store
-                .add_link_usage(id, -1, -(record.size as i64))
-            {
+            if let Err(e) = self.shared.store.add_link_usage(
+                id,
+                -1,
+                -i64::try_from(record.size).unwrap_or(i64::MAX),
+            ) {
                 warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
             }
         }

@@ -304,3 +304,45 @@ async fn bad_input_over_webtransport_gets_the_same_codes() {
     web.frame(&Frame::Ping { req: 2 }).await;
     assert!(matches!(web.next().await, Some(Frame::Pong { req: 2 })));
 }
+
+/// An upload a link made that expires gives its file and bytes back to the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_upload_gives_its_share_back_to_the_link() {
+    let server = TestServer::start_with(|c| {
+        c.web_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.expire_after = Duration::from_secs(1);
+        c.sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    let (_, grant) = Links::new(server.data()).add("alice", 0, 0, 1).unwrap();
+    let mut web = WebRaw::login(&server, &grant).await;
+    web.frame(&create(1, "first", 1 << 20, 1 << 20)).await;
+    let first = match reply(&mut web).await {
+        Frame::Created { upload, .. } => upload.upload_id,
+        other => panic!("expected created, got {other:?}"),
+    };
+    web.frame(&create(2, "second", 1 << 20, 1 << 20)).await;
+    assert_eq!(
+        code_of(&reply(&mut web).await),
+        Some(ErrorCode::QuotaExceeded)
+    );
+    // Detached (the session ends), it expires: the owner's listing (which attaches nothing)
+    // loses it.
+    drop(web);
+    let mut native = Raw::hello(&server, &server.alice).await;
+    let mut gone = false;
+    for req in 1..100 {
+        native.frame(&Frame::List { req, cursor: None }).await;
+        if let Some(Frame::Listing { uploads, .. }) = native.next().await {
+            if uploads.iter().all(|u| u.upload_id != first) {
+                gone = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the idle upload expired");
+    let mut web = WebRaw::login(&server, &grant).await;
+    web.frame(&create(500, "second", 1 << 20, 1 << 20)).await;
+    assert!(matches!(reply(&mut web).await, Frame::Created { .. }));
+}
