@@ -1,7 +1,8 @@
 //! The web listener (`--web-listen`, off by default): the upload page over HTTPS on TCP, with
 //! the server's certificate. Every answer carries `Alt-Svc` naming the QUIC port.
 //!
-//! - `GET /` and `GET /u/<grant>`: the page (`web/index.html`); it reads the grant from its URL.
+//! - `GET /`, `GET /u/<grant>` and `…/index.html`: the page (`web/index.html`); it reads the
+//!   grant from its URL (the path, or the fragment: `index.html#<grant>`).
 //! - `GET …/ferry.js`, `…/app.js`, `…/style.css` (any folder: the page links them relatively):
 //!   the page's modules and style, built into ferryd.
 //! - `GET /webtransport.json`: where and how to open the session: `{"port": QUIC port,
@@ -29,6 +30,7 @@ const MAX_WEB_CONNECTIONS: usize = 256;
 
 /// The page's files, built into the binary.
 const FILES: &[(&str, &str, &str)] = &[
+    ("/index.html", "text/html; charset=utf-8", INDEX),
     (
         "/ferry.js",
         "text/javascript; charset=utf-8",

@@ -210,3 +210,25 @@ fn pause_stops_sending_and_resume_finishes() {
     assert_same_file(&file, &site.published("paused.mov"));
     browser.quit();
 }
+
+/// The page as another web server would host it: the grant in the fragment (never sent to any
+/// server) and the ferryd web listener named by `?server=`.
+#[test]
+fn the_page_takes_the_grant_from_the_fragment_and_the_server_from_the_query() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let file = random_file(local.path(), "elsewhere.bin", (3 << 20) + 11, 17);
+    let (origin, grant) = site.url.split_once("/u/").unwrap();
+    let host = origin.trim_start_matches("https://");
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&format!("{origin}/index.html?server={host}#{grant}"));
+    let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    assert_eq!(status, "ready", "console:\n{}", browser.console());
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let status = browser.wait_status(Duration::from_secs(60), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    assert_same_file(&file, &site.published("elsewhere.bin"));
+    browser.quit();
+}
