@@ -70,8 +70,12 @@ export class Session {
       (e) => session.ended(new FerryError("connection_lost", String(e && e.message ? e.message : e))),
     );
     session.onClose = onClose;
-    const welcome = await session.exchange({ type: "hello", version: PROTOCOL_VERSION, token }, "welcome");
-    session.welcome = welcome;
+    try {
+      session.welcome = await session.exchange({ type: "hello", version: PROTOCOL_VERSION, token }, "welcome");
+    } catch (e) {
+      session.close();
+      throw e;
+    }
     return session;
   }
 

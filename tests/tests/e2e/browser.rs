@@ -232,3 +232,35 @@ fn the_page_takes_the_grant_from_the_fragment_and_the_server_from_the_query() {
     assert_same_file(&file, &site.published("elsewhere.bin"));
     browser.quit();
 }
+
+/// A revoked link: the page says why, in the DOM contract's form, and explains it.
+#[test]
+fn a_revoked_link_fails_with_its_code_and_message() {
+    let Some(site) = Site::start() else { return };
+    let out = Command::new(binary("ferryd"))
+        .args(["link", "--revoke", &site.url, "--data"])
+        .arg(&site.deployment.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = tempfile::tempdir().unwrap();
+    let file = random_file(local.path(), "late.bin", 1 << 20, 19);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&site.url);
+    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let status = browser.wait_status(Duration::from_secs(30), is_done);
+    assert_eq!(
+        status,
+        "failed: unauthorized unknown or revoked upload link"
+    );
+    assert!(browser.text("#explain").contains("not valid"));
+    assert!(!site.published("late.bin").exists());
+    browser.quit();
+}
