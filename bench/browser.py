@@ -8,6 +8,7 @@ every Chromium process), and the peak RSS of the largest Chromium process (the r
 Both published files are checked against the source's SHA-256.
 
 Usage: bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
+       bench/browser.py page LINK FILE   (the page's upload alone; bench/lossy.sh SYSTEM=browser)
 """
 import hashlib
 import json
@@ -91,7 +92,70 @@ class WebDriver:
         return self.call("GET", f"/element/{self.element(css)}/text")
 
 
+def page_upload(link, path, work, procs):
+    """Opens `link` in a headless Chromium over chromedriver, uploads `path` through the page;
+    returns (seconds from the click to `complete`, the last status, CPU-s of every Chromium
+    process over the upload, peak RSS in KiB of the largest one)."""
+    driver_port = free_port()
+    driver = subprocess.Popen(["chromedriver", f"--port={driver_port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(driver)
+    wd = WebDriver(driver_port)
+    for _ in range(150):
+        try:
+            if wd.call("GET", "/status")["ready"]:
+                break
+        except Exception:
+            time.sleep(0.1)
+    binary = "/usr/lib/chromium/chromium" if os.path.exists("/usr/lib/chromium/chromium") else "/usr/bin/chromium"
+    profile = os.path.join(work, "profile")
+    wd.session = wd.call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+        "goog:chromeOptions": {"binary": binary, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                               "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                               "--ignore-certificate-errors"] + os.environ.get("CHROMIUM_ARGS", "").split()}}}})["sessionId"]
+    wd.call("POST", "/url", {"url": link})
+    for _ in range(600):
+        if wd.text("#status") != "loading":
+            break
+        time.sleep(0.1)
+    wd.call("POST", f"/element/{wd.element('#files')}/value", {"text": path})
+    before = {pid: cpu_seconds(pid) for pid in chromium_pids()}
+    start = time.time()
+    wd.call("POST", f"/element/{wd.element('#upload')}/click")
+    status = ""
+    while time.time() - start < 1800:
+        status = wd.text("#status")
+        if status == "complete" or status.startswith("failed"):
+            break
+        time.sleep(0.05)
+    took = time.time() - start
+    pids = chromium_pids()
+    browser_cpu = sum(cpu_seconds(p) - before.get(p, 0.0) for p in pids)
+    rss = max((hwm_kib(p) for p in pids), default=0)
+    try:
+        wd.call("DELETE", "")
+    except Exception:
+        pass
+    driver.kill()
+    driver.wait()
+    return took, status, browser_cpu, rss
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "page":
+        # bench/browser.py page LINK FILE: only the page's upload (bench/lossy.sh runs it in a
+        # network namespace); prints seconds, status, Chromium CPU-s.
+        work = tempfile.mkdtemp(prefix="ferry-page.", dir="/var/tmp")
+        procs = []
+        try:
+            took, status, cpu, _ = page_upload(sys.argv[2], sys.argv[3], work, procs)
+            print(f"{took:.2f} {status.replace(' ', '_')} {cpu:.2f}")
+        finally:
+            for p in procs:
+                p.kill()
+            shutil.rmtree(work, ignore_errors=True)
+        return
+
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     subprocess.run(["cargo", "build", "--release", "--bins", "--manifest-path", os.path.join(ROOT, "Cargo.toml")],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,51 +203,12 @@ def main():
 
         # 2. the page in Chromium.
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], stderr=subprocess.DEVNULL)
-        driver_port = free_port()
-        driver = subprocess.Popen(["chromedriver", f"--port={driver_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(driver)
-        wd = WebDriver(driver_port)
-        for _ in range(150):
-            try:
-                if wd.call("GET", "/status")["ready"]:
-                    break
-            except Exception:
-                time.sleep(0.1)
-        binary = "/usr/lib/chromium/chromium" if os.path.exists("/usr/lib/chromium/chromium") else "/usr/bin/chromium"
-        profile = os.path.join(work, "profile")
-        wd.session = wd.call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
-            "goog:chromeOptions": {"binary": binary, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                   "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                                   "--ignore-certificate-errors"]}}}})["sessionId"]
-        wd.call("POST", "/url", {"url": link})
-        for _ in range(200):
-            if wd.text("#status") != "loading":
-                break
-            time.sleep(0.1)
         page_src = os.path.join(work, "page.bin")
         os.link(src, page_src)
-        wd.call("POST", f"/element/{wd.element('#files')}/value", {"text": page_src})
-        before = {pid: cpu_seconds(pid) for pid in chromium_pids()}
         server_cpu = cpu_seconds(server.pid)
-        start = time.time()
-        wd.call("POST", f"/element/{wd.element('#upload')}/click")
-        status = ""
-        while time.time() - start < 1800:
-            status = wd.text("#status")
-            if status == "complete" or status.startswith("failed"):
-                break
-            time.sleep(0.05)
-        took = time.time() - start
-        pids = chromium_pids()
-        browser_cpu = sum(cpu_seconds(p) - before.get(p, 0.0) for p in pids)
-        rss = max((hwm_kib(p) for p in pids), default=0)
+        took, status, browser_cpu, rss = page_upload(link, page_src, work, procs)
         ok = status == "complete" and sha256(os.path.join(data, "files", "alice", "page.bin")) == want
         rows.append(("browser", took, cpu_seconds(server.pid) - server_cpu, browser_cpu, rss, ok))
-        try:
-            wd.call("DELETE", "")
-        except Exception:
-            pass
 
         print(f"{mib} MiB on loopback, one file")
         print(f"{'client':8} {'MiB/s':>8} {'s':>7} {'ferryd CPU-s':>13} {'client CPU-s':>13} {'client peak RSS':>16}  same bytes")

@@ -6,7 +6,8 @@
 # Root only; the emulator stays outside the project and is built from ../shared/tools.
 # SYSTEM=ferry (default), ceiling (bench's quic-ceiling pair: bare quinn with Ferry's
 # transport settings, 8 streams, no hashing, no sync) or tus (@tus/server + tus-js-client over
-# TCP with TCP=bbr|cubic in both namespaces; node and npm needed).
+# TCP with TCP=bbr|cubic in both namespaces; node and npm needed) or browser (the upload page in
+# headless Chromium through chromedriver, bench/browser.py page; chromium and chromium-driver).
 # Usage: [SYSTEM=ferry] [DELAY_MS=100] [LOSS=0.05] [RATE_MBIT=1000] [SEED=3]
 #        [FERRY_ARGS="--parallel 16"] [CONGESTION=delay] [TCP=bbr] [BIN=DIR] bench/lossy.sh [SIZE_MIB]
 set -euo pipefail
@@ -64,6 +65,23 @@ tus)
   mbs "$mib" "$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$t0")"
   out="$work/store/$(sed 's|.*/||' "$work/url.txt")"
   cmp -s "$work/src.bin" "$out" || { echo "lossy.sh: received file differs" >&2; exit 1; }
+  kill -TERM "$netem_pid"; wait "$netem_pid" 2>/dev/null || true; netem_pid=
+  grep -E "final" "$work/netem.log" | head -1 || true
+  exit 0 ;;
+browser)
+  # The upload page in headless Chromium (bench/browser.py page) in wan-a, ferryd with its web
+  # listener in wan-b: the page, its certificate hashes and the upload all cross the link.
+  "$bin/ferryd" token add bench --init --data "$work/data" > /dev/null 2>&1
+  ip netns exec wan-b "$bin/ferryd" serve --listen 10.99.0.2:4433 --web-listen 10.99.0.2:8443 \
+    --data "$work/data" 2> "$work/server.log" &
+  server_pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+  link=$("$bin/ferryd" link bench --data "$work/data" --web-url https://10.99.0.2:8443 2>/dev/null)
+  read -r secs status cpu < <(ip netns exec wan-a python3 "$root/bench/browser.py" page "$link" "$work/src.bin")
+  [ "$status" = complete ] || { echo "lossy.sh: the page said $status" >&2; exit 1; }
+  mbs "$mib" "$secs"
+  echo "Chromium ${cpu} CPU-s"
+  cmp -s "$work/src.bin" "$work/data/files/bench/src.bin" || { echo "lossy.sh: received file differs" >&2; exit 1; }
   kill -TERM "$netem_pid"; wait "$netem_pid" 2>/dev/null || true; netem_pid=
   grep -E "final" "$work/netem.log" | head -1 || true
   exit 0 ;;
