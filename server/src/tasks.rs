@@ -42,11 +42,8 @@ pub(crate) async fn sweep_forever(shared: Arc<Shared>) {
             {
                 info!(upload = %id, owner = record.owner, "expired after making no progress");
                 // What it counted against its upload link comes back.
-                if let Some(link) = &record.link {
-                    let size = i64::try_from(record.size).unwrap_or(i64::MAX);
-                    if let Err(e) = shared.store.add_link_usage(link, -1, -size) {
-                        warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
-                    }
+                if let Err(e) = shared.store.give_back_to_link(&record) {
+                    warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
                 }
             }
         }

@@ -138,7 +138,7 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "this upload link allows {} files, and {files} were sent",
+                    "this upload link allows {} files, and {files} were created through it",
                     link.max_files
                 ),
             ));
@@ -147,7 +147,7 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "this upload link allows {} bytes in all; {bytes} were sent and this file has {size}",
+                    "this upload link allows {} bytes in all; {bytes} were created through it and this file has {size}",
                     link.max_size
                 ),
             ));
@@ -160,14 +160,8 @@ impl Conn {
     /// Gives back what `take_from_link` counted for an upload that will not be (created or
     /// kept).
     pub(super) fn give_back_to_link(&self, record: &UploadRecord) {
-        if let Some(id) = &record.link {
-            if let Err(e) = self.shared.store.add_link_usage(
-                id,
-                -1,
-                -i64::try_from(record.size).unwrap_or(i64::MAX),
-            ) {
-                warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
-            }
+        if let Err(e) = self.shared.store.give_back_to_link(record) {
+            warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
         }
     }
 

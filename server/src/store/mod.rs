@@ -143,6 +143,16 @@ impl Store {
         Ok(())
     }
 
+    /// Gives back what an upload counted against its upload link, if it was made through one.
+    pub fn give_back_to_link(&self, record: &UploadRecord) -> Result<()> {
+        match &record.link {
+            Some(id) => {
+                self.add_link_usage(id, -1, -i64::try_from(record.size).unwrap_or(i64::MAX))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The service id announced in `welcome`: made once, at the first start, and kept.
     pub fn service_id(&self) -> Result<String> {
         let db = self.db()?;
