@@ -199,7 +199,7 @@ fn pause_stops_sending_and_resume_finishes() {
     browser.click("#pause");
     assert_eq!(browser.text("#status"), "paused");
     // What was in flight lands (at most 6 chunks, paced at 16 MiB/s), then nothing more.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
     let held = site.durable_bytes();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(site.durable_bytes(), held, "nothing is sent while paused");
