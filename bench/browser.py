@@ -10,7 +10,6 @@ Both published files are checked against the source's SHA-256.
 Usage: bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
        bench/browser.py page LINK FILE   (the page's upload alone; bench/lossy.sh SYSTEM=browser)
 """
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import make_file, sha256  # noqa: E402  (bench/run.py: random file, its SHA-256)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -62,14 +64,6 @@ def hwm_kib(pid):
     except OSError:
         pass
     return 0
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class WebDriver:
@@ -163,10 +157,7 @@ def main():
     procs = []
     try:
         src = os.path.join(work, "src.bin")
-        with open(src, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(1 << 20))
-        want = sha256(src)
+        want = make_file(src, mib)
         data = os.path.join(work, "data")
         token = subprocess.run([f"{BIN}/ferryd", "token", "add", "alice", "--init", "--data", data],
                                check=True, capture_output=True, text=True).stdout.strip()

@@ -132,6 +132,11 @@ impl Links {
         Ok(found)
     }
 
+    /// The file's raw bytes (empty if it does not exist), to notice a change cheaply.
+    pub fn snapshot(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap_or_default()
+    }
+
     /// The link with this id.
     pub fn get(&self, id: &str) -> Result<Option<Link>> {
         Ok(self.entries()?.into_iter().find(|l| l.id == id))

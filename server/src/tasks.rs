@@ -63,10 +63,7 @@ const TOKENS_POLL: Duration = Duration::from_millis(100);
 /// refused.)
 pub(crate) async fn revoke_forever(shared: Arc<Shared>) {
     let links = crate::links::Links::new(&shared.config.data_dir);
-    let snapshot = || {
-        let links = std::fs::read(shared.config.data_dir.join("links")).unwrap_or_default();
-        (shared.tokens.snapshot(), links)
-    };
+    let snapshot = || (shared.tokens.snapshot(), links.snapshot());
     let mut seen = snapshot();
     loop {
         tokio::time::sleep(TOKENS_POLL).await;

@@ -160,33 +160,33 @@ impl Conn {
         let _reserving = self.owner_lock().await;
         self.check_owner_limits(size, true)?;
         self.take_from_link(size)?;
-        if let Some(s3) = &self.shared.s3 {
-            let created = self.create_remote(s3.clone(), record.clone()).await;
-            if created.is_err() {
-                self.give_back_to_link(&record);
-            }
-            return created;
-        }
-        let store = self.shared.store.clone();
-        let stored = record.clone();
-        let created = tokio::task::spawn_blocking(move || store.create(&stored))
-            .await
-            .map_err(internal)
-            .and_then(|created| {
-                created.map_err(|e| match e.downcast_ref::<crate::store::NoSpace>() {
-                    Some(no_space) => {
-                        WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
-                    }
-                    None => storage(&e, "failed to create the upload"),
-                })
-            });
-        if created.is_err() {
-            self.give_back_to_link(&record);
-        }
-        let id = created?;
-        info!(upload = %id, name = record.file_name, size, chunk_size, "created");
+        let created = match &self.shared.s3 {
+            Some(s3) => self.create_remote(s3.clone(), record.clone()).await,
+            None => self.create_local(record.clone()).await,
+        };
+        let (id, record) = created.inspect_err(|_| self.give_back_to_link(&record))?;
+        info!(upload = %id, name = record.file_name, size, chunk_size = record.chunk_size, "created");
         crate::metrics::metrics().uploads_created.inc();
         self.attach(id, record, 0).await
+    }
+
+    /// Records a new upload in the data directory, its whole size reserved on disk.
+    async fn create_local(
+        &self,
+        record: UploadRecord,
+    ) -> Result<(UploadId, UploadRecord), WireError> {
+        let store = self.shared.store.clone();
+        let stored = record.clone();
+        let id = tokio::task::spawn_blocking(move || store.create(&stored))
+            .await
+            .map_err(internal)?
+            .map_err(|e| match e.downcast_ref::<crate::store::NoSpace>() {
+                Some(no_space) => {
+                    WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
+                }
+                None => storage(&e, "failed to create the upload"),
+            })?;
+        Ok((id, record))
     }
 
     /// With the s3 store: the server chooses the chunk size (parts of at least 8 MiB, at most
@@ -196,7 +196,7 @@ impl Conn {
         &self,
         s3: std::sync::Arc<crate::store::s3::S3>,
         mut record: UploadRecord,
-    ) -> Result<UploadInfo, WireError> {
+    ) -> Result<(UploadId, UploadRecord), WireError> {
         use crate::store::s3::{chunk_size_for, MAX_PARTS};
         let max_chunk = self.shared.config.max_chunk_size;
         record.chunk_size = chunk_size_for(record.size);
@@ -223,9 +223,7 @@ impl Conn {
             let _ = s3.abort(id, &record).await;
             return Err(storage(&e, "failed to create the upload"));
         }
-        info!(upload = %id, name = record.file_name, size = record.size, chunk_size = record.chunk_size, "created");
-        crate::metrics::metrics().uploads_created.inc();
-        self.attach(id, record, 0).await
+        Ok((id, record))
     }
 
     /// With the s3 store the bucket, not this node, knows the upload's state: unless this node

@@ -60,7 +60,24 @@ struct Loaded {
 pub(crate) struct BrowserCerts {
     path: PathBuf,
     names: Vec<String>,
-    state: RwLock<(Loaded, Loaded, u64)>,
+    state: RwLock<State>,
+}
+
+/// The pair as stored, and both certificates ready for rustls.
+struct State {
+    pair: Pair,
+    current: Loaded,
+    next: Loaded,
+}
+
+impl State {
+    fn of(pair: Pair) -> Result<Self> {
+        Ok(Self {
+            current: load(&pair.current)?,
+            next: load(&pair.next)?,
+            pair,
+        })
+    }
 }
 
 impl std::fmt::Debug for BrowserCerts {
@@ -77,46 +94,52 @@ impl BrowserCerts {
     pub(crate) fn open(data_dir: &Path, names: Vec<String>) -> Result<Self> {
         let path = data_dir.join("tls").join("web.json");
         let now = unix_now();
-        let pair = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<Pair>(&bytes) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "unreadable browser certificates; making new ones");
-                    fresh_pair(&names, now)?
-                }
-            },
-            Err(_) => fresh_pair(&names, now)?,
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Pair>(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(State::of)
+                .map_err(|e| warn!(path = %path.display(), error = %format!("{e:#}"), "unreadable browser certificates; making new ones"))
+                .ok(),
+            Err(_) => None,
         };
-        let state = RwLock::new(load_pair(&pair)?);
-        let certs = Self { path, names, state };
-        certs.save(&pair)?;
-        certs.rotate_if_due(now)?;
+        let state = match stored {
+            Some(state) => state,
+            None => State::of(fresh_pair(&names, now)?)?,
+        };
+        let certs = Self {
+            path,
+            names,
+            state: RwLock::new(state),
+        };
+        if !certs.rotate_if_due(now)? {
+            certs.save(&certs.state.read().unwrap_or_else(|p| p.into_inner()).pair)?;
+        }
         Ok(certs)
     }
 
     /// Makes the next certificate current (and a new next) once the current one has been
     /// current for [`ROTATE_AFTER`]. Returns whether it rotated.
     pub(crate) fn rotate_if_due(&self, now: u64) -> Result<bool> {
-        let bytes = std::fs::read(&self.path)
-            .with_context(|| format!("failed to read {}", self.path.display()))?;
-        let pair: Pair = serde_json::from_slice(&bytes)?;
-        if now < pair.current.current_since + ROTATE_AFTER.as_secs() {
-            return Ok(false);
-        }
-        let next_age = now.saturating_sub(pair.next.made_at);
-        let mut current = pair.next;
+        let mut current = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if now < state.pair.current.current_since + ROTATE_AFTER.as_secs() {
+                return Ok(false);
+            }
+            state.pair.next.clone()
+        };
+        let next_age = now.saturating_sub(current.made_at);
         // A next certificate too old to serve a whole period (the server was off for days)
         // is replaced too.
         if next_age + ROTATE_AFTER.as_secs() + BACKDATE.as_secs() > LIFETIME.as_secs() {
             current = make(&self.names, now)?;
         }
         current.current_since = now;
-        let pair = Pair {
+        let state = State::of(Pair {
             current,
             next: make(&self.names, now)?,
-        };
-        self.save(&pair)?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = load_pair(&pair)?;
+        })?;
+        self.save(&state.pair)?;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
         info!(
             current = hex::encode(self.hashes()[0]),
             "rotated the browser certificate"
@@ -129,7 +152,7 @@ impl BrowserCerts {
         self.state
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .0
+            .current
             .key
             .clone()
     }
@@ -137,7 +160,7 @@ impl BrowserCerts {
     /// SHA-256 of the current and the next certificate, for `serverCertificateHashes`.
     pub(crate) fn hashes(&self) -> [[u8; 32]; 2] {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        [state.0.hash, state.1.hash]
+        [state.current.hash, state.next.hash]
     }
 
     fn save(&self, pair: &Pair) -> Result<()> {
@@ -172,14 +195,6 @@ fn make(names: &[String], now: u64) -> Result<Stored> {
         made_at: now,
         current_since: 0,
     })
-}
-
-fn load_pair(pair: &Pair) -> Result<(Loaded, Loaded, u64)> {
-    Ok((
-        load(&pair.current)?,
-        load(&pair.next)?,
-        pair.current.current_since,
-    ))
 }
 
 fn load(stored: &Stored) -> Result<Loaded> {

@@ -9,7 +9,7 @@ use ferry_tests::*;
 use crate::operations::{ferryd, text};
 
 /// `GET path` on the admin listener: (status code, body).
-fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -34,7 +34,7 @@ fn admin_addr(server: &ServerProcess) -> String {
 }
 
 /// One sample of `/metrics`, by its full name and labels.
-fn sample(metrics: &str, name: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

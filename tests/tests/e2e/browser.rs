@@ -61,25 +61,32 @@ impl Site {
 
     /// One admin GET: the body.
     fn admin(&self, path: &str) -> String {
-        use std::io::{Read, Write};
         let addr = self.deployment.server.admin.expect("the admin listener");
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response.split_once("\r\n\r\n").unwrap().1.to_owned()
+        crate::admin::get(&addr.to_string(), path, None).1
     }
 
     fn bytes_received(&self) -> u64 {
-        let metrics = self.admin("/metrics");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("ferry_bytes_received_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("ferry_bytes_received_total in\n{metrics}")) as u64
+        crate::admin::sample(&self.admin("/metrics"), "ferry_bytes_received_total") as u64
+    }
+
+    /// A browser on `profile` that opened `url`, saw the page ready, chose `files` and clicked
+    /// `#upload`.
+    fn upload(&self, profile: &Path, url: &str, files: &[&Path]) -> Browser {
+        let browser = Browser::start(profile, &self.spki);
+        browser.open(url);
+        let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+        assert_eq!(status, "ready", "console:\n{}", browser.console());
+        browser.set_files("#files", files);
+        browser.click("#upload");
+        browser
+    }
+
+    /// Waits (at most 60 s) until the unfinished upload has `bytes` durable.
+    fn wait_durable(&self, bytes: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.durable_bytes() < bytes && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Durable bytes of the unfinished upload (0 if there is none).
@@ -104,13 +111,8 @@ fn the_page_uploads_two_files_through_a_link() {
     let small = random_file(local.path(), "notes.txt", (100 << 10) + 3, 5);
     let big = random_file(local.path(), "clip.mov", 64 << 20, 6);
     let profile = tempfile::tempdir().unwrap();
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&site.url);
-    let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    assert_eq!(status, "ready", "console:\n{}", browser.console());
-    browser.set_files("#files", &[&small, &big]);
     let started = Instant::now();
-    browser.click("#upload");
+    let browser = site.upload(profile.path(), &site.url, &[&small, &big]);
     let status = browser.wait_status(Duration::from_secs(180), is_done);
     let took = started.elapsed();
     assert_eq!(status, "complete", "console:\n{}", browser.console());
@@ -132,15 +134,9 @@ fn a_closed_page_resumes_sending_only_the_missing_chunks() {
     let file = random_file(local.path(), "long.mov", size as usize, 9);
     let profile = tempfile::tempdir().unwrap();
     // First visit, paced at 16 MiB/s so that it is surely cut off mid-way.
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&format!("{}?limit=16M", site.url));
-    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    browser.set_files("#files", &[&file]);
-    browser.click("#upload");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while site.durable_bytes() < 16 << 20 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let paced = format!("{}?limit=16M", site.url);
+    let browser = site.upload(profile.path(), &paced, &[&file]);
+    site.wait_durable(16 << 20);
     if let Ok(path) = std::env::var("FERRY_SCREENSHOT") {
         browser.screenshot(Path::new(&path));
     }
@@ -156,11 +152,7 @@ fn a_closed_page_resumes_sending_only_the_missing_chunks() {
 
     // Second visit, same browser profile: the page finds its upload in IndexedDB, asks the
     // server, and sends only the rest.
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&site.url);
-    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    browser.set_files("#files", &[&file]);
-    browser.click("#upload");
+    let browser = site.upload(profile.path(), &site.url, &[&file]);
     let status = browser.wait_status(Duration::from_secs(120), is_done);
     assert_eq!(status, "complete");
     assert_same_file(&file, &site.published("long.mov"));
@@ -187,15 +179,9 @@ fn pause_stops_sending_and_resume_finishes() {
     let size = 64u64 << 20;
     let file = random_file(local.path(), "paused.mov", size as usize, 13);
     let profile = tempfile::tempdir().unwrap();
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&format!("{}?limit=16M", site.url));
-    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    browser.set_files("#files", &[&file]);
-    browser.click("#upload");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while site.durable_bytes() < 8 << 20 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let paced = format!("{}?limit=16M", site.url);
+    let browser = site.upload(profile.path(), &paced, &[&file]);
+    site.wait_durable(8 << 20);
     browser.click("#pause");
     assert_eq!(browser.text("#status"), "paused");
     // What was in flight lands (at most 6 chunks, paced at 16 MiB/s), then nothing more.
@@ -221,12 +207,8 @@ fn the_page_takes_the_grant_from_the_fragment_and_the_server_from_the_query() {
     let (origin, grant) = site.url.split_once("/u/").unwrap();
     let host = origin.trim_start_matches("https://");
     let profile = tempfile::tempdir().unwrap();
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&format!("{origin}/index.html?server={host}#{grant}"));
-    let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    assert_eq!(status, "ready", "console:\n{}", browser.console());
-    browser.set_files("#files", &[&file]);
-    browser.click("#upload");
+    let elsewhere = format!("{origin}/index.html?server={host}#{grant}");
+    let browser = site.upload(profile.path(), &elsewhere, &[&file]);
     let status = browser.wait_status(Duration::from_secs(60), is_done);
     assert_eq!(status, "complete", "console:\n{}", browser.console());
     assert_same_file(&file, &site.published("elsewhere.bin"));
@@ -250,11 +232,7 @@ fn a_revoked_link_fails_with_its_code_and_message() {
     let local = tempfile::tempdir().unwrap();
     let file = random_file(local.path(), "late.bin", 1 << 20, 19);
     let profile = tempfile::tempdir().unwrap();
-    let browser = Browser::start(profile.path(), &site.spki);
-    browser.open(&site.url);
-    browser.wait_status(Duration::from_secs(20), |s| s != "loading");
-    browser.set_files("#files", &[&file]);
-    browser.click("#upload");
+    let browser = site.upload(profile.path(), &site.url, &[&file]);
     let status = browser.wait_status(Duration::from_secs(30), is_done);
     assert_eq!(
         status,
