@@ -266,6 +266,33 @@ impl Client {
 
 /// The open connection in `slot`, connecting first if there is none. A free function so that
 /// callers can borrow other fields of `Client` at the same time.
+/// The wait before each reconnect: 250 ms, doubling to 5 s while attempts fail, back to 250 ms
+/// after a connection that got `welcome` (a server that restarts often is rejoined at once each
+/// time, not after the longest wait).
+#[derive(Debug)]
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) const FIRST: Duration = Duration::from_millis(250);
+    pub(crate) const MAX: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    /// The wait before the next attempt, then doubled.
+    pub(crate) fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        wait
+    }
+
+    /// The connection got `welcome`: the next loss waits the shortest time again.
+    pub(crate) fn welcomed(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
 pub(crate) async fn connected<'a>(
     slot: &'a mut Option<Connection>,
     endpoint: &Endpoint,

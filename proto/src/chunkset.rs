@@ -21,6 +21,11 @@ impl ChunkSet {
         set
     }
 
+    /// How many disjoint ranges the set holds: what it costs in memory.
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// Adds one index. Returns false if it was already present.
     pub fn insert(&mut self, index: u64) -> bool {
         if self.contains(index) {

@@ -93,6 +93,11 @@ pub enum ErrorCode {
     /// At create: the server's `--on-create` hook refused the upload; the message is the
     /// hook's. Permanent for that file as it is.
     Refused,
+    /// A chunk stream arrived in more separate pieces (byte ranges with gaps between them) than
+    /// the server keeps track of: 4 096 per stream, 16 384 per connection. The stream is
+    /// stopped and the chunk rejected; re-send it. An honest sender meets it only on a path
+    /// that loses or reorders far beyond its windows.
+    TooFragmented,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -143,6 +148,7 @@ impl ErrorCode {
         Self::NameExhausted,
         Self::AlreadyExists,
         Self::Refused,
+        Self::TooFragmented,
     ];
 
     /// The wire spelling.
@@ -189,6 +195,7 @@ impl ErrorCode {
             Self::NameExhausted => "name_exhausted",
             Self::AlreadyExists => "already_exists",
             Self::Refused => "refused",
+            Self::TooFragmented => "too_fragmented",
             Self::Unknown => "unknown",
         }
     }
@@ -203,6 +210,7 @@ impl ErrorCode {
                 | Self::StorageError
                 | Self::StorageFull
                 | Self::StreamTimeout
+                | Self::TooFragmented
         )
     }
 

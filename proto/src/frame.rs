@@ -15,8 +15,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// 4 moved the chunk digest after the payload (`chunk_end`) and made the file-level check the
 /// content hash (SHA-256 over the chunk digests) in `finish`, `finished`, `dedup`, `deduped`;
 /// 5 added `welcome.service` (the service a resume journal is keyed by), let the server choose
-/// the chunk size (`created.upload.chunk_size` may differ from `create.chunk_size`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// the chunk size (`created.upload.chunk_size` may differ from `create.chunk_size`); 6 added
+/// WebTransport sessions for browsers and upload links (`hello.token` may be a grant); 7 added
+/// the code `too_fragmented` (a bound on the pieces of a chunk stream read out of order).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";

@@ -67,7 +67,12 @@ pub fn sanitize_dir(components: &[String]) -> Result<Vec<String>, NameError> {
         .iter()
         .map(|c| sanitize(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let len = clean.iter().map(|c| c.len() + 1).sum::<usize>();
+    // Joined with `/`: one separator fewer than components.
+    let len = clean
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
     if len > MAX_DIR_BYTES {
         return Err(NameError::TooLong { len });
     }
@@ -79,11 +84,12 @@ pub fn sanitize_dir(components: &[String]) -> Result<Vec<String>, NameError> {
 /// boundary, so the result stays within [`MAX_NAME_BYTES`]: a 255-byte name has alternatives
 /// too.
 pub fn numbered(name: &str, n: u32) -> String {
+    let tag = format!(" ({n})");
     let (stem, ext) = match name.rfind('.') {
-        Some(dot) if dot > 0 => name.split_at(dot),
+        // An "extension" too long to keep beside the tag is part of the stem (then shortened).
+        Some(dot) if dot > 0 && name.len() - dot + tag.len() < MAX_NAME_BYTES => name.split_at(dot),
         _ => (name, ""),
     };
-    let tag = format!(" ({n})");
     let room = MAX_NAME_BYTES.saturating_sub(tag.len() + ext.len());
     let mut cut = stem.len().min(room);
     while !stem.is_char_boundary(cut) {
@@ -119,6 +125,23 @@ mod tests {
         );
     }
 
+    /// Regression (issue 21, finding 10): a folder path of exactly 1 024 bytes joined was
+    /// refused as 1 025 (a separator counted after the last component).
+    #[test]
+    fn a_folder_path_of_exactly_the_limit_is_taken() {
+        let mut exact: Vec<String> = (0..5).map(|i| format!("{i}{}", "d".repeat(199))).collect();
+        exact[4].push_str(&"d".repeat(20));
+        assert_eq!(exact.join("/").len(), MAX_DIR_BYTES);
+        assert_eq!(sanitize_dir(&exact).unwrap(), exact);
+        exact[4].push('d');
+        assert_eq!(
+            sanitize_dir(&exact),
+            Err(NameError::TooLong {
+                len: MAX_DIR_BYTES + 1
+            })
+        );
+    }
+
     #[test]
     fn numbers_before_the_extension() {
         assert_eq!(numbered("clip.mp4", 1), "clip (1).mp4");
@@ -137,5 +160,22 @@ mod tests {
             assert!(alt.ends_with(&format!(" ({n}).mov")), "{alt}");
         }
         assert_eq!(numbered(&"a".repeat(255), 1).len(), 255);
+    }
+
+    /// Regression (issue 21, finding 8): a 255-byte name whose last dot is near its start
+    /// (`a.xxxx…`) kept its 254-byte "extension" whole, so `name (1)` was 258 bytes and every
+    /// finish of a second copy failed with `storage_error` "File name too long".
+    #[test]
+    fn a_long_extension_is_shortened_too() {
+        for name in [
+            format!("a.{}", "x".repeat(253)),
+            format!("x.{}", "视".repeat(84)),
+        ] {
+            for n in [1, 10, 9999] {
+                let alt = numbered(&name, n);
+                assert!(alt.len() <= MAX_NAME_BYTES, "{} bytes", alt.len());
+                assert!(alt.ends_with(&format!(" ({n})")), "{alt}");
+            }
+        }
     }
 }

@@ -10,7 +10,6 @@
 //!   pushed to every connected client and sent in `welcome` until cleared; `DELETE /notice`
 //!   clears it; `GET /notice` shows it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +19,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 use crate::metrics::metrics;
 use crate::Shared;
@@ -39,39 +37,16 @@ pub struct UploadProgress {
     pub active: bool,
 }
 
-/// Serves the admin listener until the task is aborted.
+/// Serves the admin listener until the task is aborted, within `httpconn::Limits::ADMIN`: a
+/// flood of idle connections evicts its own oldest, never takes the descriptors the QUIC path
+/// needs, and never keeps a prompt request out.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    // Bounded by the process: each turn accepts one connection.
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "admin listener: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let gate = crate::httpconn::Gate::new("admin", crate::httpconn::Limits::ADMIN);
+    let handler = move |req: Request<Incoming>, _peer| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            // A client that trickles its request head is cut off (one admin request is
-            // small; the listener belongs on loopback, but need not trust what reaches it).
-            let serving = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(io, service);
-            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(60), serving)
-                .await
-                .unwrap_or_else(|_| Ok(()))
-            {
-                debug!(%peer, error = %e, "admin connection ended");
-            }
-        });
-    }
+        async move { handle(req, &shared).await }
+    };
+    crate::httpconn::serve(listener, None, gate, handler).await;
 }
 
 fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

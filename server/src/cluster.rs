@@ -27,7 +27,7 @@ pub(crate) async fn mirror_tokens(s3: &S3, tokens: &Tokens) -> Result<bool> {
 /// A bucket without a token file gets this node's (a local installation moved to the s3
 /// store keeps its tokens); one with a token file is left alone.
 pub(crate) async fn seed_tokens(s3: &S3, tokens: &Tokens) -> Result<()> {
-    let local = tokens.snapshot();
+    let local = tokens.bytes();
     if !local.is_empty() && s3.tokens().await?.is_none() {
         tokens.entries()?;
         s3.put_tokens(local).await?;

@@ -39,6 +39,12 @@ pub struct Config {
     pub max_uploads_per_owner: u64,
     /// Stored plus staged bytes per owner; 0 for no limit.
     pub quota_per_owner: u64,
+    /// Files and folders one owner may make under `files/` (published files, created folders);
+    /// 0 for no limit. Local store only: the s3 store's objects cost no inode.
+    pub max_entries_per_owner: u64,
+    /// Free inodes kept for the server's own files: creates and folders that would eat into
+    /// them are refused (`insufficient_storage`). 0: no reserve.
+    pub min_free_inodes: u64,
     /// Connections at once, in total and from one IP address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -101,6 +107,8 @@ impl Config {
             congestion: ferry_proto::Congestion::default(),
             max_uploads_per_owner: 16,
             quota_per_owner: 0,
+            max_entries_per_owner: 100_000,
+            min_free_inodes: 4096,
             max_connections: 256,
             max_connections_per_ip: 16,
             max_pending_logins: 64,
@@ -128,6 +136,7 @@ impl Config {
         Tunable {
             max_uploads_per_owner: self.max_uploads_per_owner,
             quota_per_owner: self.quota_per_owner,
+            max_entries_per_owner: self.max_entries_per_owner,
             expire_after: self.expire_after,
             dedup_across_owners: self.dedup_across_owners,
             on_complete: self.on_complete.clone(),
@@ -157,6 +166,7 @@ impl Config {
 pub struct Tunable {
     pub max_uploads_per_owner: u64,
     pub quota_per_owner: u64,
+    pub max_entries_per_owner: u64,
     pub expire_after: Duration,
     pub dedup_across_owners: bool,
     pub on_complete: Option<String>,
@@ -182,6 +192,11 @@ impl Tunable {
             "quota",
             self.quota_per_owner.to_string(),
             new.quota_per_owner.to_string(),
+        );
+        note(
+            "max-entries",
+            self.max_entries_per_owner.to_string(),
+            new.max_entries_per_owner.to_string(),
         );
         note(
             "expire-after",
@@ -235,6 +250,9 @@ impl Reloader {
         }
         if old.data_dir != config.data_dir {
             fixed.push("data");
+        }
+        if old.min_free_inodes != config.min_free_inodes {
+            fixed.push("min-free-inodes");
         }
         if old.cert != config.cert {
             fixed.push("cert/key");

@@ -70,6 +70,31 @@ pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     sync_dir(parent.unwrap_or(Path::new(".")))
 }
 
+/// Creates the folders `parts` below `root` (an existing folder) where missing, then fsyncs
+/// `root` and every folder of the path but the last, existing or new: each entry of the path is
+/// durable when this returns, also one another thread created a moment ago and has not synced
+/// yet (`create_dir_durable` returns at once for a folder that exists). Returns how many
+/// folders it created. The caller syncs the last folder after adding its own entry to it.
+pub fn create_path_synced(root: &Path, parts: &[&str]) -> std::io::Result<u64> {
+    let mut created = 0;
+    let mut dir = root.to_path_buf();
+    let mut parents = vec![root.to_path_buf()];
+    for part in parts {
+        dir.push(part);
+        match fs::create_dir(&dir) {
+            Ok(()) => created += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        parents.push(dir.clone());
+    }
+    parents.pop();
+    for parent in parents.iter().rev() {
+        sync_dir(parent)?;
+    }
+    Ok(created)
+}
+
 /// fsyncs a directory so a create, rename, link or unlink inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -11,6 +11,7 @@ mod driver;
 mod fsutil;
 mod guard;
 pub mod hooks;
+mod httpconn;
 pub mod links;
 pub mod metrics;
 mod outbox;
@@ -49,6 +50,11 @@ pub(crate) struct Shared {
     notices: tokio::sync::broadcast::Sender<String>,
     store: Arc<Store>,
     tokens: Tokens,
+    links: links::Links,
+    /// Counts connections registered in `live`: the revocation watch checks every live
+    /// credential when it moved, so a token added, used and revoked between two of its looks
+    /// (the file back to its old bytes) still closes its connection.
+    logins: AtomicU64,
     /// Logged-in connections by connection id, with the token (its hash) or upload link each
     /// used, so a revoked one's connections can be closed. At most `max_connections` entries: a
     /// connection is added after `welcome` and removed when it ends.
@@ -77,6 +83,10 @@ pub(crate) struct Shared {
     /// The TCP port the web listener is bound to, if it is on.
     web_port: Option<u16>,
 }
+
+/// File descriptors kept for the QUIC path beyond what the TCP listeners may hold: a staging
+/// file per active upload, the database, hook pipes.
+const FD_RESERVE: usize = 1024;
 
 /// Where the operator's notice is kept, in the data directory.
 const NOTICE_FILE: &str = "notice";
@@ -150,6 +160,23 @@ impl Server {
         let dir = &config.data_dir;
         fsutil::create_dir_durable(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        // The listeners' connection caps leave descriptors for the QUIC path (staging files,
+        // the database, hooks): warn if the limit does not allow that.
+        let fds = httpconn::raise_fd_limit();
+        let listeners = config
+            .web_listen
+            .map_or(0, |_| httpconn::Limits::WEB.descriptors())
+            + config
+                .admin_listen
+                .map_or(0, |_| httpconn::Limits::ADMIN.descriptors());
+        let wanted = (listeners + FD_RESERVE) as u64;
+        if fds > 0 && fds < wanted {
+            warn!(
+                limit = fds,
+                wanted,
+                "the open-files limit is low: raise LimitNOFILE (the listeners may hold {listeners}, and uploads need the rest)"
+            );
+        }
         // The socket first: a port in use must not cost an unclean mark on the store (and a
         // full re-verification at the next start).
         let socket = transport::bind_udp(config.listen)?;
@@ -194,12 +221,17 @@ impl Server {
             cluster::mirror_tokens(s3, &tokens).await?;
         }
         tokens
-            .entries()
+            .usable()
             .context("cannot start with this tokens file")?;
+        let links = links::Links::new(dir);
+        links
+            .usable()
+            .context("cannot start with this upload links file")?;
         let service = match &s3 {
             Some(s3) => s3.service_id().await?,
             None => store.service_id()?,
         };
+        store.set_min_free_inodes(config.min_free_inodes);
         let store = Arc::new(store);
         // With the s3 store the staging files are spools, not the durable copy: nothing to
         // re-verify (the store checked every part's SHA-256).
@@ -253,6 +285,8 @@ impl Server {
             notice: std::sync::RwLock::new(notice),
             notices: tokio::sync::broadcast::channel(16).0,
             tokens,
+            links,
+            logins: AtomicU64::new(0),
             live: Default::default(),
             create_locks: Default::default(),
             store,

@@ -42,12 +42,32 @@ impl Link {
 /// The links file of one data directory.
 pub struct Links {
     path: PathBuf,
+    /// The links of the last valid read: what logins use while the file is invalid.
+    good: std::sync::Mutex<Option<Vec<Link>>>,
 }
 
 impl Links {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("links"),
+            good: Default::default(),
+        }
+    }
+
+    /// The links to log in with: the file's, or, while it is unreadable or invalid, those of its
+    /// last valid read (the problem is logged). `Err` only if it was never valid.
+    pub fn usable(&self) -> Result<Vec<Link>> {
+        let mut good = self.good.lock().unwrap_or_else(|p| p.into_inner());
+        match (self.entries(), good.as_ref()) {
+            (Ok(entries), _) => {
+                *good = Some(entries.clone());
+                Ok(entries)
+            }
+            (Err(e), Some(last)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the links file is invalid; its last valid version is used until it is fixed");
+                Ok(last.clone())
+            }
+            (Err(e), None) => Err(e),
         }
     }
 
@@ -117,11 +137,12 @@ impl Links {
         Ok(link)
     }
 
-    /// The link of `grant`, if there is one. Compares every entry in constant time.
+    /// The link of `grant`, if there is one. Compares every entry in constant time. While the
+    /// file is invalid, its last valid version decides ([`Links::usable`]).
     pub fn find(&self, grant: &str) -> Result<Option<Link>> {
         let wanted = hash(grant);
         let mut found = None;
-        for link in self.entries()? {
+        for link in self.usable()? {
             let Ok(stored) = hex::decode(&link.hash) else {
                 continue;
             };
@@ -132,14 +153,14 @@ impl Links {
         Ok(found)
     }
 
-    /// The file's raw bytes (empty if it does not exist), to notice a change cheaply.
-    pub fn snapshot(&self) -> Vec<u8> {
-        std::fs::read(&self.path).unwrap_or_default()
+    /// The file's identity and bytes, to notice a change cheaply (see `Tokens::snapshot`).
+    pub fn snapshot(&self) -> crate::tokens::Snapshot {
+        crate::tokens::snapshot(&self.path)
     }
 
-    /// The link with this id.
+    /// The link with this id (while the file is invalid, in its last valid version).
     pub fn get(&self, id: &str) -> Result<Option<Link>> {
-        Ok(self.entries()?.into_iter().find(|l| l.id == id))
+        Ok(self.usable()?.into_iter().find(|l| l.id == id))
     }
 
     fn save(&self, entries: &[Link]) -> Result<()> {

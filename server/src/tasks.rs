@@ -1,14 +1,14 @@
 //! The local node's background tasks: the expiry sweep of the data directory's uploads, and
 //! the watch that closes the connections of revoked tokens. (`cluster.rs` has the s3 store's.)
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::ErrorCode;
 use tracing::{info, warn};
 
-use crate::conn::Credential;
-use crate::{store, Shared, Tokens};
+use crate::{store, Shared};
 
 /// Tombstones of expired uploads are kept this long, for a clear error on resume.
 pub(crate) const TOMBSTONE_LIFE: u64 = 30 * 24 * 3600;
@@ -58,37 +58,43 @@ const TOKENS_POLL: Duration = Duration::from_millis(100);
 
 /// Watches the tokens and links files (every [`TOKENS_POLL`]) and closes, within that time,
 /// every live connection whose token or upload link is no longer in them (`token_revoked`).
-/// New connections always read the files, so added ones work at once without this. (An
-/// upload link that expires while a session lives keeps the session; its next `create` is
-/// refused.)
+/// It checks every live credential when a file changed (its inode, change time or bytes: a
+/// write always replaces the file) or a connection logged in since its last look, so a
+/// token added, used and revoked within one look is caught too. New connections always read
+/// the files, so added ones work at once without this. (An upload link that expires while a
+/// session lives keeps the session; its next `create` is refused.)
 pub(crate) async fn revoke_forever(shared: Arc<Shared>) {
-    let links = crate::links::Links::new(&shared.config.data_dir);
-    let snapshot = || (shared.tokens.snapshot(), links.snapshot());
-    let mut seen = snapshot();
+    let look = || {
+        // The count first: a login counted after it is looked at next time.
+        let logins = shared.logins.load(Ordering::Acquire);
+        (logins, shared.tokens.snapshot(), shared.links.snapshot())
+    };
+    let mut seen = look();
     loop {
         tokio::time::sleep(TOKENS_POLL).await;
-        let now = snapshot();
+        let now = look();
         if now == seen {
             continue;
         }
         seen = now;
-        let (tokens, links) = match (shared.tokens.entries(), links.entries()) {
-            (Ok(tokens), Ok(links)) => (tokens, links),
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %format!("{e:#}"), "tokens or links file changed but is invalid; live connections kept");
-                continue;
-            }
-        };
-        let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        for (conn, (credential, connection)) in live.iter() {
-            let valid = match credential {
-                Credential::Token(hash) => Tokens::find(&tokens, hash).is_some(),
-                Credential::Link(id) => links.iter().any(|l| &l.id == id),
-            };
-            if !valid {
-                info!(conn, "token or upload link revoked; closing its connection");
-                connection.close(ErrorCode::TokenRevoked, "token revoked");
-            }
+        close_revoked(&shared);
+    }
+}
+
+/// Closes every live connection whose token or upload link is no longer in the files. A file
+/// that is invalid right now keeps every connection (logged; fixed, it is looked at again).
+pub(crate) fn close_revoked(shared: &Shared) {
+    let (tokens, links) = match (shared.tokens.entries(), shared.links.entries()) {
+        (Ok(tokens), Ok(links)) => (tokens, links),
+        (Err(e), _) | (_, Err(e)) => {
+            return warn!(error = %format!("{e:#}"), "tokens or links file changed but is invalid; live connections kept");
+        }
+    };
+    let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+    for (conn, (credential, connection)) in live.iter() {
+        if !credential.valid(&tokens, &links) {
+            info!(conn, "token or upload link revoked; closing its connection");
+            connection.close(ErrorCode::TokenRevoked, "token revoked");
         }
     }
 }

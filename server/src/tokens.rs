@@ -12,6 +12,9 @@ use subtle::ConstantTimeEq;
 /// The token file of one data directory.
 pub struct Tokens {
     path: PathBuf,
+    /// The entries of the last valid read: what logins use while the file is invalid (a
+    /// hand edit in progress), so a bad edit refuses nobody who was accepted before it.
+    good: std::sync::Mutex<Option<Vec<Entry>>>,
 }
 
 /// One stored entry.
@@ -25,6 +28,24 @@ impl Tokens {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("tokens"),
+            good: Default::default(),
+        }
+    }
+
+    /// The entries to log in with: the file's, or, while it is unreadable or invalid, those of
+    /// its last valid read (the problem is logged). `Err` only if it was never valid.
+    pub fn usable(&self) -> Result<Vec<Entry>> {
+        let mut good = self.good.lock().unwrap_or_else(|p| p.into_inner());
+        match (self.entries(), good.as_ref()) {
+            (Ok(entries), _) => {
+                *good = Some(entries.clone());
+                Ok(entries)
+            }
+            (Err(e), Some(last)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the tokens file is invalid; its last valid version is used until it is fixed");
+                Ok(last.clone())
+            }
+            (Err(e), None) => Err(e),
         }
     }
 
@@ -100,8 +121,9 @@ impl Tokens {
     }
 
     /// The owner name of `token`, if it is valid. Compares every entry in constant time.
+    /// While the file is invalid, the last valid version of it decides ([`Tokens::usable`]).
     pub fn verify(&self, token: &str) -> Result<Option<String>> {
-        Ok(Self::find(&self.entries()?, &hash(token)))
+        Ok(Self::find(&self.usable()?, &hash(token)))
     }
 
     /// The owner of the token with SHA-256 `hash` among `entries`, in constant time per entry.
@@ -118,16 +140,23 @@ impl Tokens {
     /// Replaces the file with `bytes` (the bucket's copy, `--store s3`) if they differ;
     /// returns whether it changed.
     pub(crate) fn replace(&self, bytes: &[u8]) -> Result<bool> {
-        if self.snapshot() == bytes {
+        if self.bytes() == bytes {
             return Ok(false);
         }
         crate::fsutil::write_private(&self.path, bytes)?;
         Ok(true)
     }
 
-    /// The file's raw bytes (empty if it does not exist), to notice a change cheaply.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// The file's raw bytes (empty if it does not exist).
+    pub fn bytes(&self) -> Vec<u8> {
         fs::read(&self.path).unwrap_or_default()
+    }
+
+    /// The file's identity and raw bytes (empty if it does not exist), to notice a change
+    /// cheaply: every write replaces the file, so even a change back to the same bytes shows in
+    /// its inode and change time.
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.path)
     }
 
     fn save(&self, entries: &[Entry]) -> Result<()> {
@@ -137,6 +166,22 @@ impl Tokens {
             .collect();
         crate::fsutil::write_private(&self.path, text.as_bytes())
     }
+}
+
+/// A file as [`Tokens::snapshot`] sees it: inode, change time (ns), bytes.
+pub type Snapshot = (u64, i128, Vec<u8>);
+
+/// `path`'s inode, change time and bytes; zeros and nothing if it does not exist.
+pub(crate) fn snapshot(path: &Path) -> Snapshot {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok();
+    let (ino, ctime) = meta.map_or((0, 0), |m| {
+        (
+            m.ino(),
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        )
+    });
+    (ino, ctime, fs::read(path).unwrap_or_default())
 }
 
 /// The SHA-256 of a presented token: what the file stores and connections remember.

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod powercut;
+pub mod py;
 pub mod raw;
 pub mod relay;
 pub mod stage;

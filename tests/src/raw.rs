@@ -75,6 +75,18 @@ pub async fn next_frame(recv: &mut (impl tokio::io::AsyncRead + Unpin)) -> Optio
         .expect("a frame within 15 s")
 }
 
+/// The QUIC close code a connection ended with, if the server closed it within `within`.
+pub async fn close_code(conn: &quinn::Connection, within: Duration) -> Option<ErrorCode> {
+    let reason = tokio::time::timeout(within, conn.closed()).await.ok()?;
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| u64::from(c.quic_code()) == close.error_code.into_inner()),
+        _ => None,
+    }
+}
+
 /// A `create` request with defaults for what it does not name.
 pub fn create(req: u64, name: &str, size: u64, chunk_size: u64) -> Frame {
     Frame::Create {

@@ -2,13 +2,13 @@
 //! complete, to publish one by content (`dedup`), or to finish one; a name taken under
 //! `--on-exists skip`; an upload discarded; the journal told.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry_proto::{Digest, ErrorCode, Frame, OnExists};
 
 use super::Report;
 use crate::journal::{Completed, Entry, FileKey};
-use crate::{connected, Client, ClientError};
+use crate::{connected, Backoff, Client, ClientError};
 
 impl Client {
     /// `already_exists` with `--on-exists skip` is a skipped file; any other error stays one.
@@ -216,25 +216,29 @@ impl Client {
         reconnects: &mut u32,
     ) -> Result<Frame, ClientError> {
         let deadline = Instant::now() + self.opts.reconnect_for;
-        let mut backoff = Duration::from_millis(250);
-        // Bounded by the deadline: each turn waits `backoff` or returns.
+        let mut backoff = Backoff::new();
+        // Bounded by the deadline: each turn waits or returns.
         loop {
             let attempt = async {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
+                backoff.welcomed();
                 conn.request(&make).await
             }
             .await;
             match attempt {
                 Err(e @ ClientError::Unreachable(_)) if !self.endpoint.reached() => return Err(e),
-                Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
+                Err(e) if e.is_retryable() && Instant::now() + Backoff::FIRST < deadline => {
                     self.drop_connection();
                     *reconnects += 1;
+                    let wait = backoff.next();
                     self.shared.tracker.note(&format!(
                         "ferry: {e}; reconnecting in {} ms",
-                        backoff.as_millis()
+                        wait.as_millis()
                     ));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(
+                        wait.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
                 }
                 other => return other,
             }

@@ -22,7 +22,7 @@ use crate::digests::{hash_file, ChunkDigests};
 use crate::journal::{Entry, FileKey, Journal};
 use crate::progress::FileProgress;
 pub use crate::stream::send_chunk;
-use crate::{connected, Client, ClientError};
+use crate::{connected, Backoff, Client, ClientError};
 
 mod done;
 mod pump;
@@ -151,10 +151,11 @@ impl Client {
         let mut skipped = None;
         let mut resumed = false;
         let mut last_progress = Instant::now();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new();
         let finished = loop {
             let attempt = async {
                 let conn = connected(&mut self.conn, &self.endpoint, &self.opts.target).await?;
+                backoff.welcomed();
                 let durable = match &mut active {
                     None => {
                         let (info, was_resumed) =
@@ -204,12 +205,12 @@ impl Client {
                 Err(e) if e.is_retryable() && last_progress.elapsed() < self.opts.reconnect_for => {
                     self.drop_connection();
                     reconnects += 1;
+                    let wait = backoff.next();
                     self.shared.tracker.note(&format!(
                         "ferry: {e}; reconnecting in {} ms",
-                        backoff.as_millis()
+                        wait.as_millis()
                     ));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) if e.is_retryable() => {
                     return Err(ClientError::Connection(format!(

@@ -37,6 +37,19 @@ impl Conn {
                 ),
             ));
         }
+        // Hooks get the description in their environment, which cannot hold a NUL.
+        if desc.contains('\0') {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                "description holds a NUL byte",
+            ));
+        }
+        // An upload link's session does not see the owner's folder: a taken name is always
+        // renamed, silently (with `skip` or `fail` the answer would tell it which names exist).
+        let on_exists = match self.link {
+            Some(_) => OnExists::Rename,
+            None => on_exists,
+        };
         let now = unix_now();
         let record = UploadRecord {
             owner: self.owner.clone(),
@@ -121,7 +134,9 @@ impl Conn {
         };
         // The link as it is now: revoked or expired since this session logged in.
         let now = crate::store::unix_now();
-        let current = crate::links::Links::new(&self.shared.config.data_dir)
+        let current = self
+            .shared
+            .links
             .get(&link.id)
             .map_err(|e| storage(&e, "failed to read the upload links"))?;
         let Some(link) = current.filter(|l| !l.expired(now)) else {
@@ -167,7 +182,13 @@ impl Conn {
 
     /// Uploads in progress and the quota, checked before a new upload is created.
     /// The owner's quota (and, for a `new_upload`, its uploads in progress) allow `size` more.
-    pub(super) fn check_owner_limits(&self, size: u64, new_upload: bool) -> Result<(), WireError> {
+    /// Its files and folders too: one more file, and the folders of `dir` it will create.
+    pub(super) fn check_owner_limits(
+        &self,
+        size: u64,
+        new_upload: bool,
+        dir: &[String],
+    ) -> Result<(), WireError> {
         let config = self.shared.tunable();
         let uploads = self
             .shared
@@ -190,6 +211,11 @@ impl Conn {
                 ),
             ));
         }
+        // One file, and the folders its publish creates (local store: each is an inode).
+        if self.shared.s3.is_none() {
+            let folders = self.shared.store.missing_dirs(&self.owner, dir);
+            self.check_entries(1 + folders)?;
+        }
         // Completed uploads count through the owner's published bytes (old records are
         // pruned), unfinished ones through their records.
         let published = self
@@ -209,6 +235,42 @@ impl Conn {
                 format!(
                     "{} uses {used} bytes; {size} more would exceed the quota of {} bytes",
                     self.owner, config.quota_per_owner
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Conn {
+    /// The owner may make `more` files or folders: within `--max-entries` (its own) and above
+    /// `--min-free-inodes` (the file system's reserve). Local store only.
+    pub(super) fn check_entries(&self, more: u64) -> Result<(), WireError> {
+        let store = &self.shared.store;
+        store
+            .check_inodes()
+            .map_err(|e| WireError::new(ErrorCode::InsufficientStorage, e.to_string()))?;
+        let limit = self.shared.tunable().max_entries_per_owner;
+        if limit == 0 {
+            return Ok(());
+        }
+        let made = store
+            .entries(&self.owner)
+            .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
+        // Uploads in progress each hold a staging file: counted too.
+        let receiving = store
+            .list(&self.owner)
+            .map_err(|e| storage(&e, "failed to list uploads"))?
+            .iter()
+            .filter(|(_, r)| r.state != RecordState::Complete)
+            .count() as u64;
+        let used = made + receiving;
+        if used.saturating_add(more) > limit {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} has {used} files and folders (uploads in progress included); {more} more would exceed the limit of {limit} (--max-entries)",
+                    self.owner
                 ),
             ));
         }

@@ -22,6 +22,17 @@ use super::{internal, Conn};
 const UNORDERED_FROM_RTT: Duration = Duration::from_millis(20);
 /// Bytes read from a chunk stream before they are hashed and written in one blocking call.
 const READ_BUF: usize = 256 * 1024;
+/// Out of order, separate runs read before they are written in one blocking call: what bounds a
+/// batch when a client sends tiny pieces (each run costs an allocation, however small).
+const MAX_BATCH_RUNS: usize = 1024;
+/// Separate received pieces (byte ranges with gaps between them) one chunk stream may have the
+/// server keep track of, out of order; past it the stream is stopped (`too_fragmented`). The
+/// same ranges are held by quinn's own reassembly (for de-duplication) until the stream ends,
+/// so this bounds both. An honest sender's gaps are its packets lost in flight: far fewer
+/// (an 8 MiB stream window holds about 6 000 packets).
+pub(crate) const MAX_PIECES_PER_STREAM: usize = 4096;
+/// The same, summed over one connection's chunk streams.
+pub(crate) const MAX_PIECES_PER_CONNECTION: usize = 16384;
 
 pub(super) async fn accept_chunk_streams(conn: Arc<Conn>) {
     while let Some(recv) = conn.peer.accept_uni().await {
@@ -98,7 +109,8 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: Recv) {
         payload_start: header_len,
         ordered: !conn.peer.unordered_reads() || conn.peer.rtt() < UNORDERED_FROM_RTT,
     };
-    let outcome = match receive(&mut recv, &file, at, stall, &mut takeover).await {
+    let mut pieces = Pieces::new(&conn.pieces);
+    let outcome = match receive(&mut recv, &file, at, stall, &mut takeover, &mut pieces).await {
         Ok((digest, tail)) => match trailer(&tail, index) {
             Ok(claimed) => {
                 crate::metrics::metrics().bytes_received.inc_by(span.len);
@@ -152,6 +164,7 @@ async fn receive(
     at: Placement,
     stall: Duration,
     takeover: &mut watch::Receiver<u64>,
+    pieces: &mut Pieces<'_>,
 ) -> Result<(Digest, Vec<u8>), Fail> {
     let ordered = at.ordered;
     let len = at.span.len;
@@ -212,7 +225,7 @@ async fn receive(
                 Err(_) => return Err(stalled(stall)),
             }
         }
-        if batched >= READ_BUF || (ended && batched > 0) {
+        if batched >= READ_BUF || batch.len() >= MAX_BATCH_RUNS || (ended && batched > 0) {
             if ordered && batched > 0 {
                 let mut run = std::mem::take(&mut inbuf);
                 run.truncate(batched);
@@ -238,6 +251,7 @@ async fn receive(
                     "failed to write the chunk",
                 )));
             }
+            pieces.hold(state.received.range_count())?;
             hashing = Some(state);
             batched = 0;
         }
@@ -251,6 +265,51 @@ async fn receive(
         return Err(Fail::Stop(WireError::new(ErrorCode::ShortPayload, message)));
     }
     Ok((state.hasher.into(), tail))
+}
+
+/// The separate pieces one chunk stream holds, counted into its connection's total; given back
+/// when the stream ends.
+struct Pieces<'a> {
+    connection: &'a std::sync::atomic::AtomicUsize,
+    held: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(connection: &'a std::sync::atomic::AtomicUsize) -> Self {
+        Self {
+            connection,
+            held: 0,
+        }
+    }
+
+    /// The stream now holds `now` separate pieces: within both bounds, or `too_fragmented`.
+    fn hold(&mut self, now: usize) -> Result<(), Fail> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = if now >= self.held {
+            self.connection.fetch_add(now - self.held, Relaxed) + (now - self.held)
+        } else {
+            self.connection.fetch_sub(self.held - now, Relaxed) - (self.held - now)
+        };
+        self.held = now;
+        let message = if now > MAX_PIECES_PER_STREAM {
+            format!("the chunk arrived in {now} separate pieces, more than the {MAX_PIECES_PER_STREAM} a stream may have the server track")
+        } else if total > MAX_PIECES_PER_CONNECTION {
+            format!("the connection's chunk streams arrived in {total} separate pieces, more than the {MAX_PIECES_PER_CONNECTION} a connection may have the server track")
+        } else {
+            return Ok(());
+        };
+        Err(Fail::Stop(WireError::new(
+            ErrorCode::TooFragmented,
+            message,
+        )))
+    }
+}
+
+impl Drop for Pieces<'_> {
+    fn drop(&mut self) {
+        self.connection
+            .fetch_sub(self.held, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn stalled(stall: Duration) -> Fail {

@@ -62,7 +62,7 @@ impl Conn {
         }
         // Counted against the quota like any published file (it is one, for this owner).
         let _reserving = self.owner_lock().await;
-        self.check_owner_limits(size, false)?;
+        self.check_owner_limits(size, false, &record.dir)?;
         let store = self.shared.store.clone();
         let stored = record.clone();
         let published = tokio::task::spawn_blocking(move || {

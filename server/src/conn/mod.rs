@@ -40,6 +40,9 @@ struct Conn {
     events: Outbox,
     /// Uploads this connection created or resumed; detached when it closes.
     attached: Mutex<HashSet<UploadId>>,
+    /// Separate pieces its chunk streams read out of order hold right now (each stream adds
+    /// and takes back its own), bounded by `chunks::MAX_PIECES_PER_CONNECTION`.
+    pieces: std::sync::atomic::AtomicUsize,
 }
 
 /// Why the login phase ended without a logged-in connection.
@@ -184,6 +187,10 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         quinn::VarInt::from_u64(config.max_streams + housekeeping).unwrap_or(quinn::VarInt::MAX),
     );
     quic.set_receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    // Registered before `welcome` is written, so a revocation from now on closes it; the write
+    // is bounded by the login deadline (a client that grants no credit for it cannot park a
+    // welcome past a revocation), and the credential is checked again once it is written.
+    let _live = Live::register(&shared, id, credential.clone(), &peer);
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
@@ -192,12 +199,24 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         notice: shared.notice(),
         service: shared.service.clone(),
     };
-    if write_frame(&mut send, &welcome).await.is_err() {
-        return;
+    match tokio::time::timeout_at(deadline, write_frame(&mut send, &welcome)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            let message = format!(
+                "welcome was not read within {} s of connecting",
+                config.handshake_timeout.as_secs()
+            );
+            info!(%remote, "closed: welcome not read in time");
+            return peer.close(ErrorCode::NotAuthenticated, &message);
+        }
+    }
+    if !credential_still_valid(&shared, &credential) {
+        info!(%remote, owner, "token or upload link revoked during login");
+        return peer.close(ErrorCode::TokenRevoked, "token revoked");
     }
     tracing::Span::current().record("owner", owner.as_str());
     info!(%remote, owner, conn = id, "connected");
-    let _live = Live::register(&shared, id, credential, &peer);
 
     let (events, drain) = Outbox::new();
     let Drain { mut frames, full } = drain;
@@ -218,6 +237,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         link,
         events,
         attached: Default::default(),
+        pieces: Default::default(),
     });
     let chunk_streams = tokio::spawn(tracing::Instrument::in_current_span(
         chunks::accept_chunk_streams(conn.clone()),
@@ -320,7 +340,7 @@ async fn login(
     token: &str,
 ) -> anyhow::Result<Result<(String, Credential, Option<crate::links::Link>), &'static str>> {
     if token.starts_with(crate::links::GRANT_PREFIX) {
-        let link = crate::links::Links::new(&shared.config.data_dir).find(token)?;
+        let link = shared.links.find(token)?;
         return Ok(match link {
             Some(link) if link.expired(crate::store::unix_now()) => {
                 Err("this upload link has expired")
@@ -342,6 +362,30 @@ async fn login(
         Some(owner) => Ok((owner, Credential::Token(crate::tokens::hash(token)), None)),
         None => Err("unknown token"),
     })
+}
+
+impl Credential {
+    /// Whether the credential is among `tokens` and `links` (the files as read now).
+    pub(crate) fn valid(
+        &self,
+        tokens: &[crate::tokens::Entry],
+        links: &[crate::links::Link],
+    ) -> bool {
+        match self {
+            Self::Token(hash) => crate::Tokens::find(tokens, hash).is_some(),
+            Self::Link(id) => links.iter().any(|l| &l.id == id),
+        }
+    }
+}
+
+/// Whether a connection's credential is still in the files (as the login read them, or their
+/// last valid version while one is invalid).
+fn credential_still_valid(shared: &Shared, credential: &Credential) -> bool {
+    match (shared.tokens.usable(), shared.links.usable()) {
+        (Ok(tokens), Ok(links)) => credential.valid(&tokens, &links),
+        // Unreadable since the login read them: the revocation watch decides.
+        _ => true,
+    }
 }
 
 /// Stops every unidirectional stream a `ferry/1` client opens before `welcome`
@@ -372,6 +416,10 @@ impl Live {
     fn register(shared: &Arc<Shared>, id: u64, credential: Credential, peer: &Peer) -> Self {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, (credential, peer.clone()));
+        // After the insert: the revocation watch looks at every live credential when it moves.
+        shared
+            .logins
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         crate::metrics::metrics().connections_active.inc();
         Self {
             shared: shared.clone(),

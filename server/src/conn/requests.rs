@@ -158,7 +158,7 @@ impl Conn {
         }
         // Check and reserve in one step per owner: concurrent creates queue here.
         let _reserving = self.owner_lock().await;
-        self.check_owner_limits(size, true)?;
+        self.check_owner_limits(size, true, &record.dir)?;
         self.take_from_link(size)?;
         let created = match &self.shared.s3 {
             Some(s3) => self.create_remote(s3.clone(), record.clone()).await,
@@ -269,12 +269,15 @@ impl Conn {
     async fn mkdir(&self, dir: &[String]) -> Result<String, WireError> {
         let dir = name::sanitize_dir(dir)
             .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        // Checked and made under the owner's lock, like a create's limits.
+        let _counting = self.owner_lock().await;
         if let Some(s3) = &self.shared.s3 {
             s3.make_dir(&self.owner, &dir)
                 .await
                 .map_err(|e| storage(&e, "failed to create the folder"))?;
             return Ok(dir.join("/"));
         }
+        self.check_entries(self.shared.store.missing_dirs(&self.owner, &dir))?;
         let store = self.shared.store.clone();
         let owner = self.owner.clone();
         let made = dir.join("/");
@@ -343,6 +346,23 @@ impl Conn {
         let digest =
             Digest::parse(hash).map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
         let (id, record) = self.owned_fresh(raw_id).await?;
+        if record.state == RecordState::Complete && self.shared.store.published_missing(&record) {
+            // Its file is gone (removed by hand, or lost): the upload is forgotten, and the
+            // client told so, so it uploads the file again instead of skipping it.
+            let store = self.shared.store.clone();
+            let forgotten = record.clone();
+            tokio::task::spawn_blocking(move || store.forget_complete(id, &forgotten))
+                .await
+                .map_err(internal)?
+                .map_err(|e| storage(&e, "failed to forget the upload"))?;
+            return Err(WireError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "upload {id} was published as {}, which is no longer on the server; upload it again",
+                    record.final_name.unwrap_or_default()
+                ),
+            ));
+        }
         if record.state == RecordState::Complete {
             let stored = record.content_hash.clone().unwrap_or_default();
             if stored != digest.to_hex() {
@@ -356,12 +376,13 @@ impl Conn {
             return Ok(Frame::Finished {
                 req,
                 upload_id: id.to_string(),
-                file_name: record.final_name.unwrap_or(record.file_name),
+                file_name: self.shown_name(&record, record.final_name.clone()),
                 size: record.size,
                 content_hash: stored,
             });
         }
         self.verified(id).await?;
+        let record_shown = record.clone();
         let driver = self.driver(id, record).await?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Finish { digest, reply });
@@ -375,7 +396,7 @@ impl Conn {
         Ok(Frame::Finished {
             req,
             upload_id: id.to_string(),
-            file_name: published.file_name,
+            file_name: self.shown_name(&record_shown, Some(published.file_name)),
             size: published.size,
             content_hash: published.content_hash.to_hex(),
         })
@@ -483,6 +504,22 @@ impl Conn {
                 _ => 0,
             },
         })
+    }
+
+    /// The published path `finished` reports: the final one, or for an upload link's session
+    /// the asked one (a link's session does not see the owner's folder, so it is not told that
+    /// a name was taken and numbered).
+    fn shown_name(&self, record: &UploadRecord, published: Option<String>) -> String {
+        match (&self.link, published) {
+            (None, Some(published)) => published,
+            _ => record
+                .dir
+                .iter()
+                .map(String::as_str)
+                .chain([record.file_name.as_str()])
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
     }
 
     /// The record of `raw_id` if it exists and belongs to this connection's owner. Another

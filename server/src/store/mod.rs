@@ -30,7 +30,7 @@ pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
 pub use record::{HookJob, RecordState, Tombstone, UploadId, UploadRecord};
 pub use recovery::{Reconciled, Verified};
 use space::reserve;
-pub use space::{free_space, NoSpace};
+pub use space::{free_inodes, free_space, NoInodes, NoSpace};
 
 /// Key of the clean-shutdown marker in the `meta` tree: `1` after a clean stop, `0` while
 /// running.
@@ -63,6 +63,9 @@ pub struct Store {
     max_history: usize,
     /// Queue an `--on-complete` hook job with every completion.
     queue_hooks: std::sync::atomic::AtomicBool,
+    /// Free inodes kept for the server's own files (`--min-free-inodes`): creates and folders
+    /// that would eat into them are refused.
+    min_free_inodes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -98,6 +101,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             max_history: MAX_HISTORY,
             queue_hooks: queue_hooks.into(),
+            min_free_inodes: 0.into(),
         };
         let mut report = OpenReport {
             schema_before,
@@ -382,6 +386,55 @@ impl Store {
         Ok(hasher.finish())
     }
 
+    /// Sets the inode reserve (`--min-free-inodes`).
+    pub fn set_min_free_inodes(&self, reserve: u64) {
+        self.min_free_inodes
+            .store(reserve, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Refuses new files and folders when the file system is down to the inode reserve.
+    pub fn check_inodes(&self) -> Result<(), NoInodes> {
+        let reserve = self
+            .min_free_inodes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match free_inodes(&self.data_dir) {
+            Ok(Some(free)) if free < reserve.saturating_add(1) => Err(NoInodes { free, reserve }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Files and folders `owner` has made under `files/`: published files and created folders,
+    /// counted as they are made (like the published bytes, never decreased by hand deletions).
+    pub fn entries(&self, owner: &str) -> Result<u64> {
+        let raw = self.db()?.owners.get(entries_key(owner))?;
+        Ok(raw.map_or(0, |v| publish::be_u64(v.as_ref())))
+    }
+
+    /// Counts `n` more files or folders for `owner`.
+    fn add_entries(&self, owner: &str, n: u64) -> Result<()> {
+        if n > 0 {
+            self.db()?
+                .owners
+                .update_and_fetch(entries_key(owner), |old| {
+                    let before = old.map_or(0, publish::be_u64);
+                    Some(before.saturating_add(n).to_be_bytes().to_vec())
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The folders of `dir` (below `owner`'s folder, the owner's folder included) that do not
+    /// exist yet: what a `mkdir` or a publish into it will create.
+    pub fn missing_dirs(&self, owner: &str, dir: &[String]) -> u64 {
+        let mut path = self.owner_dir(owner);
+        let mut missing = u64::from(!path.is_dir());
+        for part in dir {
+            path.push(part);
+            missing += u64::from(missing > 0 || !path.is_dir());
+        }
+        missing
+    }
+
     /// Refuses to write when the disk is down to the database's reserve.
     pub fn check_space(&self) -> Result<(), NoSpace> {
         match free_space(&self.data_dir) {
@@ -450,12 +503,19 @@ impl Store {
         dir
     }
 
-    /// Creates `files/<owner>/<dir…>` (durably), for an empty folder of an uploaded tree.
-    /// `dir` is sanitised: no component can leave the owner's folder.
+    /// Creates `files/<owner>/<dir…>` (every folder of the path synced), for an empty folder of
+    /// an uploaded tree, and counts the folders it made for the owner. `dir` is sanitised: no
+    /// component can leave the owner's folder.
     pub fn make_dir(&self, owner: &str, dir: &[String]) -> Result<()> {
-        let mut path = self.owner_dir(owner);
-        path.extend(dir);
-        create_dir_durable(&path).with_context(|| format!("failed to create {}", path.display()))
+        let parts: Vec<&str> = std::iter::once(owner)
+            .chain(dir.iter().map(String::as_str))
+            .collect();
+        let files = self.data_dir.join("files");
+        let made = crate::fsutil::create_path_synced(&files, &parts)
+            .with_context(|| format!("failed to create {}", parts.join("/")))?;
+        // The last folder's own entry is in its parent, synced above.
+        self.add_entries(owner, made)?;
+        self.sync()
     }
 
     /// Deletes an upload: records, chunk records and staging file. A crash between the two
@@ -526,6 +586,12 @@ impl Store {
         db.chunks.apply_batch(batch)?;
         Ok(())
     }
+}
+
+/// The key of an owner's count of files and folders in the `owners` tree (beside its published
+/// bytes under its plain name; a `/` cannot be in a name).
+fn entries_key(owner: &str) -> Vec<u8> {
+    format!("{owner}/entries").into_bytes()
 }
 
 pub fn unix_now() -> u64 {

@@ -10,13 +10,13 @@ use ferry_proto::{Digest, OnExists};
 use sled::Transactional;
 
 use super::{unix_now, HookJob, RecordState, Store, UploadId, UploadRecord};
-use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
+use crate::fsutil::{create_path_synced, remove_file_durable, sync_dir};
 
 /// Completed uploads kept on record per owner (for `list`, and `resume`/`finish` of a completed
 /// upload); older ones are forgotten, oldest first. Their files stay.
 pub const MAX_HISTORY: usize = 1000;
 
-fn be_u64(raw: &[u8]) -> u64 {
+pub(super) fn be_u64(raw: &[u8]) -> u64 {
     raw.try_into().map_or(0, u64::from_be_bytes)
 }
 
@@ -157,7 +157,15 @@ impl Store {
             .and_then(|f| f.sync_all())
             .with_context(|| format!("failed to sync {}", staging.display()))?;
         let dir = self.publish_dir(record);
-        create_dir_durable(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        // Every folder of the path synced, existing or new: in a folder job several uploads
+        // publish into one new folder at once, and the one that created it may not have synced
+        // its entry yet when another's file is linked and reported `finished`.
+        let parts: Vec<&str> = std::iter::once(record.owner.as_str())
+            .chain(record.dir.iter().map(String::as_str))
+            .collect();
+        let made = create_path_synced(&self.data_dir.join("files"), &parts)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        self.add_entries(&record.owner, made)?;
         // Names are recorded relative to the owner's folder: `dir/…/name`.
         let prefix: String = record.dir.iter().map(|c| format!("{c}/")).collect();
         for n in 0..MAX_NUMBERED {
@@ -245,6 +253,7 @@ impl Store {
     ) -> Result<()> {
         // The record and the owner's published bytes change in one sled transaction: a crash
         // keeps both or neither.
+        let is_remote = record.remote.is_some();
         let db = self.db()?;
         let encoded = serde_json::to_vec(&record)?;
         let owner = record.owner.as_bytes();
@@ -274,6 +283,13 @@ impl Store {
                 let before = owners.get(owner)?.map_or(0, |v| be_u64(v.as_ref()));
                 let after = before.saturating_add(record.size);
                 owners.insert(owner, &after.to_be_bytes())?;
+                // The published file is one more entry of the owner's (the s3 store's objects
+                // are not counted: they cost no inode here).
+                if !is_remote {
+                    let key = super::entries_key(&record.owner);
+                    let before = owners.get(&key)?.map_or(0, |v| be_u64(v.as_ref()));
+                    owners.insert(key, &before.saturating_add(1).to_be_bytes())?;
+                }
                 if let Some((seq, job)) = &hook {
                     hooks.insert(seq, job.as_slice())?;
                 }

@@ -25,6 +25,10 @@ pub struct Reconciled {
     pub leftovers: u64,
     /// Unfinished uploads whose staging file is gone: removed, so a client starts again.
     pub lost: u64,
+    /// Complete uploads whose published file is gone (a power cut before its folder's entry
+    /// was durable, or removed by hand): forgotten, so a client uploads them again instead of
+    /// being told they are there.
+    pub vanished: u64,
 }
 
 impl Reconciled {
@@ -68,9 +72,16 @@ impl Store {
                         done.rolled_back += 1;
                     }
                 }
-                RecordState::Complete if staging.exists() => {
-                    remove_file_durable(&staging)?;
-                    done.leftovers += 1;
+                RecordState::Complete => {
+                    if staging.exists() {
+                        remove_file_durable(&staging)?;
+                        done.leftovers += 1;
+                    }
+                    if self.published_missing(&record) {
+                        warn!(upload = %id, owner = record.owner, name = record.final_name, "published file missing; the upload is forgotten, so its client uploads it again");
+                        self.forget_complete(id, &record)?;
+                        done.vanished += 1;
+                    }
                 }
                 RecordState::Receiving if !staging.exists() => {
                     warn!(upload = %id, "staging file missing; the upload is removed");
@@ -99,6 +110,39 @@ impl Store {
         }
         self.sync()?;
         Ok(done)
+    }
+
+    /// Whether `record` (complete, of the local store) names a published file that does not
+    /// exist. Only a definite "no such file" counts: an unreadable folder is not a loss.
+    pub fn published_missing(&self, record: &super::UploadRecord) -> bool {
+        let Some(name) = record
+            .final_name
+            .as_ref()
+            .filter(|_| record.remote.is_none())
+        else {
+            return false;
+        };
+        let path = self.owner_dir(&record.owner).join(name);
+        matches!(fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// Forgets a complete upload whose published file is gone: its record goes, and its bytes
+    /// leave the owner's published bytes, in one transaction.
+    pub fn forget_complete(&self, id: UploadId, record: &super::UploadRecord) -> Result<()> {
+        use sled::Transactional;
+        let db = self.db()?;
+        let owner = record.owner.as_bytes();
+        (&db.uploads, &db.owners)
+            .transaction(|(uploads, owners)| {
+                uploads.remove(&id.0)?;
+                let before = owners
+                    .get(owner)?
+                    .map_or(0, |v| super::publish::be_u64(v.as_ref()));
+                owners.insert(owner, &before.saturating_sub(record.size).to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| anyhow::anyhow!("failed to forget the upload: {e:?}"))?;
+        self.sync()
     }
 
     /// The uploads whose chunks an unclean stop leaves to re-verify: every receiving upload,

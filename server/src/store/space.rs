@@ -33,8 +33,34 @@ impl std::fmt::Display for NoSpace {
 
 impl std::error::Error for NoSpace {}
 
-/// Bytes available to unprivileged writers on the file system holding `path`.
-pub fn free_space(path: &Path) -> std::io::Result<u64> {
+/// Too few free inodes: the file system holding the data directory has `free` left, and
+/// `reserve` of them are kept for the server's own files (`--min-free-inodes`).
+#[derive(Debug)]
+pub struct NoInodes {
+    pub free: u64,
+    pub reserve: u64,
+}
+
+impl std::fmt::Display for NoInodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's file system has {} free inodes (files and folders) and keeps {} in reserve (--min-free-inodes)",
+            self.free, self.reserve
+        )
+    }
+}
+
+impl std::error::Error for NoInodes {}
+
+/// Inodes (files and folders) unprivileged writers can still create on the file system holding
+/// `path`; `None` for a file system without a fixed number (btrfs reports none).
+pub fn free_inodes(path: &Path) -> std::io::Result<Option<u64>> {
+    let stat = statvfs(path)?;
+    Ok((stat.f_files > 0).then_some(stat.f_favail as u64))
+}
+
+fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c_path =
         std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
@@ -43,6 +69,12 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(stat)
+}
+
+/// Bytes available to unprivileged writers on the file system holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    let stat = statvfs(path)?;
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 

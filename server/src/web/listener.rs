@@ -10,9 +10,7 @@
 //!   certificates (`certs.rs`), empty when the server has a CA certificate (`--cert`). Sent
 //!   with CORS for the allowed origins, so a page served elsewhere can ask for it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -21,12 +19,8 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
 
 use crate::Shared;
-
-/// Web connections served at once; more wait in the kernel's backlog.
-const MAX_WEB_CONNECTIONS: usize = 256;
 
 /// The page's files, built into the binary.
 const FILES: &[(&str, &str, &str)] = &[
@@ -49,52 +43,18 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 const INDEX: &str = include_str!("../../../web/index.html");
 
-/// Serves the web listener until the task is aborted.
+/// Serves the web listener until the task is aborted, within `httpconn::Limits::WEB`.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_WEB_CONNECTIONS));
-    // Bounded by the process: each turn accepts one connection.
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "web listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (shared, acceptor) = (shared.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let stream = match tokio::time::timeout(
-                Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                _ => return debug!(%peer, "web listener: TLS handshake failed"),
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
-            });
-            let serving = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(300), serving).await {
-                debug!(%peer, error = %e, "web connection ended");
-            }
-        });
-    }
+    let gate = crate::httpconn::Gate::new("web", crate::httpconn::Limits::WEB);
+    let handler = move |req: Request<Incoming>, _peer| {
+        let shared = shared.clone();
+        async move { handle(&req, &shared) }
+    };
+    crate::httpconn::serve(listener, Some(TlsAcceptor::from(tls)), gate, handler).await;
 }
 
 fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {

@@ -28,6 +28,7 @@ use model::{Node, State};
 /// A mounted power-cut file system. Unmounted on drop.
 pub struct PowerCutFs {
     state: Arc<Mutex<State>>,
+    hold: Arc<Hold>,
     mountpoint: PathBuf,
     session: Option<BackgroundSession>,
 }
@@ -42,6 +43,7 @@ impl PowerCutFs {
     pub fn mount(mountpoint: &Path, mode: Metadata) -> std::io::Result<Self> {
         let mut fs = Self {
             state: Arc::new(Mutex::new(State::new(mode))),
+            hold: Arc::default(),
             mountpoint: mountpoint.to_owned(),
             session: None,
         };
@@ -95,6 +97,34 @@ impl PowerCutFs {
         self.lock().stats
     }
 
+    /// Holds back the next fsync of the directory at `path` (relative to the mount point) for
+    /// up to `limit`: the call returns only then (or at [`PowerCutFs::release`]), as a slow disk
+    /// would, while every other operation goes on — the window in which another thread may
+    /// rely on an entry of that directory that is not durable yet.
+    pub fn hold_next_dir_sync(&self, path: &Path, limit: Duration) -> std::io::Result<()> {
+        let state = self.lock();
+        let mut ino = model::ROOT;
+        for part in path.iter() {
+            ino = state
+                .lookup(ino, part)
+                .map_err(std::io::Error::from_raw_os_error)?;
+        }
+        *self.hold.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((ino, limit));
+        Ok(())
+    }
+
+    /// Whether a held-back directory sync is waiting right now.
+    pub fn holding(&self) -> bool {
+        self.hold.holding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets a held-back directory sync go on at once.
+    pub fn release(&self) {
+        self.hold
+            .release
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn spawn(&self) -> std::io::Result<BackgroundSession> {
         let mut config = fuser::Config::default();
         config.mount_options = vec![
@@ -104,6 +134,7 @@ impl PowerCutFs {
         config.n_threads = Some(2);
         let fs = Glue {
             state: self.state.clone(),
+            hold: self.hold.clone(),
         };
         fuser::spawn_mount(fs, &self.mountpoint, &config)
     }
@@ -126,6 +157,18 @@ impl Drop for PowerCutFs {
 /// state is the only truth.
 struct Glue {
     state: Arc<Mutex<State>>,
+    hold: Arc<Hold>,
+}
+
+/// A directory sync to hold back (`PowerCutFs::hold_next_dir_sync`).
+#[derive(Default)]
+struct Hold {
+    /// The directory's inode and how long to hold; taken by its next fsync.
+    armed: Mutex<Option<(u64, Duration)>>,
+    /// Set while a held sync waits.
+    holding: std::sync::atomic::AtomicBool,
+    /// Set to end the wait early.
+    release: std::sync::atomic::AtomicBool,
 }
 
 const TTL: Duration = Duration::ZERO;
@@ -436,7 +479,33 @@ impl Filesystem for Glue {
         reply: ReplyEmpty,
     ) {
         // A directory's fsync makes its entries durable: the same operation on the state.
-        self.fsync(req, ino, fh, datasync, reply);
+        let held = {
+            let mut armed = self.hold.armed.lock().unwrap_or_else(|p| p.into_inner());
+            match *armed {
+                Some((dir, limit)) if dir == ino.0 => armed.take().map(|_| limit),
+                _ => None,
+            }
+        };
+        let Some(limit) = held else {
+            return self.fsync(req, ino, fh, datasync, reply);
+        };
+        // Replied from another thread, after the wait: the FUSE threads serve everything else.
+        use std::sync::atomic::Ordering::SeqCst;
+        self.hold.holding.store(true, SeqCst);
+        self.hold.release.store(false, SeqCst);
+        let (state, hold) = (self.state.clone(), self.hold.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < until && !hold.release.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let synced = state.lock().unwrap_or_else(|p| p.into_inner()).sync(ino.0);
+            hold.holding.store(false, SeqCst);
+            match synced {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -6,24 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
-use ferry_tests::raw::{Dial, Raw};
+use ferry_tests::raw::{close_code, Dial, Raw};
 use ferry_tests::*;
 
 /// Resident memory of process `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     proc_kib(pid, "VmRSS")
-}
-
-/// The QUIC close code a connection ended with, if the server closed it.
-async fn close_code(conn: &quinn::Connection, within: Duration) -> Option<ErrorCode> {
-    let reason = tokio::time::timeout(within, conn.closed()).await.ok()?;
-    match reason {
-        quinn::ConnectionError::ApplicationClosed(close) => ErrorCode::ALL
-            .iter()
-            .copied()
-            .find(|c| u64::from(c.quic_code()) == close.error_code.into_inner()),
-        _ => None,
-    }
 }
 
 /// A connection that never logs in and pushes what it can before `hello`: the start of a
@@ -380,7 +368,7 @@ async fn a_stalled_hello_is_not_authenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_client_is_told_the_versions_and_to_upgrade() {
     let server = TestServer::start().await;
-    for version in [1, 2, 3, 4, 5] {
+    for version in 1..PROTOCOL_VERSION {
         let mut raw = Raw::open(&server).await;
         raw.frame(&Frame::Hello {
             version,
@@ -393,7 +381,7 @@ async fn an_old_client_is_told_the_versions_and_to_upgrade() {
                 assert_eq!(
                     message,
                     format!(
-                        "protocol version {version} is not supported, this server speaks 6; upgrade the client"
+                        "protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client"
                     )
                 );
             }

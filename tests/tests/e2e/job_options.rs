@@ -167,10 +167,11 @@ fn ping_reports_round_trips_version_and_token() {
     let out = job.ferry(&["ping", "-c", "3"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("ferryd 0.1.0 (protocol 6), token accepted for \"alice\""),
-        "{stdout}"
+    let expected = format!(
+        "ferryd 0.1.0 (protocol {}), token accepted for \"alice\"",
+        ferry_proto::PROTOCOL_VERSION
     );
+    assert!(stdout.contains(&expected), "{stdout}");
     assert!(stdout.contains("round trips: 3 probes, min "), "{stdout}");
     // The service id, the same through every node of a service (32 hex characters).
     let service = stdout

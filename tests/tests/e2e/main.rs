@@ -6,6 +6,7 @@ mod battery;
 mod browser;
 mod crash;
 mod hardening;
+mod hardening3;
 mod hooks;
 mod job_options;
 mod jobs;

@@ -152,6 +152,14 @@ pub(crate) struct ServeArgs {
     /// Stored plus staged bytes per token, e.g. 500G (0: no quota).
     #[arg(long, default_value = "0", env = "FERRYD_QUOTA", value_parser = parse_rate)]
     pub(crate) quota: u64,
+    /// Files and folders one token may make under its folder (published files and created
+    /// folders; 0: no limit). Local store only.
+    #[arg(long, default_value_t = 100_000, env = "FERRYD_MAX_ENTRIES")]
+    pub(crate) max_entries: u64,
+    /// Free inodes (files and folders) kept on the data directory's file system for the
+    /// server's own files: creates and folders that would eat into them are refused (0: none).
+    #[arg(long, default_value_t = 4096, env = "FERRYD_MIN_FREE_INODES")]
+    pub(crate) min_free_inodes: u64,
     /// Logged-in connections at once, in total.
     #[arg(long, default_value_t = 256, env = "FERRYD_MAX_CONNECTIONS")]
     pub(crate) max_connections: usize,
@@ -380,6 +388,8 @@ impl ServeArgs {
         config.verify_rate = self.verify_rate;
         config.max_uploads_per_owner = self.max_uploads;
         config.quota_per_owner = self.quota;
+        config.max_entries_per_owner = self.max_entries;
+        config.min_free_inodes = self.min_free_inodes;
         config.max_connections = self.max_connections.max(1);
         config.max_connections_per_ip = self.max_connections_per_ip.max(1);
         config.max_pending_logins = self.max_pending_logins.max(1);
@@ -415,6 +425,8 @@ impl ServeArgs {
             format!("verify-rate = {}", self.verify_rate),
             format!("max-uploads = {}", self.max_uploads),
             format!("quota = {}", self.quota),
+            format!("max-entries = {}", self.max_entries),
+            format!("min-free-inodes = {}", self.min_free_inodes),
             format!("max-connections = {}", self.max_connections),
             format!("max-connections-per-ip = {}", self.max_connections_per_ip),
             format!("max-pending-logins = {}", self.max_pending_logins),

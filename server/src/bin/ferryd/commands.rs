@@ -43,6 +43,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                         orphans_removed = fixed.orphans,
                         leftovers_removed = fixed.leftovers,
                         lost = fixed.lost,
+                        vanished = fixed.vanished,
                         "recovered from an unclean stop"
                     );
                 }
@@ -257,7 +258,7 @@ fn tokens_in_bucket(
             }
         };
         if changed {
-            s3.put_tokens(tokens.snapshot()).await?;
+            s3.put_tokens(tokens.bytes()).await?;
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -55,7 +55,12 @@ impl Rig {
     }
 
     pub(super) fn client(&self) -> Client {
-        let state = self.work.path().join("client");
+        self.client_in("client")
+    }
+
+    /// A client with its own state folder `name` under the work folder.
+    pub(super) fn client_in(&self, name: &str) -> Client {
+        let state = self.work.path().join(name);
         let target = Target {
             server: self.server.addr.to_string(),
             token: self.token.clone(),
