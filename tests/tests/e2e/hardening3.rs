@@ -598,3 +598,70 @@ async fn a_colliding_255_byte_name_with_a_long_extension_is_published() {
     assert!(second.file_name.ends_with(" (1)"), "{}", second.file_name);
     assert_same_file(&path, &server.published("alice", &second.file_name));
 }
+
+/// Finding 10, three places where code and docs disagreed, settled on what a client can rely
+/// on: a tokens file made invalid while the server runs made every login `internal` (docs:
+/// ignored) — logins now use its last valid version; `create` checks the description before
+/// the size and chunk size (the docs now say so); a well-formed `list` cursor the server never
+/// gave continues after the position it names (the docs now say so; a malformed one is
+/// `bad_field`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_and_docs_agree_on_a_bad_tokens_file_check_order_and_cursors() {
+    let server = TestServer::start().await;
+    let file = server.data().join("tokens");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}this line is not a token\n")).unwrap();
+    let mut raw = Raw::hello(&server, &server.alice).await;
+    std::fs::write(&file, good).unwrap();
+
+    // A description over 4 096 bytes and a chunk size the server refuses: the description
+    // is checked first.
+    let Frame::Create {
+        req,
+        file_name,
+        size,
+        dir,
+        on_exists,
+        ..
+    } = ferry_tests::raw::create(1, "clip.mov", 10, 4096)
+    else {
+        unreachable!()
+    };
+    raw.frame(&Frame::Create {
+        req,
+        file_name,
+        size,
+        chunk_size: 1,
+        desc: "d".repeat(5000),
+        dir,
+        on_exists,
+    })
+    .await;
+    assert_eq!(raw.code().await, ErrorCode::BadField);
+
+    let first = raw.create("a.bin", 1).await;
+    raw.create("b.bin", 1).await;
+    raw.frame(&Frame::List {
+        req: 2,
+        cursor: Some(format!("0-{first}")),
+    })
+    .await;
+    match raw.next().await {
+        Some(Frame::Listing { uploads, .. }) => {
+            let mut names: Vec<&str> = uploads.iter().map(|u| u.file_name.as_str()).collect();
+            names.sort();
+            assert_eq!(
+                names,
+                ["a.bin", "b.bin"],
+                "everything after creation time 0"
+            );
+        }
+        other => panic!("expected listing, got {other:?}"),
+    }
+    raw.frame(&Frame::List {
+        req: 3,
+        cursor: Some("not a cursor".into()),
+    })
+    .await;
+    assert_eq!(raw.code().await, ErrorCode::BadField);
+}
