@@ -446,20 +446,7 @@ async fn dispatch(
             notices.show(text);
             continue;
         }
-        let req = match &frame {
-            Frame::Created { req, .. }
-            | Frame::Resumed { req, .. }
-            | Frame::Finished { req, .. }
-            | Frame::Aborted { req, .. }
-            | Frame::Made { req, .. }
-            | Frame::Deduped { req, .. }
-            | Frame::NoMatch { req }
-            | Frame::Pong { req }
-            | Frame::Listing { req, .. }
-            | Frame::Error { req: Some(req), .. } => Some(*req),
-            _ => None,
-        };
-        match req.and_then(|r| pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&r)) {
+        match frame.reply_to().and_then(|r| pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&r)) {
             Some(waiter) => {
                 let _ = waiter.send(frame);
             }

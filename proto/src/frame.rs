@@ -17,8 +17,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// 5 added `welcome.service` (the service a resume journal is keyed by), let the server choose
 /// the chunk size (`created.upload.chunk_size` may differ from `create.chunk_size`); 6 added
 /// WebTransport sessions for browsers and upload links (`hello.token` may be a grant); 7 added
-/// the code `too_fragmented` (a bound on the pieces of a chunk stream read out of order).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// the code `too_fragmented` (a bound on the pieces of a chunk stream read out of order); 8
+/// added `lookup`/`found` and `digests`/`digest_page` (the server, not a client's journal,
+/// says what is uploaded already).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -145,6 +147,43 @@ pub enum Frame {
     NoMatch {
         req: u64,
     },
+    /// What the server holds of one file: its completed uploads asked under this folder,
+    /// name and size (with their content hashes) and its unfinished ones. How a client without
+    /// a record of its own (another machine, a lost journal) learns that a file is uploaded
+    /// already, or resumes an upload begun elsewhere, instead of sending it again. Answered
+    /// with `found`.
+    Lookup {
+        req: u64,
+        file_name: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dir: Vec<String>,
+        size: u64,
+    },
+    /// The uploads of that folder, name and size: at most [`MAX_FOUND`] of each kind, newest
+    /// first. A complete one is listed only while its published file is the one published.
+    Found {
+        req: u64,
+        complete: Vec<FoundComplete>,
+        receiving: Vec<FoundReceiving>,
+    },
+    /// The SHA-256 of every durable chunk of an unfinished upload, from chunk `from` on, so a
+    /// client can check them against its own file before it resumes the upload. Answered with
+    /// `digest_page`.
+    Digests {
+        req: u64,
+        upload_id: String,
+        #[serde(default)]
+        from: u64,
+    },
+    /// Durable chunks and their digests, `[index, sha256]`, ascending, at most
+    /// [`MAX_DIGESTS_PER_FRAME`]; `next` when more follow (send `digests` with `from` = it).
+    DigestPage {
+        req: u64,
+        upload_id: String,
+        chunks: Vec<(u64, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
+    },
     /// Answered at once with `pong`: `ferry ping` measures round trips with it.
     Ping {
         req: u64,
@@ -253,6 +292,32 @@ pub struct Limits {
     pub expire_after: u64,
 }
 
+/// A completed upload in `found`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundComplete {
+    pub upload_id: String,
+    /// Where it was published, under the owner's folder (`/`-separated; may be a numbered name).
+    pub file_name: String,
+    pub chunk_size: u64,
+    /// Its content hash with that chunk size (§3.6 of the protocol).
+    pub content_hash: String,
+}
+
+/// An unfinished upload in `found`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundReceiving {
+    pub upload_id: String,
+    pub chunk_size: u64,
+    pub chunk_count: u64,
+    pub durable_bytes: u64,
+}
+
+/// Most uploads of each kind in one `found`.
+pub const MAX_FOUND: usize = 8;
+/// Most digests in one `digest_page` (each at most 90 bytes of JSON: the frame stays far below
+/// [`MAX_FRAME`]).
+pub const MAX_DIGESTS_PER_FRAME: usize = 500;
+
 /// An upload as `created` and `resumed` describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadInfo {
@@ -341,6 +406,10 @@ const KNOWN_TYPES: &[&str] = &[
     "dedup",
     "deduped",
     "no_match",
+    "lookup",
+    "found",
+    "digests",
+    "digest_page",
     "ping",
     "pong",
     "notice",
@@ -428,6 +497,44 @@ impl Frame {
     }
 
     /// The name in the frame's `type` field.
+    /// The request a reply answers: `Some(req)` for every frame the server sends in answer to
+    /// a request (an `error` with a `req` too), `None` for the frames it pushes.
+    pub fn reply_to(&self) -> Option<u64> {
+        match self {
+            Self::Created { req, .. }
+            | Self::Resumed { req, .. }
+            | Self::Finished { req, .. }
+            | Self::Aborted { req, .. }
+            | Self::Made { req, .. }
+            | Self::Deduped { req, .. }
+            | Self::NoMatch { req }
+            | Self::Found { req, .. }
+            | Self::DigestPage { req, .. }
+            | Self::Pong { req }
+            | Self::Listing { req, .. }
+            | Self::Error { req: Some(req), .. } => Some(*req),
+            Self::Hello { .. }
+            | Self::Welcome { .. }
+            | Self::Create { .. }
+            | Self::Resume { .. }
+            | Self::Finish { .. }
+            | Self::Abort { .. }
+            | Self::Mkdir { .. }
+            | Self::Dedup { .. }
+            | Self::Lookup { .. }
+            | Self::Digests { .. }
+            | Self::Ping { .. }
+            | Self::List { .. }
+            | Self::Notice { .. }
+            | Self::Ack { .. }
+            | Self::Reject { .. }
+            | Self::Detached { .. }
+            | Self::Chunk { .. }
+            | Self::ChunkEnd { .. }
+            | Self::Error { req: None, .. } => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
@@ -445,6 +552,10 @@ impl Frame {
             Self::Dedup { .. } => "dedup",
             Self::Deduped { .. } => "deduped",
             Self::NoMatch { .. } => "no_match",
+            Self::Lookup { .. } => "lookup",
+            Self::Found { .. } => "found",
+            Self::Digests { .. } => "digests",
+            Self::DigestPage { .. } => "digest_page",
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
             Self::Notice { .. } => "notice",

@@ -88,6 +88,21 @@ pub(crate) struct Shared {
 /// file per active upload, the database, hook pipes.
 const FD_RESERVE: usize = 1024;
 
+/// Where the web listener's public address is recorded, in the data directory: the base of
+/// the upload links `ferryd link` prints.
+pub const WEB_URL_FILE: &str = "web-url";
+
+/// The web listener's public address: `--web-url`, else `https://HOSTNAME:PORT`.
+pub fn web_url(config: &Config, port: u16) -> String {
+    match &config.web_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!(
+            "https://{}:{port}",
+            tls::host_name().unwrap_or_else(|| "localhost".to_owned())
+        ),
+    }
+}
+
 /// Where the operator's notice is kept, in the data directory.
 const NOTICE_FILE: &str = "notice";
 /// Longest notice, in bytes.
@@ -277,6 +292,12 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
+        // Where upload links point: `ferryd link` reads it, so it needs no --web-url.
+        if let Some(port) = web.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.port()) {
+            let url = web_url(&config, port);
+            fsutil::write_atomic(&dir.join(WEB_URL_FILE), format!("{url}\n").as_bytes())
+                .context("failed to record the web listener's address")?;
+        }
         let notice = std::fs::read_to_string(dir.join(NOTICE_FILE))
             .ok()
             .filter(|n| !n.is_empty());

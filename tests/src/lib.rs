@@ -211,6 +211,17 @@ impl ServerProcess {
 
     /// Like `start`, with more `serve` arguments.
     pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new(binary("ferryd"));
+        command
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `ferryd serve` however it is told its settings: flags, a config
+    /// file, the environment) and waits for its "listening" line.
+    pub fn spawn(mut command: Command) -> Self {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("ferryd-test-{}-{n}.log", std::process::id()));
@@ -219,10 +230,7 @@ impl ServerProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(binary("ferryd"))
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .args(extra)
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

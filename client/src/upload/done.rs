@@ -210,7 +210,7 @@ impl Client {
     /// Sends the request `make` builds, reconnecting and sending it again while the
     /// connection fails, for at most `--reconnect-for`: for requests the server answers the
     /// same way when repeated (`finish`, `dedup`). A server never reached fails at once.
-    async fn request_retrying(
+    pub(super) async fn request_retrying(
         &mut self,
         make: impl Fn(u64) -> Frame,
         reconnects: &mut u32,
@@ -249,7 +249,7 @@ impl Client {
 impl Report {
     /// A file whose content the server holds already under the reported name: nothing read
     /// to send, nothing sent.
-    fn held(
+    pub(super) fn held(
         status: &'static str,
         (upload_id, file_name, size): (String, String, u64),
         content_hash: String,

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_proto::units::human;
-use ferry_proto::{ChunkLayout, ChunkSet, ErrorCode, Frame, UploadInfo, UploadSender};
+use ferry_proto::{
+    ChunkLayout, ChunkSet, Digest, ErrorCode, Frame, OnExists, UploadInfo, UploadSender,
+};
 use serde::Serialize;
 
 use crate::digests::{hash_file, ChunkDigests};
@@ -25,7 +27,10 @@ pub use crate::stream::send_chunk;
 use crate::{connected, Backoff, Client, ClientError};
 
 mod done;
+mod lookup;
 mod pump;
+
+use lookup::{Hashes, Held};
 
 use pump::{pump, Io};
 
@@ -90,6 +95,107 @@ impl Client {
         self.upload_in(path, &[], desc).await
     }
 
+    /// What `lookup` found, acted on: the same content published is a `skipped` file; an
+    /// unfinished upload of this very file goes into the journal, to be resumed; a different
+    /// file under the name follows `--on-exists`.
+    fn settle(
+        &self,
+        held: Held,
+        key: &FileKey,
+        shown: &str,
+        started: Instant,
+        hashes: &lookup::Hashes,
+    ) -> Result<Option<Report>, ClientError> {
+        match held {
+            Held::Same(found) => {
+                let digest = Digest::parse(&found.content_hash)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let entry = Entry {
+                    upload_id: found.upload_id.clone(),
+                    server: key.server.clone(),
+                    path: key.path.clone(),
+                    size: key.size,
+                    chunk_size: found.chunk_size,
+                    complete: None,
+                };
+                self.journal
+                    .put(key, &entry)
+                    .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
+                self.remember_complete(key, &found.file_name, digest);
+                let plain = hashes.get(&found.chunk_size).map(|(_, plain)| plain.to_hex());
+                Ok(Some(Report {
+                    sha256: self.opts.sha256.then_some(plain).flatten(),
+                    reason: Some(format!(
+                        "already on the server as {} (the same content)",
+                        found.file_name
+                    )),
+                    ..Report::held(
+                        "skipped",
+                        (found.upload_id, found.file_name, key.size),
+                        found.content_hash,
+                        started,
+                        0,
+                    )
+                }))
+            }
+            Held::Resume {
+                upload_id,
+                chunk_size,
+                digests,
+            } => {
+                let entry = Entry {
+                    upload_id,
+                    server: key.server.clone(),
+                    path: key.path.clone(),
+                    size: key.size,
+                    chunk_size,
+                    complete: None,
+                };
+                self.journal
+                    .put(key, &entry)
+                    .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
+                let count = ferry_proto::ChunkLayout::new(key.size, chunk_size)
+                    .map(|l| l.count())
+                    .unwrap_or(0);
+                let mut kept = self.journal.digests(key, count);
+                for (index, digest) in digests {
+                    kept.record(index, digest);
+                }
+                self.shared.tracker.note(&format!(
+                    "ferry: {shown}: the server holds part of this file from an earlier upload; resuming it"
+                ));
+                Ok(None)
+            }
+            Held::Different(published) => match self.opts.on_exists {
+                OnExists::Skip => Ok(Some(Report {
+                    reason: Some(format!(
+                        "a different file is on the server as {published} (--on-exists skip)"
+                    )),
+                    ..Report::held(
+                        "skipped",
+                        (String::new(), shown.to_owned(), key.size),
+                        String::new(),
+                        started,
+                        0,
+                    )
+                })),
+                OnExists::Fail => Err(ClientError::Server {
+                    code: ErrorCode::AlreadyExists,
+                    message: format!(
+                        "a different file is on the server as {published} (--on-exists fail)"
+                    ),
+                }),
+                OnExists::Rename => {
+                    self.shared.tracker.note(&format!(
+                        "ferry: {shown}: a different file is on the server as {published}; this one is published under a new name (--on-exists rename)"
+                    ));
+                    Ok(None)
+                }
+            },
+            Held::Nothing => Ok(None),
+        }
+    }
+
     /// Like `upload`, published in the folders `dir` under the owner's folder (outermost
     /// first): how a folder's files keep their place.
     pub async fn upload_in(
@@ -117,17 +223,23 @@ impl Client {
         if let Some(report) = self.already_there(&key, started, &mut reconnects).await? {
             return Ok(report);
         }
+        // A file this machine has no record of: the server says what it holds of it.
+        let mut hashes = Hashes::new();
+        if self.journal.get(&key).is_none() {
+            let held = self
+                .ask_server(&key, &file, (&name, dir), &mut hashes, &mut reconnects)
+                .await?;
+            if let Some(report) = self.settle(held, &key, &shown, started, &hashes)? {
+                return Ok(report);
+            }
+        }
         // With --dedup, a file the server never saw from here is hashed first (one read, both
         // digests) and offered by content.
         let mut known_plain = None;
         if self.opts.dedup && self.journal.get(&key).is_none() {
-            let (content, plain) = {
-                let (file, size, chunk_size) = (file.clone(), key.size, self.opts.chunk_size);
-                tokio::task::spawn_blocking(move || hash_file(&file, size, chunk_size))
-                    .await
-                    .map_err(|e| ClientError::Local(e.to_string()))?
-                    .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
-            };
+            let (content, plain) = self
+                .hashes(&key, &file, self.opts.chunk_size, &mut hashes)
+                .await?;
             let ask = (name.as_str(), dir, desc);
             match self
                 .dedup(&key, ask, (content, plain), started, &mut reconnects)

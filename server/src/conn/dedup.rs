@@ -48,13 +48,17 @@ impl Conn {
         let Some(content) = found else {
             return Ok(Frame::NoMatch { req });
         };
+        // Already there: published at the asked path, or published from it under a numbered
+        // name because the path held another file (a second `dedup` of it publishes nothing).
+        let same_ask = content.record.dir == record.dir
+            && content.record.file_name == record.file_name;
         if content.record.owner == self.owner
-            && content.record.final_name.as_deref() == Some(&asked)
+            && (content.record.final_name.as_deref() == Some(&asked) || same_ask)
         {
             return Ok(Frame::Deduped {
                 req,
                 upload_id: content.id.to_string(),
-                file_name: asked,
+                file_name: content.record.final_name.clone().unwrap_or(asked),
                 size,
                 content_hash: digest.to_hex(),
                 existing: true,

@@ -2,7 +2,8 @@
 
 use ferry_proto::name;
 use ferry_proto::{
-    ChunkSet, Digest, ErrorCode, Frame, OnExists, UploadInfo, UploadSummary, MAX_FRAME,
+    ChunkSet, Digest, ErrorCode, FoundComplete, FoundReceiving, Frame, OnExists, UploadInfo,
+    UploadSummary, MAX_DIGESTS_PER_FRAME, MAX_FOUND, MAX_FRAME,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -75,6 +76,26 @@ impl Conn {
                 (req, self.dedup(req, record, &content_hash).await)
             }
             Frame::Ping { req } => (req, Ok(Frame::Pong { req })),
+            Frame::Lookup {
+                req,
+                file_name,
+                dir,
+                size,
+            } => (
+                req,
+                self.lookup(&file_name, &dir, size)
+                    .await
+                    .map(|(complete, receiving)| Frame::Found {
+                        req,
+                        complete,
+                        receiving,
+                    }),
+            ),
+            Frame::Digests {
+                req,
+                upload_id,
+                from,
+            } => (req, self.digests(req, &upload_id, from).await),
             Frame::Mkdir { req, dir } => (
                 req,
                 self.mkdir(&dir).await.map(|dir| Frame::Made { req, dir }),
@@ -263,6 +284,120 @@ impl Conn {
         .map_err(internal)?;
         cached.map_err(|e| storage(&e, "failed to record the upload"))?;
         self.owned(raw_id)
+    }
+
+    /// What the server holds of one file (`lookup`): the owner's uploads asked under this folder,
+    /// name and size — complete ones whose published file is still the one published, with
+    /// their content hashes, and unfinished ones — newest first, at most `MAX_FOUND` each. A
+    /// link's session sees only its link's uploads. With the s3 store, the uploads this node
+    /// has records of (those created or resumed through it).
+    async fn lookup(
+        &self,
+        file_name: &str,
+        dir: &[String],
+        size: u64,
+    ) -> Result<(Vec<FoundComplete>, Vec<FoundReceiving>), WireError> {
+        let name = name::sanitize(file_name)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let dir = name::sanitize_dir(dir)
+            .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
+        let store = self.shared.store.clone();
+        let owner = self.owner.clone();
+        let link = self.link.as_ref().map(|l| l.id.clone());
+        let found = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut records = store.list(&owner)?;
+            records.retain(|(_, r)| {
+                r.file_name == name
+                    && r.dir == dir
+                    && r.size == size
+                    && link.as_ref().is_none_or(|l| r.link.as_ref() == Some(l))
+            });
+            records.sort_by_key(|(id, r)| std::cmp::Reverse((r.updated_at, *id)));
+            let (mut complete, mut receiving) = (Vec::new(), Vec::new());
+            for (id, record) in records {
+                match record.state {
+                    RecordState::Complete if complete.len() < MAX_FOUND => {
+                        let intact =
+                            record.remote.is_some() || store.published_intact(&record).is_some();
+                        let (Some(hash), Some(published)) =
+                            (record.content_hash.clone(), record.final_name.clone())
+                        else {
+                            continue;
+                        };
+                        if intact {
+                            complete.push(FoundComplete {
+                                upload_id: id.to_string(),
+                                file_name: published,
+                                chunk_size: record.chunk_size,
+                                content_hash: hash,
+                            });
+                        }
+                    }
+                    RecordState::Receiving if receiving.len() < MAX_FOUND => {
+                        let Ok(layout) = record.layout() else {
+                            continue;
+                        };
+                        let durable = store.durable_chunks(id, &layout)?;
+                        receiving.push(FoundReceiving {
+                            upload_id: id.to_string(),
+                            chunk_size: record.chunk_size,
+                            chunk_count: layout.count(),
+                            durable_bytes: layout.bytes_in(&durable),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Ok((complete, receiving))
+        })
+        .await
+        .map_err(internal)?;
+        found.map_err(|e| storage(&e, "failed to look the file up"))
+    }
+
+    /// The digests of an unfinished upload's durable chunks from `from` on (`digests`), paged.
+    async fn digests(&self, req: u64, raw_id: &str, from: u64) -> Result<Frame, WireError> {
+        let (id, record) = self.owned_fresh(raw_id).await?;
+        if record.state != RecordState::Receiving {
+            return Err(WireError::new(
+                ErrorCode::BadState,
+                "the upload is complete: its content hash is in lookup's answer",
+            ));
+        }
+        let layout = record.layout().map_err(|e| internal(e.to_string()))?;
+        let (page, next) = match &self.shared.s3 {
+            Some(s3) => {
+                let markers = s3
+                    .markers(id)
+                    .await
+                    .map_err(|e| storage(&e, "failed to list the stored chunks"))?;
+                let all = crate::store::s3::durable_digests(&markers, layout.count());
+                let mut page: Vec<(u64, Digest)> = all
+                    .range(from..)
+                    .take(MAX_DIGESTS_PER_FRAME + 1)
+                    .map(|(i, d)| (*i, *d))
+                    .collect();
+                let next = (page.len() > MAX_DIGESTS_PER_FRAME)
+                    .then(|| page.pop().map(|(i, _)| i))
+                    .flatten();
+                (page, next)
+            }
+            None => {
+                let store = self.shared.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.chunk_digests(id, &layout, from, MAX_DIGESTS_PER_FRAME)
+                })
+                .await
+                .map_err(internal)?
+                .map_err(|e| storage(&e, "failed to read the chunk digests"))?
+            }
+        };
+        Ok(Frame::DigestPage {
+            req,
+            upload_id: id.to_string(),
+            chunks: page.into_iter().map(|(i, d)| (i, d.to_hex())).collect(),
+            next,
+        })
     }
 
     /// Creates a folder under the owner's folder (an empty folder of an uploaded tree).

@@ -359,6 +359,42 @@ impl Store {
         Ok(set)
     }
 
+    /// The recorded digests of `id`'s durable chunks from index `from` on, at most `max`, and
+    /// the index to continue from when more follow.
+    pub fn chunk_digests(
+        &self,
+        id: UploadId,
+        layout: &ChunkLayout,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<(u64, Digest)>, Option<u64>)> {
+        let mut out = Vec::new();
+        let start = id.chunk_key(from);
+        let db = self.db()?;
+        for entry in db.chunks.range(start.as_slice()..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&id.0) {
+                break;
+            }
+            let index = key
+                .get(16..24)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let digest = <[u8; 32]>::try_from(value.as_ref()).ok();
+            let (Some(index), Some(digest)) = (index, digest) else {
+                continue;
+            };
+            if index >= layout.count() {
+                break;
+            }
+            if out.len() == max {
+                return Ok((out, Some(index)));
+            }
+            out.push((index, Digest::from_bytes(digest)));
+        }
+        Ok((out, None))
+    }
+
     /// The content hash of `id`: SHA-256 over the recorded chunk digests in index order
     /// (sled keeps the keys sorted, and the index is big-endian). Fails if a chunk of the
     /// layout has no digest on record.

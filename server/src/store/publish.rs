@@ -74,12 +74,23 @@ impl Store {
         } else {
             self.list(owner)?
         };
-        let rank =
-            |r: &UploadRecord| match (r.owner == owner, r.final_name.as_deref() == Some(asked)) {
-                (true, true) => 0,
-                (true, false) => 1,
-                _ => 2,
-            };
+        // The owner's copy at the asked path first, then one published from that path under a
+        // numbered name (its asked path was the same), then any of the owner's, then others'.
+        let asked_from = |r: &UploadRecord| {
+            let mut path: String = r.dir.iter().map(|c| format!("{c}/")).collect();
+            path.push_str(&r.file_name);
+            path == asked
+        };
+        let rank = |r: &UploadRecord| match (
+            r.owner == owner,
+            r.final_name.as_deref() == Some(asked),
+            asked_from(r),
+        ) {
+            (true, true, _) => 0,
+            (true, false, true) => 1,
+            (true, false, false) => 2,
+            _ => 3,
+        };
         let mut found: Option<Content> = None;
         for (id, record) in records {
             if record.state != RecordState::Complete
@@ -89,15 +100,9 @@ impl Store {
             {
                 continue;
             }
-            let (Some(stamp), Some(name)) = (record.stamp, record.final_name.as_ref()) else {
+            let Some(path) = self.published_intact(&record) else {
                 continue;
             };
-            let path = self.owner_dir(&record.owner).join(name);
-            let unchanged = fs::symlink_metadata(&path)
-                .is_ok_and(|m| m.is_file() && m.len() == size && (m.ino(), mtime_ns(&m)) == stamp);
-            if !unchanged {
-                continue;
-            }
             if found
                 .as_ref()
                 .is_none_or(|f| rank(&record) < rank(&f.record))
@@ -106,6 +111,20 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// The published file of a complete `record` (local store) if it is still the one published:
+    /// same inode, size and modification time. A file rewritten or replaced since is never
+    /// offered as the upload's content.
+    pub fn published_intact(&self, record: &UploadRecord) -> Option<PathBuf> {
+        let (Some(stamp), Some(name)) = (record.stamp, record.final_name.as_ref()) else {
+            return None;
+        };
+        let path = self.owner_dir(&record.owner).join(name);
+        let unchanged = fs::symlink_metadata(&path).is_ok_and(|m| {
+            m.is_file() && m.len() == record.size && (m.ino(), mtime_ns(&m)) == stamp
+        });
+        unchanged.then_some(path)
     }
 
     /// Publishes `source` (a published file found by `find_content`) for `record` as a new

@@ -7,6 +7,7 @@ mod browser;
 mod crash;
 mod hardening;
 mod hardening3;
+mod first_contact;
 mod hooks;
 mod job_options;
 mod jobs;

@@ -45,14 +45,14 @@ pub(crate) fn hash(paths: &[PathBuf], chunk_size: u64, sha256: bool, json: bool)
                 content_hash: content.to_hex(),
                 sha256: plain.to_hex(),
             };
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string(&line).expect("plain data serializes")
             );
         } else {
             // `sha256sum`'s format either way, so `sha256sum -c` and `diff` work on the output.
             let digest = if sha256 { plain } else { content };
-            println!("{digest}  {shown}");
+            out!("{digest}  {shown}");
         }
     }
     code

@@ -91,7 +91,7 @@ pub(crate) async fn run_job(
             Ok(Outcome::File(r)) => {
                 summary.add(&r);
                 if args.json {
-                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    out!("{}", serde_json::to_string(&r).unwrap_or_default());
                 } else {
                     tracker.note(&human_line(item, &r));
                 }
@@ -116,7 +116,7 @@ pub(crate) async fn run_job(
                         "path": path,
                         "error": e.to_string(),
                     });
-                    println!("{line}");
+                    out!("{line}");
                 }
                 tracker.error(&format!("ferry: {what}: {e}"));
                 code = code.max(e.exit_code());
@@ -139,7 +139,7 @@ pub(crate) async fn run_job(
     // Files stopped midway sent bytes too.
     summary.bytes_sent = summary.bytes_sent.max(tracker.sent());
     if args.json && several {
-        println!("{}", summary.json());
+        out!("{}", summary.json());
     } else if several {
         tracker.note(&summary.human());
     }
@@ -313,7 +313,7 @@ pub(crate) async fn pick(
             } else {
                 ""
             };
-            eprintln!(
+            say!(
                 "{:>3}  {:>12}  {}{mark}",
                 n + 1,
                 human(*size),
@@ -326,7 +326,7 @@ pub(crate) async fn pick(
         );
         let _ = std::io::stderr().flush();
         let Some(Ok(line)) = lines.next() else {
-            eprintln!();
+            say!("");
             break worst;
         };
         let answer = line.trim();
@@ -336,7 +336,7 @@ pub(crate) async fn pick(
         let chosen = match parse_selection(answer, local.len()) {
             Ok(chosen) => chosen,
             Err(why) => {
-                eprintln!("ferry: {why}");
+                say!("ferry: {why}");
                 continue;
             }
         };

@@ -1,6 +1,27 @@
 //! `ferry`: parses arguments, sets up logging, runs one command, maps the outcome to an exit
 //! code (0 complete, 1 interrupted but resumable, 2 usage, auth or permanent error).
 
+/// Prints a line on stdout. A closed stdout (`ferry hash … | head -1`) is a normal end: the
+/// reader has what it wanted, so the program exits 0 at once instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// Prints on stderr, ignoring a closed stderr.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod hash;
 mod job;
@@ -36,7 +57,9 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "ferry", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "ferry", &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
             return ExitCode::SUCCESS;
         }
         Command::Hash {
@@ -109,7 +132,7 @@ async fn run(cli: Cli) -> ExitCode {
 
 /// Prints `ferry: <what>: <cause>` once and returns the exit code.
 pub(crate) fn report(what: &str, e: &ClientError) -> u8 {
-    eprintln!("ferry: {what}: {e}");
+    say!("ferry: {what}: {e}");
     e.exit_code()
 }
 

@@ -58,10 +58,10 @@ pub(crate) async fn ping(opts: Options, count: u32, json: bool) -> u8 {
             "quic_rtt_ms": ms(conn.quic().rtt()),
             "limits": l,
         });
-        println!("{line}");
+        out!("{line}");
         return 0;
     }
-    println!(
+    out!(
         "{server}: {} (protocol {}), token accepted for {:?}",
         if conn.server.is_empty() {
             "ferryd"
@@ -71,9 +71,9 @@ pub(crate) async fn ping(opts: Options, count: u32, json: bool) -> u8 {
         ferry_proto::PROTOCOL_VERSION,
         conn.owner
     );
-    println!("service: {}", conn.service);
-    println!("connect + TLS + login: {:.1} ms", ms(handshake));
-    println!(
+    out!("service: {}", conn.service);
+    out!("connect + TLS + login: {:.1} ms", ms(handshake));
+    out!(
         "round trips: {} probes, min {:.2} / avg {:.2} / max {:.2} ms",
         rtts.len(),
         ms(min),
@@ -87,7 +87,7 @@ pub(crate) async fn ping(opts: Options, count: u32, json: bool) -> u8 {
             f(v)
         }
     };
-    println!(
+    out!(
         "limits: files up to {}, chunks {} to {}, {} chunk streams, {} uploads in progress, quota {}, expiry {}",
         human(l.max_file_size),
         human(l.min_chunk_size),

@@ -80,7 +80,7 @@ pub(crate) async fn status(
         {
             Some(entry) => Some(entry.upload_id),
             None => {
-                println!(
+                out!(
                     "{t}: no upload of this file to {} on record here",
                     client.options().target.server
                 );
@@ -103,7 +103,7 @@ pub(crate) async fn status(
                 ClientError::Usage(format!("no upload {id} on the server")),
             ))
         }
-        (None, true) if !json => println!("nothing in progress"),
+        (None, true) if !json => out!("nothing in progress"),
         _ => print_uploads(&shown, json),
     }
     Ok(())
@@ -136,12 +136,12 @@ pub(crate) async fn abort(
         target.clone()
     };
     match client.abort(&upload_id).await {
-        Ok(()) => println!("aborted {upload_id}"),
+        Ok(()) => out!("aborted {upload_id}"),
         // Gone from the server already: only the local record was left to forget.
         Err(ClientError::Server {
             code: ferry_proto::ErrorCode::NotFound | ferry_proto::ErrorCode::Expired,
             ..
-        }) if path.exists() => println!("{upload_id} is no longer on the server"),
+        }) if path.exists() => out!("{upload_id} is no longer on the server"),
         Err(e) => return Err((format!("abort of {upload_id} failed"), e)),
     }
     if path.exists() {
@@ -156,16 +156,16 @@ pub(crate) async fn abort(
 pub(crate) fn print_uploads(uploads: &[UploadSummary], json: bool) {
     if json {
         for u in uploads {
-            println!("{}", serde_json::to_string(u).unwrap_or_default());
+            out!("{}", serde_json::to_string(u).unwrap_or_default());
         }
         return;
     }
-    println!(
+    out!(
         "{:<32}  {:<9}  {:>6}  {:>10}  {:<16}  NAME",
         "ID", "STATE", "DONE", "SIZE", "UPDATED (UTC)"
     );
     for u in uploads {
-        println!("{}", line(u));
+        out!("{}", line(u));
     }
 }
 

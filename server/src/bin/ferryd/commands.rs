@@ -1,6 +1,5 @@
 //! What each `ferryd` command does, once the command line is parsed.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -63,7 +62,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => {
-            println!("{}", args.effective());
+            out!("{}", args.effective());
             match args.check() {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
@@ -82,7 +81,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             // Everything staged was just verified: the next start need not do it again.
             store.mark_clean()?;
-            println!(
+            out!(
                 "verified {} uploads: {} chunks ({}); {} no longer matched and will be re-sent",
                 uploads.len(),
                 found.chunks,
@@ -96,7 +95,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 Some(cert) => ferry_server::tls::certificate_fingerprint(&cert)?,
                 None => ferry_server::tls::stored_fingerprint(existing_state(&place.data)?)?,
             };
-            println!("{fingerprint}");
+            out!("{fingerprint}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
@@ -114,10 +113,10 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             // `add` creates the directory (durably) when it writes the tokens file.
             let tokens = ferry_server::Tokens::new(&place.data);
             match command {
-                TokenCommand::Add { name, .. } => println!("{}", tokens.add(&name)?),
+                TokenCommand::Add { name, .. } => out!("{}", tokens.add(&name)?),
                 TokenCommand::List => {
                     for entry in tokens.entries()? {
-                        println!("{}", entry.name);
+                        out!("{}", entry.name);
                     }
                 }
                 TokenCommand::Revoke { name } => tokens.revoke(&name)?,
@@ -145,7 +144,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 s3.gc(cutoff, dry_run).await
             })?;
             for (key, what) in &orphans {
-                println!("{key}\t{what}");
+                out!("{key}\t{what}");
             }
             let verb = match dry_run {
                 true => "found (dry run, nothing removed)",
@@ -160,16 +159,16 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
         Command::Uploads { admin, json, .. } => {
             let body = admin.call("GET", "/uploads", "")?;
             if json {
-                println!("{body}");
+                out!("{body}");
                 return Ok(ExitCode::SUCCESS);
             }
             let uploads: Vec<serde_json::Value> =
                 serde_json::from_str(&body).context("the admin listener sent something else")?;
             if uploads.is_empty() {
-                println!("nothing in progress");
+                out!("nothing in progress");
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            out!(
                 "{:<32}  {:<16}  {:>6}  {:>10}  {:<6}  NAME",
                 "ID", "OWNER", "DONE", "SIZE", "ACTIVE"
             );
@@ -181,7 +180,7 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                 } else {
                     durable as f64 * 100.0 / size as f64
                 };
-                println!(
+                out!(
                     "{:<32}  {:<16}  {:>5.1}%  {:>10}  {:<6}  {}",
                     u["upload_id"].as_str().unwrap_or(""),
                     u["owner"].as_str().unwrap_or(""),
@@ -243,12 +242,12 @@ fn tokens_in_bucket(
         }
         let changed = match command {
             TokenCommand::Add { name, .. } => {
-                println!("{}", tokens.add(&name)?);
+                out!("{}", tokens.add(&name)?);
                 true
             }
             TokenCommand::List => {
                 for entry in tokens.entries()? {
-                    println!("{}", entry.name);
+                    out!("{}", entry.name);
                 }
                 false
             }
@@ -375,7 +374,7 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
                 t if t <= now => format!("expired at {t}"),
                 t => format!("expires at {t} (in {} s)", t - now),
             };
-            println!(
+            out!(
                 "{}  {}  {}, {}, {}",
                 link.id,
                 link.owner,
@@ -388,18 +387,25 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
     }
     if let Some(which) = &args.revoke {
         let link = links.revoke(which)?;
-        eprintln!("revoked link {} of {}", link.id, link.owner);
+        say!("revoked link {} of {}", link.id, link.owner);
         return Ok(ExitCode::SUCCESS);
     }
     let owner = args.owner.as_deref().context("name the owner")?;
-    let base = match (&args.web_url, args.web_listen) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(listen)) => {
+    // The address given, else the one the server recorded when its web listener started.
+    let recorded = std::fs::read_to_string(args.place.data.join(ferry_server::WEB_URL_FILE))
+        .ok()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty());
+    let base = match (&args.web_url, recorded, args.web_listen) {
+        (Some(url), _, _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(url), _) => url,
+        (None, None, Some(listen)) => {
             let host = gethostname_or_localhost();
             format!("https://{host}:{}", listen.port())
         }
-        (None, None) => anyhow::bail!(
-            "the link needs the web listener's address: set web-url (or web-listen) in the config, or pass --web-url"
+        (None, None, None) => anyhow::bail!(
+            "the link needs the web listener's address, and the server has not recorded one: start `ferryd serve` with web-listen (it records its address in {}), or pass --web-url",
+            args.place.data.join(ferry_server::WEB_URL_FILE).display()
         ),
     };
     let expires_at = match args.expires.as_secs() {
@@ -407,8 +413,8 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
         secs => ferry_server::store::unix_now() + secs,
     };
     let (link, grant) = links.add(owner, expires_at, args.max_size, args.max_files)?;
-    println!("{base}/u/{grant}");
-    eprintln!(
+    out!("{base}/u/{grant}");
+    say!(
         "link {} for {owner}: only this URL opens it (it is not stored); revoke with `ferryd link --revoke {}`",
         link.id, link.id
     );

@@ -2,8 +2,22 @@
 
 /// Prints on stderr, ignoring a closed stderr (a service whose log pipe went away must not
 /// panic).
+/// Prints a line on stdout. A closed stdout (`ferryd check-config | head -1`) is a normal end:
+/// the program exits 0 at once instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 macro_rules! say {
     ($($arg:tt)*) => {{
+        use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
@@ -15,7 +29,6 @@ mod config;
 mod logging;
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -139,11 +152,17 @@ pub(crate) fn parse() -> Result<Cli, Parse> {
         .into_iter()
         .chain(flags.iter().cloned())
         .collect();
-    // `token` and `link` need an argument the file cannot give; check the file's part with the
-    // whole command line instead.
-    if name != "token" && name != "link" {
+    // Arguments the file cannot give (`token add NAME`, `link OWNER`, `notice TEXT`) come from
+    // the command line: their absence here is not the file's fault.
+    {
         if let Err(e) = Cli::try_parse_from(&alone) {
-            if e.use_stderr() {
+            let missing = matches!(
+                e.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+                    | clap::error::ErrorKind::MissingSubcommand
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if e.use_stderr() && !missing {
                 return Err(Parse::Config(config::ConfigError {
                     file: file.display().to_string(),
                     message: e
