@@ -1,9 +1,11 @@
 // The upload page. Files (chosen, a folder, or dropped) are sent one after another, each in
 // chunks read, hashed and sent in one pass with a bounded number in flight; progress counts
 // what the server acknowledged (durable). The upload id and chunk digests are kept in
-// IndexedDB, so a closed tab resumes: the server is asked what it holds and only the rest is
-// sent. DOM contract for automation: #files, #upload, #status ("complete" or "failed: CODE
-// message").
+// IndexedDB, so a closed tab resumes; and for a file this browser has no record of, the server
+// is asked what it holds of it (`lookup`): the same content complete is not sent again, an
+// unfinished upload of the same bytes is resumed. The link is checked when the page opens.
+// DOM contract for automation: #files, #upload, #status ("ready", "complete" or "failed: CODE
+// message"), a file's note ("already on the server as NAME" for a skipped one).
 
 import { Session, FerryError, sha256Hex, contentHash, RETRY, EXPLAIN } from "./ferry.js";
 
@@ -35,6 +37,8 @@ function parseRate(text) {
 }
 
 let session = null;
+/** The session being opened, so the check on load and Upload share one. */
+let opening = null;
 let paused = false;
 let running = false;
 let dropped = [];
@@ -76,6 +80,15 @@ function human(bytes) {
     i++;
   }
   return `${bytes.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** Upload is offered when there is something new to send, and not while sending. */
+function offer(enabled) {
+  $("upload").disabled = !enabled;
+}
+
+function explain(code) {
+  $("explain").textContent = EXPLAIN[code] || "";
 }
 
 function chosen() {
@@ -125,22 +138,44 @@ drop.addEventListener("drop", async (e) => {
   drop.classList.remove("over");
   const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry()).filter(Boolean);
   for (const entry of entries) await walk(entry, [], dropped);
+  chose();
+});
+for (const input of ["files", "folder"]) $(input).addEventListener("change", chose);
+
+/** A new choice of files: ready to send them (unless the link is known to be unusable). */
+function chose() {
+  if (running || linkBroken) return;
   setStatus(`${chosen().length} file(s) chosen`);
+  offer(chosen().length > 0);
+}
+
+// Leaving mid-upload loses nothing the server holds, but stops the rest: ask first.
+window.addEventListener("beforeunload", (e) => {
+  if (running && !paused) {
+    e.preventDefault();
+    e.returnValue = "";
+  }
 });
 
 $("pause").addEventListener("click", () => {
   paused = !paused;
   $("pause").textContent = paused ? "Resume" : "Pause";
   if (!paused) for (const up of active.values()) up.pump();
+  for (const up of active.values()) up.show();
   if (running) setStatus(paused ? "paused" : "uploading");
 });
 
 $("upload").addEventListener("click", async () => {
   if (running || !("WebTransport" in window)) return;
   const items = chosen();
-  if (!grant) return setStatus("failed: no_link open this page through an upload link (ferryd link)");
+  if (!grant) {
+    explain("no_link");
+    return setStatus("failed: no_link this page was opened without an upload link");
+  }
   if (!items.length) return setStatus("failed: no_files choose files first");
   running = true;
+  offer(false);
+  explain("");
   $("list").replaceChildren();
   items.forEach(row);
   try {
@@ -149,7 +184,9 @@ $("upload").addEventListener("click", async () => {
   } catch (e) {
     const code = e instanceof FerryError ? e.code : "internal";
     setStatus(`failed: ${code} ${e.message}`);
-    if (EXPLAIN[code]) $("explain").textContent = EXPLAIN[code];
+    explain(code);
+    // Pressing Upload again goes on from what the server holds.
+    offer(!["unauthorized", "token_revoked"].includes(code));
   } finally {
     running = false;
   }
@@ -159,6 +196,11 @@ $("upload").addEventListener("click", async () => {
 
 async function connect() {
   if (session && !session.closedWith) return session;
+  if (!opening) opening = open().finally(() => (opening = null));
+  return opening;
+}
+
+async function open() {
   const answer = await fetch(`${base}/webtransport.json`, { cache: "no-store" });
   if (!answer.ok) throw new FerryError("connection_lost", `the server answered ${answer.status}`);
   const info = await answer.json();
@@ -221,6 +263,58 @@ async function durableOf(uploadId) {
   return { info, durable };
 }
 
+/** The digests of every durable chunk of an unfinished upload (`digests`, every page). */
+async function digestsOf(uploadId) {
+  const out = new Map();
+  let from = 0;
+  for (let page = 0; page < 100000; page++) {
+    const reply = await session.request({ type: "digests", upload_id: uploadId, from });
+    for (const [index, digest] of reply.chunks) out.set(index, digest);
+    if (reply.next === undefined || reply.next === null || reply.next <= from) break;
+    from = reply.next;
+  }
+  return out;
+}
+
+/** The SHA-256 of chunk `index` of `file` with `chunkSize`. */
+async function chunkDigest(file, chunkSize, index) {
+  const at = index * chunkSize;
+  return sha256Hex(await file.slice(at, Math.min(at + chunkSize, file.size)).arrayBuffer());
+}
+
+/** What the server holds of a file this browser has no record of (`lookup`), checked against
+ * the file: `{skip: name}` for the same content complete, `{rec}` for an unfinished upload of the
+ * same bytes (every chunk the server holds hashed here and compared), or `{}`. */
+async function askServer(item, key) {
+  const { file, dir } = item;
+  const found = await session.request({ type: "lookup", file_name: file.name, dir, size: file.size });
+  for (const complete of found.complete) {
+    const count = Math.ceil(file.size / complete.chunk_size);
+    const digests = [];
+    for (let i = 0; i < count; i++) {
+      digests.push(await chunkDigest(file, complete.chunk_size, i));
+      item.note(`checking what the server holds: ${Math.round((100 * (i + 1)) / count)} %`);
+    }
+    if ((await contentHash(digests)) === complete.content_hash) return { skip: complete.file_name };
+  }
+  for (const receiving of found.receiving) {
+    if (!receiving.durable_bytes) continue;
+    const theirs = await digestsOf(receiving.upload_id);
+    const digests = {};
+    let same = true;
+    for (const [index, digest] of theirs) {
+      const ours = await chunkDigest(file, receiving.chunk_size, index);
+      if (ours !== digest) {
+        same = false;
+        break;
+      }
+      digests[index] = ours;
+    }
+    if (same) return { rec: { key, uploadId: receiving.upload_id, chunkSize: receiving.chunk_size, digests } };
+  }
+  return {};
+}
+
 async function upload(item) {
   const { file, dir } = item;
   const key = `${grant.slice(0, 16)}|${[...dir, file.name].join("/")}|${file.size}|${file.lastModified}`;
@@ -234,6 +328,19 @@ async function upload(item) {
       if (!(e instanceof FerryError) || !["not_found", "expired"].includes(e.code)) throw e;
       await forget(key);
       rec = null;
+    }
+  }
+  if (!rec) {
+    const held = await askServer(item, key);
+    if (held.skip) {
+      item.bar(file.size || 1);
+      item.li.dataset.sentBytes = "0";
+      return item.note(`already on the server as ${held.skip}`);
+    }
+    if (held.rec) {
+      rec = held.rec;
+      await remember(rec);
+      ({ info, durable } = await durableOf(rec.uploadId));
     }
   }
   if (!rec) {
@@ -376,16 +483,43 @@ class Upload {
     this.item.bar(this.ackedBytes);
     const parts = [`${human(this.ackedBytes)} of ${human(file.size)}`];
     if (this.skipped) parts.push(`${human(this.skipped)} already on the server`);
-    if (rate) parts.push(`${human(rate)}/s`);
-    if (left !== null && this.ackedBytes < file.size) parts.push(`${left} s left`);
+    if (paused) parts.push("paused");
+    else {
+      if (rate) parts.push(`${human(rate)}/s`);
+      if (left !== null && this.ackedBytes < file.size) parts.push(`${left} s left`);
+    }
     this.item.note(parts.join(" · "));
     this.item.li.dataset.sentBytes = String(this.sent);
     setStatus(paused ? "paused" : "uploading");
   }
 }
 
+/** Set when the link turned out unusable on load: nothing can be sent through it. */
+let linkBroken = false;
+
+offer(false);
 if (!("WebTransport" in window)) {
+  explain("unsupported");
   setStatus("failed: unsupported this browser has no WebTransport (use a Chromium-based browser or Firefox)");
+} else if (!grant) {
+  explain("no_link");
+  setStatus("failed: no_link this page was opened without an upload link");
 } else {
-  setStatus(grant ? "ready" : "failed: no_link open this page through an upload link (ferryd link)");
+  // The link is checked now, not when Upload is pressed: an expired or revoked one says so.
+  setStatus("checking the link");
+  connect().then(
+    () => {
+      if (running) return;
+      setStatus(chosen().length ? `${chosen().length} file(s) chosen` : "ready");
+      offer(chosen().length > 0);
+    },
+    (e) => {
+      const code = e instanceof FerryError ? e.code : "connection_lost";
+      if (["unauthorized", "token_revoked"].includes(code)) linkBroken = true;
+      if (running) return;
+      setStatus(`failed: ${code} ${e.message}`);
+      explain(code);
+      offer(!linkBroken && chosen().length > 0);
+    },
+  );
 }

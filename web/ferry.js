@@ -159,10 +159,17 @@ export class Session {
           this.dispatch(frame);
         }
       }
-      this.ended(new FerryError("connection_lost", "the server ended the control stream"));
+      this.lost(new FerryError("connection_lost", "the server ended the control stream"));
     } catch (e) {
-      this.ended(new FerryError("connection_lost", String(e && e.message ? e.message : e)));
+      this.lost(new FerryError("connection_lost", String(e && e.message ? e.message : e)));
     }
+  }
+
+  /** The control stream failed: the session's close code, if it comes within a moment, is the
+   * better reason (Firefox reports the stream's error before the close code a revocation
+   * sends, which would read as a lost connection). */
+  lost(error) {
+    setTimeout(() => this.ended(error), 500);
   }
 
   dispatch(frame) {
@@ -205,6 +212,7 @@ const CODES = [
   "storage_error", "storage_full", "shutting_down", "internal", "insufficient_storage",
   "too_many_uploads", "quota_exceeded", "too_many_connections", "expired", "stream_timeout",
   "token_revoked", "control_stream_full", "name_exhausted", "already_exists", "refused",
+  "too_fragmented",
 ];
 
 export function codeOf(number) {
@@ -214,6 +222,7 @@ export function codeOf(number) {
 /** Chunk rejections after which the chunk is sent again (§3.5); every other one is final. */
 export const RETRY = new Set([
   "digest_mismatch", "chunk_in_progress", "short_payload", "storage_error", "storage_full", "stream_timeout",
+  "too_fragmented",
 ]);
 
 /** What to tell a person for each code. */
@@ -232,6 +241,8 @@ export const EXPLAIN = {
   refused: "The server refused this file.",
   expired: "The upload was idle too long and was removed; it starts again.",
   file_digest_mismatch: "The file changed while it was sent; send it again.",
-  shutting_down: "The server is restarting; the upload resumes when it is back.",
-  connection_lost: "The connection was lost; the upload resumes when it is back.",
+  shutting_down: "The server restarted and could not be reached again. Press Upload to go on: what it holds is not sent again.",
+  connection_lost: "The server could not be reached, and the page stopped trying. Press Upload to go on: what it holds is not sent again.",
+  no_link: "Open this page through the upload link you were sent.",
+  unsupported: "This browser cannot send files to this server (it lacks WebTransport).",
 };

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub files: Option<u16>,
     pub connect_timeout: Option<u64>,
     pub on_exists: Option<String>,
+    /// Glob patterns left out of folders, beside `--exclude`'s.
+    pub exclude: Option<Vec<String>>,
 }
 
 impl FileConfig {

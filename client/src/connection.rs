@@ -446,7 +446,10 @@ async fn dispatch(
             notices.show(text);
             continue;
         }
-        match frame.reply_to().and_then(|r| pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&r)) {
+        match frame
+            .reply_to()
+            .and_then(|r| pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&r))
+        {
             Some(waiter) => {
                 let _ = waiter.send(frame);
             }

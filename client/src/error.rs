@@ -34,6 +34,10 @@ pub enum ClientError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// The server's disk stayed full for `FULL_PATIENCE` with nothing acknowledged: said at
+    /// once when it began, given up on then. Resumable later (exit 1), not retried now.
+    #[error("storage_full: {0}; everything acknowledged is kept on the server: run the same command again once it has space")]
+    ServerFull(String),
     /// The user pressed Ctrl-C (SIGINT). Everything acknowledged stays on the server.
     #[error("interrupted; run the same command to resume")]
     Interrupted,
@@ -62,7 +66,10 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Interrupted => 130,
-            Self::Connection(_) | Self::Unreachable(_) | Self::TakenOver(_) => 1,
+            Self::Connection(_)
+            | Self::Unreachable(_)
+            | Self::TakenOver(_)
+            | Self::ServerFull(_) => 1,
             e if e.is_retryable() => 1,
             _ => 2,
         }

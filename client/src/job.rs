@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use ferry_proto::ErrorCode;
+
 use crate::{Client, ClientError, Options, Report, Shared};
 
 /// Deepest folder tree walked (the server's limit on a folder path is the same).
@@ -52,17 +54,79 @@ pub struct Job {
     pub items: Vec<Item>,
     /// Symbolic links (and other non-regular files) left out, for a note each.
     pub left_out: Vec<PathBuf>,
+    /// Files and folders in folders left out by an `--exclude` pattern (or a default one).
+    pub excluded: Vec<PathBuf>,
+}
+
+/// Names left out of folders: macOS's `.DS_Store` and the `._*` AppleDouble files camera
+/// cards carry, unless `--no-default-excludes`.
+pub const DEFAULT_EXCLUDES: &[&str] = &[".DS_Store", "._*"];
+
+/// Glob patterns (`*`, `?`, `[…]`) matched against the name of each file and folder inside the
+/// folders of a job (never against a file named on the command line: it was asked for).
+#[derive(Debug, Clone)]
+pub struct Excludes {
+    set: globset::GlobSet,
+    /// The patterns as given, for messages.
+    pub patterns: Vec<String>,
+}
+
+impl Excludes {
+    /// `patterns`, plus [`DEFAULT_EXCLUDES`] with `defaults`.
+    pub fn new(patterns: &[String], defaults: bool) -> Result<Self, ClientError> {
+        let mut all: Vec<String> = Vec::new();
+        if defaults {
+            all.extend(DEFAULT_EXCLUDES.iter().map(|p| p.to_string()));
+        }
+        all.extend(patterns.iter().cloned());
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in &all {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| ClientError::Usage(format!("--exclude {pattern:?}: {e}")))?;
+            set.add(glob);
+        }
+        let set = set
+            .build()
+            .map_err(|e| ClientError::Usage(format!("--exclude: {e}")))?;
+        Ok(Self { set, patterns: all })
+    }
+
+    /// Nothing left out.
+    pub fn none() -> Self {
+        Self {
+            set: globset::GlobSet::empty(),
+            patterns: Vec::new(),
+        }
+    }
+
+    fn matches(&self, path: &Path) -> bool {
+        path.file_name().is_some_and(|name| self.set.is_match(name))
+    }
 }
 
 /// The job for these command-line paths, in their order; a folder's contents in name order.
-pub fn plan(paths: &[PathBuf], follow_links: bool) -> Result<Job, ClientError> {
+pub fn plan(
+    paths: &[PathBuf],
+    follow_links: bool,
+    excludes: &Excludes,
+) -> Result<Job, ClientError> {
     let mut job = Job::default();
     for path in paths {
         let meta = std::fs::metadata(path)
             .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
         if meta.is_dir() {
             let name = component(path);
-            walk(path, vec![name], follow_links, &mut job)?;
+            walk(path, vec![name], (follow_links, excludes), &mut job)?;
+        } else if !meta.is_file() {
+            // A pipe would hang waiting for a writer, a device would never end or read as
+            // empty: neither is a file to publish.
+            return Err(ClientError::Usage(format!(
+                "cannot upload {}: it is {}, not a regular file (ferry uploads files and folders)",
+                path.display(),
+                kind_of(&meta)
+            )));
         } else {
             // A file named on the command line is uploaded even through a link: it was asked for.
             job.items.push(Item::File {
@@ -74,7 +138,29 @@ pub fn plan(paths: &[PathBuf], follow_links: bool) -> Result<Job, ClientError> {
     Ok(job)
 }
 
-fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), ClientError> {
+/// What a file that is neither a regular file nor a folder is, for a message.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn walk(
+    dir: &Path,
+    at: Vec<String>,
+    (follow, excludes): (bool, &Excludes),
+    job: &mut Job,
+) -> Result<(), ClientError> {
     if at.len() > MAX_DEPTH {
         return Err(ClientError::Local(format!(
             "{} is more than {MAX_DEPTH} folders deep",
@@ -90,6 +176,10 @@ fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), 
     entries.sort();
     let before = job.items.len();
     for path in entries {
+        if excludes.matches(&path) {
+            job.excluded.push(path);
+            continue;
+        }
         let link = std::fs::symlink_metadata(&path).map_err(unreadable)?;
         let meta = if link.file_type().is_symlink() && follow {
             std::fs::metadata(&path).ok()
@@ -100,7 +190,7 @@ fn walk(dir: &Path, at: Vec<String>, follow: bool, job: &mut Job) -> Result<(), 
             Some(m) if m.is_dir() => {
                 let mut inner = at.clone();
                 inner.push(component(&path));
-                walk(&path, inner, follow, job)?;
+                walk(&path, inner, (follow, excludes), job)?;
             }
             Some(m) if m.is_file() => job.items.push(Item::File {
                 path,
@@ -145,20 +235,31 @@ pub async fn run(
     };
     let endpoint = Client::endpoint_for(&opts)?;
     let mut first = Client::with(opts.clone(), endpoint.clone(), shared.clone());
-    tokio::select! {
-        r = first.connection() => { r?; }
+    let max_uploads = tokio::select! {
+        r = first.connection() => r?.limits.max_uploads,
         _ = cancel.wait_for(|c| *c) => return Err(ClientError::Interrupted),
-    }
+    };
     let file_count = items
         .iter()
         .filter(|i| matches!(i, Item::File { .. }))
         .count();
-    let workers = files.clamp(1, file_count.max(1));
+    // No more files at once than the server lets this token have uploads in progress.
+    let allowed = match max_uploads {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let workers = files.min(allowed).clamp(1, file_count.max(1));
+    if workers < files.min(file_count) {
+        shared.tracker.note(&format!(
+            "ferry: the server allows {allowed} uploads in progress per token; sending {workers} files at once"
+        ));
+    }
     let total = items.len();
     let queue = Arc::new(Mutex::new(
         items.into_iter().enumerate().collect::<VecDeque<_>>(),
     ));
     let stop = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(Busy::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     let mut first = Some(first);
@@ -172,6 +273,8 @@ pub async fn run(
             results: tx.clone(),
             cancel: cancel.clone(),
             desc: desc.clone(),
+            busy: busy.clone(),
+            tracker: shared.tracker.clone(),
         };
         tasks.spawn(worker.run(client));
     }
@@ -222,6 +325,9 @@ struct Worker {
     results: mpsc::UnboundedSender<(usize, Item, Result<Outcome, ClientError>)>,
     cancel: watch::Receiver<bool>,
     desc: String,
+    /// Files of this job being uploaded right now, over every worker.
+    busy: Arc<Busy>,
+    tracker: Arc<crate::progress::Tracker>,
 }
 
 impl Worker {
@@ -239,19 +345,49 @@ impl Worker {
             else {
                 break;
             };
-            let work = async {
-                match &item {
-                    Item::File { path, dir } => client
-                        .upload_in(path, dir, &self.desc)
-                        .await
-                        .map(Outcome::File),
-                    Item::EmptyDir { dir } => client.mkdir(dir).await.map(Outcome::Folder),
+            let result = loop {
+                let work = async {
+                    match &item {
+                        Item::File { path, dir } => client
+                            .upload_in(path, dir, &self.desc)
+                            .await
+                            .map(Outcome::File),
+                        Item::EmptyDir { dir } => client.mkdir(dir).await.map(Outcome::Folder),
+                    }
+                };
+                self.busy.count.fetch_add(1, Ordering::SeqCst);
+                let result = tokio::select! {
+                    r = work => Some(r),
+                    _ = self.cancel.wait_for(|c| *c) => None,
+                };
+                self.busy.count.fetch_sub(1, Ordering::SeqCst);
+                self.busy.ended.notify_waiters();
+                let Some(result) = result else { break None };
+                // The server's limit of uploads in progress, reached by this job's own other files:
+                // this file waits for one of them to end and is tried again, so the job runs as
+                // many files at once as the server allows and finishes. Reached by uploads
+                // elsewhere (no other file of this job in flight), it is the file's error.
+                let limited = matches!(
+                    &result,
+                    Err(ClientError::Server {
+                        code: ErrorCode::TooManyUploads,
+                        ..
+                    })
+                );
+                if !limited || self.busy.count.load(Ordering::SeqCst) == 0 {
+                    break Some(result);
+                }
+                if !self.busy.said.swap(true, Ordering::Relaxed) {
+                    self.tracker.note(
+                        "ferry: the server's limit of uploads in progress is reached; the other files wait for a place",
+                    );
+                }
+                let ended = self.busy.ended.notified();
+                if self.busy.count.load(Ordering::SeqCst) > 0 {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
                 }
             };
-            let result = tokio::select! {
-                r = work => r,
-                _ = self.cancel.wait_for(|c| *c) => break,
-            };
+            let Some(result) = result else { break };
             if matches!(&result, Err(e) if e.exit_code() == 1) {
                 self.stop.store(true, Ordering::Relaxed);
             }
@@ -259,6 +395,15 @@ impl Worker {
         }
         client.close().await;
     }
+}
+
+/// This job's files in flight, and a signal each time one ends.
+#[derive(Default)]
+struct Busy {
+    count: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+    /// The wait was said once.
+    said: AtomicBool,
 }
 
 fn component(path: &Path) -> String {
@@ -280,7 +425,7 @@ mod tests {
         std::fs::write(top.join("b/2.mov"), b"2").unwrap();
         std::fs::write(top.join("a.mov"), b"1").unwrap();
         std::os::unix::fs::symlink(top.join("a.mov"), top.join("link.mov")).unwrap();
-        let job = plan(std::slice::from_ref(&top), false).unwrap();
+        let job = plan(std::slice::from_ref(&top), false, &Excludes::none()).unwrap();
         let dir = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             job.items,
@@ -302,7 +447,7 @@ mod tests {
             ]
         );
         assert_eq!(job.left_out, vec![top.join("link.mov")]);
-        let followed = plan(std::slice::from_ref(&top), true).unwrap();
+        let followed = plan(std::slice::from_ref(&top), true, &Excludes::none()).unwrap();
         assert!(followed.left_out.is_empty());
         assert_eq!(followed.items.len(), 5);
     }

@@ -25,14 +25,16 @@ const RESERVED: &[&str] = &[
     "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
-/// Makes `raw` a safe single path component: path separators and control characters become
-/// `_`, leading dots and spaces and trailing dots and spaces go, a Windows device name gets a
-/// trailing `_`. Only the last path component of `raw` is kept, so `../../x` becomes `x`.
+/// Makes `raw` a safe single path component: only what follows its last `/` is kept (so
+/// `../../x` becomes `x`), backslashes and control characters become `_` (a backslash is a
+/// separator on Windows but an ordinary character in a POSIX name: `a\b.txt` keeps its
+/// `a`), leading dots and spaces and trailing dots and spaces go, a Windows device name gets a
+/// trailing `_`.
 pub fn sanitize(raw: &str) -> Result<String, NameError> {
-    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let last = raw.rsplit('/').next().unwrap_or(raw);
     let cleaned: String = last
         .chars()
-        .map(|c| if c.is_control() { '_' } else { c })
+        .map(|c| if c.is_control() || c == '\\' { '_' } else { c })
         .collect();
     let trimmed = cleaned
         .trim_start_matches(['.', ' '])
@@ -107,7 +109,14 @@ mod tests {
         assert_eq!(sanitize("视频 第一集.mp4").unwrap(), "视频 第一集.mp4");
         assert_eq!(sanitize("../../x").unwrap(), "x");
         assert_eq!(sanitize("/etc/passwd").unwrap(), "passwd");
-        assert_eq!(sanitize("a\\b").unwrap(), "b");
+        assert_eq!(sanitize("a\\b").unwrap(), "a_b");
+        // Regression (issue 22, finding 11): a name holding a backslash lost everything before
+        // it (`NFD-cafe\xcc\x81.txt` became `x81.txt`).
+        assert_eq!(
+            sanitize("NFD-cafe\\xcc\\x81.txt").unwrap(),
+            "NFD-cafe_xcc_x81.txt"
+        );
+        assert_eq!(sanitize("..\\..\\etc").unwrap(), "_.._etc");
         assert_eq!(sanitize("a\0b").unwrap(), "a_b");
         assert_eq!(sanitize(".hidden").unwrap(), "hidden");
         assert_eq!(sanitize("CON").unwrap(), "CON_");

@@ -42,6 +42,43 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// A byte count as a config value that reads back exactly: `64M`, `500G`, `1536k`, `1000`.
+pub fn compact(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] {
+        if bytes > 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A span of seconds for people: `45 s`, `12 min`, `3 h 20 min`, `6 d 23 h`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=3599 => format!("{} min", secs / 60),
+        3600..=86399 => match (secs / 3600, secs % 3600 / 60) {
+            (h, 0) => format!("{h} h"),
+            (h, m) => format!("{h} h {m} min"),
+        },
+        _ => match (secs / 86400, secs % 86400 / 3600) {
+            (d, 0) => format!("{d} d"),
+            (d, h) => format!("{d} d {h} h"),
+        },
+    }
+}
+
+/// A duration as a config value that reads back exactly: `7d`, `12h`, `30m`, `90s`, `0`.
+pub fn compact_duration(secs: u64) -> String {
+    match secs {
+        0 => "0".into(),
+        s if s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses a duration: `90s`, `30m`, `12h`, `7d`, or a plain number of seconds; `0` is zero.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
@@ -73,6 +110,26 @@ mod tests {
         assert_eq!(human(1023), "1023 B");
         assert_eq!(human(48 << 20), "48.0 MiB");
         assert_eq!(human(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn compact_forms_read_back() {
+        for bytes in [0u64, 1000, 1536 << 10, 64 << 20, 500 << 30, 3 << 40, 12345] {
+            let text = compact(bytes);
+            let back = if bytes == 0 {
+                0
+            } else {
+                parse_size(&text).unwrap()
+            };
+            assert_eq!(back, bytes, "{text}");
+        }
+        assert_eq!(compact(64 << 20), "64M");
+        for secs in [0u64, 90, 1800, 43200, 7 * 86400] {
+            let text = compact_duration(secs);
+            assert_eq!(parse_duration(&text).unwrap().as_secs(), secs, "{text}");
+        }
+        assert_eq!(human_duration(7 * 86400 - 3600), "6 d 23 h");
+        assert_eq!(human_duration(200 * 60), "3 h 20 min");
     }
 
     #[test]

@@ -188,20 +188,28 @@ impl Tunable {
             self.max_uploads_per_owner.to_string(),
             new.max_uploads_per_owner.to_string(),
         );
+        let size = |b: u64| match b {
+            0 => "none".to_owned(),
+            b => ferry_proto::units::human(b),
+        };
         note(
             "quota",
-            self.quota_per_owner.to_string(),
-            new.quota_per_owner.to_string(),
+            size(self.quota_per_owner),
+            size(new.quota_per_owner),
         );
         note(
             "max-entries",
             self.max_entries_per_owner.to_string(),
             new.max_entries_per_owner.to_string(),
         );
+        let span = |d: Duration| match d.as_secs() {
+            0 => "never".to_owned(),
+            s => ferry_proto::units::human_duration(s),
+        };
         note(
             "expire-after",
-            format!("{}s", self.expire_after.as_secs()),
-            format!("{}s", new.expire_after.as_secs()),
+            span(self.expire_after),
+            span(new.expire_after),
         );
         note(
             "dedup-across-owners",
@@ -220,8 +228,8 @@ impl Tunable {
         );
         note(
             "hook-timeout",
-            format!("{}s", self.hook_timeout.as_secs()),
-            format!("{}s", new.hook_timeout.as_secs()),
+            span(self.hook_timeout),
+            span(new.hook_timeout),
         );
         out
     }

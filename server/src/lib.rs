@@ -173,8 +173,6 @@ impl Server {
     /// and binds the UDP socket; with `--store s3`, reaches the bucket first.
     pub async fn bind(config: Config) -> Result<Self> {
         let dir = &config.data_dir;
-        fsutil::create_dir_durable(dir)
-            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         // The listeners' connection caps leave descriptors for the QUIC path (staging files,
         // the database, hooks): warn if the limit does not allow that.
         let fds = httpconn::raise_fd_limit();
@@ -213,6 +211,9 @@ impl Server {
             }
             None => None,
         };
+        // After every socket is bound: a port in use leaves no empty data directory behind.
+        fsutil::create_dir_durable(dir)
+            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let queue_hooks = config.on_complete.is_some();
         let (store, report) =
             Store::open_with(dir, config.min_free_space, queue_hooks).map_err(|e| {
@@ -293,7 +294,11 @@ impl Server {
         )
         .with_context(|| format!("failed to start QUIC on {}", config.listen))?;
         // Where upload links point: `ferryd link` reads it, so it needs no --web-url.
-        if let Some(port) = web.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.port()) {
+        if let Some(port) = web
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
+        {
             let url = web_url(&config, port);
             fsutil::write_atomic(&dir.join(WEB_URL_FILE), format!("{url}\n").as_bytes())
                 .context("failed to record the web listener's address")?;

@@ -172,6 +172,12 @@ impl Browser {
         self.call("POST", &format!("/element/{element}/click"), None);
     }
 
+    /// Whether the control `css` is enabled (a disabled button ignores clicks).
+    pub fn enabled(&self, css: &str) -> bool {
+        let element = self.element(css);
+        self.call("GET", &format!("/element/{element}/enabled"), None) == json!(true)
+    }
+
     pub fn text(&self, css: &str) -> String {
         let element = self.element(css);
         let text = self.call("GET", &format!("/element/{element}/text"), None);

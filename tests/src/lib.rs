@@ -244,6 +244,9 @@ impl ServerProcess {
                 let _ = writeln!(log_file, "{line}");
                 if line.starts_with("ferryd: ") {
                     let _ = tx.send(line);
+                } else if let Some(said) = announced_in_json(&line) {
+                    // `--log-format json` says the same as JSON log lines.
+                    let _ = tx.send(said);
                 }
             }
         });
@@ -327,6 +330,29 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The plain `ferryd: …` line a JSON log line of `ferryd serve --log-format json` stands for:
+/// where it listens, its admin listener and upload page.
+fn announced_in_json(line: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = &json["fields"];
+    match fields["message"].as_str()? {
+        "listening" => Some(format!(
+            "ferryd: listening on {} (certificate {})",
+            fields["addr"].as_str()?,
+            fields["certificate"].as_str()?
+        )),
+        "admin listener" => Some(format!(
+            "ferryd: admin listener on {}",
+            fields["url"].as_str()?
+        )),
+        "upload page" => Some(format!(
+            "ferryd: upload page on {}",
+            fields["url"].as_str()?
+        )),
+        _ => None,
     }
 }
 

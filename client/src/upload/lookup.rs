@@ -140,7 +140,9 @@ impl Client {
             let verified = tokio::task::spawn_blocking(move || same_chunks(&file, &layout, &page))
                 .await
                 .map_err(|e| ClientError::Local(e.to_string()))?
-                .map_err(|e| ClientError::local(format!("cannot read {}", key.path.display()), e))?;
+                .map_err(|e| {
+                    ClientError::local(format!("cannot read {}", key.path.display()), e)
+                })?;
             match verified {
                 Some(page) => checked.extend(page),
                 None => return Ok(None),

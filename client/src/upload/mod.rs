@@ -122,7 +122,9 @@ impl Client {
                     .put(key, &entry)
                     .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
                 self.remember_complete(key, &found.file_name, digest);
-                let plain = hashes.get(&found.chunk_size).map(|(_, plain)| plain.to_hex());
+                let plain = hashes
+                    .get(&found.chunk_size)
+                    .map(|(_, plain)| plain.to_hex());
                 Ok(Some(Report {
                     sha256: self.opts.sha256.then_some(plain).flatten(),
                     reason: Some(format!(
@@ -304,6 +306,7 @@ impl Client {
                     window: self.shared.window.as_ref(),
                     max_parallel: self.opts.max_parallel.max(self.opts.parallel),
                     progress: &progress,
+                    tracker: &self.shared.tracker,
                     stall: STALL_TIMEOUT.min(self.opts.reconnect_for),
                 };
                 pump(conn, a, &io, &mut last_progress).await?;

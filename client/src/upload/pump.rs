@@ -26,6 +26,8 @@ pub(super) struct Io<'a> {
     /// The most chunks in flight the window may grow to.
     pub(super) max_parallel: usize,
     pub(super) progress: &'a FileProgress,
+    /// Where notes for the user go.
+    pub(super) tracker: &'a crate::progress::Tracker,
     /// No ack for this long while chunks are outstanding ends the pump with an error.
     pub(super) stall: Duration,
 }
@@ -44,6 +46,7 @@ pub(super) async fn pump(
         window,
         max_parallel,
         progress,
+        tracker,
         stall,
     } = *io;
     // This upload's streams that hold a place in the window (the others wait for one).
@@ -56,6 +59,8 @@ pub(super) async fn pump(
     // The latest rejection, to say why acks stopped if they do (a full disk, say).
     let mut last_reject: Option<(ErrorCode, String)> = None;
     let mut widening = Widening::new(&quic, active.sender.window());
+    // Since when the server has refused chunks because its disk is full, with no ack since.
+    let mut full_since: Option<(Instant, String)> = None;
     let mut tune = tokio::time::interval(TUNE_EVERY);
     loop {
         let now = Instant::now();
@@ -93,6 +98,7 @@ pub(super) async fn pump(
             event = conn.events.recv() => match event {
                 Some(Frame::Ack { upload_id: id, chunks }) if id == upload_id => {
                     if active.sender.handle_ack(&chunks)? > 0 {
+                        full_since = None;
                         last_ack = Instant::now();
                         *last_progress = last_ack;
                         progress.set_safe(active.sender.acked_bytes());
@@ -101,6 +107,15 @@ pub(super) async fn pump(
                 Some(Frame::Reject { upload_id: id, index, code, message }) if id == upload_id => {
                     tracing::debug!(index, %code, message, "chunk rejected");
                     active.sender.handle_reject(index, code, &message, Instant::now())?;
+                    if code == ErrorCode::StorageFull && full_since.is_none() {
+                        // Said at once, with the server's figures: not after minutes at 100 %.
+                        tracker.note(&format!(
+                            "ferry: {}: the server says: storage_full: {message}; waiting up to {} s for space",
+                            progress.name,
+                            FULL_PATIENCE.min(stall).as_secs()
+                        ));
+                        full_since = Some((Instant::now(), message.clone()));
+                    }
                     last_reject = Some((code, message));
                 }
                 Some(Frame::Detached { message, .. }) => return Err(ClientError::TakenOver(message)),
@@ -109,6 +124,10 @@ pub(super) async fn pump(
                 None => return Err(conn.lost()),
             },
             _ = tokio::time::sleep_until(retry.unwrap_or(now).into()), if retry.is_some() => {}
+            _ = tokio::time::sleep_until(full_since.as_ref().map_or(now, |(t, _)| *t + FULL_PATIENCE.min(stall)).into()), if full_since.is_some() => {
+                let message = full_since.take().map(|(_, m)| m).unwrap_or_default();
+                return Err(ClientError::ServerFull(message));
+            }
             _ = tune.tick() => {
                 let chunks = widening.tune(&quic, max_parallel);
                 active.sender.widen(chunks);
@@ -123,6 +142,9 @@ pub(super) async fn pump(
                     last_ack = Instant::now();
                     continue;
                 }
+                if let Some((_, message)) = full_since.take() {
+                    return Err(ClientError::ServerFull(message));
+                }
                 let silence = format!("no acknowledgement for {} s", stall.as_secs());
                 return Err(match last_reject {
                     Some((code, message)) => ClientError::Server { code, message: format!("{message} ({silence})") },
@@ -132,6 +154,10 @@ pub(super) async fn pump(
         }
     }
 }
+
+/// How long a full disk on the server is waited for (nothing acknowledged meanwhile) before
+/// the file is given up on for this run.
+pub(super) const FULL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How often the windows are checked against the path.
 const TUNE_EVERY: Duration = Duration::from_millis(250);

@@ -2,6 +2,7 @@
 //! limits (under the owner's lock), the `--on-create` hook, a taken name under
 //! `on_exists` skip or fail.
 
+use ferry_proto::units::human;
 use ferry_proto::{name, ErrorCode, OnExists};
 use tracing::{info, warn};
 
@@ -162,8 +163,10 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "this upload link allows {} bytes in all; {bytes} were created through it and this file has {size}",
-                    link.max_size
+                    "this upload link allows {} in all; {} were created through it and this file has {}",
+                    human(link.max_size),
+                    human(bytes),
+                    human(size)
                 ),
             ));
         }
@@ -233,8 +236,11 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "{} uses {used} bytes; {size} more would exceed the quota of {} bytes",
-                    self.owner, config.quota_per_owner
+                    "{} uses {} (published and in progress); {} more would exceed the quota of {}",
+                    self.owner,
+                    human(used),
+                    human(size),
+                    human(config.quota_per_owner)
                 ),
             ));
         }

@@ -50,8 +50,8 @@ impl Conn {
         };
         // Already there: published at the asked path, or published from it under a numbered
         // name because the path held another file (a second `dedup` of it publishes nothing).
-        let same_ask = content.record.dir == record.dir
-            && content.record.file_name == record.file_name;
+        let same_ask =
+            content.record.dir == record.dir && content.record.file_name == record.file_name;
         if content.record.owner == self.owner
             && (content.record.final_name.as_deref() == Some(&asked) || same_ask)
         {

@@ -160,8 +160,9 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::FileTooLarge,
                 format!(
-                    "file of {size} bytes exceeds the server's limit of {} bytes",
-                    config.max_file_size
+                    "the file ({}) is larger than the server's limit of {}",
+                    ferry_proto::units::human(size),
+                    ferry_proto::units::human(config.max_file_size)
                 ),
             ));
         }

@@ -367,7 +367,7 @@ impl Store {
         layout: &ChunkLayout,
         from: u64,
         max: usize,
-    ) -> Result<(Vec<(u64, Digest)>, Option<u64>)> {
+    ) -> Result<DigestPage> {
         let mut out = Vec::new();
         let start = id.chunk_key(from);
         let db = self.db()?;
@@ -623,6 +623,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// Durable chunks and their digests, and where the next page starts.
+pub type DigestPage = (Vec<(u64, Digest)>, Option<u64>);
 
 /// The key of an owner's count of files and folders in the `owners` tree (beside its published
 /// bytes under its plain name; a `/` cannot be in a name).

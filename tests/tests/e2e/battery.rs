@@ -530,7 +530,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
             message,
             ..
         }) => {
-            assert!(message.contains("quota of 1048576 bytes"), "{message}")
+            assert!(message.contains("quota of 1.0 MiB"), "{message}")
         }
         other => panic!("expected quota_exceeded, got {other:?}"),
     }

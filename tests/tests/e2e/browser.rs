@@ -74,9 +74,11 @@ impl Site {
     fn upload(&self, profile: &Path, url: &str, files: &[&Path]) -> Browser {
         let browser = Browser::start(profile, &self.spki);
         browser.open(url);
-        let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+        let status = browser.wait_status(Duration::from_secs(20), settled);
         assert_eq!(status, "ready", "console:\n{}", browser.console());
+        assert!(!browser.enabled("#upload"), "nothing chosen yet");
         browser.set_files("#files", files);
+        assert!(browser.enabled("#upload"), "files chosen");
         browser.click("#upload");
         browser
     }
@@ -98,6 +100,11 @@ impl Site {
             .and_then(|u| u["durable_bytes"].as_u64())
             .unwrap_or(0)
     }
+}
+
+/// The page has checked its link (or found nothing to check).
+fn settled(status: &str) -> bool {
+    status != "loading" && status != "checking the link"
 }
 
 fn is_done(status: &str) -> bool {
@@ -184,6 +191,9 @@ fn pause_stops_sending_and_resume_finishes() {
     site.wait_durable(8 << 20);
     browser.click("#pause");
     assert_eq!(browser.text("#status"), "paused");
+    // Issue 22, finding 8: a paused upload shows no rate or time left.
+    let note = browser.text("#list li .note");
+    assert!(note.ends_with("· paused") && !note.contains("/s"), "{note}");
     // What was in flight lands (at most 6 chunks, paced at 16 MiB/s), then nothing more.
     std::thread::sleep(Duration::from_millis(3500));
     let held = site.durable_bytes();
@@ -215,7 +225,8 @@ fn the_page_takes_the_grant_from_the_fragment_and_the_server_from_the_query() {
     browser.quit();
 }
 
-/// A revoked link: the page says why, in the DOM contract's form, and explains it.
+/// A revoked link: the page says why, in the DOM contract's form, and explains it — when it
+/// opens (issue 22, finding 8: it said `ready` until Upload was pressed), with Upload disabled.
 #[test]
 fn a_revoked_link_fails_with_its_code_and_message() {
     let Some(site) = Site::start() else { return };
@@ -232,13 +243,52 @@ fn a_revoked_link_fails_with_its_code_and_message() {
     let local = tempfile::tempdir().unwrap();
     let file = random_file(local.path(), "late.bin", 1 << 20, 19);
     let profile = tempfile::tempdir().unwrap();
-    let browser = site.upload(profile.path(), &site.url, &[&file]);
-    let status = browser.wait_status(Duration::from_secs(30), is_done);
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.open(&site.url);
+    let status = browser.wait_status(Duration::from_secs(30), settled);
     assert_eq!(
         status,
         "failed: unauthorized unknown or revoked upload link"
     );
     assert!(browser.text("#explain").contains("not valid"));
+    browser.set_files("#files", &[&file]);
+    assert!(
+        !browser.enabled("#upload"),
+        "nothing can be sent through it"
+    );
     assert!(!site.published("late.bin").exists());
+    browser.quit();
+}
+
+/// Issue 22, finding 5: reopening a link and choosing a file that was uploaded already (a new
+/// browser, nothing in its IndexedDB) re-sent all of it and published `clip (1).mov`; pressing
+/// Upload again on a finished page made another upload. The page asks the server first: the
+/// same content is not sent again, and Upload is off until new files are chosen.
+#[test]
+fn a_finished_file_chosen_again_is_not_sent_again() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let file = random_file(local.path(), "clip.mov", 24 << 20, 21);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = site.upload(profile.path(), &site.url, &[&file]);
+    assert_eq!(
+        browser.wait_status(Duration::from_secs(120), is_done),
+        "complete"
+    );
+    assert!(
+        !browser.enabled("#upload"),
+        "Upload is off after a finished upload"
+    );
+    browser.quit();
+    let received = site.bytes_received();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let browser = site.upload(fresh.path(), &site.url, &[&file]);
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    let note = browser.text("#list li .note");
+    assert_eq!(note, "already on the server as clip.mov");
+    assert_eq!(site.bytes_received(), received, "nothing sent again");
+    assert!(!site.published("clip (1).mov").exists(), "no copy");
     browser.quit();
 }

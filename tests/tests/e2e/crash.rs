@@ -263,6 +263,17 @@ fn full_disk_is_refused_at_create_and_mid_upload_loses_nothing() {
         err.contains("storage_full") && err.contains("disk is full"),
         "the client is told why: {err}"
     );
+    // Issue 22, finding 6: said at once with the server's figures (it once showed 100 % for
+    // 300 s first), and the file given up on as resumable, not retried for minutes.
+    assert!(
+        err.contains("the server says: storage_full:")
+            && err.contains("free and keeps 8.0 MiB in reserve"),
+        "the figures at once: {err}"
+    );
+    assert!(
+        err.contains("everything acknowledged is kept on the server: run the same command again"),
+        "{err}"
+    );
     assert!(held > 0 && held < size as u64, "held {held}");
 
     // Space freed: the same command resumes and completes; nothing acknowledged was lost.

@@ -400,6 +400,9 @@ async fn a_colliding_255_byte_name_is_published_shortened() {
     let path = random_file(local.path(), &name, 10_000, 3);
     let mut client = server.client(&server.alice, local.path());
     let first = client.upload(&path, "").await.unwrap();
+    // Another file under the name (the same content would be found on the server and skipped).
+    std::fs::create_dir_all(local.path().join("other")).unwrap();
+    let path = random_file(&local.path().join("other"), &name, 10_000, 4);
     let mut client = server.client(&server.alice, &local.path().join("other"));
     let second = client.upload(&path, "").await.unwrap();
     assert_eq!(first.file_name, name);

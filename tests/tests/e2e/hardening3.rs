@@ -589,13 +589,16 @@ async fn a_colliding_255_byte_name_with_a_long_extension_is_published() {
         .upload(&path, "")
         .await
         .unwrap();
+    // Another file under the name (the same content would be found on the server and skipped).
+    std::fs::create_dir_all(local.path().join("other")).unwrap();
+    let path = random_file(&local.path().join("other"), &name, 10_000, 6);
     let second = server
         .client(&server.alice, &local.path().join("other"))
         .upload(&path, "")
         .await
         .unwrap();
     assert!(second.file_name.len() <= 255, "{}", second.file_name);
-    assert!(second.file_name.ends_with(" (1)"), "{}", second.file_name);
+    assert!(second.file_name.ends_with(" (1)"), "{second:?}");
     assert_same_file(&path, &server.published("alice", &second.file_name));
 }
 

@@ -114,8 +114,11 @@ fn on_exists_renames_skips_or_fails() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // The server's lookup tells the client before it creates anything (issue 22).
     assert!(
-        stderr.contains("already_exists: clip.mov already exists on the server"),
+        stderr.contains(
+            "already_exists: a different file is on the server as clip.mov (--on-exists fail)"
+        ),
         "{stderr}"
     );
     assert_eq!(json_lines(&out.stdout)[0]["status"], "failed");
@@ -275,13 +278,23 @@ fn a_chunk_size_beyond_the_servers_limit_is_refused_in_human_units() {
 }
 
 /// `ferry pick`: several files chosen at once (`1,3`), the menu on stderr so stdout holds only
-/// the JSON lines, and files already on the server marked on the next round.
+/// the JSON lines, and files already on the server marked on the next round. Issue 22, finding
+/// 9: files in sub-folders are listed (a card's were "no files"), picked files are published in
+/// the folder as `upload DIR` does (not flat at the owner's root), and what `upload DIR` sent is
+/// marked.
 #[test]
 fn pick_takes_several_and_marks_what_is_on_the_server() {
     let job = Job::start();
     let dir = job.work.path().join("card");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (n, name) in ["a.mov", "b.mov", "c.mov"].iter().enumerate() {
+    std::fs::create_dir_all(dir.join("DCIM")).unwrap();
+    // d.mov was sent by `upload card/` before the others were on the card.
+    random_file(&dir, "d.mov", 1000, 80);
+    let sent = job
+        .upload(std::slice::from_ref(&dir), &[])
+        .output()
+        .unwrap();
+    assert!(sent.status.success());
+    for (n, name) in ["a.mov", "b.mov", "DCIM/c.mov"].iter().enumerate() {
         random_file(&dir, name, 300 << 10, 70 + n as u64);
     }
     let mut child = job
@@ -292,7 +305,7 @@ fn pick_takes_several_and_marks_what_is_on_the_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"1,3\nq\n").unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"1,2\nq\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -301,17 +314,29 @@ fn pick_takes_several_and_marks_what_is_on_the_server() {
         .iter()
         .map(|l| l["file_name"].as_str().unwrap_or(""))
         .collect();
+    // The menu, in `upload`'s order: DCIM/c.mov, a.mov, b.mov, d.mov.
     assert_eq!(
         names,
-        ["a.mov", "c.mov", ""],
+        ["card/DCIM/c.mov", "card/a.mov", ""],
         "two files and the summary: {lines:?}"
     );
     assert_eq!(lines[2]["status"], "summary");
-    assert_eq!(job.published(), ["a.mov", "c.mov"]);
+    for name in ["DCIM/c.mov", "a.mov"] {
+        assert_same_file(
+            &dir.join(name),
+            &job.data.join("files/alice/card").join(name),
+        );
+    }
+    let first_menu = &stderr[..stderr.find("Upload which?").unwrap()];
+    assert!(first_menu.contains("DCIM/c.mov\n"), "{stderr}");
+    assert!(first_menu.contains("d.mov  (on the server)"), "{stderr}");
     let second_menu = &stderr[stderr.rfind("  1  ").unwrap()..];
     assert!(second_menu.contains("a.mov  (on the server)"), "{stderr}");
     assert!(!second_menu.contains("b.mov  (on the server)"), "{stderr}");
-    assert!(second_menu.contains("c.mov  (on the server)"), "{stderr}");
+    assert!(
+        second_menu.contains("DCIM/c.mov  (on the server)"),
+        "{stderr}"
+    );
 }
 
 /// Shell completions and manual pages come from the same command-line definition.
@@ -336,7 +361,20 @@ fn completions_and_manual_pages() {
     assert!(out.status.success());
     let page = std::fs::read_to_string(dir.path().join("ferry-upload.1")).unwrap();
     assert!(page.contains("on\\-exists"), "{page}");
-    assert!(dir.path().join("ferry.1").exists());
+    // Issue 22, finding 17: the pages say more than --help: exit codes and examples.
+    for (binary_name, page) in [("ferry", "ferry.1"), ("ferryd", "ferryd.1")] {
+        let out = Command::new(binary(binary_name))
+            .arg("man")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(
+            text.contains("Exit status:") && text.contains("Examples:"),
+            "{page} lacks exit codes or examples"
+        );
+    }
 }
 
 /// The digests a user can check: `--json` reports the content hash (and with `--sha256` the

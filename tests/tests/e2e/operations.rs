@@ -51,8 +51,8 @@ fn config_file_precedence_and_errors() {
     for line in [
         "listen = \"127.0.0.1:7000\"", // from the file
         "max-uploads = 9",             // the flag beats the file
-        "quota = 1073741824",          // the environment beats the file
-        "expire-after = \"43200s\"",   // from the file
+        "quota = \"1G\"",              // the environment beats the file
+        "expire-after = \"12h\"",      // from the file
         "dedup-across-owners = true",  // a switch from the file
         "max-connections = 256",       // the default
     ] {
@@ -403,7 +403,7 @@ fn sighup_reloads_limits_and_tokens() {
         "{}",
         std::fs::read_to_string(&server.log).unwrap()
     );
-    assert!(log_has("expire-after: 604800s → 43200s"));
+    assert!(log_has("expire-after: 7 d → 12 h"));
     assert!(log_has("log level changed"));
     let now = limits(&alice);
     assert_eq!(
@@ -480,8 +480,11 @@ fn link_commands_make_list_and_revoke() {
         .output()
         .unwrap();
     let listed = text(&listed.stdout);
+    // Dates and sizes for people (issue 22, finding 13): no epoch seconds.
     assert!(
-        listed.contains("alice") && listed.contains("files ≤ 3"),
+        listed.contains("alice  expires 2")
+            && (listed.contains(" UTC (in 1 d), ") || listed.contains(" UTC (in 23 h 59 min), "))
+            && listed.contains("no size bound, up to 3 files"),
         "{listed}"
     );
     let grant = url.rsplit('/').next().unwrap();

@@ -134,7 +134,10 @@ fn the_runbook_works_as_pasted_with_the_packaged_config() {
     );
     assert!(unit.contains("StateDirectory=ferry\n"));
     assert!(unit.contains("Environment=FERRYD_CONFIG=/etc/ferry/ferryd.toml\n"));
-    assert!(!unit.contains("FERRYD_DATA"), "one place says where the data is");
+    assert!(
+        !unit.contains("FERRYD_DATA"),
+        "one place says where the data is"
+    );
 
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("var-lib-ferry");
@@ -206,7 +209,10 @@ fn the_runbook_works_as_pasted_with_the_packaged_config() {
         !work.path().join("ferry-data").exists(),
         "no command fell back to ./ferry-data"
     );
-    assert!(data.join("tokens").exists(), "the tokens live in the data directory");
+    assert!(
+        data.join("tokens").exists(),
+        "the tokens live in the data directory"
+    );
 }
 
 /// Splits a pasted command line into words: whitespace, and double quotes around a word with

@@ -260,9 +260,10 @@ async fn pick_validates_answers_uploads_the_choice_and_quits() {
         stderr.contains("ferry: \"7\" is not a number from 1 to 2; enter e.g. 1,3,5-7, a or q"),
         "{stderr}"
     );
-    assert_same_file(&chosen, &data.join("files").join("alice").join("b.mp4"));
+    // Published in the folder picked from, as `upload videos/` would.
+    assert_same_file(&chosen, &data.join("files/alice/videos/b.mp4"));
     assert!(
-        !data.join("files").join("alice").join("a.mp4").exists(),
+        !data.join("files/alice/videos/a.mp4").exists(),
         "only the chosen file is uploaded"
     );
 }

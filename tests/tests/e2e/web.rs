@@ -143,7 +143,7 @@ async fn upload_links_keep_their_bounds_and_can_be_revoked() {
     let mut created = Vec::new();
     for (req, size, refused) in [
         (1, 2 * mb, None),
-        (2, 2 * mb, Some("allows 3145728 bytes in all")),
+        (2, 2 * mb, Some("allows 3.0 MiB in all")),
         (3, mb, None),
         (4, 1, Some("allows 2 files")),
     ] {

@@ -16,7 +16,35 @@ use ferry_proto::units::parse_size;
     version,
     about = "Resumable uploads of large files to a Ferry server over QUIC",
     after_help = "Settings also come from FERRY_* environment variables and the config file \
-                  (~/.config/ferry/config.toml); a flag beats the environment, which beats the file."
+                  (~/.config/ferry/config.toml); a flag beats the environment, which beats the file.",
+    after_long_help = "Settings also come from FERRY_* environment variables and the config file \
+(~/.config/ferry/config.toml); a flag beats the environment, which beats the file. Keep the \
+token there or in FERRY_TOKEN rather than on the command line, where `ps` shows it to others; \
+a config file holding a token should be mode 600.
+
+Exit status:
+  0    every file is on the server (uploaded, resumed or skipped)
+  1    interrupted but resumable: the connection was lost and reconnecting gave up, the
+       server was never reached, another client took the upload over, the server is out of
+       space; run the same command again to resume
+  2    usage or config error, authentication or trust failure, a permanent refusal
+       (file too large, invalid name, already_exists, ...)
+  130  stopped by Ctrl-C; run the same command again to resume
+  143  stopped by SIGTERM; run the same command again to resume
+A line of stdout cut short by a closed pipe (`| head -1`) is a normal end: exit 0.
+
+Examples:
+  Upload a file, trusting the server's certificate by its fingerprint:
+    export FERRY_TOKEN=fy_...
+    ferry --server files.example.com:4433 --fingerprint sha256:... upload rushes.mov
+  Upload a camera card as a folder, leaving out more than .DS_Store and ._*:
+    ferry upload --exclude '*.THM' /media/card/DCIM
+  Run it again after an interruption, from this machine or another: it resumes, and sends
+  nothing the server holds already.
+  Check the way to the server:
+    ferry ping
+  Scripts: one JSON line per file and a summary:
+    ferry upload --json clips/ | jq -r .status"
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -182,6 +210,30 @@ pub(crate) struct UploadArgs {
     /// skip, or fail [default: rename].
     #[arg(long)]
     pub(crate) on_exists: Option<ferry_proto::OnExists>,
+    /// Leave out files and folders (inside the folders uploaded) whose name matches GLOB
+    /// (`*`, `?`, `[…]`); repeatable, also `exclude = [...]` in the config file. `.DS_Store`
+    /// and `._*` are left out by default.
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+    /// Upload `.DS_Store` and `._*` files too.
+    #[arg(long)]
+    pub(crate) no_default_excludes: bool,
+}
+
+impl UploadArgs {
+    /// Every pattern in force, as the summary names them.
+    pub(crate) fn exclude_patterns(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        if !self.no_default_excludes {
+            all.extend(
+                ferry_client::job::DEFAULT_EXCLUDES
+                    .iter()
+                    .map(|p| p.to_string()),
+            );
+        }
+        all.extend(self.exclude.iter().cloned());
+        all
+    }
 }
 
 /// Settings after flags, environment and config file are merged.
@@ -189,6 +241,8 @@ pub(crate) struct Settings {
     pub(crate) opts: Options,
     pub(crate) files: usize,
     pub(crate) verbosity: Verbosity,
+    /// The config file's `exclude` patterns (the command line's `--exclude` adds to them).
+    pub(crate) exclude: Vec<String>,
 }
 
 pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settings, ClientError> {
@@ -197,6 +251,9 @@ pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settin
         None => (config_dir().join("config.toml"), false),
     };
     let file = FileConfig::load(&config_path, required)?;
+    if file.token.is_some() {
+        warn_if_readable(&config_path);
+    }
     let token = g.token.clone().or(file.token).ok_or_else(|| {
         ClientError::Usage(
             "pass --token, set FERRY_TOKEN or put token = \"…\" in the config file".into(),
@@ -268,6 +325,7 @@ pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settin
     Ok(Settings {
         opts,
         files,
+        exclude: file.exclude.clone().unwrap_or_default(),
         verbosity,
     })
 }
@@ -279,6 +337,23 @@ pub(crate) fn config_dir() -> PathBuf {
 pub(crate) fn default_dir(base: Option<PathBuf>, fallback: &str) -> PathBuf {
     base.or_else(|| dirs::home_dir().map(|h| h.join(fallback)))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Warns on stderr when a config file that holds a token can be read by other users: the
+/// token is as good as the user's password to the server.
+fn warn_if_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        say!(
+            "ferry: warning: {} holds a token and other users can read it (mode {mode:04o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ pub(crate) async fn upload_files(
     files: usize,
     tracker: Arc<Tracker>,
 ) -> u8 {
-    let job = match ferry_client::job::plan(paths, args.follow_links) {
+    let job = match excludes_of(args)
+        .and_then(|excludes| ferry_client::job::plan(paths, args.follow_links, &excludes))
+    {
         Ok(job) => job,
         Err(e) => return report("cannot upload", &e),
     };
@@ -28,6 +30,26 @@ pub(crate) async fn upload_files(
         tracker.note(&format!(
             "ferry: leaving out {} (not a regular file; --follow-links follows links)",
             path.display()
+        ));
+    }
+    if !job.excluded.is_empty() {
+        let names: Vec<String> = job
+            .excluded
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        let more = job.excluded.len().saturating_sub(names.len());
+        tracker.note(&format!(
+            "ferry: left out {} by --exclude ({}): {}{}",
+            count(job.excluded.len(), "file or folder", "files and folders"),
+            args.exclude_patterns().join(", "),
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         ));
     }
     run_job(opts, job.items, args, files, tracker).await
@@ -59,13 +81,28 @@ pub(crate) async fn run_job(
         tracker: tracker.clone(),
     };
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    // Ctrl-C (SIGINT) and SIGTERM (a service manager, `kill`) stop the job the same way: what
+    // is in flight is given a moment, the resume hint is printed, and the exit code says which
+    // (130 or 143). A second signal while closing exits at once.
+    let stopped_by = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let by = stopped_by.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = cancel_tx.send(true);
-            // A second Ctrl-C while closing exits at once.
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let code = tokio::select! {
+            _ = int.recv() => 130,
+            _ = term.recv() => 143,
+        };
+        by.store(code, std::sync::atomic::Ordering::Relaxed);
+        let _ = cancel_tx.send(true);
+        tokio::select! {
+            _ = int.recv() => std::process::exit(130),
+            _ = term.recv() => std::process::exit(143),
         }
     });
     let started = Instant::now();
@@ -126,14 +163,15 @@ pub(crate) async fn run_job(
     .await;
     drop(_showing);
     if let Err(e) = outcome {
-        code = code.max(report(
-            if matches!(e, ClientError::Interrupted) {
-                "stopped"
-            } else {
-                "cannot upload"
-            },
-            &e,
-        ));
+        let signal = stopped_by.load(std::sync::atomic::Ordering::Relaxed);
+        code = code.max(match (&e, signal) {
+            (ClientError::Interrupted, 143) => {
+                report("stopped by SIGTERM", &e);
+                143
+            }
+            (ClientError::Interrupted, _) => report("stopped", &e),
+            _ => report("cannot upload", &e),
+        });
     }
     summary.elapsed = started.elapsed();
     // Files stopped midway sent bytes too.
@@ -275,6 +313,10 @@ pub(crate) async fn pick(
     files: usize,
     tracker: Arc<Tracker>,
 ) -> u8 {
+    let excludes = match excludes_of(args) {
+        Ok(excludes) => excludes,
+        Err(e) => return report("cannot pick", &e),
+    };
     let mut lister = match Client::new(opts.clone()) {
         Ok(c) => c,
         Err(e) => return report("cannot start", &e),
@@ -285,15 +327,28 @@ pub(crate) async fn pick(
     let mut worst = 0;
     // Bounded: one round per line of input.
     let code = loop {
-        let local = match list_dir(dir) {
-            Ok(files) => files,
-            Err(e) => break worst.max(report(&format!("cannot list {}", dir.display()), &e)),
-        };
+        // The folder as `upload DIR` would send it: its files in sub-folders too, each to be
+        // published in the same place (`DIR/sub/name`), excluded names left out.
+        let local: Vec<(PathBuf, Vec<String>, u64)> =
+            match ferry_client::job::plan(&[dir.to_path_buf()], args.follow_links, &excludes) {
+                Ok(job) => job
+                    .items
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        Item::File { path, dir } => {
+                            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                            Some((path, dir, size))
+                        }
+                        Item::EmptyDir { .. } => None,
+                    })
+                    .collect(),
+                Err(e) => break worst.max(report(&format!("cannot list {}", dir.display()), &e)),
+            };
         if local.is_empty() {
             let e = ClientError::Usage(format!("{} has no files", dir.display()));
             break worst.max(report("nothing to pick", &e));
         }
-        // Marked: a completed upload of this token with the same name and size.
+        // Marked: a completed upload of this token published at the same path, same size.
         let on_server: std::collections::HashSet<(String, u64)> = match lister.list().await {
             Ok(uploads) => uploads
                 .into_iter()
@@ -302,23 +357,25 @@ pub(crate) async fn pick(
                 .collect(),
             Err(e) => break worst.max(report("cannot list the server's uploads", &e)),
         };
-        let name_of = |p: &Path| {
-            p.file_name()
+        let published_as = |path: &Path, at: &[String]| {
+            let name = path
+                .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            at.iter().map(|d| format!("{d}/")).collect::<String>() + &name
         };
-        for (n, (path, size)) in local.iter().enumerate() {
-            let mark = if on_server.contains(&(name_of(path), *size)) {
+        for (n, (path, at, size)) in local.iter().enumerate() {
+            let published = published_as(path, at);
+            let mark = if on_server.contains(&(published.clone(), *size)) {
                 "  (on the server)"
             } else {
                 ""
             };
-            say!(
-                "{:>3}  {:>12}  {}{mark}",
-                n + 1,
-                human(*size),
-                name_of(path)
-            );
+            // Shown relative to the folder picked from.
+            let shown = published
+                .split_once('/')
+                .map_or(published.as_str(), |(_, rest)| rest);
+            say!("{:>3}  {:>12}  {shown}{mark}", n + 1, human(*size));
         }
         eprint!(
             "Upload which? [e.g. 1,3,5-7; a for all; q to quit; 1-{}]: ",
@@ -344,7 +401,7 @@ pub(crate) async fn pick(
             .into_iter()
             .map(|n| Item::File {
                 path: local[n - 1].0.clone(),
-                dir: Vec::new(),
+                dir: local[n - 1].1.clone(),
             })
             .collect();
         let ran = run_job(opts.clone(), items, args, files, tracker.clone()).await;
@@ -355,6 +412,21 @@ pub(crate) async fn pick(
     };
     lister.close().await;
     code
+}
+
+/// The exclude patterns of `args`: `--exclude` (and the config file's), with the defaults
+/// unless `--no-default-excludes`.
+fn excludes_of(args: &UploadArgs) -> Result<ferry_client::job::Excludes, ClientError> {
+    ferry_client::job::Excludes::new(&args.exclude, !args.no_default_excludes)
+}
+
+/// `1 file`, `3 files`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 /// The numbers of `1,3,5-7` (or every one for `a`), each in `1..=count`, in order, once.
@@ -392,20 +464,6 @@ pub(crate) fn parse_selection(answer: &str, count: usize) -> Result<Vec<usize>, 
         ));
     }
     Ok(chosen.into_iter().collect())
-}
-
-/// Regular files of `dir`, sorted by name, with their sizes.
-pub(crate) fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, u64)>, ClientError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ClientError::Local(e.to_string()))?;
-    let mut files: Vec<(PathBuf, u64)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            meta.is_file().then(|| (e.path(), meta.len()))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]

@@ -105,16 +105,21 @@ async fn run(cli: Cli) -> ExitCode {
         opts,
         files,
         verbosity,
+        exclude,
     } = match settings(&cli.global, upload) {
         Ok(s) => s,
         Err(e) => return fail("cannot start", &e),
     };
     let tracker = Arc::new(Tracker::new(verbosity));
     let code = match cli.command {
-        Command::Upload { paths, upload } => {
+        Command::Upload { paths, mut upload } => {
+            upload.exclude.splice(0..0, exclude);
             upload_files(opts, &paths, &upload, files, tracker).await
         }
-        Command::Pick { dir, upload } => pick(opts, &dir, &upload, files, tracker).await,
+        Command::Pick { dir, mut upload } => {
+            upload.exclude.splice(0..0, exclude);
+            pick(opts, &dir, &upload, files, tracker).await
+        }
         Command::List { json, all } => {
             with_client(opts, tracker, |c| Box::pin(list(c, json, all))).await
         }

@@ -162,7 +162,11 @@ pub(crate) fn print_uploads(uploads: &[UploadSummary], json: bool) {
     }
     out!(
         "{:<32}  {:<9}  {:>6}  {:>10}  {:<16}  NAME",
-        "ID", "STATE", "DONE", "SIZE", "UPDATED (UTC)"
+        "ID",
+        "STATE",
+        "DONE",
+        "SIZE",
+        "UPDATED (UTC)"
     );
     for u in uploads {
         out!("{}", line(u));

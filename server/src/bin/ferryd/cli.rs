@@ -17,7 +17,28 @@ use clap::{Args, Parser, Subcommand};
     disable_help_subcommand = true,
     after_help = "Every `serve` option can also be set in the config file (--config) under its \
                   long name, or in a FERRYD_* environment variable; a flag beats the \
-                  environment, which beats the file."
+                  environment, which beats the file.",
+    after_long_help = "Every `serve` option can also be set in the config file (--config) under its \
+long name, or in a FERRYD_* environment variable; a flag beats the environment, which beats the \
+file. Every command given --config reads the data directory from the file's `data` key.
+
+Exit status:
+  0    success (serve: a clean stop after SIGINT or SIGTERM)
+  1    the command failed: printed once as `ferryd: <what failed>: <cause>` (a port in use, a
+       data directory without server state, a store another ferryd holds, ...)
+  2    usage error, a bad config file, or check-config finding that serve would not start
+A line of stdout cut short by a closed pipe (`| head -1`) is a normal end: exit 0.
+
+Examples:
+  Run on the embedded defaults (./ferry-data, UDP 4433, a generated certificate):
+    ferryd serve
+  The packaged service's commands (the config names /var/lib/ferry):
+    sudo -u ferry ferryd token add alice --config /etc/ferry/ferryd.toml
+    sudo -u ferry ferryd fingerprint --config /etc/ferry/ferryd.toml
+    sudo -u ferry ferryd link alice --expires 7d --config /etc/ferry/ferryd.toml
+    ferryd check-config --config /etc/ferry/ferryd.toml
+  Tell every connected client something:
+    ferryd notice \"maintenance at 18:00 UTC\" --config /etc/ferry/ferryd.toml"
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -413,18 +434,23 @@ impl ServeArgs {
             Some(p) => format!("{:?}", p.display().to_string()),
             None => "\"\"  # none".to_owned(),
         };
-        let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
+        let secs =
+            |d: Duration| format!("\"{}\"", ferry_proto::units::compact_duration(d.as_secs()));
+        let size = |b: u64| format!("\"{}\"", ferry_proto::units::compact(b));
         let lines = [
             format!("data = {:?}", self.place.data.display().to_string()),
             format!("listen = \"{}\"", self.listen),
             format!("idle-timeout = {}", secs(self.idle_timeout)),
-            format!("min-free-space = {}", self.min_free_space),
+            format!("min-free-space = {}", size(self.min_free_space)),
             format!("expire-after = {}", secs(self.expire_after)),
             format!("sweep-interval = {}", secs(self.sweep_interval)),
             format!("stream-timeout = {}", secs(self.stream_timeout)),
-            format!("verify-rate = {}", self.verify_rate),
+            format!(
+                "verify-rate = {}  # bytes per second",
+                size(self.verify_rate)
+            ),
             format!("max-uploads = {}", self.max_uploads),
-            format!("quota = {}", self.quota),
+            format!("quota = {}", size(self.quota)),
             format!("max-entries = {}", self.max_entries),
             format!("min-free-inodes = {}", self.min_free_inodes),
             format!("max-connections = {}", self.max_connections),
@@ -519,8 +545,50 @@ impl ServeArgs {
                 .entries()
                 .context("the tokens file is invalid")?;
         }
+        // The ports: taken by another program, the server would not start. Taken by the ferryd
+        // running on this very data directory (its database locked), that is the server this
+        // file configures: fine.
+        let ours = server_running(data);
+        let taken = |what: &str, addr: SocketAddr, e: std::io::Error| -> Result<()> {
+            if e.kind() == std::io::ErrorKind::AddrInUse && ours {
+                return Ok(());
+            }
+            Err(anyhow::anyhow!(
+                "{what} {addr} cannot be bound: {e}{}",
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another program holds it; `ss -lunp` / `ss -ltnp` names it)"
+                } else {
+                    ""
+                }
+            ))
+        };
+        if let Err(e) = std::net::UdpSocket::bind(self.listen) {
+            taken("listen (UDP)", self.listen, e)?;
+        }
+        for (what, addr) in [
+            ("admin-listen (TCP)", self.admin_listen),
+            ("web-listen (TCP)", self.web_listen),
+        ] {
+            if let Some(addr) = addr {
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    taken(what, addr, e)?;
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether a `ferryd` is running on `data` now: its database (`db/db`) is locked.
+fn server_running(data: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(data.join("db").join("db")) else {
+        return false;
+    };
+    // SAFETY: a plain syscall on a descriptor open for the call; a lock taken here is released
+    // when `file` closes at the end of this function.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc != 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// A duration with its unit (`90s`, `30m`, `12h`, `7d`), or `0`. A bare number is refused:

@@ -46,17 +46,25 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
                         "recovered from an unclean stop"
                     );
                 }
+                // With JSON logs these are log lines too: every line on stderr is one object.
+                let json = args.log_format == "json";
                 if let Some(admin) = server.admin_addr() {
-                    say!("ferryd: admin listener on http://{admin}");
+                    match json {
+                        true => tracing::info!(url = %format!("http://{admin}"), "admin listener"),
+                        false => say!("ferryd: admin listener on http://{admin}"),
+                    }
                 }
                 if let Some(web) = server.web_addr() {
-                    say!("ferryd: upload page on https://{web} (make links with `ferryd link OWNER`)");
+                    match json {
+                        true => tracing::info!(url = %format!("https://{web}"), "upload page"),
+                        false => say!("ferryd: upload page on https://{web} (make links with `ferryd link OWNER`)"),
+                    }
                 }
-                say!(
-                    "ferryd: listening on {} (certificate {})",
-                    server.local_addr()?,
-                    server.fingerprint()
-                );
+                let (addr, fingerprint) = (server.local_addr()?, server.fingerprint().to_owned());
+                match json {
+                    true => tracing::info!(%addr, certificate = fingerprint, "listening"),
+                    false => say!("ferryd: listening on {addr} (certificate {fingerprint})"),
+                }
                 server.run(shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
@@ -170,7 +178,11 @@ pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
             }
             out!(
                 "{:<32}  {:<16}  {:>6}  {:>10}  {:<6}  NAME",
-                "ID", "OWNER", "DONE", "SIZE", "ACTIVE"
+                "ID",
+                "OWNER",
+                "DONE",
+                "SIZE",
+                "ACTIVE"
             );
             for u in uploads {
                 let size = u["size"].as_u64().unwrap_or(0);
@@ -364,24 +376,23 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
     let links = ferry_server::links::Links::new(&args.place.data);
     if args.list {
         let now = ferry_server::store::unix_now();
+        use ferry_proto::units::{human, human_duration};
         for link in links.entries()? {
-            let bound = |n: u64, what: &str| match n {
-                0 => format!("no {what} bound"),
-                n => format!("{what} ≤ {n}"),
+            let size = match link.max_size {
+                0 => "no size bound".to_owned(),
+                n => format!("up to {}", human(n)),
+            };
+            let files = match link.max_files {
+                0 => "no file bound".to_owned(),
+                1 => "up to 1 file".to_owned(),
+                n => format!("up to {n} files"),
             };
             let expires = match link.expires_at {
                 0 => "never expires".to_owned(),
-                t if t <= now => format!("expired at {t}"),
-                t => format!("expires at {t} (in {} s)", t - now),
+                t if t <= now => format!("expired {} ({} ago)", utc(t), human_duration(now - t)),
+                t => format!("expires {} (in {})", utc(t), human_duration(t - now)),
             };
-            out!(
-                "{}  {}  {}, {}, {}",
-                link.id,
-                link.owner,
-                expires,
-                bound(link.max_size, "bytes"),
-                bound(link.max_files, "files")
-            );
+            out!("{}  {}  {expires}, {size}, {files}", link.id, link.owner);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -419,6 +430,24 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
         link.id, link.id
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as `2026-12-10 07:00 UTC`.
+fn utc(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .map(|t| {
+            format!(
+                "{}-{:02}-{:02} {:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn gethostname_or_localhost() -> String {
