@@ -21,7 +21,16 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::metrics::metrics;
-use crate::Shared;
+use crate::notice::Notices;
+use crate::uploads::Uploads;
+
+/// What the admin listener serves from.
+pub(crate) struct Context {
+    pub uploads: Arc<Uploads>,
+    pub notices: Arc<Notices>,
+    /// Bearer token every path but `/healthz` needs; `None`: none.
+    pub token: Option<String>,
+}
 
 /// One unfinished upload, as `GET /uploads` lists it.
 #[derive(Debug, Serialize)]
@@ -40,11 +49,11 @@ pub struct UploadProgress {
 /// Serves the admin listener until the task is aborted, within `httpconn::Limits::ADMIN`: a
 /// flood of idle connections evicts its own oldest, never takes the descriptors the QUIC path
 /// needs, and never keeps a prompt request out.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let gate = crate::httpconn::Gate::new("admin", crate::httpconn::Limits::ADMIN);
     let handler = move |req: Request<Incoming>, _peer| {
-        let shared = shared.clone();
-        async move { handle(req, &shared).await }
+        let ctx = ctx.clone();
+        async move { handle(req, &ctx).await }
     };
     crate::httpconn::serve(listener, None, gate, handler).await;
 }
@@ -60,11 +69,11 @@ fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Ful
     response
 }
 
-async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, ctx: &Arc<Context>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path().to_owned();
     let path = path.as_str();
-    if path != "/healthz" && !authorized(&req, shared.config.admin_token.as_deref()) {
+    if path != "/healthz" && !authorized(&req, ctx.token.as_deref()) {
         return reply(
             StatusCode::UNAUTHORIZED,
             TEXT,
@@ -72,18 +81,18 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<B
         );
     }
     if path == "/notice" {
-        return notice(req, shared).await;
+        return notice(req, ctx).await;
     }
     if req.method() != Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only here\n");
     }
     match path {
-        "/healthz" => match health(shared) {
+        "/healthz" => match health(ctx) {
             Ok(()) => reply(StatusCode::OK, TEXT, "ok\n"),
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
         "/metrics" => {
-            refresh(shared);
+            refresh(ctx);
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -91,8 +100,8 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<B
             )
         }
         "/uploads" => {
-            let shared = shared.clone();
-            let listed = tokio::task::spawn_blocking(move || uploads(&shared)).await;
+            let ctx = ctx.clone();
+            let listed = tokio::task::spawn_blocking(move || uploads(&ctx)).await;
             match listed {
                 Ok(Ok(list)) => reply(
                     StatusCode::OK,
@@ -116,23 +125,23 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<B
 }
 
 /// `/notice`: GET shows it, PUT sets it (the body), DELETE clears it.
-async fn notice(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+async fn notice(req: Request<Incoming>, ctx: &Arc<Context>) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
     const TEXT: &str = "text/plain; charset=utf-8";
     let text = match *req.method() {
         Method::GET => {
-            return reply(StatusCode::OK, TEXT, shared.notice().unwrap_or_default());
+            return reply(StatusCode::OK, TEXT, ctx.notices.current().unwrap_or_default());
         }
         Method::DELETE => None,
         Method::PUT | Method::POST => {
-            let limited = http_body_util::Limited::new(req.into_body(), crate::MAX_NOTICE);
+            let limited = http_body_util::Limited::new(req.into_body(), crate::notice::MAX_NOTICE);
             let body = match limited.collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(_) => {
                     return reply(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         TEXT,
-                        format!("a notice is at most {} bytes\n", crate::MAX_NOTICE),
+                        format!("a notice is at most {} bytes\n", crate::notice::MAX_NOTICE),
                     )
                 }
             };
@@ -151,8 +160,8 @@ async fn notice(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<B
         }
         _ => return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET, PUT or DELETE\n"),
     };
-    let shared = shared.clone();
-    match tokio::task::spawn_blocking(move || shared.set_notice(text)).await {
+    let notices = ctx.notices.clone();
+    match tokio::task::spawn_blocking(move || notices.set(text)).await {
         Ok(Ok(())) => reply(StatusCode::OK, TEXT, "ok\n"),
         Ok(Err(e)) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,29 +186,29 @@ fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
 }
 
 /// Why the server cannot take uploads now, if it cannot.
-fn health(shared: &Shared) -> Result<(), String> {
-    if !shared.store.is_open() {
+fn health(ctx: &Context) -> Result<(), String> {
+    let store = ctx.uploads.store();
+    if !store.is_open() {
         return Err(
             "database closed after a write failure (it reopens when a write succeeds)".into(),
         );
     }
-    shared
-        .store
+    store
         .check_space()
         .map_err(|e| format!("disk below the reserve: {e}"))
 }
 
 /// The gauges read at scrape time.
-fn refresh(shared: &Shared) {
+fn refresh(ctx: &Context) {
     let m = metrics();
-    m.uploads_active.set(shared.registry.running() as i64);
-    let free = crate::store::free_space(shared.store.data_dir()).unwrap_or(0);
+    m.uploads_active.set(ctx.uploads.registry().running() as i64);
+    let free = crate::store::free_space(ctx.uploads.store().data_dir()).unwrap_or(0);
     m.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
 }
 
-fn uploads(shared: &Shared) -> anyhow::Result<Vec<UploadProgress>> {
+fn uploads(ctx: &Context) -> anyhow::Result<Vec<UploadProgress>> {
     let mut out = Vec::new();
-    for (id, record, durable_bytes) in shared.store.in_progress()? {
+    for (id, record, durable_bytes) in ctx.uploads.store().in_progress()? {
         out.push(UploadProgress {
             upload_id: id.to_string(),
             owner: record.owner,
@@ -208,7 +217,7 @@ fn uploads(shared: &Shared) -> anyhow::Result<Vec<UploadProgress>> {
             durable_bytes,
             created_at: record.created_at,
             updated_at: record.updated_at,
-            active: shared.registry.get(id).is_some(),
+            active: ctx.uploads.registry().get(id).is_some(),
         });
     }
     out.sort_by_key(|u| std::cmp::Reverse(u.updated_at));

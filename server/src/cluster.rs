@@ -3,20 +3,20 @@
 //! store), and sweeps the bucket's abandoned uploads, whichever node began them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use tracing::{info, warn};
 
 use crate::store::s3::S3;
 use crate::store::{unix_now, RecordState};
-use crate::{Shared, Tokens};
+use crate::uploads::Uploads;
+use crate::Tokens;
 
 /// How often the bucket's token file is fetched. A token unknown at login is fetched at once
-/// (at most once per [`TOKENS_ON_DEMAND`]), so an added token works at its first use; a
+/// (at most once a second, `crate::auth`), so an added token works at its first use; a
 /// revocation reaches every node within this period (plus the revocation watcher's 100 ms).
 const TOKENS_POLL: Duration = Duration::from_secs(2);
-const TOKENS_ON_DEMAND: Duration = Duration::from_secs(1);
 
 /// Copies the bucket's token file over `DATA/tokens` (an absent one means no tokens).
 pub(crate) async fn mirror_tokens(s3: &S3, tokens: &Tokens) -> Result<bool> {
@@ -36,52 +36,38 @@ pub(crate) async fn seed_tokens(s3: &S3, tokens: &Tokens) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn tokens_forever(shared: Arc<Shared>) {
-    let Some(s3) = shared.s3.clone() else { return };
+pub(crate) async fn tokens_forever(s3: Arc<S3>, auth: Arc<crate::auth::Auth>) {
     // Bounded by the process: one fetch per period.
     loop {
         tokio::time::sleep(TOKENS_POLL).await;
-        if let Err(e) = mirror_tokens(&s3, &shared.tokens).await {
+        if let Err(e) = mirror_tokens(&s3, auth.tokens()).await {
             warn!(error = %format!("{e:#}"), "cannot fetch the tokens from the bucket");
         }
     }
-}
-
-/// At a login with an unknown token: fetches the bucket's tokens now, unless that was done
-/// within [`TOKENS_ON_DEMAND`]. Returns whether the file changed.
-pub(crate) async fn fetch_tokens_now(shared: &Shared) -> bool {
-    let Some(s3) = &shared.s3 else { return false };
-    let mut last = shared.tokens_fetched.lock().await;
-    if last.is_some_and(|t| t.elapsed() < TOKENS_ON_DEMAND) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    mirror_tokens(s3, &shared.tokens).await.unwrap_or(false)
 }
 
 /// Every `sweep_interval`: each upload in the bucket that is still receiving and shows no
 /// progress (no marker, no manifest written) for `expire_after` has its multipart upload
 /// aborted and its manifest and markers deleted; a finished upload's manifest goes after the
 /// same time. Every node sweeps; a second abort of the same upload finds nothing to do.
-pub(crate) async fn sweep_forever(shared: Arc<Shared>) {
-    let Some(s3) = shared.s3.clone() else { return };
+pub(crate) async fn sweep_forever(s3: Arc<S3>, uploads: Arc<Uploads>) {
     // Bounded by the process: one sweep per turn.
     loop {
-        tokio::time::sleep(shared.config.sweep_interval).await;
-        let expire = shared.tunable().expire_after.as_secs();
+        tokio::time::sleep(uploads.config().sweep_interval).await;
+        let expire = uploads.tunable().expire_after.as_secs();
         if expire == 0 {
             continue;
         }
-        if let Err(e) = sweep(&shared, &s3, expire).await {
+        if let Err(e) = sweep(&uploads, &s3, expire).await {
             warn!(error = %format!("{e:#}"), "sweep of the bucket failed");
         }
-        let _ = shared
-            .store
+        let _ = uploads
+            .store()
             .prune_tombstones(unix_now().saturating_sub(crate::tasks::TOMBSTONE_LIFE));
     }
 }
 
-async fn sweep(shared: &Shared, s3: &S3, expire: u64) -> Result<()> {
+async fn sweep(uploads: &Uploads, s3: &S3, expire: u64) -> Result<()> {
     let now = unix_now();
     let cutoff = now.saturating_sub(expire);
     for (id, written) in s3.manifests().await? {
@@ -97,7 +83,7 @@ async fn sweep(shared: &Shared, s3: &S3, expire: u64) -> Result<()> {
             // was the answer to a repeated `finish`; it goes now.
             if record.state == RecordState::Complete {
                 s3.abort(id, &record).await?;
-                let store = shared.store.clone();
+                let store = uploads.store().clone();
                 tokio::task::spawn_blocking(move || store.remove(id)).await??;
             }
             continue;
@@ -106,7 +92,7 @@ async fn sweep(shared: &Shared, s3: &S3, expire: u64) -> Result<()> {
             continue;
         }
         // A driver on this node decides itself: it refuses while a connection drives it.
-        let expired = match shared.registry.get(id) {
+        let expired = match uploads.registry().get(id) {
             Some(driver) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let _ = driver.send(crate::driver::Msg::Expire { now, reply });
@@ -114,7 +100,7 @@ async fn sweep(shared: &Shared, s3: &S3, expire: u64) -> Result<()> {
             }
             None => {
                 s3.abort(id, &record).await?;
-                let (store, owner) = (shared.store.clone(), record.owner.clone());
+                let (store, owner) = (uploads.store().clone(), record.owner.clone());
                 tokio::task::spawn_blocking(move || store.expire(id, &owner, now)).await??;
                 true
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_proto::{CommitPolicy, Limits, MAX_FRAME};
 use tracing::{info, warn};
 
-use crate::{store, Shared};
+use crate::store;
 
 /// Everything `ferryd serve` can be told.
 #[derive(Debug, Clone)]
@@ -237,21 +237,16 @@ impl Tunable {
 
 /// Changes a running server's [`Tunable`] settings (what SIGHUP does in `ferryd`).
 #[derive(Clone)]
-pub struct Reloader(pub(crate) Arc<Shared>);
+pub struct Reloader(pub(crate) Arc<crate::uploads::Uploads>);
 
 impl Reloader {
     /// Applies `config`'s tunable settings and returns what changed (`key: old → new`);
     /// logs it, and names the settings that differ but need a restart.
     pub fn reload(&self, config: &Config) -> Vec<String> {
         let new = config.tunable();
-        let changed = {
-            let mut current = self.0.tunable.write().unwrap_or_else(|p| p.into_inner());
-            let changed = current.changes(&new);
-            *current = new;
-            changed
-        };
-        self.0.store.set_queue_hooks(config.on_complete.is_some());
-        let old = &self.0.config;
+        let changed = self.0.set_tunable(new.clone()).changes(&new);
+        self.0.store().set_queue_hooks(config.on_complete.is_some());
+        let old = self.0.config();
         let mut fixed = Vec::new();
         if old.listen != config.listen {
             fixed.push("listen");

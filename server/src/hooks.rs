@@ -29,7 +29,6 @@ use tracing::{info, warn};
 
 use crate::metrics::metrics;
 use crate::store::HookJob;
-use crate::Shared;
 
 /// Bytes of a hook's stdout and stderr kept (the rest is read and dropped).
 const KEPT_OUTPUT: u64 = 16 * 1024;
@@ -171,15 +170,15 @@ fn complete_env(job: &HookJob) -> Vec<(&'static str, String)> {
 /// Runs the queued `--on-complete` jobs until aborted: oldest first, `hook_concurrency` at a
 /// time, with the command and timeout current when each starts (a reload may change them;
 /// with no command, jobs wait in the queue).
-pub(crate) async fn complete_forever(shared: Arc<Shared>) {
-    let store = shared.store.clone();
-    let places = Arc::new(Semaphore::new(shared.config.hook_concurrency.max(1)));
+pub(crate) async fn complete_forever(uploads: Arc<crate::uploads::Uploads>) {
+    let store = uploads.store().clone();
+    let places = Arc::new(Semaphore::new(uploads.config().hook_concurrency.max(1)));
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     // Jobs whose command could not start: when to try again, and the wait after that.
     let retry: Arc<Mutex<HashMap<u64, (Instant, Duration)>>> = Arc::default();
     // Bounded by the process: one look at the queue per turn.
     loop {
-        let tunable = shared.tunable();
+        let tunable = uploads.tunable();
         let Some(command) = tunable.on_complete else {
             tokio::time::sleep(POLL).await;
             continue;

@@ -1,9 +1,17 @@
-//! ferry-server: the QUIC endpoint of Ferry. `Server::bind` opens the data directory (sled
-//! store, certificate, tokens) and the UDP socket; `Server::run` accepts connections until the
-//! shutdown future resolves, then lets every upload driver commit what it received, marks the
-//! store clean and returns.
+//! ferry-server: the server of Ferry. `Server::bind` opens the data directory (sled store,
+//! certificate, tokens) and binds the sockets; `Server::run` serves until the shutdown future
+//! resolves, then lets every upload driver commit what it received, marks the store clean and
+//! returns.
+//!
+//! The layers, each knowing only the one below (`docs/architecture.md`): front ends (`conn/`:
+//! `ferry/1` over QUIC and browsers' WebTransport sessions; `web/`: the page; `http/`: tus and
+//! the IETF resumable-upload draft) parse their wire and call the upload service (`uploads/`),
+//! which calls the storage seam (`store::Backend`: the data directory or an S3 bucket). Beside
+//! them: `auth` (tokens, links, revocation), `guard` and `httpconn` (connection budgets), and the
+//! operator's side (`admin`, `hooks`, `metrics`, `tasks`, `cluster`).
 
 mod admin;
+pub mod auth;
 mod cluster;
 mod config;
 pub(crate) mod conn;
@@ -11,15 +19,18 @@ mod driver;
 mod fsutil;
 mod guard;
 pub mod hooks;
+mod http;
 mod httpconn;
 pub mod links;
 pub mod metrics;
+mod notice;
 mod outbox;
 pub mod store;
 mod tasks;
 pub mod tls;
 pub mod tokens;
 mod transport;
+pub mod uploads;
 mod verify;
 mod web;
 mod wire;
@@ -31,58 +42,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferry_proto::{ErrorCode, Limits};
+use ferry_proto::ErrorCode;
 use quinn::VarInt;
 use tracing::{info, warn};
 
 pub use config::{Config, Reloader, Tunable};
+pub use notice::MAX_NOTICE;
 pub use store::{OpenReport, Store};
 pub use tokens::Tokens;
-
-/// State every connection shares.
-pub(crate) struct Shared {
-    config: Config,
-    /// The settings a reload changes; read them here, not from `config`.
-    tunable: std::sync::RwLock<Tunable>,
-    /// The operator's notice (`ferryd notice`), sent in `welcome`; kept in `DATA/notice`.
-    notice: std::sync::RwLock<Option<String>>,
-    /// Each new notice, for every connection to push to its client.
-    notices: tokio::sync::broadcast::Sender<String>,
-    store: Arc<Store>,
-    tokens: Tokens,
-    links: links::Links,
-    /// Counts connections registered in `live`: the revocation watch checks every live
-    /// credential when it moved, so a token added, used and revoked between two of its looks
-    /// (the file back to its old bytes) still closes its connection.
-    logins: AtomicU64,
-    /// Logged-in connections by connection id, with the token (its hash) or upload link each
-    /// used, so a revoked one's connections can be closed. At most `max_connections` entries: a
-    /// connection is added after `welcome` and removed when it ends.
-    live: std::sync::Mutex<std::collections::HashMap<u64, (conn::Credential, conn::peer::Peer)>>,
-    registry: Arc<driver::Registry>,
-    limiter: Arc<guard::ConnLimiter>,
-    pending: Arc<guard::PendingPool>,
-    /// One lock per owner, held from the check of the owner's limits to the record of a new
-    /// upload, so concurrent creates cannot all pass a check meant for one. One entry per
-    /// owner that created something: bounded by the tokens file.
-    create_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// After an unclean stop, until every upload is re-verified; `None` after a clean one.
-    verifier: Option<Arc<verify::Verifier>>,
-    throttle: guard::AuthThrottle,
-    /// The bucket, with `--store s3`.
-    s3: Option<Arc<store::s3::S3>>,
-    /// The service id announced in `welcome`.
-    service: String,
-    /// With `--store s3`: when the tokens were last fetched on demand (an unknown token).
-    tokens_fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
-    /// The short-lived certificates browsers accept by hash: with the web listener and the
-    /// self-signed identity only.
-    browser_certs: Option<Arc<web::certs::BrowserCerts>>,
-    /// The UDP port the endpoint is bound to (the pages' session port, `Alt-Svc`).
-    quic_port: u16,
-    /// The TCP port the web listener is bound to, if it is on.
-    web_port: Option<u16>,
-}
 
 /// File descriptors kept for the QUIC path beyond what the TCP listeners may hold: a staging
 /// file per active upload, the database, hook pipes.
@@ -103,69 +70,27 @@ pub fn web_url(config: &Config, port: u16) -> String {
     }
 }
 
-/// Where the operator's notice is kept, in the data directory.
-const NOTICE_FILE: &str = "notice";
-/// Longest notice, in bytes.
-pub const MAX_NOTICE: usize = 1024;
-
-impl Shared {
-    /// The operator's notice, if any.
-    pub(crate) fn notice(&self) -> Option<String> {
-        self.notice
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Sets (or, with `None`, clears) the notice: kept durably for `welcome`, and pushed to
-    /// every connected client.
-    pub(crate) fn set_notice(&self, text: Option<String>) -> Result<()> {
-        let path = self.config.data_dir.join(NOTICE_FILE);
-        match &text {
-            Some(text) => fsutil::write_atomic(&path, text.as_bytes())?,
-            None if path.exists() => fsutil::remove_file_durable(&path)?,
-            None => {}
-        }
-        *self.notice.write().unwrap_or_else(|p| p.into_inner()) = text.clone();
-        if let Some(text) = text {
-            info!(text, "notice set");
-            let _ = self.notices.send(text);
-        } else {
-            info!("notice cleared");
-        }
-        Ok(())
-    }
-
-    /// The current tunable settings.
-    pub(crate) fn tunable(&self) -> Tunable {
-        self.tunable
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The limits announced in `welcome`, with the current tunable settings.
-    pub(crate) fn limits(&self) -> Limits {
-        let t = self.tunable();
-        Limits {
-            max_uploads: t.max_uploads_per_owner,
-            quota: t.quota_per_owner,
-            expire_after: t.expire_after.as_secs(),
-            ..self.config.limits()
-        }
-    }
-}
-
 /// A bound server, not yet accepting.
 pub struct Server {
     endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
+    /// The upload service every front end calls.
+    uploads: Arc<uploads::Uploads>,
+    auth: Arc<auth::Auth>,
+    /// The QUIC front end's context (`ferry/1` and WebTransport sessions).
+    quic: Arc<conn::Context>,
+    /// The bucket, with `--store s3`: its token mirror and sweep run beside the service.
+    bucket: Option<Arc<store::s3::S3>>,
     fingerprint: String,
     report: OpenReport,
-    /// The admin listener, bound (`--admin-listen`).
-    admin: Option<std::net::TcpListener>,
-    /// The web listener, bound (`--web-listen`), and its TLS configuration.
-    web: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The admin listener, bound (`--admin-listen`), and what it serves from.
+    admin: Option<(std::net::TcpListener, Arc<admin::Context>)>,
+    /// The web listener, bound (`--web-listen`), its TLS configuration and what it serves from.
+    web: Option<(
+        std::net::TcpListener,
+        Arc<rustls::ServerConfig>,
+        Arc<web::listener::Context>,
+    )>,
+    browser_certs: Option<Arc<web::certs::BrowserCerts>>,
 }
 
 impl Server {
@@ -303,45 +228,69 @@ impl Server {
             fsutil::write_atomic(&dir.join(WEB_URL_FILE), format!("{url}\n").as_bytes())
                 .context("failed to record the web listener's address")?;
         }
-        let notice = std::fs::read_to_string(dir.join(NOTICE_FILE))
-            .ok()
-            .filter(|n| !n.is_empty());
-        let shared = Arc::new(Shared {
-            tunable: std::sync::RwLock::new(config.tunable()),
-            notice: std::sync::RwLock::new(notice),
-            notices: tokio::sync::broadcast::channel(16).0,
-            tokens,
-            links,
-            logins: AtomicU64::new(0),
-            live: Default::default(),
-            create_locks: Default::default(),
-            store,
+        let quic_port = endpoint.local_addr()?.port();
+        let web_port = web
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port());
+        let links = Arc::new(links);
+        let backend = Arc::new(store::Backend::new(store, s3.clone()));
+        let uploads = Arc::new(uploads::Uploads::new(
+            config.clone(),
+            backend,
             verifier,
-            registry: Default::default(),
+            links.clone(),
+            service,
+        ));
+        let auth = Arc::new(auth::Auth::new(tokens, links, s3.clone()));
+        let notices = Arc::new(notice::Notices::open(dir));
+        let origins = web::Origins {
+            allowed: config.web_origins.clone(),
+            web_url: config.web_url.clone(),
+            web_port,
+        };
+        let quic = Arc::new(conn::Context {
+            uploads: uploads.clone(),
+            auth: auth.clone(),
+            notices: notices.clone(),
             limiter: guard::ConnLimiter::new(config.max_connections, config.max_connections_per_ip),
             pending: guard::PendingPool::new(
                 config.max_pending_logins,
                 config.max_pending_logins_per_ip,
             ),
-            throttle: Default::default(),
-            s3,
-            service,
-            tokens_fetched: Default::default(),
-            browser_certs,
-            quic_port: endpoint.local_addr()?.port(),
-            web_port: web
-                .as_ref()
-                .and_then(|(l, _)| l.local_addr().ok())
-                .map(|a| a.port()),
-            config,
+            handshake_timeout: config.handshake_timeout,
+            stream_timeout: config.stream_timeout,
+            max_streams: config.max_streams,
+            web: origins.clone(),
+        });
+        let admin = admin.map(|listener| {
+            let ctx = Arc::new(admin::Context {
+                uploads: uploads.clone(),
+                notices: notices.clone(),
+                token: config.admin_token.clone(),
+            });
+            (listener, ctx)
+        });
+        let web = web.map(|(listener, tls)| {
+            let ctx = Arc::new(web::listener::Context {
+                quic_port,
+                browser_certs: browser_certs.clone(),
+                origins,
+                http: http::Context::new(uploads.clone(), auth.clone(), &config),
+            });
+            (listener, tls, ctx)
         });
         Ok(Self {
             endpoint,
-            shared,
+            uploads,
+            auth,
+            quic,
+            bucket: s3,
             fingerprint,
             report,
             admin,
             web,
+            browser_certs,
         })
     }
 
@@ -351,17 +300,17 @@ impl Server {
 
     /// A handle to change the tunable settings while the server runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader(self.shared.clone())
+        Reloader(self.uploads.clone())
     }
 
     /// Where the admin listener listens, if it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Where the web listener listens, if it is on.
     pub fn web_addr(&self) -> Option<SocketAddr> {
-        self.web.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.web.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// `sha256:<hex>` of the certificate the server presents.
@@ -377,42 +326,37 @@ impl Server {
     /// Accepts connections until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let next_id = AtomicU64::new(1);
-        let sweeper = match self.shared.s3.is_some() {
-            true => tokio::spawn(cluster::sweep_forever(self.shared.clone())),
-            false => tokio::spawn(tasks::sweep_forever(self.shared.clone())),
+        let uploads = self.uploads.clone();
+        let sweeper = match &self.bucket {
+            Some(s3) => tokio::spawn(cluster::sweep_forever(s3.clone(), uploads.clone())),
+            None => tokio::spawn(tasks::sweep_forever(uploads.clone())),
         };
         let mirror = self
-            .shared
-            .s3
-            .is_some()
-            .then(|| tokio::spawn(cluster::tokens_forever(self.shared.clone())));
-        let revoker = tokio::spawn(tasks::revoke_forever(self.shared.clone()));
-        let hooks = Some(tokio::spawn(hooks::complete_forever(self.shared.clone())));
+            .bucket
+            .clone()
+            .map(|s3| tokio::spawn(cluster::tokens_forever(s3, self.auth.clone())));
+        let revoker = tokio::spawn(tasks::revoke_forever(self.auth.clone()));
+        let hooks = tokio::spawn(hooks::complete_forever(uploads.clone()));
         let admin = match self.admin {
-            Some(listener) => {
+            Some((listener, ctx)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                Some(tokio::spawn(admin::serve(listener, self.shared.clone())))
+                Some(tokio::spawn(admin::serve(listener, ctx)))
             }
             None => None,
         };
         let web = match self.web {
-            Some((listener, tls)) => {
+            Some((listener, tls, ctx)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                Some(tokio::spawn(web::listener::serve(
-                    listener,
-                    tls,
-                    self.shared.clone(),
-                )))
+                Some(tokio::spawn(web::listener::serve(listener, tls, ctx)))
             }
             None => None,
         };
         let rotation = self
-            .shared
             .browser_certs
             .clone()
             .map(|certs| tokio::spawn(web::certs::rotate_forever(certs)));
-        if let Some(verifier) = &self.shared.verifier {
-            tokio::spawn(verifier.clone().run(self.shared.config.verify_rate));
+        if let Some(verifier) = uploads.verifier() {
+            tokio::spawn(verifier.clone().run(uploads.config().verify_rate));
         }
         tokio::pin!(shutdown);
         loop {
@@ -420,7 +364,7 @@ impl Server {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let pending = self.shared.pending.admit(incoming.remote_address().ip());
+                    let pending = self.quic.pending.admit(incoming.remote_address().ip());
                     let span = tracing::info_span!(
                         "conn",
                         id,
@@ -429,7 +373,7 @@ impl Server {
                     );
                     tokio::spawn(
                         tracing::Instrument::instrument(
-                            conn::serve(self.shared.clone(), incoming, id, pending),
+                            conn::serve(self.quic.clone(), incoming, id, pending),
                             span,
                         ),
                     );
@@ -440,27 +384,19 @@ impl Server {
         info!("shutting down");
         sweeper.abort();
         revoker.abort();
-        if let Some(mirror) = mirror {
-            mirror.abort();
-        }
-        if let Some(admin) = admin {
-            admin.abort();
-        }
-        for task in [web, rotation].into_iter().flatten() {
-            task.abort();
-        }
         // A hook still running is killed; its job stays queued and runs at the next start.
-        if let Some(hooks) = hooks {
-            hooks.abort();
+        hooks.abort();
+        for task in [mirror, admin, web, rotation].into_iter().flatten() {
+            task.abort();
         }
         self.endpoint.close(
             VarInt::from_u32(ErrorCode::ShuttingDown.quic_code()),
             b"server shutting down",
         );
-        self.shared.registry.shutdown(Duration::from_secs(30)).await;
+        uploads.registry().shutdown(Duration::from_secs(30)).await;
         // Clean only if nothing is left to re-verify: otherwise the next start verifies again.
-        if self.shared.verifier.as_ref().is_none_or(|v| v.finished()) {
-            let store = self.shared.store.clone();
+        if uploads.verifier().is_none_or(|v| v.finished()) {
+            let store = uploads.store().clone();
             tokio::task::spawn_blocking(move || store.mark_clean()).await??;
         } else {
             warn!("re-verification unfinished; the next start re-verifies");

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use ferry_proto::{ChunkHeader, ChunkIndex, ChunkSet, Digest, ErrorCode, Frame, Span, MAX_FRAME};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Msg, Verdict, WireError};
 use crate::wire::{read_frame_sized, ReadError};
 
 use super::peer::Recv;
-use super::{internal, Conn};
+use super::Conn;
+use crate::uploads::internal;
 
 /// Paths with a smoothed RTT from this on read chunk streams out of order (loopback stays far
 /// below it even when both sides are busy: 1.5–13 ms measured).
@@ -42,7 +43,7 @@ pub(super) async fn accept_chunk_streams(conn: Arc<Conn>) {
 
 /// One chunk: header, validation by the driver, then the payload streamed to disk.
 async fn chunk_stream(conn: Arc<Conn>, mut recv: Recv) {
-    let stall = conn.shared.config.stream_timeout;
+    let stall = conn.ctx.stream_timeout;
     let (upload_id, index, size, header_len) = match read_frame_sized(&mut recv, stall, false).await
     {
         Ok(Some((
@@ -442,7 +443,8 @@ fn trailer(tail: &[u8], index: ChunkIndex) -> Result<Digest, WireError> {
     }
 }
 
-/// Parses the header's fields and asks the upload's driver whether to read the payload.
+/// Parses the header's fields and asks the upload service whether to read the payload: only
+/// for an upload this connection created or resumed.
 async fn header_verdict(
     conn: &Conn,
     upload_id: &str,
@@ -450,30 +452,20 @@ async fn header_verdict(
     size: u64,
 ) -> Result<(mpsc::UnboundedSender<Msg>, Verdict), WireError> {
     // Someone else's upload is reported exactly like a missing one.
-    let (id, _) = conn.owned(upload_id)?;
+    let (id, _) = conn.ctx.uploads.owned(&conn.who, upload_id)?;
     let attached = conn
         .attached
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .contains(&id);
-    let driver = conn.shared.registry.get(id).filter(|_| attached);
-    let Some(driver) = driver else {
+    if !attached {
         return Err(WireError::new(
             ErrorCode::NotAttached,
             "send create or resume for this upload first",
         ));
-    };
-    let (reply, rx) = oneshot::channel();
+    }
     let header = ChunkHeader { index, size };
-    let _ = driver.send(Msg::Header {
-        conn: conn.id,
-        header,
-        reply,
-    });
-    let verdict = rx
-        .await
-        .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished or was aborted"))??;
-    Ok((driver, verdict))
+    conn.ctx.uploads.verdict(&conn.who, id, header).await
 }
 
 #[cfg(test)]

@@ -2,9 +2,7 @@
 //! requests and replies (`requests.rs`), and one task per chunk stream that streams the
 //! payload to disk while hashing it (`chunks.rs`).
 
-mod admission;
 mod chunks;
-mod dedup;
 pub(crate) mod peer;
 mod requests;
 
@@ -18,24 +16,42 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::driver::WireError;
-use crate::guard::PendingSlot;
+use crate::auth::{Auth, Login};
+use crate::guard::{ConnLimiter, PendingPool, PendingSlot};
+use crate::notice::Notices;
 use crate::outbox::{Drain, Outbox, OUTBOX_FRAMES};
 use crate::store::UploadId;
 use crate::transport::CONNECTION_WINDOW;
+use crate::uploads::{Principal, Uploads};
 use crate::wire::{read_frame, write_frame};
-use crate::Shared;
 use peer::{Peer, Send};
+
+/// What the QUIC front end needs of the server: the upload service, logins, notices, its own
+/// connection budgets and timeouts, and what a browser's session is checked against.
+pub(crate) struct Context {
+    pub uploads: Arc<Uploads>,
+    pub auth: Arc<Auth>,
+    pub notices: Arc<Notices>,
+    /// Logged-in connections, in total and per address.
+    pub limiter: Arc<ConnLimiter>,
+    /// Connections still logging in.
+    pub pending: Arc<PendingPool>,
+    /// The TLS handshake, a browser's CONNECT and `hello`, together.
+    pub handshake_timeout: Duration,
+    /// A started frame or a chunk payload that stalls this long is cut off.
+    pub stream_timeout: Duration,
+    /// Chunk streams one connection may have open.
+    pub max_streams: u64,
+    /// What a browser's WebTransport session is checked against (origins, the session path).
+    pub web: crate::web::Origins,
+}
 
 /// State of one authenticated connection.
 struct Conn {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     peer: Peer,
-    id: u64,
-    owner: String,
-    /// The upload link this connection logged in with, if not a token: it sees and makes only
-    /// that link's uploads, within its bounds.
-    link: Option<crate::links::Link>,
+    /// Who the connection is: its owner, its upload link if not a token, its id.
+    who: Principal,
     /// Frames for the control stream, written in order by one writer task; bounded.
     events: Outbox,
     /// Uploads this connection created or resumed; detached when it closes.
@@ -70,8 +86,8 @@ async fn step<T>(
 /// logged-in connection limits. Until then no chunk stream is read (a `ferry/1` client's are
 /// stopped), the connection window is [`PRELOGIN_WINDOW`] (`transport::server`), and the TLS
 /// handshake (and a browser's CONNECT) plus `hello` must be done within one handshake timeout.
-pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pending: PendingSlot) {
-    let config = &shared.config;
+pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pending: PendingSlot) {
+    let config = &ctx;
     let deadline = Instant::now() + config.handshake_timeout;
     let evicted = pending.evicted.clone();
     let connection = match step(deadline, &evicted, incoming.into_future()).await {
@@ -85,7 +101,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         match step(
             deadline,
             &evicted,
-            crate::web::session(&shared, &connection),
+            crate::web::session(&ctx.web, &connection),
         )
         .await
         {
@@ -125,20 +141,23 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         &evicted,
         read_frame(&mut recv, past_deadline, false),
     );
-    let (owner, credential, link) = match hello.await {
+    let Login {
+        owner,
+        credential,
+        link,
+    } = match hello.await {
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
                 return refuse(&peer, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
-            match login(&shared, &token).await {
+            match ctx.auth.login(&token).await {
                 Ok(Ok(login)) => login,
                 Ok(Err(what)) => {
                     // Each failure from the same address waits longer before its answer; the
                     // wait still holds a place in the login budget, so it can be evicted.
-                    let delay = shared.throttle.fail(remote.ip(), std::time::Instant::now());
+                    let delay = ctx.auth.failed(remote.ip());
                     info!(%remote, delay_ms = delay.as_millis() as u64, what, "refused a login");
-                    crate::metrics::metrics().auth_failures.inc();
                     let far = Instant::now() + delay + Duration::from_secs(1);
                     let _ = step(far, &evicted, tokio::time::sleep(delay)).await;
                     return refuse(&peer, send, ErrorCode::Unauthorized, what).await;
@@ -169,7 +188,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     };
     drop(pending);
     drop(early);
-    let _slot = match shared.limiter.acquire(remote.ip()) {
+    let _slot = match ctx.limiter.acquire(remote.ip()) {
         Ok(slot) => slot,
         Err(message) => {
             info!(%remote, message, "refused: too many connections");
@@ -190,14 +209,19 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     // Registered before `welcome` is written, so a revocation from now on closes it; the write
     // is bounded by the login deadline (a client that grants no credit for it cannot park a
     // welcome past a revocation), and the credential is checked again once it is written.
-    let _live = Live::register(&shared, id, credential.clone(), &peer);
+    let closer = {
+        let peer = peer.clone();
+        Arc::new(move |code: ErrorCode, reason: &str| peer.close(code, reason))
+    };
+    let _live = ctx.auth.register(id, credential.clone(), closer);
+    let _counted = Counted::connection();
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         owner: owner.clone(),
-        limits: shared.limits(),
+        limits: ctx.uploads.limits(),
         server: concat!("ferryd ", env!("CARGO_PKG_VERSION")).to_owned(),
-        notice: shared.notice(),
-        service: shared.service.clone(),
+        notice: ctx.notices.current(),
+        service: ctx.uploads.service_id().to_owned(),
     };
     match tokio::time::timeout_at(deadline, write_frame(&mut send, &welcome)).await {
         Ok(Ok(())) => {}
@@ -211,7 +235,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
             return peer.close(ErrorCode::NotAuthenticated, &message);
         }
     }
-    if !credential_still_valid(&shared, &credential) {
+    if !ctx.auth.still_valid(&credential) {
         info!(%remote, owner, "token or upload link revoked during login");
         return peer.close(ErrorCode::TokenRevoked, "token revoked");
     }
@@ -230,11 +254,13 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         send.finish(Duration::from_secs(2)).await;
     });
     let conn = Arc::new(Conn {
-        shared,
+        ctx: ctx.clone(),
         peer: peer.clone(),
-        id,
-        owner,
-        link,
+        who: Principal {
+            owner,
+            link,
+            conn: id,
+        },
         events,
         attached: Default::default(),
         pieces: Default::default(),
@@ -244,7 +270,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
     ));
     // Notices the operator sets while this connection lives, pushed like acks.
     let notices = {
-        let mut rx = conn.shared.notices.subscribe();
+        let mut rx = conn.ctx.notices.subscribe();
         let events = conn.events.clone();
         tokio::spawn(async move {
             // Bounded by the connection: the task is aborted when it ends.
@@ -258,7 +284,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, id: u64, pend
         })
     };
 
-    let stall = conn.shared.config.stream_timeout;
+    let stall = conn.ctx.stream_timeout;
     let close = loop {
         // Biased: once the outbox overflowed, no further request is read, however many wait.
         tokio::select! {
@@ -324,70 +350,6 @@ impl Stop {
     }
 }
 
-/// What a connection logged in with, for the watch that closes revoked ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Credential {
-    /// The SHA-256 of a token.
-    Token([u8; 32]),
-    /// The id of an upload link.
-    Link(String),
-}
-
-/// Who `hello`'s token is: a token's owner, or an upload link (a grant, `fl_…`) and its owner.
-/// `Ok(Err(message))` for an unknown token or link, or a link that expired.
-async fn login(
-    shared: &Shared,
-    token: &str,
-) -> anyhow::Result<Result<(String, Credential, Option<crate::links::Link>), &'static str>> {
-    if token.starts_with(crate::links::GRANT_PREFIX) {
-        let link = shared.links.find(token)?;
-        return Ok(match link {
-            Some(link) if link.expired(crate::store::unix_now()) => {
-                Err("this upload link has expired")
-            }
-            Some(link) => Ok((
-                link.owner.clone(),
-                Credential::Link(link.id.clone()),
-                Some(link),
-            )),
-            None => Err("unknown or revoked upload link"),
-        });
-    }
-    let mut verified = shared.tokens.verify(token)?;
-    // With the s3 store a token added on another node may not be mirrored here yet.
-    if verified.is_none() && crate::cluster::fetch_tokens_now(shared).await {
-        verified = shared.tokens.verify(token)?;
-    }
-    Ok(match verified {
-        Some(owner) => Ok((owner, Credential::Token(crate::tokens::hash(token)), None)),
-        None => Err("unknown token"),
-    })
-}
-
-impl Credential {
-    /// Whether the credential is among `tokens` and `links` (the files as read now).
-    pub(crate) fn valid(
-        &self,
-        tokens: &[crate::tokens::Entry],
-        links: &[crate::links::Link],
-    ) -> bool {
-        match self {
-            Self::Token(hash) => crate::Tokens::find(tokens, hash).is_some(),
-            Self::Link(id) => links.iter().any(|l| &l.id == id),
-        }
-    }
-}
-
-/// Whether a connection's credential is still in the files (as the login read them, or their
-/// last valid version while one is invalid).
-fn credential_still_valid(shared: &Shared, credential: &Credential) -> bool {
-    match (shared.tokens.usable(), shared.links.usable()) {
-        (Ok(tokens), Ok(links)) => credential.valid(&tokens, &links),
-        // Unreadable since the login read them: the revocation watch decides.
-        _ => true,
-    }
-}
-
 /// Stops every unidirectional stream a `ferry/1` client opens before `welcome`
 /// (`not_authenticated`); aborted at `welcome`, when chunk streams are accepted.
 async fn stop_early_streams(connection: quinn::Connection) {
@@ -406,32 +368,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A logged-in connection's entry in `Shared::live`, removed on drop.
-struct Live {
-    shared: Arc<Shared>,
-    id: u64,
-}
+/// A logged-in connection, counted in `ferry_connections_active` while it lives.
+struct Counted;
 
-impl Live {
-    fn register(shared: &Arc<Shared>, id: u64, credential: Credential, peer: &Peer) -> Self {
-        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(id, (credential, peer.clone()));
-        // After the insert: the revocation watch looks at every live credential when it moves.
-        shared
-            .logins
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+impl Counted {
+    fn connection() -> Self {
         crate::metrics::metrics().connections_active.inc();
-        Self {
-            shared: shared.clone(),
-            id,
-        }
+        Self
     }
 }
 
-impl Drop for Live {
+impl Drop for Counted {
     fn drop(&mut self) {
-        let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.remove(&self.id);
         crate::metrics::metrics().connections_active.dec();
     }
 }
@@ -449,10 +397,3 @@ async fn refuse(peer: &Peer, mut send: Send, code: ErrorCode, message: &str) {
     peer.close(code, message);
 }
 
-pub(super) fn internal(e: impl ToString) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
-}
-
-pub(super) fn storage(e: &anyhow::Error, what: &str) -> WireError {
-    WireError::from_error(e, what)
-}

@@ -9,16 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Accept, ChunkHeader, ChunkIndex, ChunkSet, Digest, ErrorCode, Frame, Output, Span, UploadInfo,
-    UploadSession,
+    Accept, ChunkHeader, ChunkIndex, ChunkSet, CommitPolicy, Digest, ErrorCode, Frame, Output,
+    Span, UploadInfo, UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::metrics;
-use crate::store::s3::S3;
-use crate::store::{Store, UploadId, UploadRecord};
+use crate::store::{Backend, Store, UploadId, UploadRecord};
 
 mod commit;
 mod finish;
@@ -164,34 +163,28 @@ impl Registry {
             .map(|(tx, _)| tx.clone())
     }
 
-    /// The driver of `id`, started if needed from the stored record and `durable` (the s3
-    /// store's markers), or else the chunks on record here. The caller has checked that the
-    /// record exists, belongs to the caller, and is receiving.
+    /// The driver of `id`, started if needed from the stored record and `durable` (what the
+    /// backend holds: `Backend::durable_at_start`). The caller has checked that the record
+    /// exists, belongs to the caller, and is receiving.
     pub(crate) fn get_or_start(
         self: &Arc<Self>,
-        shared: &crate::Shared,
-        id: UploadId,
-        record: UploadRecord,
-        durable: Option<ChunkSet>,
+        backend: &Arc<Backend>,
+        policy: CommitPolicy,
+        (id, record): (UploadId, UploadRecord),
+        durable: ChunkSet,
     ) -> anyhow::Result<mpsc::UnboundedSender<Msg>> {
-        let (store, policy) = (&shared.store, shared.config.commit);
         let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((tx, _)) = drivers.get(&id).filter(|(tx, _)| !tx.is_closed()) {
             return Ok(tx.clone());
         }
         let layout = record.layout()?;
-        let durable = match durable {
-            Some(durable) => durable,
-            None => store.durable_chunks(id, &layout)?,
-        };
-        let path = store.staging_path(id);
+        let path = backend.staging_path(id);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Driver {
             id,
             record,
-            store: store.clone(),
-            s3: shared.s3.clone(),
+            backend: backend.clone(),
             session: UploadSession::new(layout, durable, policy),
             file: Arc::new(file),
             attached: None,
@@ -216,8 +209,9 @@ impl Registry {
         Ok(tx)
     }
 
-    /// Removes a stale upload unless a connection is driving it. Without a running driver the
-    /// removal happens under the registry lock, so no driver can start on it meanwhile.
+    /// Removes a stale upload of the local store unless a connection is driving it. Without a
+    /// running driver the removal happens under the registry lock, so no driver can start on it
+    /// meanwhile.
     pub async fn expire_if_idle(
         &self,
         store: &Arc<Store>,
@@ -265,9 +259,8 @@ async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
 struct Driver {
     id: UploadId,
     record: UploadRecord,
-    store: Arc<Store>,
-    /// The bucket, with the s3 store: commits store parts, finish completes the upload there.
-    s3: Option<Arc<S3>>,
+    /// Where commits make chunks durable and `finish` publishes.
+    backend: Arc<Backend>,
     session: UploadSession,
     file: Arc<File>,
     /// The connection that drives the upload: set by `Attach`, replaced by a later `Attach`
@@ -401,57 +394,36 @@ impl Driver {
                 });
             }
             Msg::Finish { digest, reply } => return self.finish(digest, reply).await,
-            Msg::Abort { reply } => {
-                if let Some(s3) = &self.s3 {
-                    if let Err(e) = s3.abort(self.id, &self.record).await {
-                        let message = format!("{e:#}");
-                        let _ = reply.send(Err(WireError::new(ErrorCode::StorageError, message)));
-                        return Step::Continue;
-                    }
+            Msg::Abort { reply } => match self.backend.abort(self.id, &self.record).await {
+                Ok(()) => {
+                    info!("aborted");
+                    metrics().failed("aborted");
+                    let _ = reply.send(Ok(()));
+                    return Step::Stop;
                 }
-                let store = self.store.clone();
-                let id = self.id;
-                let result = tokio::task::spawn_blocking(move || store.remove(id)).await;
-                match result {
-                    Ok(Ok(())) => {
-                        info!("aborted");
-                        metrics().failed("aborted");
-                        let _ = reply.send(Ok(()));
-                        return Step::Stop;
-                    }
-                    Ok(Err(e)) => {
-                        let _ = reply.send(Err(WireError::new(
-                            ErrorCode::StorageError,
-                            format!("{e:#}"),
-                        )));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(WireError::new(ErrorCode::Internal, e.to_string())));
-                    }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    let _ = reply.send(Err(WireError::new(ErrorCode::StorageError, message)));
                 }
-            }
+            },
             Msg::Expire { now, reply } => {
                 if self.attached.is_some() {
                     let _ = reply.send(false);
                     return Step::Continue;
                 }
-                if let Some(s3) = &self.s3 {
-                    if let Err(e) = s3.abort(self.id, &self.record).await {
-                        warn!(error = %format!("{e:#}"), "failed to abort the expired upload in the bucket");
-                        let _ = reply.send(false);
-                        return Step::Continue;
+                let removed = match self.backend.expire(self.id, &self.record, now).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "failed to remove the expired upload");
+                        false
                     }
-                }
-                let (store, id, owner) = (self.store.clone(), self.id, self.record.owner.clone());
-                let removed =
-                    tokio::task::spawn_blocking(move || store.expire(id, &owner, now)).await;
-                let removed = matches!(removed, Ok(Ok(())));
+                };
                 let _ = reply.send(removed);
                 if removed {
                     info!("expired");
-                    // With the s3 store the sweep counts it (it also expires uploads no driver
-                    // holds).
-                    if self.s3.is_none() {
+                    // With a shared store the sweep counts it (it also expires uploads no
+                    // driver holds).
+                    if !self.backend.is_shared() {
                         metrics().failed("expired");
                     }
                     return Step::Stop;

@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 
+mod backend;
 mod db;
 mod publish;
 mod record;
@@ -25,6 +26,7 @@ mod space;
 #[cfg(test)]
 mod tests;
 
+pub use backend::{Backend, TooLargeForStore};
 use db::Db;
 pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
 pub use record::{HookJob, RecordState, Tombstone, UploadId, UploadRecord};

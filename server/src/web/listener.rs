@@ -20,7 +20,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::Shared;
+use super::certs::BrowserCerts;
+use super::Origins;
+
+/// What the web listener serves from.
+pub(crate) struct Context {
+    /// The UDP port browsers open their WebTransport sessions on (`Alt-Svc`).
+    pub quic_port: u16,
+    /// The short-lived certificates browsers accept by hash (none with a CA certificate).
+    pub browser_certs: Option<Arc<BrowserCerts>>,
+    pub origins: Origins,
+    /// The HTTP upload front end (tus, the IETF draft).
+    pub http: crate::http::Context,
+}
 
 /// The page's files, built into the binary.
 const FILES: &[(&str, &str, &str)] = &[
@@ -47,17 +59,17 @@ const INDEX: &str = include_str!("../../../web/index.html");
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 ) {
     let gate = crate::httpconn::Gate::new("web", crate::httpconn::Limits::WEB);
     let handler = move |req: Request<Incoming>, _peer| {
-        let shared = shared.clone();
-        async move { handle(&req, &shared) }
+        let ctx = ctx.clone();
+        async move { handle(&req, &ctx) }
     };
     crate::httpconn::serve(listener, Some(TlsAcceptor::from(tls)), gate, handler).await;
 }
 
-fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn handle(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let file = FILES
         .iter()
@@ -70,14 +82,14 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     } else if path == "/" || path.starts_with("/u/") {
         reply(StatusCode::OK, "text/html; charset=utf-8", INDEX)
     } else if path == "/webtransport.json" {
-        let mut response = reply(StatusCode::OK, "application/json", session_info(shared));
-        cors(req, shared, &mut response);
+        let mut response = reply(StatusCode::OK, "application/json", session_info(ctx));
+        cors(req, ctx, &mut response);
         response
     } else {
         reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
     };
     let headers = response.headers_mut();
-    let port = shared.quic_port;
+    let port = ctx.quic_port;
     if let Ok(value) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
         headers.insert("alt-svc", value);
     }
@@ -92,13 +104,13 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
 }
 
 /// What the page needs to open its session.
-fn session_info(shared: &Shared) -> String {
-    let hashes: Vec<String> = match &shared.browser_certs {
+fn session_info(ctx: &Context) -> String {
+    let hashes: Vec<String> = match &ctx.browser_certs {
         Some(certs) => certs.hashes().iter().map(hex::encode).collect(),
         None => Vec::new(),
     };
     serde_json::json!({
-        "port": shared.quic_port,
+        "port": ctx.quic_port,
         "path": super::SESSION_PATH,
         "certificate_hashes": hashes,
     })
@@ -106,7 +118,7 @@ fn session_info(shared: &Shared) -> String {
 }
 
 /// Lets a page of an allowed origin read the answer (a page served by another web server).
-fn cors(req: &Request<Incoming>, shared: &Shared, response: &mut Response<Full<Bytes>>) {
+fn cors(req: &Request<Incoming>, ctx: &Context, response: &mut Response<Full<Bytes>>) {
     let Some(origin) = req.headers().get("origin").and_then(|v| v.to_str().ok()) else {
         return;
     };
@@ -116,7 +128,7 @@ fn cors(req: &Request<Incoming>, shared: &Shared, response: &mut Response<Full<B
         .and_then(|v| v.to_str().ok())
         .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
         .unwrap_or_default();
-    if super::origin_allowed(&shared.config, shared.web_port, Some(origin), host) {
+    if ctx.origins.allows(Some(origin), host) {
         if let Ok(value) = HeaderValue::from_str(origin) {
             let headers = response.headers_mut();
             headers.insert("access-control-allow-origin", value);

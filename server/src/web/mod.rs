@@ -9,8 +9,6 @@ pub(crate) mod listener;
 use tracing::{debug, info};
 use web_transport_quinn::http::StatusCode;
 
-use crate::Shared;
-
 /// The ALPN of HTTP/3, which WebTransport runs on.
 pub(crate) const H3_ALPN: &[u8] = b"h3";
 /// Unidirectional streams an HTTP/3 client keeps open for itself (control, QPACK encoder and
@@ -28,11 +26,23 @@ pub(crate) fn is_h3(connection: &quinn::Connection) -> bool {
         .is_some_and(|p| p == H3_ALPN)
 }
 
+/// Which pages may use the server from a browser: `--web-origin`'s list, or the web listener's
+/// own origin (`--web-url`'s, and the host the browser dialled on the web listener's port).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Origins {
+    /// `--web-origin`; empty: the web listener's own origin. `*` allows any.
+    pub allowed: Vec<String>,
+    /// `--web-url`.
+    pub web_url: Option<String>,
+    /// The web listener's TCP port, if it is on.
+    pub web_port: Option<u16>,
+}
+
 /// Opens the WebTransport session of a browser's connection: the HTTP/3 settings, then the
 /// CONNECT request, answered 404 for another path and 403 for a page of an origin not allowed.
 /// `None` when refused or failed (logged here).
 pub(crate) async fn session(
-    shared: &Shared,
+    origins: &Origins,
     connection: &quinn::Connection,
 ) -> Option<web_transport_quinn::Session> {
     let request = match web_transport_quinn::Request::accept(connection.clone()).await {
@@ -57,7 +67,7 @@ pub(crate) async fn session(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let host = request.url.host_str().unwrap_or_default().to_owned();
-    if !origin_allowed(&shared.config, shared.web_port, origin.as_deref(), &host) {
+    if !origins.allows(origin.as_deref(), &host) {
         info!(
             origin,
             "refused a WebTransport session: origin not allowed (--web-origin)"
@@ -80,24 +90,26 @@ async fn linger(connection: &quinn::Connection) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
 }
 
-/// Whether a page of `origin` may open a session. `--web-origin` lists the allowed origins
-/// (`*`: any); without it, the web listener's own origin is allowed: `--web-url`'s, and
-/// `https://HOST:PORT` with the host the browser dialled and the web listener's port. A
-/// request without `Origin` is not from a browser's page and is allowed: the check keeps
-/// other sites' pages out, it does not authenticate (`hello` does).
-pub(crate) fn origin_allowed(
-    config: &crate::Config,
-    web_port: Option<u16>,
-    origin: Option<&str>,
-    host: &str,
-) -> bool {
+impl Origins {
+    /// Whether a page of `origin` may use the server. `--web-origin` lists the allowed
+    /// origins (`*`: any); without it, the web listener's own origin is allowed: `--web-url`'s,
+    /// and `https://HOST:PORT` with the host the browser dialled and the web listener's port. A
+    /// request without `Origin` is not from a browser's page and is allowed: the check keeps
+    /// other sites' pages out, it does not authenticate (`hello`, or a bearer token, does).
+    pub(crate) fn allows(&self, origin: Option<&str>, host: &str) -> bool {
+        origin_allowed(self, origin, host)
+    }
+}
+
+fn origin_allowed(config: &Origins, origin: Option<&str>, host: &str) -> bool {
+    let web_port = config.web_port;
     let Some(origin) = origin else {
         return true;
     };
     let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-    if !config.web_origins.is_empty() {
+    if !config.allowed.is_empty() {
         return config
-            .web_origins
+            .allowed
             .iter()
             .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(&origin));
     }
@@ -129,12 +141,12 @@ pub(crate) fn url_origin(url: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn config(origins: &[&str], url: Option<&str>) -> crate::Config {
-        let mut c = crate::Config::new("/nonexistent", "127.0.0.1:4433".parse().unwrap());
-        c.web_listen = Some("0.0.0.0:8443".parse().unwrap());
-        c.web_origins = origins.iter().map(|o| o.to_string()).collect();
-        c.web_url = url.map(str::to_owned);
-        c
+    fn config(origins: &[&str], url: Option<&str>) -> Origins {
+        Origins {
+            allowed: origins.iter().map(|o| o.to_string()).collect(),
+            web_url: url.map(str::to_owned),
+            web_port: Some(8443),
+        }
     }
 
     #[test]
@@ -142,42 +154,36 @@ mod tests {
         let c = config(&[], None);
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://files.lan:8443"),
             "files.lan"
         ));
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://127.0.0.1:8443"),
             "127.0.0.1"
         ));
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://[::1]:8443"),
             "[::1]"
         ));
         assert!(!origin_allowed(
             &c,
-            Some(8443),
             Some("https://evil.example:8443"),
             "files.lan"
         ));
         assert!(!origin_allowed(
             &c,
-            Some(8443),
             Some("https://files.lan:9999"),
             "files.lan"
         ));
         assert!(!origin_allowed(
             &c,
-            Some(8443),
             Some("http://files.lan:8443"),
             "files.lan"
         ));
         assert!(
-            origin_allowed(&c, Some(8443), None, "files.lan"),
+            origin_allowed(&c, None, "files.lan"),
             "not a page"
         );
     }
@@ -187,25 +193,22 @@ mod tests {
         let c = config(&[], Some("https://Files.Example.com/"));
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://files.example.com"),
             "quic.example.com"
         ));
         let c = config(&["https://a.example", "https://b.example:444"], None);
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://b.example:444"),
             "x"
         ));
         assert!(
-            !origin_allowed(&c, Some(8443), Some("https://x:8443"), "x"),
+            !origin_allowed(&c, Some("https://x:8443"), "x"),
             "the list replaces the default"
         );
         let c = config(&["*"], None);
         assert!(origin_allowed(
             &c,
-            Some(8443),
             Some("https://anything.example"),
             "x"
         ));

@@ -1,36 +1,49 @@
 //! `dedup`: publishing, by hard link, content the owner (or, if the operator allows, anyone)
 //! already has.
 
-use ferry_proto::{Digest, ErrorCode, Frame};
+use ferry_proto::{Digest, ErrorCode};
 use tracing::info;
 
 use crate::driver::WireError;
-use crate::store::UploadRecord;
 
 use super::admission::name_taken;
-use super::{internal, storage, Conn};
+use super::{internal, storage, NewUpload, Principal, Uploads};
 
-impl Conn {
+/// What `dedup` did.
+pub enum Deduped {
+    /// No content like it: the client uploads the file.
+    NoMatch,
+    /// Published (or, with `existing`, found published already under the asked path).
+    Published {
+        upload_id: String,
+        file_name: String,
+        size: u64,
+        content_hash: String,
+        existing: bool,
+    },
+}
+
+impl Uploads {
     /// Publishes, by hard link, content the owner (or, if allowed, anyone) already has.
-    pub(super) async fn dedup(
+    pub async fn dedup(
         &self,
-        req: u64,
-        record: Result<UploadRecord, WireError>,
+        who: &Principal,
+        new: NewUpload,
         content_hash: &str,
-    ) -> Result<Frame, WireError> {
-        let record = record?;
+    ) -> Result<Deduped, WireError> {
+        let record = self.new_record(who, new)?;
         let digest = Digest::parse(content_hash)
             .map_err(|e| WireError::new(ErrorCode::BadDigest, e.to_string()))?;
-        // The s3 store keeps no index of content: the client sends the file.
-        if self.shared.s3.is_some() {
-            return Ok(Frame::NoMatch { req });
+        // A shared store keeps no index of content: the client sends the file.
+        if !self.backend.files_are_local() {
+            return Ok(Deduped::NoMatch);
         }
-        let store = self.shared.store.clone();
+        let store = self.store().clone();
         let (owner, size, chunk_size, any) = (
-            self.owner.clone(),
+            who.owner.clone(),
             record.size,
             record.chunk_size,
-            self.shared.tunable().dedup_across_owners,
+            self.tunable().dedup_across_owners,
         );
         let asked: String = record
             .dir
@@ -46,17 +59,16 @@ impl Conn {
         .map_err(internal)?
         .map_err(|e| storage(&e, "failed to look for the content"))?;
         let Some(content) = found else {
-            return Ok(Frame::NoMatch { req });
+            return Ok(Deduped::NoMatch);
         };
         // Already there: published at the asked path, or published from it under a numbered
         // name because the path held another file (a second `dedup` of it publishes nothing).
         let same_ask =
             content.record.dir == record.dir && content.record.file_name == record.file_name;
-        if content.record.owner == self.owner
+        if content.record.owner == who.owner
             && (content.record.final_name.as_deref() == Some(&asked) || same_ask)
         {
-            return Ok(Frame::Deduped {
-                req,
+            return Ok(Deduped::Published {
                 upload_id: content.id.to_string(),
                 file_name: content.record.final_name.clone().unwrap_or(asked),
                 size,
@@ -65,9 +77,9 @@ impl Conn {
             });
         }
         // Counted against the quota like any published file (it is one, for this owner).
-        let _reserving = self.owner_lock().await;
-        self.check_owner_limits(size, false, &record.dir)?;
-        let store = self.shared.store.clone();
+        let _reserving = self.owner_lock(&who.owner).await;
+        self.check_owner_limits(who, size, false, &record.dir)?;
+        let store = self.store().clone();
         let stored = record.clone();
         let published = tokio::task::spawn_blocking(move || {
             store.publish_dedup(&content.path, &stored, digest)
@@ -86,8 +98,7 @@ impl Conn {
         };
         info!(upload = %id, file_name, size, "deduplicated");
         crate::metrics::metrics().uploads_completed.inc();
-        Ok(Frame::Deduped {
-            req,
+        Ok(Deduped::Published {
             upload_id: id.to_string(),
             file_name,
             size,

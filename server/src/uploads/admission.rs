@@ -1,6 +1,6 @@
 //! Whether a new upload is accepted: its name, folder and description checked, the owner's
 //! limits (under the owner's lock), the `--on-create` hook, a taken name under
-//! `on_exists` skip or fail.
+//! `on_exists` skip or fail, an upload link's bounds.
 
 use ferry_proto::units::human;
 use ferry_proto::{name, ErrorCode, OnExists};
@@ -9,22 +9,27 @@ use tracing::{info, warn};
 use crate::driver::WireError;
 use crate::store::{unix_now, RecordState, UploadRecord};
 
-use super::{storage, Conn};
+use super::{storage, NewUpload, Principal, Uploads};
 
 /// Longest description accepted at create.
 const MAX_DESC: usize = 4096;
 
-impl Conn {
-    /// The record of a new upload of this connection's owner, its name and folder sanitised
-    /// and its description checked.
+impl Uploads {
+    /// The record of a new upload of the caller's owner, its name and folder sanitised and its
+    /// description checked.
     pub(super) fn new_record(
         &self,
-        file_name: String,
-        size: u64,
-        chunk_size: u64,
-        desc: String,
-        (dir, on_exists): (Vec<String>, OnExists),
+        who: &Principal,
+        new: NewUpload,
     ) -> Result<UploadRecord, WireError> {
+        let NewUpload {
+            file_name,
+            dir,
+            size,
+            chunk_size,
+            desc,
+            on_exists,
+        } = new;
         let file_name = name::sanitize(&file_name)
             .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
         let dir = name::sanitize_dir(&dir)
@@ -47,13 +52,13 @@ impl Conn {
         }
         // An upload link's session does not see the owner's folder: a taken name is always
         // renamed, silently (with `skip` or `fail` the answer would tell it which names exist).
-        let on_exists = match self.link {
+        let on_exists = match who.link {
             Some(_) => OnExists::Rename,
             None => on_exists,
         };
         let now = unix_now();
         let record = UploadRecord {
-            owner: self.owner.clone(),
+            owner: who.owner.clone(),
             file_name,
             desc,
             size,
@@ -68,25 +73,12 @@ impl Conn {
             dedup: false,
             stamp: None,
             remote: None,
-            link: self.link.as_ref().map(|l| l.id.clone()),
+            link: who.link.as_ref().map(|l| l.id.clone()),
         };
-        if on_exists != OnExists::Rename && self.shared.store.name_taken(&record) {
+        if on_exists != OnExists::Rename && self.store().name_taken(&record) {
             return Err(name_taken(&record));
         }
         Ok(record)
-    }
-
-    /// The owner's lock, held from the check of its limits to the record of what it adds.
-    pub(super) async fn owner_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self
-                .shared
-                .create_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            locks.entry(self.owner.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
     }
 
     /// Runs the `--on-create` hook: a non-zero exit refuses the upload with the hook's first
@@ -129,14 +121,13 @@ impl Conn {
 
     /// An upload link's bounds allow one more file of `size` bytes: counted now (given back if
     /// the create fails or the upload is aborted). Called under the owner's lock.
-    pub(super) fn take_from_link(&self, size: u64) -> Result<(), WireError> {
-        let Some(link) = &self.link else {
+    pub(super) fn take_from_link(&self, who: &Principal, size: u64) -> Result<(), WireError> {
+        let Some(link) = &who.link else {
             return Ok(());
         };
         // The link as it is now: revoked or expired since this session logged in.
         let now = crate::store::unix_now();
         let current = self
-            .shared
             .links
             .get(&link.id)
             .map_err(|e| storage(&e, "failed to read the upload links"))?;
@@ -146,7 +137,7 @@ impl Conn {
                 "this upload link was revoked or has expired",
             ));
         };
-        let store = &self.shared.store;
+        let store = self.store();
         let (files, bytes) = store
             .link_usage(&link.id)
             .map_err(|e| storage(&e, "failed to read the link's usage"))?;
@@ -178,7 +169,7 @@ impl Conn {
     /// Gives back what `take_from_link` counted for an upload that will not be (created or
     /// kept).
     pub(super) fn give_back_to_link(&self, record: &UploadRecord) {
-        if let Err(e) = self.shared.store.give_back_to_link(record) {
+        if let Err(e) = self.store().give_back_to_link(record) {
             warn!(error = %format!("{e:#}"), "failed to give back a link's usage");
         }
     }
@@ -188,15 +179,16 @@ impl Conn {
     /// Its files and folders too: one more file, and the folders of `dir` it will create.
     pub(super) fn check_owner_limits(
         &self,
+        who: &Principal,
         size: u64,
         new_upload: bool,
         dir: &[String],
     ) -> Result<(), WireError> {
-        let config = self.shared.tunable();
+        let config = self.tunable();
+        let owner = &who.owner;
         let uploads = self
-            .shared
-            .store
-            .list(&self.owner)
+            .store()
+            .list(owner)
             .map_err(|e| storage(&e, "failed to list uploads"))?;
         let receiving = uploads
             .iter()
@@ -209,22 +201,21 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::TooManyUploads,
                 format!(
-                    "{} has {receiving} uploads in progress, the limit is {}",
-                    self.owner, config.max_uploads_per_owner
+                    "{owner} has {receiving} uploads in progress, the limit is {}",
+                    config.max_uploads_per_owner
                 ),
             ));
         }
         // One file, and the folders its publish creates (local store: each is an inode).
-        if self.shared.s3.is_none() {
-            let folders = self.shared.store.missing_dirs(&self.owner, dir);
-            self.check_entries(1 + folders)?;
+        if self.backend.files_are_local() {
+            let folders = self.store().missing_dirs(owner, dir);
+            self.check_entries(owner, 1 + folders)?;
         }
         // Completed uploads count through the owner's published bytes (old records are
         // pruned), unfinished ones through their records.
         let published = self
-            .shared
-            .store
-            .published_bytes(&self.owner)
+            .store()
+            .published_bytes(owner)
             .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
         let staged: u64 = uploads
             .iter()
@@ -236,8 +227,7 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "{} uses {} (published and in progress); {} more would exceed the quota of {}",
-                    self.owner,
+                    "{owner} uses {} (published and in progress); {} more would exceed the quota of {}",
                     human(used),
                     human(size),
                     human(config.quota_per_owner)
@@ -248,24 +238,24 @@ impl Conn {
     }
 }
 
-impl Conn {
-    /// The owner may make `more` files or folders: within `--max-entries` (its own) and above
+impl Uploads {
+    /// `owner` may make `more` files or folders: within `--max-entries` (its own) and above
     /// `--min-free-inodes` (the file system's reserve). Local store only.
-    pub(super) fn check_entries(&self, more: u64) -> Result<(), WireError> {
-        let store = &self.shared.store;
+    pub(super) fn check_entries(&self, owner: &str, more: u64) -> Result<(), WireError> {
+        let store = self.store();
         store
             .check_inodes()
             .map_err(|e| WireError::new(ErrorCode::InsufficientStorage, e.to_string()))?;
-        let limit = self.shared.tunable().max_entries_per_owner;
+        let limit = self.tunable().max_entries_per_owner;
         if limit == 0 {
             return Ok(());
         }
         let made = store
-            .entries(&self.owner)
+            .entries(owner)
             .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
         // Uploads in progress each hold a staging file: counted too.
         let receiving = store
-            .list(&self.owner)
+            .list(owner)
             .map_err(|e| storage(&e, "failed to list uploads"))?
             .iter()
             .filter(|(_, r)| r.state != RecordState::Complete)
@@ -275,8 +265,7 @@ impl Conn {
             return Err(WireError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "{} has {used} files and folders (uploads in progress included); {more} more would exceed the limit of {limit} (--max-entries)",
-                    self.owner
+                    "{owner} has {used} files and folders (uploads in progress included); {more} more would exceed the limit of {limit} (--max-entries)"
                 ),
             ));
         }
@@ -285,7 +274,7 @@ impl Conn {
 }
 
 /// `already_exists` for an upload whose name is taken and that asked not to be renamed.
-pub(super) fn name_taken(record: &UploadRecord) -> WireError {
+pub fn name_taken(record: &UploadRecord) -> WireError {
     let path: Vec<&str> = record
         .dir
         .iter()
