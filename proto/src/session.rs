@@ -188,6 +188,11 @@ impl UploadSession {
         set
     }
 
+    /// True when no chunk is arriving, waiting for its commit or being committed.
+    pub fn is_idle(&self) -> bool {
+        self.receiving.is_empty() && self.waiting.is_empty() && self.committing.is_none()
+    }
+
     /// True when every chunk is durable.
     pub fn is_complete(&self) -> bool {
         self.durable.len() == self.layout.count()

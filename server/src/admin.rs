@@ -130,7 +130,11 @@ async fn notice(req: Request<Incoming>, ctx: &Arc<Context>) -> Response<Full<Byt
     const TEXT: &str = "text/plain; charset=utf-8";
     let text = match *req.method() {
         Method::GET => {
-            return reply(StatusCode::OK, TEXT, ctx.notices.current().unwrap_or_default());
+            return reply(
+                StatusCode::OK,
+                TEXT,
+                ctx.notices.current().unwrap_or_default(),
+            );
         }
         Method::DELETE => None,
         Method::PUT | Method::POST => {
@@ -201,7 +205,8 @@ fn health(ctx: &Context) -> Result<(), String> {
 /// The gauges read at scrape time.
 fn refresh(ctx: &Context) {
     let m = metrics();
-    m.uploads_active.set(ctx.uploads.registry().running() as i64);
+    m.uploads_active
+        .set(ctx.uploads.registry().running() as i64);
     let free = crate::store::free_space(ctx.uploads.store().data_dir()).unwrap_or(0);
     m.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
 }

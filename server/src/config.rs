@@ -88,9 +88,33 @@ pub struct Config {
     /// The web listener's public address as upload links give it (`--web-url`, e.g.
     /// `https://files.example.com:8443`).
     pub web_url: Option<String>,
+    /// The web listener's HTTP upload endpoint (tus, the IETF draft): starts and ends with `/`.
+    pub upload_path: String,
 }
 
 impl Config {
+    /// `--upload-path` checked and given its slashes: an absolute path of plain segments
+    /// (letters, digits, `-`, `_`, `.`), not `/` itself nor under `/u/` (the page's links).
+    pub fn upload_path_from(text: &str) -> anyhow::Result<String> {
+        let trimmed = text.trim_matches('/');
+        let ok = !trimmed.is_empty()
+            && trimmed.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+            && trimmed != "u"
+            && !trimmed.starts_with("u/");
+        anyhow::ensure!(
+            ok,
+            "upload-path {text:?} must be a path like /files/ (letters, digits, -, _ and . between slashes; not /u/)"
+        );
+        Ok(format!("/{trimmed}/"))
+    }
+
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -128,6 +152,7 @@ impl Config {
             web_listen: None,
             web_origins: Vec::new(),
             web_url: None,
+            upload_path: "/files/".into(),
         }
     }
 

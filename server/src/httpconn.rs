@@ -36,8 +36,11 @@ pub(crate) struct Limits {
     pub active_per_ip: usize,
     /// Time for the TLS handshake, and for each request head once the connection waits for one.
     pub head_timeout: Duration,
-    /// Longest a connection may stay open.
-    pub life: Duration,
+    /// Longest a connection may stay open, if bounded (the web listener's are not: an upload's
+    /// body may take hours; it is bounded by its stall timeout instead).
+    pub life: Option<Duration>,
+    /// Longest a connection may stay open with no request in progress.
+    pub idle: Duration,
     /// Largest request head (and read buffer), in bytes.
     pub max_head: usize,
 }
@@ -50,7 +53,8 @@ impl Limits {
         active: 256,
         active_per_ip: 16,
         head_timeout: Duration::from_secs(10),
-        life: Duration::from_secs(300),
+        life: None,
+        idle: Duration::from_secs(60),
         max_head: 64 << 10,
     };
     /// The admin listener's: a few small requests from the machine room.
@@ -60,7 +64,8 @@ impl Limits {
         active: 32,
         active_per_ip: 8,
         head_timeout: Duration::from_secs(10),
-        life: Duration::from_secs(60),
+        life: Some(Duration::from_secs(60)),
+        idle: Duration::from_secs(60),
         max_head: 16 << 10,
     };
 
@@ -129,15 +134,26 @@ pub(crate) async fn serve<F, Fut, B>(
         let (gate, tls, handler) = (gate.clone(), tls.clone(), handler.clone());
         tokio::spawn(async move {
             let limits = gate.limits;
-            let serving = connection(stream, peer, tls, gate.clone(), place, handler);
+            let activity = Arc::new(Activity::default());
+            let serving = connection(
+                stream,
+                peer,
+                tls,
+                gate.clone(),
+                place,
+                handler,
+                activity.clone(),
+            );
+            let life = limits.life.unwrap_or(Duration::MAX);
             tokio::select! {
                 // Only a waiting connection is ever evicted (it leaves the pool when active).
                 () = evicted.notified() => debug!(%peer, listener = gate.name, "evicted while waiting for a request"),
-                ended = tokio::time::timeout(limits.life, serving) => {
+                ended = tokio::time::timeout(life, serving) => {
                     if ended.is_err() {
                         debug!(%peer, listener = gate.name, "connection closed at its time limit");
                     }
                 }
+                () = activity.idle_for(limits.idle) => debug!(%peer, listener = gate.name, "idle connection closed"),
             }
         });
     }
@@ -151,6 +167,7 @@ async fn connection<F, Fut, B>(
     gate: Arc<Gate>,
     place: Arc<Mutex<Place>>,
     handler: F,
+    activity: Arc<Activity>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -163,7 +180,9 @@ async fn connection<F, Fut, B>(
         hyper::service::service_fn(move |req| {
             let admitted = admit(&gate, &place, peer);
             let handler = handler.clone();
+            let busy = activity.busy();
             async move {
+                let _busy = busy;
                 Ok::<_, std::convert::Infallible>(match admitted {
                     true => handler(req, peer).await.map(Either::Left),
                     false => refused().map(Either::Right),
@@ -191,6 +210,49 @@ async fn connection<F, Fut, B>(
     };
     if let Err(e) = result {
         debug!(%peer, listener = gate.name, error = %e, "connection ended");
+    }
+}
+
+/// Whether a connection is handling a request, and since when it has not been.
+#[derive(Default)]
+struct Activity {
+    /// Requests in progress, and when the last one ended.
+    state: Mutex<(usize, Option<tokio::time::Instant>)>,
+}
+
+/// A request in progress; ends on drop.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        // Bounded by the connection: the caller drops this future when it ends.
+        loop {
+            let (busy, since) = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let since = since.unwrap_or_else(tokio::time::Instant::now);
+            if busy == 0 && since.elapsed() >= idle {
+                return;
+            }
+            let wait = if busy > 0 {
+                idle
+            } else {
+                idle - since.elapsed()
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 -= 1;
+        state.1 = Some(tokio::time::Instant::now());
     }
 }
 

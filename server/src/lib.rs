@@ -275,8 +275,8 @@ impl Server {
             let ctx = Arc::new(web::listener::Context {
                 quic_port,
                 browser_certs: browser_certs.clone(),
+                http: http::Context::new(uploads.clone(), auth.clone(), &config, origins.clone()),
                 origins,
-                http: http::Context::new(uploads.clone(), auth.clone(), &config),
             });
             (listener, tls, ctx)
         });
@@ -325,7 +325,6 @@ impl Server {
 
     /// Accepts connections until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let next_id = AtomicU64::new(1);
         let uploads = self.uploads.clone();
         let sweeper = match &self.bucket {
             Some(s3) => tokio::spawn(cluster::sweep_forever(s3.clone(), uploads.clone())),
@@ -363,7 +362,7 @@ impl Server {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let id = session_id();
                     let pending = self.quic.pending.admit(incoming.remote_address().ip());
                     let span = tracing::info_span!(
                         "conn",
@@ -415,4 +414,11 @@ impl Server {
 /// Binds and runs a server until `shutdown` resolves: what `ferryd serve` calls.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     Server::bind(config).await?.run(shutdown).await
+}
+
+/// A new id for a session (a QUIC connection, an HTTP request that uploads): unique for the
+/// process's run, so the upload drivers can tell who drives an upload.
+pub(crate) fn session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -23,17 +23,24 @@ pub struct HookRun {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Via {
+    pub frontend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
     pub code: String,
 }
 
 pub struct Metrics {
     registry: Registry,
-    /// Chunk payload bytes received in full (their digest is checked next).
-    pub bytes_received: Counter,
-    pub uploads_created: Counter,
-    /// Uploads published (by `finish` or by `dedup`).
-    pub uploads_completed: Counter,
+    /// Chunk payload bytes received in full (their digest is checked next), by front end
+    /// (`quic`, `webtransport`, `tus`, `ietf`).
+    pub bytes_received: Family<Via, Counter>,
+    pub uploads_created: Family<Via, Counter>,
+    /// Uploads published (by `finish`, `dedup`, or an HTTP upload's last byte), by the front
+    /// end that created them.
+    pub uploads_completed: Family<Via, Counter>,
     /// Uploads ended or refused at `finish` without publishing, by reason: `aborted`,
     /// `expired`, or the error code of the refused `finish`.
     pub uploads_failed: Family<Reason, Counter>,
@@ -56,9 +63,9 @@ impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("ferry");
         let m = Self {
-            bytes_received: Counter::default(),
-            uploads_created: Counter::default(),
-            uploads_completed: Counter::default(),
+            bytes_received: Family::default(),
+            uploads_created: Family::default(),
+            uploads_completed: Family::default(),
             uploads_failed: Family::default(),
             uploads_active: Gauge::default(),
             connections_active: Gauge::default(),
@@ -138,6 +145,23 @@ impl Metrics {
         out
     }
 
+    pub fn received(&self, frontend: crate::uploads::Frontend, bytes: u64) {
+        self.bytes_received
+            .get_or_create(&via(frontend.as_str()))
+            .inc_by(bytes);
+    }
+
+    pub fn created(&self, frontend: crate::uploads::Frontend) {
+        self.uploads_created
+            .get_or_create(&via(frontend.as_str()))
+            .inc();
+    }
+
+    /// An upload published; `frontend` is the one that created it.
+    pub fn completed(&self, frontend: &str) {
+        self.uploads_completed.get_or_create(&via(frontend)).inc();
+    }
+
     pub fn failed(&self, reason: &str) {
         self.uploads_failed
             .get_or_create(&Reason {
@@ -164,6 +188,12 @@ impl Metrics {
     }
 }
 
+fn via(frontend: &str) -> Via {
+    Via {
+        frontend: frontend.to_owned(),
+    }
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -175,13 +205,13 @@ mod tests {
     #[test]
     fn names_as_documented() {
         let m = super::Metrics::new();
-        m.bytes_received.inc_by(5);
+        m.received(crate::uploads::Frontend::Tus, 5);
         m.failed("aborted");
         m.rejected(ferry_proto::ErrorCode::DigestMismatch);
         m.commit_duration.observe(0.004);
         let text = m.encode();
         for line in [
-            "ferry_bytes_received_total 5",
+            "ferry_bytes_received_total{frontend=\"tus\"} 5",
             "ferry_uploads_failed_total{reason=\"aborted\"} 1",
             "ferry_chunks_rejected_total{code=\"digest_mismatch\"} 1",
             "ferry_commit_duration_seconds_count 1",

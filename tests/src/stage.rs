@@ -46,6 +46,10 @@ pub fn stage_uploads(data: &Path, owner: &str, count: u64, size: u64, chunk: u64
             stamp: None,
             remote: None,
             link: None,
+            deferred: false,
+            partial: false,
+            metadata: None,
+            frontend: None,
         };
         let id = store.create(&record).expect("create");
         let layout = record.layout().unwrap();

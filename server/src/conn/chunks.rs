@@ -114,7 +114,7 @@ async fn chunk_stream(conn: Arc<Conn>, mut recv: Recv) {
     let outcome = match receive(&mut recv, &file, at, stall, &mut takeover, &mut pieces).await {
         Ok((digest, tail)) => match trailer(&tail, index) {
             Ok(claimed) => {
-                crate::metrics::metrics().bytes_received.inc_by(span.len);
+                crate::metrics::metrics().received(conn.who.frontend, span.len);
                 Msg::Payload {
                     index,
                     digest,

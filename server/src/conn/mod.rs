@@ -260,6 +260,10 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
             owner,
             link,
             conn: id,
+            frontend: match peer {
+                Peer::Quic(_) => crate::uploads::Frontend::Quic,
+                Peer::Web(..) => crate::uploads::Frontend::WebTransport,
+            },
         },
         events,
         attached: Default::default(),
@@ -396,4 +400,3 @@ async fn refuse(peer: &Peer, mut send: Send, code: ErrorCode, message: &str) {
     }
     peer.close(code, message);
 }
-

@@ -243,5 +243,6 @@ fn new_upload(
         chunk_size,
         desc,
         on_exists,
+        extra: Default::default(),
     }
 }

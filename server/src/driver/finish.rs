@@ -29,7 +29,7 @@ impl Driver {
         let done = outcome.is_ok();
         match &outcome {
             Ok(published) => {
-                metrics().uploads_completed.inc();
+                metrics().completed(self.record.frontend.as_deref().unwrap_or("quic"));
                 // From create to publish, interruptions included.
                 let took = crate::store::unix_now()
                     .saturating_sub(self.record.created_at)

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Accept, ChunkHeader, ChunkIndex, ChunkSet, CommitPolicy, Digest, ErrorCode, Frame, Output,
-    Span, UploadInfo, UploadSession,
+    Accept, ChunkHeader, ChunkIndex, ChunkLayout, ChunkSet, CommitPolicy, Digest, ErrorCode, Frame,
+    Output, Span, UploadInfo, UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -126,8 +126,22 @@ pub enum Msg {
         digest: Digest,
         reply: oneshot::Sender<Result<Published, WireError>>,
     },
+    /// Deletes the upload; `reason` is what metrics count it as (`aborted`, or `concatenated`
+    /// for a tus partial upload a final one took in).
     Abort {
+        reason: &'static str,
         reply: oneshot::Sender<Result<(), WireError>>,
+    },
+    /// The upload as `resume` would describe it, without attaching anyone.
+    Info {
+        reply: oneshot::Sender<UploadInfo>,
+    },
+    /// Declares the length of an upload created without one (`UploadRecord::deferred`): the
+    /// layout is cut again for `size`. Refused while chunks are in flight, and for a length
+    /// shorter than what is durable. Replies with the updated record.
+    SetLength {
+        size: u64,
+        reply: oneshot::Sender<Result<UploadRecord, WireError>>,
     },
     /// Remove the upload for lack of progress, unless a connection drives it; replies whether
     /// it was removed.
@@ -186,6 +200,7 @@ impl Registry {
             record,
             backend: backend.clone(),
             session: UploadSession::new(layout, durable, policy),
+            policy,
             file: Arc::new(file),
             attached: None,
             takeovers: watch::Sender::new(0),
@@ -262,6 +277,8 @@ struct Driver {
     /// Where commits make chunks durable and `finish` publishes.
     backend: Arc<Backend>,
     session: UploadSession,
+    /// When to cut group commits (kept for a session cut again by `SetLength`).
+    policy: CommitPolicy,
     file: Arc<File>,
     /// The connection that drives the upload: set by `Attach`, replaced by a later `Attach`
     /// (takeover), cleared by `Detach` from that same connection.
@@ -394,10 +411,18 @@ impl Driver {
                 });
             }
             Msg::Finish { digest, reply } => return self.finish(digest, reply).await,
-            Msg::Abort { reply } => match self.backend.abort(self.id, &self.record).await {
+            Msg::Info { reply } => {
+                let _ = reply.send(self.info(0));
+            }
+            Msg::SetLength { size, reply } => {
+                let _ = reply.send(self.set_length(size).await);
+            }
+            Msg::Abort { reason, reply } => match self.backend.abort(self.id, &self.record).await {
                 Ok(()) => {
-                    info!("aborted");
-                    metrics().failed("aborted");
+                    info!(reason, "removed");
+                    if reason == "aborted" {
+                        metrics().failed(reason);
+                    }
                     let _ = reply.send(Ok(()));
                     return Step::Stop;
                 }
@@ -480,6 +505,60 @@ impl Driver {
         if let Some((_, events)) = &self.attached {
             events.push(frame);
         }
+    }
+
+    /// Cuts the layout again for the declared length `size` (see `Msg::SetLength`).
+    async fn set_length(&mut self, size: u64) -> Result<UploadRecord, WireError> {
+        if !self.record.deferred {
+            return Err(WireError::new(
+                ErrorCode::BadState,
+                format!("the upload's length is {} already", self.record.size),
+            ));
+        }
+        if !self.session.is_idle() {
+            return Err(WireError::new(
+                ErrorCode::BadState,
+                "chunks of the upload are still in flight; retry once they are acknowledged",
+            ));
+        }
+        let durable = self.session.durable().clone();
+        let old = *self.session.layout();
+        // Every durable chunk is a whole chunk of the provisional layout: each must lie within
+        // the declared length.
+        let durable_end = durable
+            .ranges()
+            .last()
+            .map_or(0, |(_, end)| (end * old.chunk_size()).min(old.size()));
+        if size < durable_end || size > self.record.size {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!(
+                    "length {size} is outside what the upload allows: at least the {durable_end} bytes received, at most {}",
+                    self.record.size
+                ),
+            ));
+        }
+        let layout = ChunkLayout::new(size, old.chunk_size())
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+        let mut record = self.record.clone();
+        record.size = size;
+        record.deferred = false;
+        let store = self.backend.store().clone();
+        let (id, stored) = (self.id, record.clone());
+        tokio::task::spawn_blocking(move || store.set_length(id, &stored))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| {
+                if let Some(no_space) = e.downcast_ref::<crate::store::NoSpace>() {
+                    WireError::new(ErrorCode::InsufficientStorage, no_space.to_string())
+                } else {
+                    WireError::from_error(&e, "failed to record the upload's length")
+                }
+            })?;
+        info!(size, "length declared");
+        self.record = record.clone();
+        self.session = UploadSession::new(layout, durable, self.policy);
+        Ok(record)
     }
 
     /// The upload as `created`/`resumed` describe it, its durable ranges paged from `from`.

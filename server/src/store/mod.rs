@@ -29,7 +29,7 @@ mod tests;
 pub use backend::{Backend, TooLargeForStore};
 use db::Db;
 pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
-pub use record::{HookJob, RecordState, Tombstone, UploadId, UploadRecord};
+pub use record::{HookJob, RecordState, Tail, Tombstone, UploadId, UploadRecord};
 pub use recovery::{Reconciled, Verified};
 use space::reserve;
 pub use space::{free_inodes, free_space, NoInodes, NoSpace};
@@ -153,7 +153,9 @@ impl Store {
     pub fn give_back_to_link(&self, record: &UploadRecord) -> Result<()> {
         match &record.link {
             Some(id) => {
-                self.add_link_usage(id, -1, -i64::try_from(record.size).unwrap_or(i64::MAX))
+                // An upload of unknown length counted no bytes yet.
+                let size = if record.deferred { 0 } else { record.size };
+                self.add_link_usage(id, -1, -i64::try_from(size).unwrap_or(i64::MAX))
             }
             None => Ok(()),
         }
@@ -302,17 +304,19 @@ impl Store {
             .with_context(|| format!("failed to create {}", path.display()))?;
         let staging_dir = path.parent().unwrap_or(&self.data_dir);
         let free = free_space(staging_dir).unwrap_or(u64::MAX);
-        let needed = record.size.saturating_add(self.min_free);
+        // An upload of unknown length reserves nothing until its length is declared.
+        let reserved = if record.deferred { 0 } else { record.size };
+        let needed = reserved.saturating_add(self.min_free);
         let result = if free < needed {
             Err(NoSpace {
-                needed: record.size,
+                needed: reserved,
                 free,
                 reserve: self.min_free,
             }
             .into())
         } else {
             // The reserved size is durable with the file's entry, before the record exists.
-            reserve(&file, record.size, staging_dir)
+            reserve(&file, reserved, staging_dir)
                 .and_then(|()| file.sync_all().context("failed to sync the staging file"))
         };
         if let Err(e) = result {
@@ -615,8 +619,62 @@ impl Store {
         Ok(())
     }
 
+    /// The durable bytes of `id`'s unfinished chunk, if a byte-stream request left some.
+    pub fn tail(&self, id: UploadId) -> Result<Option<Tail>> {
+        let raw = self.db()?.meta.get(tail_key(id))?;
+        Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok()))
+    }
+
+    /// Records `tail` durably (the caller synced its bytes first).
+    pub fn set_tail(&self, id: UploadId, tail: &Tail) -> Result<()> {
+        self.db()?
+            .meta
+            .insert(tail_key(id), serde_json::to_vec(tail)?)?;
+        self.sync()
+    }
+
+    /// Forgets `id`'s tail (no sync: a tail that comes back after a crash is checked against
+    /// its bytes before it is used).
+    pub fn clear_tail(&self, id: UploadId) -> Result<()> {
+        self.db()?.meta.remove(tail_key(id))?;
+        Ok(())
+    }
+
+    /// Declares the length of an upload created without one: the staging file reserved to
+    /// `size` and the record updated, durably.
+    pub fn set_length(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        let path = self.staging_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        let staging_dir = path.parent().unwrap_or(&self.data_dir);
+        let have = file.metadata()?.len();
+        let free = free_space(staging_dir).unwrap_or(u64::MAX);
+        let more = record.size.saturating_sub(have);
+        if free < more.saturating_add(self.min_free) {
+            return Err(NoSpace {
+                needed: more,
+                free,
+                reserve: self.min_free,
+            }
+            .into());
+        }
+        reserve(&file, record.size, staging_dir)?;
+        // Bytes written past the length by a request that never became durable are cut off:
+        // the published file is exactly `size` bytes.
+        if have > record.size {
+            file.set_len(record.size)
+                .context("failed to size the staging file")?;
+        }
+        file.sync_all().context("failed to sync the staging file")?;
+        self.put_record(id, record)?;
+        self.sync()
+    }
+
     fn remove_chunk_records(&self, id: UploadId) -> Result<()> {
         let db = self.db()?;
+        db.meta.remove(tail_key(id))?;
         let mut batch = sled::Batch::default();
         for key in db.chunks.scan_prefix(id.0).keys() {
             batch.remove(key?);
@@ -624,6 +682,13 @@ impl Store {
         db.chunks.apply_batch(batch)?;
         Ok(())
     }
+}
+
+/// The key of an upload's [`Tail`] in the `meta` tree.
+fn tail_key(id: UploadId) -> Vec<u8> {
+    let mut key = b"tail/".to_vec();
+    key.extend_from_slice(&id.0);
+    key
 }
 
 /// Durable chunks and their digests, and where the next page starts.

@@ -101,11 +101,54 @@ pub struct UploadRecord {
     /// Created through this upload link (its id): only that link's sessions see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Created without a length (tus `Upload-Defer-Length`, the IETF draft without one): `size`
+    /// is then the bound the layout is cut for (the server's `max_file_size` at create), until
+    /// the length is declared (`Uploads::set_length`), which sets `size` and clears this.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+    /// A tus partial upload (`Upload-Concat: partial`): never published by itself; a final
+    /// upload concatenates it and removes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// The tus `Upload-Metadata` as created (at most 4 KiB), given back by `HEAD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Which front end created it (`quic`, `webtransport`, `tus`, `ietf`); metrics only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
 }
 
 impl UploadRecord {
     pub fn layout(&self) -> Result<ChunkLayout> {
         ChunkLayout::new(self.size, self.chunk_size).context("record has a zero chunk size")
+    }
+}
+
+/// The bytes of an unfinished chunk that a byte-stream front end (tus, the IETF draft) made
+/// durable when its request ended mid-chunk: chunk `index` holds `len` bytes on disk whose
+/// SHA-256 is `digest`. It counts only while every chunk before `index` is durable and
+/// `index` is not; a continuation re-reads the bytes and checks `digest` before building on
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tail {
+    pub index: u64,
+    pub len: u64,
+    #[serde(with = "hex_digest")]
+    pub digest: [u8; 32],
+}
+
+mod hex_digest {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
     }
 }
 

@@ -24,6 +24,10 @@ fn record(name: &str, size: u64) -> UploadRecord {
         stamp: None,
         remote: None,
         link: None,
+        deferred: false,
+        partial: false,
+        metadata: None,
+        frontend: None,
     }
 }
 

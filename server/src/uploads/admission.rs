@@ -29,7 +29,14 @@ impl Uploads {
             chunk_size,
             desc,
             on_exists,
+            extra,
         } = new;
+        if extra.metadata.as_ref().is_some_and(|m| m.len() > MAX_DESC) {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!("Upload-Metadata is over {MAX_DESC} bytes"),
+            ));
+        }
         let file_name = name::sanitize(&file_name)
             .map_err(|e| WireError::new(ErrorCode::InvalidName, e.to_string()))?;
         let dir = name::sanitize_dir(&dir)
@@ -61,7 +68,11 @@ impl Uploads {
             owner: who.owner.clone(),
             file_name,
             desc,
-            size,
+            size: if extra.deferred {
+                self.config().max_file_size
+            } else {
+                size
+            },
             chunk_size,
             state: RecordState::Receiving,
             created_at: now,
@@ -74,6 +85,10 @@ impl Uploads {
             stamp: None,
             remote: None,
             link: who.link.as_ref().map(|l| l.id.clone()),
+            deferred: extra.deferred,
+            partial: extra.partial,
+            metadata: extra.metadata,
+            frontend: Some(who.frontend.as_str().to_owned()),
         };
         if on_exists != OnExists::Rename && self.store().name_taken(&record) {
             return Err(name_taken(&record));
@@ -92,7 +107,15 @@ impl Uploads {
             ("FERRY_OWNER", record.owner.clone()),
             ("FERRY_NAME", record.file_name.clone()),
             ("FERRY_DIR", record.dir.join("/")),
-            ("FERRY_SIZE", record.size.to_string()),
+            // Empty for an upload whose length is not known yet.
+            (
+                "FERRY_SIZE",
+                if record.deferred {
+                    String::new()
+                } else {
+                    record.size.to_string()
+                },
+            ),
             ("FERRY_DESC", record.desc.clone()),
         ];
         let ran = crate::hooks::run(command, &env, crate::hooks::ON_CREATE_LIMIT).await;
@@ -217,9 +240,10 @@ impl Uploads {
             .store()
             .published_bytes(owner)
             .map_err(|e| storage(&e, "failed to read the owner's usage"))?;
+        // An upload of unknown length counts once it is declared (`Uploads::set_length`).
         let staged: u64 = uploads
             .iter()
-            .filter(|(_, r)| r.state != RecordState::Complete)
+            .filter(|(_, r)| r.state != RecordState::Complete && !r.deferred)
             .map(|(_, r)| r.size)
             .sum();
         let used = published.saturating_add(staged);

@@ -97,7 +97,7 @@ impl Uploads {
             Err(e) => return Err(storage(&e, "failed to publish the deduplicated file")),
         };
         info!(upload = %id, file_name, size, "deduplicated");
-        crate::metrics::metrics().uploads_completed.inc();
+        crate::metrics::metrics().completed(who.frontend.as_str());
         Ok(Deduped::Published {
             upload_id: id.to_string(),
             file_name,

@@ -15,6 +15,8 @@
 //!   (`append.rs`).
 
 mod admission;
+pub mod append;
+mod concat;
 mod dedup;
 
 use std::collections::HashMap;
@@ -51,6 +53,32 @@ pub struct Principal {
     pub link: Option<Link>,
     /// The connection (or exchange) that attaches uploads: unique for the server's run.
     pub conn: u64,
+    /// The front end it came through (metrics count by it).
+    pub frontend: Frontend,
+}
+
+/// The front ends, as metrics name them (`frontend` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    /// `ferry/1` over QUIC.
+    Quic,
+    /// The same frames in a browser's WebTransport session.
+    WebTransport,
+    /// tus 1.0 over HTTPS.
+    Tus,
+    /// The IETF resumable-upload draft over HTTPS.
+    Ietf,
+}
+
+impl Frontend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::WebTransport => "webtransport",
+            Self::Tus => "tus",
+            Self::Ietf => "ietf",
+        }
+    }
 }
 
 /// A new upload as a front end asks for it.
@@ -63,6 +91,18 @@ pub struct NewUpload {
     pub chunk_size: u64,
     pub desc: String,
     pub on_exists: OnExists,
+    pub extra: Extra,
+}
+
+/// What only the HTTP front end asks for at create.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// The length is not known yet (`size` is ignored): see `UploadRecord::deferred`.
+    pub deferred: bool,
+    /// A tus partial upload, to be concatenated by a final one and never published itself.
+    pub partial: bool,
+    /// The tus `Upload-Metadata`, kept to be given back.
+    pub metadata: Option<String>,
 }
 
 /// A `finish` that published (or found published) the upload.
@@ -174,7 +214,11 @@ impl Uploads {
         new: NewUpload,
     ) -> Result<(UploadId, UploadRecord), WireError> {
         let config = &self.config;
-        let (size, chunk_size) = (new.size, new.chunk_size);
+        let deferred = new.extra.deferred;
+        // An upload of unknown length is laid out for the largest file the server takes, and
+        // counts nothing against quotas until its length is declared (`set_length`).
+        let size = if deferred { 0 } else { new.size };
+        let chunk_size = new.chunk_size;
         let record = self.new_record(who, new)?;
         if size > config.max_file_size {
             return Err(WireError::new(
@@ -209,7 +253,7 @@ impl Uploads {
             .map_err(|e| create_error(&e));
         let (id, record) = created.inspect_err(|_| self.give_back_to_link(&record))?;
         info!(upload = %id, name = record.file_name, size, chunk_size = record.chunk_size, "created");
-        crate::metrics::metrics().uploads_created.inc();
+        crate::metrics::metrics().created(who.frontend);
         Ok((id, record))
     }
 
@@ -337,6 +381,16 @@ impl Uploads {
 
     /// `abort`: deletes an unfinished upload and gives back what it counted against its link.
     pub async fn abort(&self, who: &Principal, raw_id: &str) -> Result<UploadId, WireError> {
+        self.remove(who, raw_id, "aborted").await
+    }
+
+    /// Deletes an unfinished upload (see `Msg::Abort` for `reason`).
+    async fn remove(
+        &self,
+        who: &Principal,
+        raw_id: &str,
+        reason: &'static str,
+    ) -> Result<UploadId, WireError> {
         let (id, record) = self.owned_fresh(who, raw_id).await?;
         if record.state == RecordState::Complete {
             return Err(WireError::new(
@@ -346,7 +400,7 @@ impl Uploads {
         }
         let driver = self.driver(id, record.clone()).await?;
         let (reply, rx) = oneshot::channel();
-        let _ = driver.send(Msg::Abort { reply });
+        let _ = driver.send(Msg::Abort { reason, reply });
         rx.await
             .map_err(|_| WireError::new(ErrorCode::BadState, "the upload finished meanwhile"))??;
         self.give_back_to_link(&record);

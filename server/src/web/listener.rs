@@ -5,6 +5,8 @@
 //!   grant from its URL (the path, or the fragment: `index.html#<grant>`).
 //! - `GET …/ferry.js`, `…/app.js`, `…/style.css` (any folder: the page links them relatively):
 //!   the page's modules and style, built into ferryd.
+//! - under `--upload-path` (`/files/`): uploads over HTTP, tus and the IETF draft
+//!   (`crate::http`).
 //! - `GET /webtransport.json`: where and how to open the session: `{"port": QUIC port,
 //!   "path": "/ferry", "certificate_hashes": [hex SHA-256, …]}` — the hashes of the browser
 //!   certificates (`certs.rs`), empty when the server has a CA certificate (`--cert`). Sent
@@ -62,9 +64,17 @@ pub(crate) async fn serve(
     ctx: Arc<Context>,
 ) {
     let gate = crate::httpconn::Gate::new("web", crate::httpconn::Limits::WEB);
-    let handler = move |req: Request<Incoming>, _peer| {
+    let handler = move |req: Request<Incoming>, peer| {
         let ctx = ctx.clone();
-        async move { handle(&req, &ctx) }
+        async move {
+            let mut response = if ctx.http.serves(req.uri().path()) {
+                crate::http::handle(&ctx.http, req, peer).await
+            } else {
+                handle(&req, &ctx)
+            };
+            common_headers(&mut response, &ctx);
+            response
+        }
     };
     crate::httpconn::serve(listener, Some(TlsAcceptor::from(tls)), gate, handler).await;
 }
@@ -74,7 +84,7 @@ fn handle(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let file = FILES
         .iter()
         .find(|(p, _, _)| path.rsplit('/').next() == p.strip_prefix('/'));
-    let mut response = if req.method() != Method::GET && req.method() != Method::HEAD {
+    let response = if req.method() != Method::GET && req.method() != Method::HEAD {
         reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n")
     } else if let Some((_, kind, body)) = file {
         // By the last segment: the page links its files relatively, and is at `/u/<grant>`.
@@ -88,6 +98,11 @@ fn handle(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     } else {
         reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
     };
+    response
+}
+
+/// Headers of every answer of the web listener.
+fn common_headers(response: &mut Response<Full<Bytes>>, ctx: &Context) {
     let headers = response.headers_mut();
     let port = ctx.quic_port;
     if let Ok(value) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
@@ -100,7 +115,6 @@ fn handle(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// What the page needs to open its session.

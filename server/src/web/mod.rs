@@ -162,11 +162,7 @@ mod tests {
             Some("https://127.0.0.1:8443"),
             "127.0.0.1"
         ));
-        assert!(origin_allowed(
-            &c,
-            Some("https://[::1]:8443"),
-            "[::1]"
-        ));
+        assert!(origin_allowed(&c, Some("https://[::1]:8443"), "[::1]"));
         assert!(!origin_allowed(
             &c,
             Some("https://evil.example:8443"),
@@ -182,10 +178,7 @@ mod tests {
             Some("http://files.lan:8443"),
             "files.lan"
         ));
-        assert!(
-            origin_allowed(&c, None, "files.lan"),
-            "not a page"
-        );
+        assert!(origin_allowed(&c, None, "files.lan"), "not a page");
     }
 
     #[test]
@@ -197,20 +190,12 @@ mod tests {
             "quic.example.com"
         ));
         let c = config(&["https://a.example", "https://b.example:444"], None);
-        assert!(origin_allowed(
-            &c,
-            Some("https://b.example:444"),
-            "x"
-        ));
+        assert!(origin_allowed(&c, Some("https://b.example:444"), "x"));
         assert!(
             !origin_allowed(&c, Some("https://x:8443"), "x"),
             "the list replaces the default"
         );
         let c = config(&["*"], None);
-        assert!(origin_allowed(
-            &c,
-            Some("https://anything.example"),
-            "x"
-        ));
+        assert!(origin_allowed(&c, Some("https://anything.example"), "x"));
     }
 }

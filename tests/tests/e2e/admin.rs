@@ -35,12 +35,29 @@ fn admin_addr(server: &ServerProcess) -> String {
 
 /// One sample of `/metrics`, by its full name and labels.
 pub(crate) fn sample(metrics: &str, name: &str) -> f64 {
+    // A metric with labels (`{frontend="quic"}`) is summed over them; a labelled family with no
+    // sample yet is not listed at all, and is 0.
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-        .parse()
-        .unwrap()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// One labelled sample, 0 if not there yet: `sample_of(m, "ferry_bytes_received_total",
+/// "frontend=\"tus\"")`.
+pub(crate) fn sample_of(metrics: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `/metrics` moves by the right amounts after a real upload (bytes, created, completed, and

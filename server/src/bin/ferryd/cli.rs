@@ -229,6 +229,10 @@ pub(crate) struct ServeArgs {
     /// https://files.example.com:8443). Default: https://HOSTNAME:PORT of --web-listen.
     #[arg(long, env = "FERRYD_WEB_URL")]
     pub(crate) web_url: Option<String>,
+    /// Where the web listener takes uploads over HTTP (tus 1.0 and the IETF resumable-upload
+    /// draft): uploads are created by POST to it and live under it.
+    #[arg(long, env = "FERRYD_UPLOAD_PATH", default_value = "/files/")]
+    pub(crate) upload_path: String,
     /// Command run by `/bin/sh -c` after each upload is published, with FERRY_UPLOAD_ID,
     /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_SHA256, FERRY_DESC. Queued
     /// durably: a crash before it ran runs it after the restart (at least once).
@@ -425,6 +429,7 @@ impl ServeArgs {
         config.web_listen = self.web_listen;
         config.web_origins = self.web_origin.clone();
         config.web_url = self.web_url.clone();
+        config.upload_path = ferry_server::Config::upload_path_from(&self.upload_path)?;
         Ok(config)
     }
 
@@ -494,6 +499,7 @@ impl ServeArgs {
             ),
             format!("web-origin = {:?}", self.web_origin.join(",")),
             format!("web-url = {:?}", self.web_url.clone().unwrap_or_default()),
+            format!("upload-path = {:?}", self.upload_path),
             format!("log-level = {:?}", self.log_level),
             format!("log-format = \"{}\"", self.log_format),
             format!("store = \"{}\"", self.store.store),
