@@ -3,6 +3,8 @@
 //! the built `ferryd` and `ferry` binaries as processes. Every wait here is bounded.
 
 pub mod browser;
+pub mod http;
+pub mod node;
 pub mod powercut;
 pub mod py;
 pub mod raw;

@@ -109,6 +109,7 @@ pub(crate) async fn handle(ctx: &Context, req: Request<Incoming>, peer: SocketAd
 }
 
 async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    tracing::debug!(%peer, method = %req.method(), path = req.uri().path(), "upload request");
     // A CORS preflight: answered for any path under the endpoint, without credentials.
     if req.method() == Method::OPTIONS
         && req.headers().contains_key("access-control-request-method")

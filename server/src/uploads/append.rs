@@ -665,10 +665,17 @@ impl<'a> Run<'a> {
         }
         let file = self.file().await?;
         let reread = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; tail.len as usize];
-            file.read_exact_at(&mut buf, span.offset)?;
+            // In pieces of WRITE_BUF: memory per request stays bounded whatever the chunk size.
+            let mut buf = vec![0u8; WRITE_BUF.min(tail.len as usize)];
             let mut hasher = Sha256::new();
-            hasher.update(&buf);
+            let mut at = 0;
+            // Bounded by the tail's length.
+            while at < tail.len {
+                let n = (tail.len - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], span.offset + at)?;
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
             Ok::<_, std::io::Error>(hasher)
         })
         .await
@@ -731,6 +738,8 @@ impl<'a> Run<'a> {
         pieces: &mpsc::Sender<Piece>,
         chunk_end: &mut Option<u64>,
     ) -> Result<(), AppendError> {
+        // Every body byte counts as it arrives: a byte sent again counts again.
+        crate::metrics::metrics().received(self.who.frontend, data.len() as u64);
         // Bounded by the piece: each turn takes at least one byte of it.
         while !data.is_empty() {
             if self.end + data.len() as u64 > self.limit {
@@ -793,7 +802,6 @@ impl<'a> Run<'a> {
             // Read past only (durable or received already).
             return;
         }
-        crate::metrics::metrics().received(self.who.frontend, self.layout.span(index).len);
         if hold {
             held.push((index, digest));
         } else {

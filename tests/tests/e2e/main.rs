@@ -19,6 +19,8 @@ mod resilience;
 mod restart;
 mod scaleout;
 mod storage;
+mod tus;
+mod tus_clients;
 mod upload;
 mod web;
 mod wire;
