@@ -4,10 +4,15 @@
 // IndexedDB, so a closed tab resumes; and for a file this browser has no record of, the server
 // is asked what it holds of it (`lookup`): the same content complete is not sent again, an
 // unfinished upload of the same bytes is resumed. The link is checked when the page opens.
+// Where WebTransport is missing or its session cannot be opened (a network that blocks UDP),
+// the page sends over tus on the web listener instead (`tus.js`), resuming the same way from its
+// IndexedDB record, and says which path it uses (#via). `?via=tus` chooses tus from the start.
 // DOM contract for automation: #files, #upload, #status ("ready", "complete" or "failed: CODE
-// message"), a file's note ("already on the server as NAME" for a skipped one).
+// message"), #via (data-via "webtransport" or "tus"), a file's note ("already on the server as
+// NAME" for a skipped one).
 
 import { Session, FerryError, sha256Hex, contentHash, RETRY, EXPLAIN } from "./ferry.js";
+import { Tus, PATCH_SIZE } from "./tus.js";
 
 const CHUNK_SIZE = 4 << 20;
 /** Chunks sent and not yet acknowledged, at most (memory: this many chunk buffers). */
@@ -29,6 +34,18 @@ const quicHost = server ? server.replace(/:\d+$/, "") : location.hostname;
 // ?limit=20M caps the sending rate (bytes per second; K, M, G suffixes), to spare a shared
 // uplink.
 const limit = parseRate(params.get("limit"));
+const tus = new Tus(base, grant);
+/** The path files go by: "webtransport", or "tus" (HTTPS on TCP). */
+let via = params.get("via") === "tus" || !("WebTransport" in window) ? "tus" : "webtransport";
+
+/** Says which path the page uses, and why when it is not the first choice. */
+function showVia(why) {
+  const el = $("via");
+  el.dataset.via = via;
+  el.textContent = via === "tus"
+    ? `Sending over HTTPS (tus)${why ? `: ${why}` : ""}.`
+    : "Sending over WebTransport (QUIC).";
+}
 
 function parseRate(text) {
   const m = /^(\d+(?:\.\d+)?)([KMG]?)$/i.exec(text || "");
@@ -166,7 +183,7 @@ $("pause").addEventListener("click", () => {
 });
 
 $("upload").addEventListener("click", async () => {
-  if (running || !("WebTransport" in window)) return;
+  if (running) return;
   const items = chosen();
   if (!grant) {
     explain("no_link");
@@ -231,11 +248,12 @@ function pushed(frame) {
 async function withReconnects(item) {
   for (let attempt = 0; ; attempt++) {
     try {
+      if (via === "tus") return await uploadTus(item);
       await connect();
       return await upload(item);
     } catch (e) {
       const transient = e instanceof FerryError
-        ? ["connection_lost", "shutting_down", "too_many_connections", "stalled"].includes(e.code)
+        ? ["connection_lost", "shutting_down", "too_many_connections", "stalled", "chunk_in_progress", "storage_full"].includes(e.code)
         : true;
       if (session && e instanceof FerryError && e.code === "stalled") {
         session.close();
@@ -379,6 +397,65 @@ async function upload(item) {
   item.note(`done: ${finished.file_name}`);
 }
 
+/** One file over tus: from the offset the server holds of this browser's record (which may be
+ * an upload begun over WebTransport: the same upload, by its id), else a new upload. */
+async function uploadTus(item) {
+  const { file, dir } = item;
+  const key = `${grant.slice(0, 16)}|${[...dir, file.name].join("/")}|${file.size}|${file.lastModified}`;
+  let rec = await recall(key);
+  let offset = null;
+  if (rec) {
+    offset = await tus.offset(tus.endpoint + rec.uploadId);
+    if (offset === null) {
+      await forget(key);
+      rec = null;
+    }
+  }
+  if (!rec) {
+    const url = await tus.create(file, dir);
+    rec = { key, uploadId: url.split("/").pop(), chunkSize: PATCH_SIZE, digests: {} };
+    await remember(rec);
+    offset = 0;
+  }
+  const url = tus.endpoint + rec.uploadId;
+  const started = performance.now();
+  const skipped = offset;
+  let sent = 0;
+  let published = null;
+  const show = () => {
+    const seconds = (performance.now() - started) / 1000;
+    const rate = seconds > 0.2 ? (offset - skipped) / seconds : 0;
+    const parts = [`${human(offset)} of ${human(file.size)}`];
+    if (skipped) parts.push(`${human(skipped)} already on the server`);
+    if (paused) parts.push("paused");
+    else if (rate) parts.push(`${human(rate)}/s`);
+    item.bar(offset);
+    item.note(parts.join(" · "));
+    item.li.dataset.sentBytes = String(sent);
+    setStatus(paused ? "paused" : "uploading");
+  };
+  show();
+  // Bounded by the file: each turn moves the offset on, or throws.
+  for (let turn = 0; offset < file.size && turn < 1e7; turn++) {
+    while (paused) await new Promise((ok) => setTimeout(ok, 200));
+    if (limit > 0) {
+      const due = started + ((offset - skipped) * 1000) / limit;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((ok) => setTimeout(ok, wait));
+    }
+    // To the end of the server's chunk: each answer acknowledges whole chunks.
+    const end = Math.min(file.size, (Math.floor(offset / PATCH_SIZE) + 1) * PATCH_SIZE);
+    const answer = await tus.patch(url, offset, file.slice(offset, end));
+    if (answer.offset > offset) sent += answer.offset - offset;
+    offset = answer.offset;
+    if (answer.published) published = decodeURIComponent(answer.published);
+    show();
+  }
+  await forget(key);
+  item.bar(file.size || 1);
+  item.note(`done: ${published || [...dir, file.name].join("/")}`);
+}
+
 /** Sends the chunks of one upload the server does not hold, at most IN_FLIGHT at once. */
 class Upload {
   constructor(item, rec, count, lengthOf, durable) {
@@ -497,17 +574,31 @@ class Upload {
 /** Set when the link turned out unusable on load: nothing can be sent through it. */
 let linkBroken = false;
 
+/** The link checked over tus (the TCP path). */
+function checkOverTus() {
+  return tus.check().then(() => ({}));
+}
+
 offer(false);
-if (!("WebTransport" in window)) {
-  explain("unsupported");
-  setStatus("failed: unsupported this browser has no WebTransport (use a Chromium-based browser or Firefox)");
-} else if (!grant) {
+showVia(via === "tus" && !("WebTransport" in window) ? "this browser has no WebTransport" : "");
+if (!grant) {
   explain("no_link");
   setStatus("failed: no_link this page was opened without an upload link");
 } else {
   // The link is checked now, not when Upload is pressed: an expired or revoked one says so.
+  // A WebTransport session that cannot be opened (UDP blocked, an old browser) is not a
+  // verdict on the link: the page falls back to tus and checks it there.
   setStatus("checking the link");
-  connect().then(
+  const checked = via === "tus"
+    ? checkOverTus()
+    : connect().catch((e) => {
+      const code = e instanceof FerryError ? e.code : "connection_lost";
+      if (["unauthorized", "token_revoked"].includes(code)) throw e;
+      via = "tus";
+      showVia(`no WebTransport session (${e.message || code})`);
+      return checkOverTus();
+    });
+  checked.then(
     () => {
       if (running) return;
       setStatus(chosen().length ? `${chosen().length} file(s) chosen` : "ready");

@@ -244,5 +244,4 @@ export const EXPLAIN = {
   shutting_down: "The server restarted and could not be reached again. Press Upload to go on: what it holds is not sent again.",
   connection_lost: "The server could not be reached, and the page stopped trying. Press Upload to go on: what it holds is not sent again.",
   no_link: "Open this page through the upload link you were sent.",
-  unsupported: "This browser cannot send files to this server (it lacks WebTransport).",
 };

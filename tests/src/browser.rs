@@ -62,6 +62,11 @@ impl Browser {
     /// so a second session on the same folder finds the first one's IndexedDB), trusting the
     /// certificate whose key has SPKI hash `spki`.
     pub fn start(profile: &Path, spki: &str) -> Self {
+        Self::start_with(profile, spki, &[])
+    }
+
+    /// Like `start`, with more Chromium flags (`--disable-quic`, say).
+    pub fn start_with(profile: &Path, spki: &str, flags: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -98,7 +103,7 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let args = [
+        let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
@@ -107,6 +112,7 @@ impl Browser {
             format!("--user-data-dir={}", profile.display()),
             format!("--ignore-certificate-errors-spki-list={spki}"),
         ];
+        args.extend(flags.iter().map(|f| f.to_string()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium().expect("chromium"), "args": args},
@@ -165,6 +171,28 @@ impl Browser {
             &format!("/element/{element}/value"),
             Some(json!({ "text": text.join("\n") })),
         );
+    }
+
+    /// Runs `script` in every page opened from now on, before the page's own scripts (through
+    /// the DevTools protocol, which chromedriver relays).
+    pub fn before_each_page(&self, script: &str) {
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": script },
+            })),
+        );
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    pub fn exec(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
     }
 
     pub fn click(&self, css: &str) {

@@ -16,8 +16,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 
 use super::{
-    empty, error, header, location, login, number, plain, set, wire_error, Answer, Body, Caller,
-    Context, Target,
+    empty, error, header, location, login, number, plain, say_published, set, wire_error, Answer,
+    Body, Caller, Context, Target,
 };
 use crate::driver::WireError;
 use crate::uploads::append::{Append, AppendError};
@@ -211,6 +211,9 @@ async fn create(ctx: &Context, req: Request<Incoming>, peer: SocketAddr, version
             let mut answer = empty(StatusCode::CREATED);
             set(&mut answer, "upload-offset", appended.offset.to_string());
             say_complete(&mut answer, version, appended.finished.is_some());
+            if let Some(finished) = &appended.finished {
+                say_published(&mut answer, finished);
+            }
             answer
         }
         Err(e) => append_error(e, 0, version),
@@ -295,6 +298,9 @@ async fn patch(
             set(&mut answer, "upload-offset", appended.offset.to_string());
             let complete = appended.finished.is_some() || appended.length == Some(appended.offset);
             say_complete(&mut answer, version, complete);
+            if let Some(finished) = &appended.finished {
+                say_published(&mut answer, finished);
+            }
             answer
         }
         Err(e) => append_error(e, at, version),

@@ -39,7 +39,7 @@ const HTTP_CHUNK_SIZE: u64 = 8 << 20;
 /// Request headers a page of another origin may send (CORS).
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Disposition, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, X-HTTP-Method-Override, X-Requested-With";
 /// Response headers a page of another origin may read (CORS).
-const EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
+const EXPOSE_HEADERS: &str = "Location, Ferry-File-Name, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
 const ALLOW_METHODS: &str = "POST, HEAD, PATCH, DELETE, OPTIONS";
 
 /// What the HTTP front end serves from.
@@ -393,6 +393,20 @@ pub(crate) fn host_of(headers: &HeaderMap) -> String {
 pub(crate) fn location(ctx: &Context, headers: &HeaderMap, id: &str) -> String {
     let host = header(headers, "host").unwrap_or("localhost");
     format!("https://{host}{}{id}", ctx.path)
+}
+
+/// `Ferry-File-Name`: the published path under the owner's folder (percent-encoded UTF-8),
+/// on the answer whose bytes completed the upload.
+pub(crate) fn say_published(answer: &mut Answer, finished: &crate::uploads::Finished) {
+    let mut encoded = String::with_capacity(finished.file_name.len());
+    for byte in finished.file_name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/ ()".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    set(answer, "ferry-file-name", encoded);
 }
 
 /// The chunk size of a new upload over HTTP.

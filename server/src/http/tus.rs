@@ -11,8 +11,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 
 use super::{
-    empty, error, expires, header, location, login, number, set, wire_error, Answer, Body, Caller,
-    Context, Target,
+    empty, error, expires, header, location, login, number, say_published, set, wire_error, Answer,
+    Body, Caller, Context, Target,
 };
 use crate::driver::WireError;
 use crate::uploads::append::{Append, AppendError, Checksum, CHECKSUM_ALGORITHMS};
@@ -227,9 +227,22 @@ async fn create(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answ
             Ok(appended) => {
                 let mut answer = empty(StatusCode::CREATED);
                 set(&mut answer, "upload-offset", appended.offset.to_string());
+                if let Some(finished) = &appended.finished {
+                    say_published(&mut answer, finished);
+                }
                 answer
             }
             Err(e) => append_error(e, 0),
+        }
+    } else if record.size == 0 && !record.deferred && !record.partial {
+        // An empty file is complete at its creation.
+        match ctx.uploads.finish_empty(&caller.who, id, &record).await {
+            Ok(finished) => {
+                let mut answer = empty(StatusCode::CREATED);
+                say_published(&mut answer, &finished);
+                answer
+            }
+            Err(e) => wire_error(&e),
         }
     } else {
         empty(StatusCode::CREATED)
@@ -300,6 +313,21 @@ async fn patch(ctx: &Context, req: Request<Incoming>, peer: SocketAddr, id: &str
         Ok(c) => c,
         Err(answer) => return answer,
     };
+    // A body announced past the upload's end is refused before any of it is read.
+    if let Ok(Some(body_length)) = number(headers, "content-length") {
+        let end = match length {
+            Some(length) => Some(length),
+            None => ctx
+                .uploads
+                .offset(&caller.who, id)
+                .await
+                .ok()
+                .and_then(|o| o.length()),
+        };
+        if let Some(end) = end.filter(|end| at.saturating_add(body_length) > *end) {
+            return append_error(AppendError::TooLarge { limit: end }, at);
+        }
+    }
     let body = Body::new(req.into_body(), ctx.stall, caller.revoked.clone());
     let append = Append {
         at,
@@ -312,9 +340,12 @@ async fn patch(ctx: &Context, req: Request<Incoming>, peer: SocketAddr, id: &str
         Ok(appended) => {
             let mut answer = empty(StatusCode::NO_CONTENT);
             set(&mut answer, "upload-offset", appended.offset.to_string());
-            if appended.finished.is_none() {
-                if let Some(when) = expires(ctx, crate::store::unix_now()) {
-                    set(&mut answer, "upload-expires", when);
+            match &appended.finished {
+                Some(finished) => say_published(&mut answer, finished),
+                None => {
+                    if let Some(when) = expires(ctx, crate::store::unix_now()) {
+                        set(&mut answer, "upload-expires", when);
+                    }
                 }
             }
             answer

@@ -337,6 +337,16 @@ impl Uploads {
         })
     }
 
+    /// Publishes an upload of length 0 (nothing to send: complete at its creation).
+    pub async fn finish_empty(
+        &self,
+        who: &Principal,
+        id: UploadId,
+        record: &UploadRecord,
+    ) -> Result<Finished, WireError> {
+        self.finish_here(who, id, record).await
+    }
+
     /// Publishes an upload whose every byte is durable, with the content hash of its chunk
     /// digests on record (the client of a byte stream computes none).
     pub(super) async fn finish_here(

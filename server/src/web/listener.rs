@@ -3,7 +3,7 @@
 //!
 //! - `GET /`, `GET /u/<grant>` and `…/index.html`: the page (`web/index.html`); it reads the
 //!   grant from its URL (the path, or the fragment: `index.html#<grant>`).
-//! - `GET …/ferry.js`, `…/app.js`, `…/style.css` (any folder: the page links them relatively):
+//! - `GET …/ferry.js`, `…/app.js`, `…/tus.js`, `…/style.css` (any folder: the page links them relatively):
 //!   the page's modules and style, built into ferryd.
 //! - under `--upload-path` (`/files/`): uploads over HTTP, tus and the IETF draft
 //!   (`crate::http`).
@@ -48,6 +48,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "/app.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/app.js"),
+    ),
+    (
+        "/tus.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/tus.js"),
     ),
     (
         "/style.css",

@@ -72,7 +72,22 @@ impl Site {
     /// A browser on `profile` that opened `url`, saw the page ready, chose `files` and clicked
     /// `#upload`.
     fn upload(&self, profile: &Path, url: &str, files: &[&Path]) -> Browser {
-        let browser = Browser::start(profile, &self.spki);
+        self.upload_with(profile, url, files, &[], None)
+    }
+
+    /// Like `upload`, in a Chromium started with `flags`, running `inject` before each page.
+    fn upload_with(
+        &self,
+        profile: &Path,
+        url: &str,
+        files: &[&Path],
+        flags: &[&str],
+        inject: Option<&str>,
+    ) -> Browser {
+        let browser = Browser::start_with(profile, &self.spki, flags);
+        if let Some(script) = inject {
+            browser.before_each_page(script);
+        }
         browser.open(url);
         let status = browser.wait_status(Duration::from_secs(20), settled);
         assert_eq!(status, "ready", "console:\n{}", browser.console());
@@ -290,5 +305,112 @@ fn a_finished_file_chosen_again_is_not_sent_again() {
     assert_eq!(note, "already on the server as clip.mov");
     assert_eq!(site.bytes_received(), received, "nothing sent again");
     assert!(!site.published("clip (1).mov").exists(), "no copy");
+    browser.quit();
+}
+
+/// Bytes received over tus (`ferry_bytes_received_total{frontend="tus"}`).
+fn tus_bytes(site: &Site) -> u64 {
+    crate::admin::sample_of(
+        &site.admin("/metrics"),
+        "ferry_bytes_received_total",
+        "frontend=\"tus\"",
+    ) as u64
+}
+
+/// A WebTransport whose sessions never open, as on a network that blocks UDP: Chromium's own
+/// class replaced before the page loads by one whose `ready` fails.
+const UDP_BLOCKED: &str = "window.WebTransport = class { constructor() { \
+    this.ready = Promise.reject(new Error('UDP blocked')); this.ready.catch(() => {}); \
+    this.closed = new Promise(() => {}); } close() {} };";
+
+/// Where the browser cannot open a WebTransport session, or has no WebTransport at all, the
+/// page says so and sends over tus on the web listener: the files published whole, every byte
+/// over tus.
+#[test]
+fn without_a_webtransport_session_the_page_sends_over_tus() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let small = random_file(local.path(), "notes.txt", (100 << 10) + 3, 51);
+    let big = random_file(local.path(), "clip.mov", 24 << 20, 53);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = site.upload_with(
+        profile.path(),
+        &site.url,
+        &[&small, &big],
+        &[],
+        Some(UDP_BLOCKED),
+    );
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    let via = browser.exec("return document.getElementById('via').dataset.via");
+    assert_eq!(via, "tus", "{}", browser.text("#via"));
+    assert!(
+        browser
+            .text("#via")
+            .contains("no WebTransport session (UDP blocked)"),
+        "{}",
+        browser.text("#via")
+    );
+    assert_same_file(&small, &site.published("notes.txt"));
+    assert_same_file(&big, &site.published("clip.mov"));
+    assert_eq!(tus_bytes(&site), (100 << 10) + 3 + (24 << 20));
+    browser.quit();
+
+    // No WebTransport at all (as in a browser without it: the class removed before the page
+    // loads).
+    let other = random_file(local.path(), "other.bin", 3 << 20, 57);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = site.upload_with(
+        profile.path(),
+        &site.url,
+        &[&other],
+        &[],
+        Some("delete window.WebTransport;"),
+    );
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    assert!(
+        browser
+            .text("#via")
+            .contains("this browser has no WebTransport"),
+        "{}",
+        browser.text("#via")
+    );
+    assert_same_file(&other, &site.published("other.bin"));
+    browser.quit();
+}
+
+/// Over tus too, a closed page resumes: the second visit asks the server for the offset and
+/// sends only the rest (every byte received once over tus, the first visit's cut-off request
+/// included), and the file is whole.
+#[test]
+fn over_tus_a_closed_page_resumes_from_the_servers_offset() {
+    let Some(site) = Site::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let size = 48u64 << 20;
+    let file = random_file(local.path(), "long.mov", size as usize, 55);
+    let profile = tempfile::tempdir().unwrap();
+    let paced = format!("{}?via=tus&limit=8M", site.url);
+    let browser = site.upload(profile.path(), &paced, &[&file]);
+    assert_eq!(
+        browser.exec("return document.getElementById('via').dataset.via"),
+        "tus"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tus_bytes(&site) < 16 << 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser.quit();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = tus_bytes(&site);
+    assert!(
+        held >= 16 << 20 && held < size,
+        "{held} bytes held after the first visit"
+    );
+    let browser = site.upload(profile.path(), &format!("{}?via=tus", site.url), &[&file]);
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    assert_same_file(&file, &site.published("long.mov"));
+    assert_eq!(tus_bytes(&site), size, "nothing sent twice");
     browser.quit();
 }
