@@ -414,3 +414,119 @@ fn over_tus_a_closed_page_resumes_from_the_servers_offset() {
     assert_eq!(tus_bytes(&site), size, "nothing sent twice");
     browser.quit();
 }
+
+/// A plain-HTTP static site on loopback (another origin than the web listener), serving
+/// `files` by path until dropped (at most 300 s), one request per connection.
+struct StaticSite {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StaticSite {
+    fn start(files: Vec<(&'static str, &'static str, Vec<u8>)>) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stopping.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .split('?')
+                    .next()
+                    .unwrap_or("/")
+                    .to_owned();
+                let reply = match files.iter().find(|(p, _, _)| *p == path) {
+                    Some((_, kind, body)) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(body);
+                        r
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = stream.write_all(&reply);
+            }
+        });
+        Self { addr, stop }
+    }
+}
+
+impl Drop for StaticSite {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Uppy with its tus plugin (the `uppy` bundle from npm), on a page of another origin allowed
+/// by `--web-origin`, uploads two files through an upload link: both published whole.
+#[test]
+fn uppy_on_another_origin_uploads_over_tus() {
+    if let Err(why) = available() {
+        return eprintln!("skipped: {why}");
+    }
+    let Some(bundle) = ferry_tests::node::packed_file("uppy@6.0.1", "dist/uppy.min.js") else {
+        return;
+    };
+    let page = std::fs::read(ferry_tests::py::script("clients/uppy.html")).unwrap();
+    let site = StaticSite::start(vec![
+        ("/", "text/html; charset=utf-8", page),
+        (
+            "/uppy.min.js",
+            "text/javascript; charset=utf-8",
+            std::fs::read(bundle).unwrap(),
+        ),
+    ]);
+    let origin = format!("http://127.0.0.1:{}", site.addr.port());
+    let deployment = Deployment::start(&["--web-listen", "127.0.0.1:0", "--web-origin", &origin]);
+    let web = deployment.server.web.expect("the web listener");
+    let (_, grant) = ferry_server::links::Links::new(&deployment.data)
+        .add("alice", 0, 0, 0)
+        .unwrap();
+    let key = std::fs::read_to_string(deployment.data.join("tls").join("key.pem")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let small = random_file(local.path(), "poster.png", 200_001, 61);
+    let big = random_file(local.path(), "trailer.mp4", 23_000_007, 63);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &spki_hash(&key));
+    browser.open(&format!(
+        "{origin}/?endpoint=https://127.0.0.1:{}/files/&grant={grant}",
+        web.port()
+    ));
+    let status = browser.wait_status(Duration::from_secs(20), |s| s != "loading");
+    assert_eq!(status, "ready", "console:\n{}", browser.console());
+    browser.set_files("#files", &[&small, &big]);
+    let status = browser.wait_status(Duration::from_secs(120), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    let alice = deployment.data.join("files/alice");
+    assert_same_file(&small, &alice.join("poster.png"));
+    assert_same_file(&big, &alice.join("trailer.mp4"));
+    browser.quit();
+}
