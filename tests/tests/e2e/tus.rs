@@ -873,3 +873,73 @@ async fn an_upload_link_uploads_over_tus_within_its_bounds() {
         (403, "quota_exceeded")
     );
 }
+
+/// What the operator set holds over tus as over QUIC: the `--on-complete` hook runs for a tus
+/// upload with its name, size and content hash (the same as `ferry hash` gives), the
+/// `--on-create` hook can refuse one (403 with its message), and the quota counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_quotas_hold_over_tus() {
+    let hooks = tempfile::tempdir().unwrap();
+    let said = hooks.path().join("completed");
+    let on_complete = format!(
+        "echo \"$FERRY_NAME $FERRY_SIZE $FERRY_CONTENT_HASH\" >> {}",
+        said.display()
+    );
+    let on_create = "if [ \"$FERRY_NAME\" = refused.bin ]; then echo 'not that one'; exit 1; fi";
+    let server = web_server_with(|c| {
+        c.on_complete = Some(on_complete);
+        c.on_create = Some(on_create.into());
+        c.quota_per_owner = 10_000_000;
+    })
+    .await;
+    let web = https(&server);
+    let local = tempfile::tempdir().unwrap();
+    let source = random_file(local.path(), "hooked.bin", 9_000_000, 43);
+    let bytes = std::fs::read(&source).unwrap();
+    let id = create(&web, &server.alice, bytes.len() as u64, "hooked.bin").await;
+    assert_eq!(patch(&web, &server.alice, &id, 0, &bytes).await.status, 204);
+    let expected = format!(
+        "hooked.bin 9000000 {}",
+        ferry_tests::content_hash_file(&source, 8 << 20)
+    );
+    let mut line = String::new();
+    for _ in 0..100 {
+        line = std::fs::read_to_string(&said).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(line.trim(), expected);
+
+    let alice = bearer(&server.alice);
+    let metadata = format!("filename {}", b64("refused.bin"));
+    let reply = web
+        .send(
+            "POST",
+            "/files/",
+            &[
+                TUS,
+                ("Authorization", &alice),
+                ("Upload-Length", "10"),
+                ("Upload-Metadata", &metadata),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!((reply.status, code(&reply).as_str()), (403, "refused"));
+    assert!(reply.body.contains("not that one"), "{}", reply.body);
+    // 9 MB published of a 10 MB quota: 2 MB more do not fit.
+    let reply = web
+        .send(
+            "POST",
+            "/files/",
+            &[TUS, ("Authorization", &alice), ("Upload-Length", "2000000")],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        (reply.status, code(&reply).as_str()),
+        (403, "quota_exceeded")
+    );
+}

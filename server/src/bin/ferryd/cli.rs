@@ -234,7 +234,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "FERRYD_UPLOAD_PATH", default_value = "/files/")]
     pub(crate) upload_path: String,
     /// Command run by `/bin/sh -c` after each upload is published, with FERRY_UPLOAD_ID,
-    /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_SHA256, FERRY_DESC. Queued
+    /// FERRY_OWNER, FERRY_PATH, FERRY_NAME, FERRY_SIZE, FERRY_CONTENT_HASH, FERRY_CHUNK_SIZE,
+    /// FERRY_DESC. Queued
     /// durably: a crash before it ran runs it after the restart (at least once).
     #[arg(long, env = "FERRYD_ON_COMPLETE")]
     pub(crate) on_complete: Option<String>,
