@@ -74,9 +74,22 @@ impl Https {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        self.exchange(method, path, headers, body.len() as u64, body, true)
+        self.try_send(method, path, headers, body)
             .await
-            .expect("an answer")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like `send`; `Err` when the server cannot be reached or gave no answer (it died).
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply, String> {
+        self.exchange(method, path, headers, body.len() as u64, body, true)
+            .await?
+            .ok_or_else(|| "no answer".to_owned())
     }
 
     /// A request that announces `length` body bytes and sends only `body`, then closes the
@@ -102,11 +115,17 @@ impl Https {
         length: u64,
         body: &[u8],
         whole: bool,
-    ) -> Option<Reply> {
+    ) -> Result<Option<Reply>, String> {
         let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut stream = self.connector.connect(name, tcp).await.unwrap();
+            let mut stream = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut head = format!(
                 "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
                 self.addr.port()
@@ -118,7 +137,10 @@ impl Https {
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
             head.push_str("\r\n");
-            stream.write_all(head.as_bytes()).await.unwrap();
+            stream
+                .write_all(head.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let _ = stream.write_all(body).await;
             let _ = stream.flush().await;
             if !whole {
@@ -126,15 +148,18 @@ impl Https {
                 let _ = stream.shutdown().await;
                 let mut rest = Vec::new();
                 let _ = stream.read_to_end(&mut rest).await;
-                return None;
+                return Ok::<_, String>(None);
             }
             let mut raw = Vec::new();
             let _ = stream.read_to_end(&mut raw).await;
-            Some(raw)
+            Ok(Some(raw))
         };
-        let raw = tokio::time::timeout(Duration::from_secs(60), exchange)
+        let Some(raw) = tokio::time::timeout(Duration::from_secs(60), exchange)
             .await
-            .expect("an answer within 60 s")?;
+            .map_err(|_| "no answer within 60 s".to_owned())??
+        else {
+            return Ok(None);
+        };
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let mut lines = head.lines();
@@ -142,15 +167,15 @@ impl Https {
             .next()
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("a status line in {text:?}"));
+            .ok_or_else(|| format!("no status line in {text:?}"))?;
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        Some(Reply {
+        Ok(Some(Reply {
             status,
             headers,
             body: body.to_owned(),
-        })
+        }))
     }
 }

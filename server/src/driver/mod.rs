@@ -132,6 +132,9 @@ pub enum Msg {
         reason: &'static str,
         reply: oneshot::Sender<Result<(), WireError>>,
     },
+    /// Commit what waits now instead of after the commit policy's delay: the sender has no
+    /// more to add (an HTTP request's body ended) and waits for the acks.
+    Flush,
     /// The upload as `resume` would describe it, without attaching anyone.
     Info {
         reply: oneshot::Sender<UploadInfo>,
@@ -205,6 +208,7 @@ impl Registry {
             attached: None,
             takeovers: watch::Sender::new(0),
             rx,
+            flush: false,
         };
         let registry = self.clone();
         // No parent: the driver outlives the connection that started it (takeovers, reconnects).
@@ -287,6 +291,8 @@ struct Driver {
     /// re-send from the new connection never races an old stream writing the same span.
     takeovers: watch::Sender<u64>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Set by `Flush`: the next commit starts as soon as none runs.
+    flush: bool,
 }
 
 enum Step {
@@ -299,7 +305,13 @@ impl Driver {
         let mut commit: Option<JoinHandle<Result<(), WireError>>> = None;
         loop {
             if commit.is_none() {
-                if let Some(batch) = self.session.poll_commit(Instant::now()) {
+                // Flushing: as if the policy's delay had passed.
+                let now = match self.flush {
+                    true => Instant::now() + Duration::from_secs(3600),
+                    false => Instant::now(),
+                };
+                if let Some(batch) = self.session.poll_commit(now) {
+                    self.flush = false;
                     commit = Some(tokio::spawn(self.persist(batch)));
                 }
             }
@@ -411,6 +423,7 @@ impl Driver {
                 });
             }
             Msg::Finish { digest, reply } => return self.finish(digest, reply).await,
+            Msg::Flush => self.flush = true,
             Msg::Info { reply } => {
                 let _ = reply.send(self.info(0));
             }

@@ -29,6 +29,7 @@ use ferry_tests::*;
 use tokio::sync::watch;
 
 mod rig;
+mod tus;
 use rig::Rig;
 
 const CHUNK: u64 = 64 << 10;
