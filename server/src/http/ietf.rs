@@ -164,7 +164,7 @@ async fn create(ctx: &Context, req: Request<Incoming>, peer: SocketAddr, version
     };
     if length.is_none() && !ctx.uploads.can_concatenate() {
         return bad_request(
-            "uploads of unknown length are not available with the s3 store: send Upload-Length",
+            "uploads of unknown length are not available on this server (its uploads are stored in a shared bucket): send Upload-Length",
         );
     }
     let file_name = header(headers, "content-disposition")

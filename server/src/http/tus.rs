@@ -76,8 +76,8 @@ fn options(ctx: &Context) -> Answer {
     answer
 }
 
-/// The extensions this server offers: with the s3 store, neither deferred lengths nor
-/// concatenation (both need the upload's bytes in files here).
+/// The extensions this server offers: with a shared bucket as the store, neither deferred
+/// lengths nor concatenation (both need the upload's bytes in files here).
 fn extensions(ctx: &Context) -> String {
     let mut list = vec![
         "creation",
@@ -152,7 +152,9 @@ async fn create(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answ
         (Ok(None), None) => return bad_request("send Upload-Length (or Upload-Defer-Length: 1)"),
     };
     if length.is_none() && !ctx.uploads.can_concatenate() {
-        return bad_request("creation-defer-length is not available with the s3 store");
+        return bad_request(
+            "creation-defer-length is not available on this server: its uploads are stored in a shared bucket",
+        );
     }
     let raw_metadata = header(headers, "upload-metadata").map(str::to_owned);
     let metadata = match parse_metadata(raw_metadata.as_deref().unwrap_or("")) {
