@@ -205,11 +205,13 @@ pub(crate) fn human_line(item: &Item, r: &Report) -> String {
         }
     };
     match r.status {
-        "skipped" => format!(
-            "ferry: {shown}: already on the server{}, skipped ({})",
-            published(&r.file_name),
-            r.reason.as_deref().unwrap_or("uploaded by an earlier run"),
-        ),
+        "skipped" => match r.reason.as_deref() {
+            Some(reason) => format!("ferry: {shown}: skipped: {reason}"),
+            None => format!(
+                "ferry: {shown}: already on the server{}, skipped (uploaded by an earlier run)",
+                published(&r.file_name),
+            ),
+        },
         "deduplicated" => format!(
             "ferry: {shown}: {} published{} from the same content already on the server, nothing sent",
             human(r.size),
