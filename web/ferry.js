@@ -2,7 +2,7 @@
 // carried on a WebTransport session. A frame is a 4-byte big-endian length and a JSON object.
 // This module knows the wire; app.js knows the page.
 
-export const PROTOCOL_VERSION = 8;
+export const PROTOCOL_VERSION = 9;
 const MAX_FRAME = 65536;
 
 const encoder = new TextEncoder();

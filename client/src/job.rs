@@ -123,7 +123,8 @@ pub fn plan(
             // A pipe would hang waiting for a writer, a device would never end or read as
             // empty: neither is a file to publish.
             return Err(ClientError::Usage(format!(
-                "cannot upload {}: it is {}, not a regular file (ferry uploads files and folders)",
+                "cannot upload {}: it is {}, not a regular file (ferry uploads files and folders; to send a stream, pipe it in: `ferry upload - --name NAME < {}`)",
+                path.display(),
                 path.display(),
                 kind_of(&meta)
             )));

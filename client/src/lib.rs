@@ -7,6 +7,7 @@ pub mod congestion;
 pub mod connection;
 pub mod digests;
 mod error;
+pub mod grow;
 pub mod job;
 pub mod journal;
 pub mod progress;

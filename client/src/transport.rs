@@ -30,7 +30,8 @@ pub fn client(idle_timeout: Duration, congestion: Congestion) -> TransportConfig
     t.send_window(16 << 20);
     t.stream_receive_window(VarInt::from_u32(1 << 20));
     t.receive_window(VarInt::from_u32(4 << 20));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // The server opens one only to answer `read` (`ferry cat`).
+    t.max_concurrent_uni_streams(VarInt::from_u32(2));
     if let Ok(idle) = idle_timeout.try_into() {
         t.max_idle_timeout(Some(idle));
     }

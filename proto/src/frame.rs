@@ -19,8 +19,11 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// WebTransport sessions for browsers and upload links (`hello.token` may be a grant); 7 added
 /// the code `too_fragmented` (a bound on the pieces of a chunk stream read out of order); 8
 /// added `lookup`/`found` and `digests`/`digest_page` (the server, not a client's journal,
-/// says what is uploaded already).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// says what is uploaded already); 9 added uploads of unknown length (`create.deferred`,
+/// `set_length`/`length_set`, `finish.size`, `created.upload.deferred`), `rewrite`/`rewritten`
+/// (a durable chunk sent again, for a file rewritten while it grew) and `read`/`read_data` (the
+/// durable prefix of an upload, read back while it arrives).
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The ALPN token of the protocol family; the version is agreed in `hello`, so an old client
 /// still connects and is told `unsupported_version`.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -65,6 +68,11 @@ pub enum Frame {
         /// What publishing does when the name is taken in its folder.
         #[serde(default, skip_serializing_if = "OnExists::is_default")]
         on_exists: OnExists,
+        /// The length is not known yet (a file still being written, a pipe): `size` is
+        /// ignored (send 0), chunks arrive as the source grows, and `set_length` (or
+        /// `finish.size`) declares the length at the end.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deferred: bool,
     },
     Created {
         req: u64,
@@ -88,6 +96,10 @@ pub enum Frame {
         req: u64,
         upload_id: String,
         content_hash: String,
+        /// The file's length: declares it for an upload still of unknown length (every chunk
+        /// of that length must be durable), and must equal it otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     Finished {
         req: u64,
@@ -95,6 +107,54 @@ pub enum Frame {
         file_name: String,
         size: u64,
         content_hash: String,
+    },
+    /// Declares the length of an upload created `deferred`, once its source has ended: the
+    /// layout is cut again for `size` (the last chunk may then be shorter). Refused while
+    /// chunks are in flight (wait for their acks) and for a length shorter than what is
+    /// durable. Answered with `length_set`.
+    SetLength {
+        req: u64,
+        upload_id: String,
+        size: u64,
+    },
+    LengthSet {
+        req: u64,
+        upload: UploadInfo,
+    },
+    /// Forgets durable chunks of an unfinished upload, so they can be sent again with new
+    /// content (a region of a growing file rewritten after it was sent). At most
+    /// [`MAX_REWRITE_PER_FRAME`] indices; refused while one of them is in flight. Answered with
+    /// `rewritten`, after the change is durable.
+    Rewrite {
+        req: u64,
+        upload_id: String,
+        chunks: Vec<u64>,
+    },
+    Rewritten {
+        req: u64,
+        upload_id: String,
+        chunks: Vec<u64>,
+    },
+    /// Reads up to `max` bytes (at most [`MAX_READ`]) of an upload's contiguous durable
+    /// prefix from `offset`: only acknowledged bytes are ever served. Answered with
+    /// `read_data`; when its `size` is not 0, the bytes follow on a unidirectional stream the
+    /// server opens, which begins with the same `read_data` frame.
+    Read {
+        req: u64,
+        upload_id: String,
+        offset: u64,
+        max: u64,
+    },
+    ReadData {
+        req: u64,
+        upload_id: String,
+        offset: u64,
+        /// Bytes that follow on the stream (0: nothing durable past `offset` yet).
+        size: u64,
+        /// The contiguous durable prefix's length now.
+        durable: u64,
+        /// The upload is complete: `durable` is its length and no more will come.
+        complete: bool,
     },
     Abort {
         req: u64,
@@ -312,6 +372,11 @@ pub struct FoundReceiving {
     pub durable_bytes: u64,
 }
 
+/// Most chunk indices in one `rewrite`.
+pub const MAX_REWRITE_PER_FRAME: usize = 1000;
+/// Most bytes one `read` returns.
+pub const MAX_READ: u64 = 16 * 1024 * 1024;
+
 /// Most uploads of each kind in one `found`.
 pub const MAX_FOUND: usize = 8;
 /// Most digests in one `digest_page` (each at most 90 bytes of JSON: the frame stays far below
@@ -335,6 +400,10 @@ pub struct UploadInfo {
     /// for the ranges from there on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durable_next: Option<u64>,
+    /// The length is not declared yet: `size` and `chunk_count` are the bound the upload is
+    /// laid out for (the server's largest file), not its length.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
 /// One line of `listing`.
@@ -399,6 +468,12 @@ const KNOWN_TYPES: &[&str] = &[
     "resumed",
     "finish",
     "finished",
+    "set_length",
+    "length_set",
+    "rewrite",
+    "rewritten",
+    "read",
+    "read_data",
     "abort",
     "aborted",
     "mkdir",
@@ -510,6 +585,9 @@ impl Frame {
             | Self::NoMatch { req }
             | Self::Found { req, .. }
             | Self::DigestPage { req, .. }
+            | Self::LengthSet { req, .. }
+            | Self::Rewritten { req, .. }
+            | Self::ReadData { req, .. }
             | Self::Pong { req }
             | Self::Listing { req, .. }
             | Self::Error { req: Some(req), .. } => Some(*req),
@@ -523,6 +601,9 @@ impl Frame {
             | Self::Dedup { .. }
             | Self::Lookup { .. }
             | Self::Digests { .. }
+            | Self::SetLength { .. }
+            | Self::Rewrite { .. }
+            | Self::Read { .. }
             | Self::Ping { .. }
             | Self::List { .. }
             | Self::Notice { .. }
@@ -545,6 +626,12 @@ impl Frame {
             Self::Resumed { .. } => "resumed",
             Self::Finish { .. } => "finish",
             Self::Finished { .. } => "finished",
+            Self::SetLength { .. } => "set_length",
+            Self::LengthSet { .. } => "length_set",
+            Self::Rewrite { .. } => "rewrite",
+            Self::Rewritten { .. } => "rewritten",
+            Self::Read { .. } => "read",
+            Self::ReadData { .. } => "read_data",
             Self::Abort { .. } => "abort",
             Self::Aborted { .. } => "aborted",
             Self::Mkdir { .. } => "mkdir",
@@ -619,6 +706,100 @@ mod tests {
         match Frame::decode_body(create.as_bytes()).unwrap() {
             Frame::Create { on_exists, .. } => assert_eq!(on_exists, OnExists::Fail),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Version 9's frames round-trip, their replies are routed, and a `create` or `finish`
+    /// of an older client (no `deferred`, no `size`) still decodes as before.
+    #[test]
+    fn version_9_frames_round_trip() {
+        let info = UploadInfo {
+            upload_id: "ab".into(),
+            file_name: "x.ts".into(),
+            size: 1 << 40,
+            chunk_size: 4096,
+            chunk_count: (1 << 40) / 4096,
+            durable: vec![[0, 3]],
+            durable_offset: 3 * 4096,
+            durable_next: None,
+            deferred: true,
+        };
+        let frames = [
+            Frame::SetLength {
+                req: 1,
+                upload_id: "ab".into(),
+                size: 12_345,
+            },
+            Frame::LengthSet {
+                req: 1,
+                upload: info,
+            },
+            Frame::Rewrite {
+                req: 2,
+                upload_id: "ab".into(),
+                chunks: vec![0, 7],
+            },
+            Frame::Rewritten {
+                req: 2,
+                upload_id: "ab".into(),
+                chunks: vec![0, 7],
+            },
+            Frame::Read {
+                req: 3,
+                upload_id: "ab".into(),
+                offset: 0,
+                max: MAX_READ,
+            },
+            Frame::ReadData {
+                req: 3,
+                upload_id: "ab".into(),
+                offset: 0,
+                size: 4096,
+                durable: 8192,
+                complete: false,
+            },
+        ];
+        for frame in frames {
+            let bytes = frame.to_bytes();
+            assert_eq!(Frame::decode_body(&bytes[4..]).unwrap(), frame);
+            assert!(KNOWN_TYPES.contains(&frame.kind()));
+        }
+        let replies = [(
+            Frame::LengthSet {
+                req: 4,
+                upload: UploadInfo {
+                    deferred: false,
+                    ..info_of(0)
+                },
+            },
+            4,
+        )];
+        for (frame, req) in replies {
+            assert_eq!(frame.reply_to(), Some(req));
+        }
+        let old = r#"{"type":"finish","req":1,"upload_id":"ab","content_hash":"00"}"#;
+        match Frame::decode_body(old.as_bytes()).unwrap() {
+            Frame::Finish { size, .. } => assert_eq!(size, None),
+            other => panic!("{other:?}"),
+        }
+        let old = r#"{"type":"create","req":1,"file_name":"a","size":1,"chunk_size":4096}"#;
+        match Frame::decode_body(old.as_bytes()).unwrap() {
+            Frame::Create { deferred, .. } => assert!(!deferred),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn info_of(size: u64) -> UploadInfo {
+        UploadInfo {
+            upload_id: "ab".into(),
+            file_name: "a".into(),
+            size,
+            chunk_size: 4096,
+            chunk_count: 0,
+            durable: Vec::new(),
+            durable_offset: 0,
+            durable_next: None,
+            deferred: false,
         }
     }
 

@@ -20,7 +20,8 @@ pub use digest::{ContentHasher, Digest, DigestParseError};
 pub use error::ErrorCode;
 pub use frame::{
     FoundComplete, FoundReceiving, Frame, FrameError, Limits, OnExists, UploadInfo, UploadSummary,
-    ALPN, MAX_DIGESTS_PER_FRAME, MAX_FOUND, MAX_FRAME, MAX_RANGES_PER_FRAME, PROTOCOL_VERSION,
+    ALPN, MAX_DIGESTS_PER_FRAME, MAX_FOUND, MAX_FRAME, MAX_RANGES_PER_FRAME, MAX_READ,
+    MAX_REWRITE_PER_FRAME, PROTOCOL_VERSION,
 };
 pub use layout::{ChunkIndex, ChunkLayout, LayoutError, Span};
 pub use sender::{SenderError, UploadSender, MAX_DIGEST_FAILURES, RETRY_DELAY};

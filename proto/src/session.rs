@@ -337,6 +337,16 @@ impl UploadSession {
         self.durable.remove(index.get());
     }
 
+    /// The client will send durable chunk `index` again with new content (`rewrite`): it is
+    /// no longer durable. Refused (false) while the chunk is arriving or being committed.
+    pub fn rewrite(&mut self, index: ChunkIndex) -> bool {
+        if self.receiving.contains(&index.get()) || self.is_waiting_or_committing(index) {
+            return false;
+        }
+        self.durable.remove(index.get());
+        true
+    }
+
     /// The client asked to finish. On success, the I/O layer hashes the file, publishes it and
     /// then calls `handle_finalized`.
     pub fn handle_finish(&mut self) -> Result<(), FinishError> {
@@ -519,6 +529,40 @@ mod tests {
             s.handle_header(&header(0, &data)),
             Ok(Accept::AlreadyReceived)
         );
+    }
+
+    #[test]
+    fn a_durable_chunk_can_be_rewritten_but_not_one_in_flight() {
+        let now = Instant::now();
+        let mut s = session(3 * 4, 4);
+        let data = *b"abcd";
+        let mut indices = Vec::new();
+        for i in 0..2 {
+            let Accept::Receive { index, .. } = s.handle_header(&header(i, &data)).unwrap() else {
+                panic!()
+            };
+            s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+            indices.push(index);
+        }
+        let later = s.poll_timeout().unwrap();
+        assert_eq!(s.poll_commit(later).unwrap().chunks.len(), 2);
+        s.handle_persisted();
+        assert!(s.durable().contains(0) && s.durable().contains(1));
+        // Chunk 2 arrives; while it does, it cannot be rewritten.
+        let Accept::Receive {
+            index: arriving, ..
+        } = s.handle_header(&header(2, &data)).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!s.rewrite(arriving));
+        assert!(s.rewrite(indices[0]));
+        assert!(!s.durable().contains(0));
+        // Sent again, it is received like a new chunk.
+        assert!(matches!(
+            s.handle_header(&header(0, b"wxyz")),
+            Ok(Accept::Receive { .. })
+        ));
     }
 
     #[test]

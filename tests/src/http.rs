@@ -14,6 +14,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body as bytes (binary bodies: `GET` of an upload).
+    pub bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -160,6 +162,10 @@ impl Https {
         else {
             return Ok(None);
         };
+        let bytes = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or_else(Vec::new, |at| raw[at + 4..].to_vec());
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let mut lines = head.lines();
@@ -176,6 +182,7 @@ impl Https {
             status,
             headers,
             body: body.to_owned(),
+            bytes,
         }))
     }
 }

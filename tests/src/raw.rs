@@ -97,6 +97,7 @@ pub fn create(req: u64, name: &str, size: u64, chunk_size: u64) -> Frame {
         desc: String::new(),
         dir: Vec::new(),
         on_exists: Default::default(),
+        deferred: false,
     }
 }
 

@@ -195,6 +195,7 @@ impl Client {
             req,
             upload_id: upload_id.to_owned(),
             content_hash: digest.to_hex(),
+            size: None,
         };
         match self.request_retrying(ask, reconnects).await? {
             Frame::Finished {

@@ -471,6 +471,7 @@ async fn open(
         desc: desc.to_owned(),
         dir: dir.to_vec(),
         on_exists: opts.on_exists,
+        deferred: false,
     };
     let info = match conn.request(create).await? {
         Frame::Created { upload, .. } => upload,

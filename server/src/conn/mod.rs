@@ -59,6 +59,8 @@ struct Conn {
     /// Separate pieces its chunk streams read out of order hold right now (each stream adds
     /// and takes back its own), bounded by `chunks::MAX_PIECES_PER_CONNECTION`.
     pieces: std::sync::atomic::AtomicUsize,
+    /// One `read` stream at a time.
+    reading: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the login phase ended without a logged-in connection.
@@ -268,6 +270,7 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
         events,
         attached: Default::default(),
         pieces: Default::default(),
+        reading: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let chunk_streams = tokio::spawn(tracing::Instrument::in_current_span(
         chunks::accept_chunk_streams(conn.clone()),

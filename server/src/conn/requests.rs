@@ -7,6 +7,7 @@ use ferry_proto::{Digest, ErrorCode, Frame, OnExists};
 use crate::driver::WireError;
 use crate::uploads::{Deduped, NewUpload};
 
+use super::peer::Peer;
 use super::Conn;
 
 impl Conn {
@@ -22,9 +23,19 @@ impl Conn {
                 desc,
                 dir,
                 on_exists,
+                deferred,
             } => {
-                let new = new_upload(file_name, dir, size, chunk_size, desc, on_exists);
-                let created = match uploads.create(who, new).await {
+                let mut new = new_upload(file_name, dir, size, chunk_size, desc, on_exists);
+                new.extra.deferred = deferred;
+                let checked = match deferred {
+                    true => uploads.check_deferred(),
+                    false => Ok(()),
+                };
+                let created = match checked {
+                    Ok(()) => uploads.create(who, new).await,
+                    Err(e) => Err(e),
+                };
+                let created = match created {
                     Ok(created) => self.attach(created, 0).await,
                     Err(e) => Err(e),
                 };
@@ -124,7 +135,53 @@ impl Conn {
                 req,
                 upload_id,
                 content_hash,
-            } => (req, self.finish(req, &upload_id, &content_hash).await),
+                size,
+            } => {
+                let declared = match size {
+                    Some(size) => uploads
+                        .declare_length(who, &upload_id, size)
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                };
+                let finished = match declared {
+                    Ok(()) => self.finish(req, &upload_id, &content_hash).await,
+                    Err(e) => Err(e),
+                };
+                (req, finished)
+            }
+            Frame::SetLength {
+                req,
+                upload_id,
+                size,
+            } => (
+                req,
+                uploads
+                    .declare_length(who, &upload_id, size)
+                    .await
+                    .map(|upload| Frame::LengthSet { req, upload }),
+            ),
+            Frame::Rewrite {
+                req,
+                upload_id,
+                chunks,
+            } => (
+                req,
+                uploads
+                    .rewrite(who, &upload_id, chunks)
+                    .await
+                    .map(|chunks| Frame::Rewritten {
+                        req,
+                        upload_id,
+                        chunks,
+                    }),
+            ),
+            Frame::Read {
+                req,
+                upload_id,
+                offset,
+                max,
+            } => (req, self.read(req, upload_id, offset, max).await),
             Frame::Abort { req, upload_id } => (
                 req,
                 uploads
@@ -245,4 +302,112 @@ fn new_upload(
         on_exists,
         extra: Default::default(),
     }
+}
+
+/// Bytes read from a file and written to a `read` stream at a time.
+const READ_PIECE: usize = 1024 * 1024;
+
+impl Conn {
+    /// `read`: answers `read_data` with what is acknowledged from `offset` (at most `max` and
+    /// [`ferry_proto::MAX_READ`] bytes), and sends those bytes on a unidirectional stream it
+    /// opens, which begins with the same `read_data` frame. One read at a time per connection:
+    /// a second waits for the first stream to end.
+    async fn read(
+        &self,
+        req: u64,
+        raw_id: String,
+        offset: u64,
+        max: u64,
+    ) -> Result<Frame, WireError> {
+        let Peer::Quic(quic) = &self.peer else {
+            return Err(WireError::new(
+                ErrorCode::Refused,
+                "reading uploads back is for ferry/1 connections",
+            ));
+        };
+        let view = self.ctx.uploads.read_view(&self.who, &raw_id).await?;
+        if offset > view.durable {
+            return Err(WireError::new(
+                ErrorCode::BadField,
+                format!(
+                    "offset {offset} is past the {} acknowledged bytes",
+                    view.durable
+                ),
+            ));
+        }
+        let size = (view.durable - offset).min(max).min(ferry_proto::MAX_READ);
+        if size == 0 {
+            // Nothing to send: no stream.
+            return Ok(Frame::ReadData {
+                req,
+                upload_id: raw_id,
+                offset,
+                size,
+                durable: view.durable,
+                complete: view.complete,
+            });
+        }
+        let limit = self.ctx.stream_timeout;
+        let permit = tokio::time::timeout(limit, self.reading.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                WireError::new(
+                    ErrorCode::StreamTimeout,
+                    "the previous read's stream was not read",
+                )
+            })?
+            .map_err(|_| WireError::new(ErrorCode::ShuttingDown, "the connection is closing"))?;
+        let frame = Frame::ReadData {
+            req,
+            upload_id: raw_id,
+            offset,
+            size,
+            durable: view.durable,
+            complete: view.complete,
+        };
+        let quic = quic.clone();
+        let header = frame.to_bytes();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let sent = tokio::time::timeout(
+                limit.saturating_mul(1 + (size / (4 << 20)) as u32),
+                send_read(quic, header, view.path, offset, size),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::debug!(offset, size, "read stream not completed");
+            }
+        });
+        Ok(frame)
+    }
+}
+
+/// Writes `header` and `size` bytes of `path` from `offset` on a new unidirectional stream.
+async fn send_read(
+    quic: quinn::Connection,
+    header: Vec<u8>,
+    path: std::path::PathBuf,
+    offset: u64,
+    size: u64,
+) -> Result<(), ()> {
+    let mut stream = quic.open_uni().await.map_err(drop)?;
+    stream.write_all(&header).await.map_err(drop)?;
+    let file = std::sync::Arc::new(std::fs::File::open(&path).map_err(drop)?);
+    let mut done = 0;
+    while done < size {
+        let len = (size - done).min(READ_PIECE as u64) as usize;
+        let (file, at) = (file.clone(), offset + done);
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at).map(|()| buf)
+        })
+        .await
+        .map_err(drop)?
+        .map_err(drop)?;
+        stream.write_all(&piece).await.map_err(drop)?;
+        done += len as u64;
+    }
+    stream.finish().map_err(drop)?;
+    let _ = stream.stopped().await;
+    Ok(())
 }

@@ -146,6 +146,12 @@ pub enum Msg {
         size: u64,
         reply: oneshot::Sender<Result<UploadRecord, WireError>>,
     },
+    /// Forgets durable chunks so the client can send them again (`rewrite`): refused while
+    /// one of them is in flight. Replies once the change is durable.
+    Rewrite {
+        chunks: Vec<u64>,
+        reply: oneshot::Sender<Result<Vec<u64>, WireError>>,
+    },
     /// Remove the upload for lack of progress, unless a connection drives it; replies whether
     /// it was removed.
     Expire {
@@ -430,6 +436,9 @@ impl Driver {
             Msg::SetLength { size, reply } => {
                 let _ = reply.send(self.set_length(size).await);
             }
+            Msg::Rewrite { chunks, reply } => {
+                let _ = reply.send(self.rewrite(chunks).await);
+            }
             Msg::Abort { reason, reply } => match self.backend.abort(self.id, &self.record).await {
                 Ok(()) => {
                     info!(reason, "removed");
@@ -574,6 +583,48 @@ impl Driver {
         Ok(record)
     }
 
+    /// Forgets the durable chunks `chunks` (see `Msg::Rewrite`): every index is checked first,
+    /// so a refused request changes nothing.
+    async fn rewrite(&mut self, mut chunks: Vec<u64>) -> Result<Vec<u64>, WireError> {
+        let layout = *self.session.layout();
+        chunks.sort_unstable();
+        chunks.dedup();
+        let mut forget = Vec::new();
+        for &raw in &chunks {
+            let index = layout
+                .index(raw)
+                .map_err(|e| WireError::new(ErrorCode::IndexOutOfRange, e.to_string()))?;
+            if self.session.received().contains(raw) && !self.session.durable().contains(raw) {
+                return Err(WireError::new(
+                    ErrorCode::ChunkInProgress,
+                    format!("chunk {raw} is being committed; retry once it is acknowledged"),
+                ));
+            }
+            if self.session.durable().contains(raw) {
+                forget.push(index);
+            }
+        }
+        for &index in &forget {
+            if !self.session.rewrite(index) {
+                return Err(WireError::new(
+                    ErrorCode::ChunkInProgress,
+                    format!(
+                        "chunk {} is arriving; retry once it is acknowledged",
+                        index.get()
+                    ),
+                ));
+            }
+        }
+        let store = self.backend.store().clone();
+        let (id, raw): (_, Vec<u64>) = (self.id, forget.iter().map(|i| i.get()).collect());
+        tokio::task::spawn_blocking(move || store.forget_chunks(id, &raw))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| WireError::from_error(&e, "failed to forget the chunks"))?;
+        info!(chunks = forget.len(), "chunks to be sent again");
+        Ok(chunks)
+    }
+
     /// The upload as `created`/`resumed` describe it, its durable ranges paged from `from`.
     fn info(&self, from: u64) -> UploadInfo {
         let layout = self.session.layout();
@@ -590,6 +641,7 @@ impl Driver {
             durable,
             durable_offset: layout.prefix_bytes(self.session.durable()),
             durable_next,
+            deferred: self.record.deferred,
         }
     }
 }

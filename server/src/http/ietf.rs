@@ -319,8 +319,7 @@ fn append_error(e: AppendError, at: u64, version: u8) -> Answer {
                 "provided-offset": at,
             })
             .to_string();
-            let mut answer =
-                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            let mut answer = hyper::Response::new(super::full(body));
             *answer.status_mut() = StatusCode::CONFLICT;
             set(&mut answer, "content-type", "application/problem+json");
             set(&mut answer, "upload-offset", offset.to_string());

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod ietf;
+mod read;
 mod tus;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -37,10 +39,10 @@ use crate::web::Origins;
 const HTTP_CHUNK_SIZE: u64 = 8 << 20;
 
 /// Request headers a page of another origin may send (CORS).
-const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Disposition, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, X-HTTP-Method-Override, X-Requested-With";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Disposition, Range, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, X-HTTP-Method-Override, X-Requested-With";
 /// Response headers a page of another origin may read (CORS).
-const EXPOSE_HEADERS: &str = "Location, Ferry-File-Name, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
-const ALLOW_METHODS: &str = "POST, HEAD, PATCH, DELETE, OPTIONS";
+const EXPOSE_HEADERS: &str = "Location, Ferry-File-Name, Ferry-Durable-Offset, Ferry-Complete, Content-Range, Accept-Ranges, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
+const ALLOW_METHODS: &str = "POST, HEAD, PATCH, DELETE, OPTIONS, GET";
 
 /// What the HTTP front end serves from.
 pub(crate) struct Context {
@@ -76,7 +78,19 @@ impl Context {
 }
 
 /// The answers of this front end: small bodies, built whole.
-pub(crate) type Answer = Response<Full<Bytes>>;
+pub(crate) type Answer = Response<BoxBody<Bytes, std::io::Error>>;
+
+/// A whole body, as the front end's answers carry them.
+pub(crate) fn boxed(body: Full<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+    body.map_err(|never| match never {}).boxed()
+}
+
+/// A body held whole in memory.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// One request to the upload endpoint.
 pub(crate) async fn handle(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answer {
@@ -150,6 +164,11 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answe
                 Ok(m) => method = m,
                 Err(_) => return plain(StatusCode::BAD_REQUEST, "bad X-HTTP-Method-Override\n"),
             }
+        }
+    }
+    if method == Method::GET {
+        if let Target::Upload(id) = &target {
+            return read::get(ctx, req.headers(), peer, id).await;
         }
     }
     match ietf::version(req.headers()) {
@@ -323,7 +342,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
 /// An error answer: `{"code": …, "message": …}`.
 pub(crate) fn error(status: StatusCode, e: &WireError) -> Answer {
     let body = serde_json::json!({"code": e.code.as_str(), "message": e.message}).to_string();
-    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    let mut answer = Response::new(full(body));
     *answer.status_mut() = status;
     answer
         .headers_mut()
@@ -337,7 +356,7 @@ pub(crate) fn wire_error(e: &WireError) -> Answer {
 }
 
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Answer {
-    let mut answer = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let mut answer = Response::new(full(Bytes::from_static(text.as_bytes())));
     *answer.status_mut() = status;
     answer
         .headers_mut()
@@ -346,7 +365,7 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Answer {
 }
 
 pub(crate) fn empty(status: StatusCode) -> Answer {
-    let mut answer = Response::new(Full::new(Bytes::new()));
+    let mut answer = Response::new(full(Bytes::new()));
     *answer.status_mut() = status;
     answer
 }

@@ -51,7 +51,7 @@ pub(super) async fn handle(
             (Method::PATCH, Target::Upload(id)) => patch(ctx, req, peer, &id).await,
             (Method::DELETE, Target::Upload(id)) => delete(ctx, req.headers(), peer, &id).await,
             (_, Target::Endpoint) => not_allowed("POST, OPTIONS"),
-            (_, Target::Upload(_)) => not_allowed("HEAD, PATCH, DELETE, OPTIONS"),
+            (_, Target::Upload(_)) => not_allowed("GET, HEAD, PATCH, DELETE, OPTIONS"),
         }
     };
     set(&mut answer, "tus-resumable", VERSION);

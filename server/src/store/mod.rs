@@ -534,7 +534,7 @@ impl Store {
         Ok(out)
     }
 
-    fn owner_dir(&self, owner: &str) -> PathBuf {
+    pub fn owner_dir(&self, owner: &str) -> PathBuf {
         self.data_dir.join("files").join(owner)
     }
 
@@ -638,6 +638,18 @@ impl Store {
     pub fn clear_tail(&self, id: UploadId) -> Result<()> {
         self.db()?.meta.remove(tail_key(id))?;
         Ok(())
+    }
+
+    /// Forgets durable chunks (`rewrite`): their digests are removed and the database synced,
+    /// so they are not durable after a crash either; their bytes are written again when the
+    /// client re-sends them.
+    pub fn forget_chunks(&self, id: UploadId, chunks: &[u64]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for index in chunks {
+            batch.remove(&id.chunk_key(*index)[..]);
+        }
+        self.db()?.chunks.apply_batch(batch)?;
+        self.sync()
     }
 
     /// Declares the length of an upload created without one: the staging file reserved to

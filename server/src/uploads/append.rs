@@ -415,7 +415,12 @@ impl Uploads {
 
     /// How many bytes past `offset` this upload may take: to its length, or for one of
     /// unknown length to the largest file and the owner's free quota.
-    fn room(&self, who: &Principal, record: &UploadRecord, offset: u64) -> Result<u64, WireError> {
+    pub(super) fn room(
+        &self,
+        who: &Principal,
+        record: &UploadRecord,
+        offset: u64,
+    ) -> Result<u64, WireError> {
         if !record.deferred {
             return Ok(record.size - offset);
         }

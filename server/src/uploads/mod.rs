@@ -18,6 +18,7 @@ mod admission;
 pub mod append;
 mod concat;
 mod dedup;
+mod grow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +39,7 @@ use crate::verify::Verifier;
 
 pub use admission::name_taken;
 pub use dedup::Deduped;
+pub use grow::ReadView;
 
 /// Room for summaries in one `listing`: the frame limit less the envelope (`type`, `req`,
 /// `next`), which takes under 200 bytes.
@@ -296,20 +298,7 @@ impl Uploads {
         if record.state == RecordState::Complete {
             // Complete already (the finish reply may have been lost): everything is durable,
             // and a finish with the same digest is answered again.
-            let layout = record.layout().map_err(|e| internal(e.to_string()))?;
-            let all = ChunkSet::full(layout.count());
-            let (durable, durable_next) = all.to_wire_page(from, ferry_proto::MAX_RANGES_PER_FRAME);
-            let info = UploadInfo {
-                upload_id: id.to_string(),
-                file_name: record.file_name,
-                size: layout.size(),
-                chunk_size: layout.chunk_size(),
-                chunk_count: layout.count(),
-                durable,
-                durable_offset: layout.size(),
-                durable_next,
-            };
-            return Ok((info, None));
+            return Ok((complete_info(id, record, from)?, None));
         }
         self.verified(id).await?;
         if from == 0 {
@@ -576,6 +565,7 @@ impl Uploads {
                 "send create or resume for this upload first",
             ));
         };
+        self.check_deferred_room(who, id, &header)?;
         let (reply, rx) = oneshot::channel();
         let _ = driver.send(Msg::Header {
             conn: who.conn,
@@ -586,6 +576,41 @@ impl Uploads {
             WireError::new(ErrorCode::BadState, "the upload finished or was aborted")
         })??;
         Ok((driver, verdict))
+    }
+
+    /// An upload of unknown length counts nothing against the quota until its length is
+    /// declared: with a quota set, a chunk reaching past the owner's free quota is refused
+    /// here, as a tus request's bytes are (`quota_exceeded`).
+    fn check_deferred_room(
+        &self,
+        who: &Principal,
+        id: UploadId,
+        header: &ChunkHeader,
+    ) -> Result<(), WireError> {
+        if self.tunable().quota_per_owner == 0 {
+            return Ok(());
+        }
+        let record = match self.store().record(id) {
+            Ok(Some(record)) if record.deferred => record,
+            _ => return Ok(()),
+        };
+        let end = header
+            .index
+            .saturating_add(1)
+            .saturating_mul(record.chunk_size);
+        let room = self.room(who, &record, 0)?;
+        if end > room {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "chunk {} would take this upload of unknown length to {}, past the {} the owner's quota leaves",
+                    header.index,
+                    ferry_proto::units::human(end),
+                    ferry_proto::units::human(room)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Detaches the caller from these uploads (its connection ended).
@@ -768,6 +793,24 @@ fn create_error(e: &anyhow::Error) -> WireError {
     } else {
         storage(e, "failed to create the upload")
     }
+}
+
+/// A complete upload as `resumed` describes it: every chunk durable.
+fn complete_info(id: UploadId, record: UploadRecord, from: u64) -> Result<UploadInfo, WireError> {
+    let layout = record.layout().map_err(|e| internal(e.to_string()))?;
+    let all = ChunkSet::full(layout.count());
+    let (durable, durable_next) = all.to_wire_page(from, ferry_proto::MAX_RANGES_PER_FRAME);
+    Ok(UploadInfo {
+        upload_id: id.to_string(),
+        file_name: record.file_name,
+        size: layout.size(),
+        chunk_size: layout.chunk_size(),
+        chunk_count: layout.count(),
+        durable,
+        durable_offset: layout.size(),
+        durable_next,
+        deferred: false,
+    })
 }
 
 pub(crate) fn internal(e: impl ToString) -> WireError {

@@ -75,7 +75,7 @@ pub(crate) async fn serve(
             let mut response = if ctx.http.serves(req.uri().path()) {
                 crate::http::handle(&ctx.http, req, peer).await
             } else {
-                handle(&req, &ctx)
+                handle(&req, &ctx).map(crate::http::boxed)
             };
             common_headers(&mut response, &ctx);
             response
@@ -107,7 +107,7 @@ fn handle(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
 }
 
 /// Headers of every answer of the web listener.
-fn common_headers(response: &mut Response<Full<Bytes>>, ctx: &Context) {
+fn common_headers<B>(response: &mut Response<B>, ctx: &Context) {
     let headers = response.headers_mut();
     let port = ctx.quic_port;
     if let Ok(value) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {

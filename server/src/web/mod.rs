@@ -141,6 +141,18 @@ pub(crate) fn url_origin(url: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The page built into the server speaks the server's protocol version: a bump that
+    /// forgets `web/ferry.js` would send every browser to the tus fallback.
+    #[test]
+    fn the_page_speaks_this_protocol_version() {
+        let page = include_str!("../../../web/ferry.js");
+        let line = format!(
+            "export const PROTOCOL_VERSION = {};",
+            ferry_proto::PROTOCOL_VERSION
+        );
+        assert!(page.lines().any(|l| l == line), "web/ferry.js lacks {line}");
+    }
+
     fn config(origins: &[&str], url: Option<&str>) -> Origins {
         Origins {
             allowed: origins.iter().map(|o| o.to_string()).collect(),

@@ -167,6 +167,7 @@ async fn request_cases(server: &TestServer) {
                 req: 9,
                 upload_id: "0".repeat(32),
                 content_hash: "zz".into(),
+                size: None,
             },
             ErrorCode::BadDigest,
         ),
@@ -194,6 +195,7 @@ async fn request_cases(server: &TestServer) {
         req: 11,
         upload_id: id,
         content_hash: Digest::of(b"").to_hex(),
+        size: None,
     })
     .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
@@ -337,6 +339,7 @@ async fn chunk_cases(server: &TestServer) {
         req: 20,
         upload_id: id.clone(),
         content_hash: whole.clone(),
+        size: None,
     })
     .await;
     assert_eq!(
@@ -350,6 +353,7 @@ async fn chunk_cases(server: &TestServer) {
         req: 21,
         upload_id: id.clone(),
         content_hash: good.clone(),
+        size: None,
     })
     .await;
     assert_eq!(
@@ -362,6 +366,7 @@ async fn chunk_cases(server: &TestServer) {
         req: 23,
         upload_id: id.clone(),
         content_hash: plain,
+        size: None,
     })
     .await;
     assert_eq!(
@@ -373,6 +378,7 @@ async fn chunk_cases(server: &TestServer) {
         req: 22,
         upload_id: id,
         content_hash: whole,
+        size: None,
     })
     .await;
     assert!(matches!(raw.next().await, Some(Frame::Finished { .. })));
@@ -498,6 +504,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         desc: String::new(),
         dir: Vec::new(),
         on_exists: Default::default(),
+        deferred: false,
     })
     .await;
     match raw.next().await {
@@ -522,6 +529,7 @@ async fn per_owner_limits_and_connection_caps_have_their_own_codes() {
         desc: String::new(),
         dir: Vec::new(),
         on_exists: Default::default(),
+        deferred: false,
     })
     .await;
     match bob.next().await {

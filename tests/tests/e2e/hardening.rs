@@ -165,6 +165,7 @@ async fn simultaneous_creates_cannot_overrun_the_quota_or_the_upload_limit() {
                     desc: String::new(),
                     dir: Vec::new(),
                     on_exists: Default::default(),
+                    deferred: false,
                 })
                 .await;
                 raw.next().await
@@ -203,6 +204,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
             desc: desc.clone(),
             dir: Vec::new(),
             on_exists: Default::default(),
+            deferred: false,
         })
         .await;
         assert!(matches!(raw.next().await, Some(Frame::Created { .. })));
@@ -238,6 +240,7 @@ async fn long_listings_and_long_durable_lists_are_paged() {
         desc: String::new(),
         dir: Vec::new(),
         on_exists: Default::default(),
+        deferred: false,
     })
     .await;
     let id = match raw.next().await {
@@ -432,6 +435,7 @@ async fn many_stalled_chunk_streams_stay_within_the_memory_bound() {
             desc: String::new(),
             dir: Vec::new(),
             on_exists: Default::default(),
+            deferred: false,
         })
         .await;
         let Some(Frame::Created { upload, .. }) = raw.next().await else {

@@ -274,6 +274,7 @@ async fn a_description_with_a_nul_byte_is_refused_at_create() {
         desc: "take 1\0take 2".into(),
         dir,
         on_exists,
+        deferred: false,
     })
     .await;
     match raw.next().await {
@@ -546,6 +547,7 @@ async fn an_upload_link_cannot_probe_the_owners_file_names() {
         desc,
         dir,
         on_exists: ferry_proto::OnExists::Fail,
+        deferred: false,
     })
     .await;
     let upload = match raw.next().await {
@@ -566,6 +568,7 @@ async fn an_upload_link_cannot_probe_the_owners_file_names() {
         req: 2,
         upload_id: upload.upload_id.clone(),
         content_hash: ferry_proto::ContentHasher::of(&payload, 1 << 20).to_hex(),
+        size: None,
     })
     .await;
     match raw.next().await {
@@ -638,6 +641,7 @@ async fn code_and_docs_agree_on_a_bad_tokens_file_check_order_and_cursors() {
         desc: "d".repeat(5000),
         dir,
         on_exists,
+        deferred: false,
     })
     .await;
     assert_eq!(raw.code().await, ErrorCode::BadField);

@@ -6,6 +6,7 @@ mod battery;
 mod browser;
 mod crash;
 mod first_contact;
+mod growing;
 mod hardening;
 mod hardening3;
 mod hooks;

@@ -490,6 +490,7 @@ async fn two_nodes_writing_one_part_never_publish_unrecorded_bytes() {
             req: 3,
             upload_id: id.clone(),
             content_hash: content_hash(&[&digest_hex(&x), &digest_hex(&z)]),
+            size: None,
         })
         .await;
         let reply = loop {

@@ -379,6 +379,7 @@ pub async fn create_named(
         desc: String::new(),
         dir: Vec::new(),
         on_exists: Default::default(),
+        deferred: false,
     };
     match client.connection().await.unwrap().request(create).await? {
         Frame::Created { upload, .. } => Ok(upload),
@@ -401,6 +402,7 @@ pub async fn finish_raw(
         req,
         upload_id: upload_id.to_owned(),
         content_hash,
+        size: None,
     };
     client.connection().await.unwrap().request(finish).await
 }

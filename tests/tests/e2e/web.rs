@@ -76,6 +76,7 @@ async fn a_webtransport_session_uploads_through_a_link_and_sees_only_its_own() {
         req: 2,
         upload_id: upload.upload_id.clone(),
         content_hash,
+        size: None,
     })
     .await;
     match reply(&mut web).await {

@@ -29,6 +29,8 @@ Exit status:
        space; run the same command again to resume
   2    usage or config error, authentication or trust failure, a permanent refusal
        (file too large, invalid name, already_exists, ...)
+  3    `ferry upload -`: an earlier run of the same stream died; what the server holds of it
+       is said, the rest of that stream is lost (a pipe cannot be read again)
   130  stopped by Ctrl-C; run the same command again to resume
   143  stopped by SIGTERM; run the same command again to resume
 A line of stdout cut short by a closed pipe (`| head -1`) is a normal end: exit 0.
@@ -41,6 +43,11 @@ Examples:
     ferry upload --exclude '*.THM' /media/card/DCIM
   Run it again after an interruption, from this machine or another: it resumes, and sends
   nothing the server holds already.
+  Upload a recording while it is being written, and a pipe:
+    ferry upload --follow /media/obs/stream.mkv
+    ffmpeg -i rtsp://camera/live -c copy -f mpegts - | ferry upload - --name cam/live.ts
+  Read what has arrived so far (verified bytes only), as it grows:
+    ferry cat --follow cam/live.ts | ffplay -
   Check the way to the server:
     ferry ping
   Scripts: one JSON line per file and a summary:
@@ -117,6 +124,18 @@ pub(crate) enum Command {
         dir: PathBuf,
         #[command(flatten)]
         upload: UploadArgs,
+    },
+    /// Write an upload's acknowledged bytes to stdout (or --output): a complete upload, or the
+    /// verified, durable start of one still arriving. TARGET is an upload id or the name it is
+    /// published under.
+    Cat {
+        target: String,
+        /// Keep reading as more is acknowledged, until the upload is complete.
+        #[arg(short, long)]
+        follow: bool,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// List this token's uploads on the server: those in progress and the last 20 completed.
     List {
@@ -218,6 +237,27 @@ pub(crate) struct UploadArgs {
     /// Upload `.DS_Store` and `._*` files too.
     #[arg(long)]
     pub(crate) no_default_excludes: bool,
+    /// Upload one file while it is still being written (a recording, a render): send what is
+    /// written, wait for more, and finish once the writer closed the file and it stopped
+    /// growing, or after --idle without growth. Regions rewritten after they were sent (an
+    /// MP4's header, a WAV's sizes) are sent again, so the published file equals the final one.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// With --follow: finish after this long without growth, e.g. 10s, 2m [default: 10s].
+    #[arg(long, value_parser = ferry_proto::units::parse_duration, default_value = "10s")]
+    pub(crate) idle: Duration,
+    /// With --follow: ignore the writer closing the file (for writers that reopen it to append);
+    /// only --idle ends the upload.
+    #[arg(long)]
+    pub(crate) idle_only: bool,
+    /// The name to publish standard input under (`ferry upload - --name NAME`); may hold
+    /// folders, `a/b/clip.ts`.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Folder for the chunks of standard input not yet acknowledged (at most --parallel
+    /// chunks) [default: the state directory's spool/].
+    #[arg(long, env = "FERRY_SPOOL")]
+    pub(crate) spool: Option<PathBuf>,
 }
 
 impl UploadArgs {

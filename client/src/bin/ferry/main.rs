@@ -23,6 +23,7 @@ macro_rules! say {
 }
 
 mod cli;
+mod grow;
 mod hash;
 mod job;
 mod ping;
@@ -112,9 +113,22 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let tracker = Arc::new(Tracker::new(verbosity));
     let code = match cli.command {
+        Command::Upload { paths, upload } if grow::is_growing(&paths, &upload) => {
+            grow::upload(opts, &paths, &upload, tracker).await
+        }
         Command::Upload { paths, mut upload } => {
             upload.exclude.splice(0..0, exclude);
             upload_files(opts, &paths, &upload, files, tracker).await
+        }
+        Command::Cat {
+            target,
+            follow,
+            output,
+        } => {
+            with_client(opts, tracker, |c| {
+                Box::pin(grow::cat(c, target, follow, output))
+            })
+            .await
         }
         Command::Pick { dir, mut upload } => {
             upload.exclude.splice(0..0, exclude);

@@ -341,6 +341,7 @@ async fn drive(
                 desc: String::new(),
                 dir: Vec::new(),
                 on_exists: Default::default(),
+                deferred: false,
             };
             match conn.request(create).await? {
                 Frame::Created { upload, .. } => upload.upload_id,
@@ -393,6 +394,7 @@ async fn drive(
         req,
         upload_id: id.clone(),
         content_hash: ContentHasher::of(&data, CHUNK as usize).to_hex(),
+        size: None,
     };
     match conn.request(finish).await? {
         Frame::Finished { file_name, .. } => told.send_modify(|t| t.finished = Some(file_name)),

@@ -1,0 +1,1233 @@
+//! Uploads whose length is not known when they start (protocol 9): a file still being written
+//! (`ferry upload --follow FILE`) and standard input (`ferry upload - --name NAME`).
+//!
+//! The upload is created `deferred`; each whole chunk is sent as soon as the source holds it,
+//! and the server acknowledges it once it is durable. When the source ends, every chunk still
+//! in flight is acknowledged, then `set_length` declares the length, the last (short) chunk
+//! follows, and `finish` carries the content hash and the length.
+//!
+//! - **A followed file** may be rewritten behind the writer's position (an MP4's `moov`, a WAV
+//!   header's sizes, an MXF footer). At the end the whole file is hashed once more, chunk by
+//!   chunk, against the digests sent; a chunk that changed is forgotten on the server
+//!   (`rewrite`) and sent again, so the published file equals the final source byte for byte.
+//!   The source has ended when the writer closed it (inotify `IN_CLOSE_WRITE`) and it has not
+//!   grown since, or when it has not grown for `--idle`. Interrupted, the same command resumes:
+//!   the server's digests of what it holds are checked against the file.
+//! - **Standard input** cannot be read twice. Each chunk read is kept in a spool file until the
+//!   server acknowledges it (at most the window's chunks: `parallel` × chunk size), so a lost
+//!   connection or a restarted server costs nothing: the client reconnects and re-sends from
+//!   the spool. A client that dies cannot re-read the pipe: the next run with the same name sends
+//!   what the spool kept, says how much of the stream the server holds and that the rest is lost,
+//!   and exits with [`EXIT_STREAM_LOST`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_proto::{ChunkSet, ContentHasher, Digest, ErrorCode, Frame, UploadInfo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::{Client, ClientError, Report};
+
+/// Exit status of `ferry upload -` when an earlier run of the same stream died: what it had
+/// not sent is gone with its pipe.
+pub const EXIT_STREAM_LOST: u8 = 3;
+
+/// How often the source is looked at for growth (and inotify's events read).
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// With chunks in flight and no ack for this long, the connection is treated as lost.
+const STALL: Duration = Duration::from_secs(60);
+/// Chunks named in one `rewrite` (the protocol's bound).
+const REWRITE_BATCH: usize = ferry_proto::MAX_REWRITE_PER_FRAME;
+
+/// Where the bytes come from.
+pub enum Source {
+    /// A file that may still be growing; ends after `idle` without growth, or once its writer
+    /// closed it and it has not grown since.
+    Follow {
+        path: PathBuf,
+        idle: Duration,
+        /// Only `idle` ends it (a writer that closes and reopens the file to append).
+        ignore_close: bool,
+    },
+    /// Standard input; unacknowledged chunks are kept in `spool` (a folder).
+    Stdin { spool: PathBuf },
+}
+
+/// A growing upload to make.
+pub struct Growing {
+    pub source: Source,
+    /// The name to publish under and its folders, outermost first.
+    pub name: String,
+    pub dir: Vec<String>,
+    pub desc: String,
+}
+
+/// What a growing upload is resumed by: one small JSON file per source in the state directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    upload_id: String,
+    chunk_size: u64,
+}
+
+/// How the run ended, when it did not publish.
+#[derive(Debug)]
+pub enum Outcome {
+    Published(Report),
+    /// An earlier `ferry upload -` of this name died: `held` bytes of its stream are on the
+    /// server (`prefix` of them contiguous from the start), in upload `upload_id`, unfinished.
+    StreamLost {
+        upload_id: String,
+        held: u64,
+        prefix: u64,
+    },
+}
+
+/// Sending state that survives reconnects.
+struct State {
+    id: String,
+    cs: u64,
+    /// Chunks the server acknowledged (durable there).
+    acked: ChunkSet,
+    /// Chunks sent on the current connection and not yet acknowledged.
+    unacked: BTreeSet<u64>,
+    /// Chunks to send (again): new, rejected, rewritten, or lost with a connection.
+    todo: BTreeSet<u64>,
+    /// The digest of each chunk as last sent (or, resumed, as the server recorded it).
+    digests: Arc<Mutex<BTreeMap<u64, Digest>>>,
+    /// Payload bytes written to streams in this run.
+    sent: Arc<AtomicU64>,
+    /// The source's final length, once it ended.
+    end: Option<u64>,
+    /// The length is declared on the server (`set_length` answered).
+    declared: bool,
+    resumed: bool,
+    reconnects: u32,
+    /// Bytes the server held when this run started.
+    skipped: u64,
+}
+
+impl State {
+    /// Bytes of chunk `index`: whole, or the rest of a known end.
+    fn len_of(&self, index: u64) -> u64 {
+        match self.end {
+            Some(end) => end.saturating_sub(index * self.cs).min(self.cs),
+            None => self.cs,
+        }
+    }
+}
+
+/// Where a chunk's bytes are read from.
+enum Feed {
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        idle: Duration,
+        watch: Option<inotify::Inotify>,
+        /// The length last seen, when it last changed, and whether the writer closed the file
+        /// since.
+        len: u64,
+        changed: Instant,
+        closed: bool,
+    },
+    Stdin {
+        rx: mpsc::Receiver<std::io::Result<Bytes>>,
+        /// Chunks read and not yet acknowledged, by index (also in the spool).
+        held: BTreeMap<u64, Bytes>,
+        /// Chunks read so far (the next index), and their bytes.
+        read: u64,
+        bytes: u64,
+        eof: bool,
+        spool: Spool,
+    },
+}
+
+impl Client {
+    /// Uploads a growing source (see the module's notes).
+    pub async fn upload_growing(&mut self, job: Growing) -> Result<Outcome, ClientError> {
+        let started = Instant::now();
+        let scope = self.scope().await?;
+        let key = match &job.source {
+            Source::Follow { path, .. } => {
+                let path = std::fs::canonicalize(path).map_err(|e| {
+                    ClientError::local(format!("cannot read {}", path.display()), e)
+                })?;
+                format!("follow\0{}", path.display())
+            }
+            Source::Stdin { .. } => format!("stdin\0{}\0{}", job.dir.join("/"), job.name),
+        };
+        let journal = JournalFile::new(&self.opts.state_dir, &scope, &key);
+        let earlier = journal.read();
+        let mut state = match &earlier {
+            Some(record) => self.reopen(record).await?,
+            None => None,
+        };
+        if let (Source::Stdin { spool }, Some(state)) = (&job.source, state.as_mut()) {
+            // The stream this upload was fed from is gone with the process that read it.
+            let spool = Spool::open(spool, &journal.stem)?;
+            return self.rescue(state, spool, &journal).await;
+        }
+        if state.is_none() && earlier.is_some() {
+            journal.remove();
+        }
+        let mut feed = match &job.source {
+            Source::Follow {
+                path,
+                idle,
+                ignore_close,
+            } => Feed::follow(path, *idle, *ignore_close)?,
+            Source::Stdin { spool } => {
+                Feed::stdin(Spool::open(spool, &journal.stem)?, self.opts.chunk_size)
+            }
+        };
+        let mut state = match state {
+            Some(mut state) => {
+                if let Feed::File { .. } = feed {
+                    self.check_held(&mut state, &feed).await?;
+                }
+                state
+            }
+            None => {
+                let state = self.create_growing(&job).await?;
+                journal.write(&Record {
+                    upload_id: state.id.clone(),
+                    chunk_size: state.cs,
+                })?;
+                state
+            }
+        };
+        let what = match &job.source {
+            Source::Follow { path, .. } => path.display().to_string(),
+            Source::Stdin { .. } => "standard input".to_owned(),
+        };
+        self.shared.tracker.note(&format!(
+            "ferry: {what}: {} upload {} as {:?}{}",
+            if state.resumed {
+                "resuming"
+            } else {
+                "sending to"
+            },
+            state.id,
+            job.name,
+            match &feed {
+                Feed::File { .. } => ", following the file as it grows",
+                Feed::Stdin { .. } => "",
+            }
+        ));
+        let published = self.drive(&mut state, &mut feed).await?;
+        journal.remove();
+        if let Feed::Stdin { spool, .. } = &feed {
+            spool.remove_all();
+        }
+        Ok(Outcome::Published(Report {
+            status: "complete",
+            upload_id: state.id.clone(),
+            file_name: published.0,
+            size: published.1,
+            content_hash: published.2,
+            sha256: None,
+            bytes_sent: state.sent.load(Ordering::Relaxed),
+            bytes_skipped: state.skipped,
+            bytes_rehashed: 0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            resumed: state.resumed,
+            reconnects: state.reconnects,
+            reason: None,
+        }))
+    }
+
+    /// `create` of unknown length.
+    async fn create_growing(&mut self, job: &Growing) -> Result<State, ClientError> {
+        let (name, dir, desc) = (job.name.clone(), job.dir.clone(), job.desc.clone());
+        let (chunk_size, on_exists) = (self.opts.chunk_size, self.opts.on_exists);
+        let create = |req| Frame::Create {
+            req,
+            file_name: name,
+            size: 0,
+            chunk_size,
+            desc,
+            dir,
+            on_exists,
+            deferred: true,
+        };
+        let info = match self.connection().await?.request(create).await? {
+            Frame::Created { upload, .. } => upload,
+            other => return Err(unexpected("created", &other)),
+        };
+        Ok(State::new(&info, false))
+    }
+
+    /// The upload of an earlier run, if the server still has it unfinished.
+    async fn reopen(&mut self, record: &Record) -> Result<Option<State>, ClientError> {
+        let info = match self.connection().await?.resume(&record.upload_id).await {
+            Ok(info) => info,
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound | ErrorCode::Expired,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !info.deferred {
+            // Published already, or its length declared by a run that died just before
+            // finishing: this run starts afresh (the other expires unless resumed otherwise).
+            return Ok(None);
+        }
+        let mut state = State::new(&info, true);
+        // What the server holds, with its digests: the content hash needs them, and a followed
+        // file is checked against them.
+        let mut from = 0;
+        for _ in 0..1_000_000 {
+            let upload_id = state.id.clone();
+            let page = self
+                .connection()
+                .await?
+                .request(|req| Frame::Digests {
+                    req,
+                    upload_id,
+                    from,
+                })
+                .await?;
+            let Frame::DigestPage { chunks, next, .. } = page else {
+                return Err(unexpected("digest_page", &page));
+            };
+            let mut digests = state.digests.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, hex) in chunks {
+                let digest =
+                    Digest::parse(&hex).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                digests.insert(index, digest);
+            }
+            match next {
+                Some(next) if next > from => from = next,
+                _ => break,
+            }
+        }
+        state.skipped = state.acked.len() * state.cs;
+        Ok(Some(state))
+    }
+
+    /// A resumed followed file: the chunks the server holds are compared with the file's, and
+    /// those that differ (rewritten since) are forgotten there to be sent again.
+    async fn check_held(&mut self, state: &mut State, feed: &Feed) -> Result<(), ClientError> {
+        let Feed::File { file, path, .. } = feed else {
+            return Ok(());
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
+            .len();
+        let whole = len / state.cs;
+        let held: Vec<u64> = state.acked.iter().collect();
+        let changed = changed_chunks(file, state, &held, whole).await?;
+        self.rewrite(state, changed).await
+    }
+
+    /// Tells the server to forget `chunks` and queues them to be sent again (those the source
+    /// still holds whole; a chunk past the end is sent as the tail).
+    async fn rewrite(&mut self, state: &mut State, chunks: Vec<u64>) -> Result<(), ClientError> {
+        for batch in chunks.chunks(REWRITE_BATCH) {
+            let (upload_id, chunks) = (state.id.clone(), batch.to_vec());
+            match self
+                .connection()
+                .await?
+                .request(|req| Frame::Rewrite {
+                    req,
+                    upload_id,
+                    chunks,
+                })
+                .await?
+            {
+                Frame::Rewritten { .. } => {}
+                other => return Err(unexpected("rewritten", &other)),
+            }
+            for &index in batch {
+                state.acked.remove(index);
+                state
+                    .digests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&index);
+                state.todo.insert(index);
+            }
+        }
+        if !chunks.is_empty() {
+            self.shared.tracker.note(&format!(
+                "ferry: {} chunk(s) changed after they were sent; sending them again",
+                chunks.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends until the source ends and the upload is published; reconnects and resumes on a
+    /// lost connection for up to `--reconnect-for` without progress. Returns the published
+    /// name, size and content hash.
+    async fn drive(
+        &mut self,
+        state: &mut State,
+        feed: &mut Feed,
+    ) -> Result<(String, u64, String), ClientError> {
+        let mut progress_at = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        loop {
+            let acked_before = state.acked.len();
+            let result = self.drive_once(state, feed).await;
+            if state.acked.len() > acked_before {
+                progress_at = Instant::now();
+                wait = Duration::from_millis(250);
+            }
+            match result {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_retryable() && progress_at.elapsed() < self.opts.reconnect_for => {
+                    self.shared
+                        .tracker
+                        .event(&format!("ferry: {e}; reconnecting"));
+                    self.conn = None;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    let info = match self.connection().await {
+                        Ok(conn) => conn.resume(&state.id).await,
+                        Err(e) => Err(e),
+                    };
+                    match info {
+                        Ok(info) => {
+                            state.reconnects += 1;
+                            state.rebuild(&info, feed);
+                        }
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One connection's worth of `drive`.
+    async fn drive_once(
+        &mut self,
+        state: &mut State,
+        feed: &mut Feed,
+    ) -> Result<(String, u64, String), ClientError> {
+        let window = self.opts.parallel.max(1);
+        let limiter = self.limiter.clone();
+        let mut streams: JoinSet<(u64, Result<(), ClientError>)> = JoinSet::new();
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        let mut last_ack = Instant::now();
+        loop {
+            feed.look(state).await?;
+            // The source ended and everything of it is acknowledged: the end game.
+            if state.end.is_some()
+                && state.unacked.is_empty()
+                && state.todo.is_empty()
+                && streams.is_empty()
+            {
+                if let Some(done) = self.end_game(state, feed).await? {
+                    return Ok(done);
+                }
+                continue;
+            }
+            let conn = self.connection().await?;
+            while state.unacked.len() < window {
+                let Some(index) = state.todo.pop_first() else {
+                    break;
+                };
+                let data = match feed
+                    .chunk(index, index * state.cs, state.len_of(index))
+                    .await
+                {
+                    Ok(data) => data,
+                    Err(e) => {
+                        state.todo.insert(index);
+                        return Err(e);
+                    }
+                };
+                state.unacked.insert(index);
+                let (quic, id, digests, sent) = (
+                    conn.quic().clone(),
+                    state.id.clone(),
+                    state.digests.clone(),
+                    state.sent.clone(),
+                );
+                let limiter = limiter.clone();
+                streams.spawn(async move {
+                    let digest = match tokio::task::spawn_blocking({
+                        let data = data.clone();
+                        move || Digest::from(Sha256::new_with_prefix(&data))
+                    })
+                    .await
+                    {
+                        Ok(digest) => digest,
+                        Err(e) => return (index, Err(ClientError::Local(e.to_string()))),
+                    };
+                    // Recorded before the stream ends, so before the server can acknowledge it.
+                    digests
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(index, digest);
+                    let result = crate::stream::send_chunk(
+                        &quic,
+                        &id,
+                        index,
+                        data,
+                        digest,
+                        limiter.as_deref(),
+                        &sent,
+                    )
+                    .await;
+                    (index, result)
+                });
+            }
+            let mut acked_now = Vec::new();
+            let mut read = None;
+            let stdin = feed.wants(window);
+            let reading = stdin.is_some();
+            tokio::select! {
+                next = async { stdin.expect("guarded").recv().await }, if reading => read = Some(next),
+                Some(joined) = streams.join_next() => {
+                    if let Ok((index, Err(e))) = joined {
+                        state.unacked.remove(&index);
+                        if !state.acked.contains(index) {
+                            state.todo.insert(index);
+                        }
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        if conn.quic().close_reason().is_some() {
+                            return Err(conn.lost());
+                        }
+                    }
+                }
+                event = conn.events.recv() => match event {
+                    Some(Frame::Ack { upload_id, chunks }) if upload_id == state.id => {
+                        for [start, end] in chunks {
+                            for index in start..end.min(start.saturating_add(1 << 20)) {
+                                state.acked.insert(index);
+                                state.unacked.remove(&index);
+                                state.todo.remove(&index);
+                                acked_now.push(index);
+                            }
+                        }
+                        last_ack = Instant::now();
+                    }
+                    Some(Frame::Reject { upload_id, index, code, message }) if upload_id == state.id => {
+                        if matches!(code, ErrorCode::IndexOutOfRange | ErrorCode::QuotaExceeded | ErrorCode::FileTooLarge) {
+                            return Err(ClientError::Server { code, message });
+                        }
+                        tracing::debug!(index, %code, message, "chunk rejected; sending it again");
+                        state.unacked.remove(&index);
+                        state.todo.insert(index);
+                    }
+                    Some(Frame::Detached { upload_id, code, message }) if upload_id == state.id => {
+                        return Err(if code == ErrorCode::TakenOver {
+                            ClientError::TakenOver(message)
+                        } else {
+                            ClientError::Server { code, message }
+                        });
+                    }
+                    Some(_) => {}
+                    None => return Err(conn.lost()),
+                },
+                _ = tick.tick() => {
+                    if !state.unacked.is_empty() && last_ack.elapsed() > STALL {
+                        return Err(ClientError::Connection(format!(
+                            "no acknowledgement for {} s with chunks in flight",
+                            STALL.as_secs()
+                        )));
+                    }
+                }
+            }
+            for index in acked_now {
+                feed.acked(index);
+            }
+            if let Some(next) = read {
+                feed.take(next, state)?;
+            }
+        }
+    }
+
+    /// The source ended and every chunk sent is acknowledged. A followed file is checked once
+    /// more for rewritten chunks (then `None`: send them first); else the length is declared,
+    /// the tail sent, and the upload finished.
+    async fn end_game(
+        &mut self,
+        state: &mut State,
+        feed: &Feed,
+    ) -> Result<Option<(String, u64, String)>, ClientError> {
+        let end = state.end.expect("the end is known");
+        let whole = end / state.cs;
+        let tail = end % state.cs;
+        if let (Feed::File { file, .. }, false) = (feed, state.declared) {
+            let held: Vec<u64> = state.acked.iter().collect();
+            let changed = changed_chunks(file, state, &held, whole).await?;
+            if !changed.is_empty() {
+                self.rewrite(state, changed).await?;
+                return Ok(None);
+            }
+        }
+        let missing = (0..whole).find(|i| !state.acked.contains(*i));
+        if let Some(index) = missing {
+            state.todo.insert(index);
+            return Ok(None);
+        }
+        let upload_id = state.id.clone();
+        let info = match self
+            .connection()
+            .await?
+            .request(|req| Frame::SetLength {
+                req,
+                upload_id,
+                size: end,
+            })
+            .await?
+        {
+            Frame::LengthSet { upload, .. } => upload,
+            other => return Err(unexpected("length_set", &other)),
+        };
+        // The file was checked whole before this: the length stands, and so does what is held.
+        state.declared = true;
+        if tail > 0 && !state.acked.contains(whole) {
+            // The last, short chunk: now that the layout has it.
+            if info.chunk_count != whole + 1 {
+                return Err(ClientError::Protocol(format!(
+                    "length_set says {} chunks for {end} bytes",
+                    info.chunk_count
+                )));
+            }
+            state.todo.insert(whole);
+            return Ok(None);
+        }
+        let count = whole + u64::from(tail > 0);
+        let content_hash = {
+            let digests = state.digests.lock().unwrap_or_else(|p| p.into_inner());
+            let mut hasher = ContentHasher::new();
+            for index in 0..count {
+                let digest = digests
+                    .get(&index)
+                    .ok_or_else(|| ClientError::Protocol(format!("no digest of chunk {index}")))?;
+                hasher.push(digest);
+            }
+            hasher.finish()
+        };
+        let upload_id = state.id.clone();
+        let hex = content_hash.to_hex();
+        let ask = |req| Frame::Finish {
+            req,
+            upload_id,
+            content_hash: hex,
+            size: Some(end),
+        };
+        match self.connection().await?.request(ask).await? {
+            Frame::Finished {
+                file_name,
+                size,
+                content_hash,
+                ..
+            } => Ok(Some((file_name, size, content_hash))),
+            other => Err(unexpected("finished", &other)),
+        }
+    }
+
+    /// A run of `ferry upload -` after one that died: sends what its spool kept, then says what
+    /// the server holds of that stream. The new standard input is not read.
+    async fn rescue(
+        &mut self,
+        state: &mut State,
+        spool: Spool,
+        journal: &JournalFile,
+    ) -> Result<Outcome, ClientError> {
+        let kept = spool.load();
+        let mut feed = Feed::Stdin {
+            rx: mpsc::channel(1).1,
+            held: BTreeMap::new(),
+            read: 0,
+            bytes: 0,
+            eof: true,
+            spool,
+        };
+        if let Feed::Stdin { held, .. } = &mut feed {
+            for (index, data) in kept {
+                // A short chunk (the stream's last) waited for a length that is not known now.
+                if data.len() as u64 == state.cs && !state.acked.contains(index) {
+                    state.todo.insert(index);
+                    held.insert(index, data);
+                }
+            }
+        }
+        // Sends the spooled chunks and waits for their acks; the end game is not played.
+        for _ in 0..20 {
+            if state.todo.is_empty() && state.unacked.is_empty() {
+                break;
+            }
+            match self.send_held(state, &mut feed).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    self.conn = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match self.connection().await {
+                        Ok(conn) => match conn.resume(&state.id).await {
+                            Ok(info) => state.rebuild(&info, &feed),
+                            Err(e) if e.is_retryable() => {}
+                            Err(e) => return Err(e),
+                        },
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let layout_prefix = (0..).take_while(|i| state.acked.contains(*i)).count() as u64;
+        let held_bytes = match &feed {
+            Feed::Stdin { .. } => state.acked.len() * state.cs,
+            Feed::File { .. } => 0,
+        };
+        journal.remove();
+        if let Feed::Stdin { spool, .. } = &feed {
+            spool.remove_all();
+        }
+        Ok(Outcome::StreamLost {
+            upload_id: state.id.clone(),
+            held: held_bytes,
+            prefix: layout_prefix * state.cs,
+        })
+    }
+
+    /// Sends the chunks queued in `state.todo` and reads acks until none is outstanding (or an
+    /// error): `rescue`'s loop.
+    async fn send_held(&mut self, state: &mut State, feed: &mut Feed) -> Result<(), ClientError> {
+        let conn = self.connection().await?;
+        let mut streams = JoinSet::new();
+        while let Some(index) = state.todo.pop_first() {
+            let data = feed.chunk(index, index * state.cs, state.cs).await?;
+            let digest = Digest::from(Sha256::new_with_prefix(&data));
+            state.unacked.insert(index);
+            let (quic, id, sent) = (conn.quic().clone(), state.id.clone(), state.sent.clone());
+            streams.spawn(async move {
+                crate::stream::send_chunk(&quic, &id, index, data, digest, None, &sent).await
+            });
+        }
+        while !state.unacked.is_empty() {
+            let event = tokio::time::timeout(STALL, conn.events.recv())
+                .await
+                .map_err(|_| ClientError::Connection("no acknowledgement for 60 s".into()))?;
+            match event {
+                Some(Frame::Ack { upload_id, chunks }) if upload_id == state.id => {
+                    for [start, end] in chunks {
+                        for index in start..end.min(start.saturating_add(1 << 20)) {
+                            state.acked.insert(index);
+                            state.unacked.remove(&index);
+                        }
+                    }
+                }
+                Some(Frame::Reject {
+                    upload_id, index, ..
+                }) if upload_id == state.id => {
+                    state.unacked.remove(&index);
+                }
+                Some(_) => {}
+                None => return Err(conn.lost()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `read`: up to `max` acknowledged bytes of an upload from `offset`; with the upload's
+    /// durable length and whether it is complete.
+    pub async fn read_upload(
+        &mut self,
+        upload_id: &str,
+        offset: u64,
+        max: u64,
+    ) -> Result<ReadBack, ClientError> {
+        let conn = self.connection().await?;
+        let id = upload_id.to_owned();
+        let reply = conn
+            .request(|req| Frame::Read {
+                req,
+                upload_id: id,
+                offset,
+                max,
+            })
+            .await?;
+        let Frame::ReadData {
+            req,
+            size,
+            durable,
+            complete,
+            ..
+        } = reply
+        else {
+            return Err(unexpected("read_data", &reply));
+        };
+        let mut data = Vec::new();
+        if size > 0 {
+            let quic = conn.quic().clone();
+            let read = async {
+                let mut stream = quic
+                    .accept_uni()
+                    .await
+                    .map_err(|e| ClientError::Connection(e.to_string()))?;
+                let header = crate::wire::read_frame(&mut stream)
+                    .await
+                    .map_err(|_| ClientError::Protocol("read stream without its header".into()))?;
+                match header {
+                    Some(Frame::ReadData {
+                        req: r, size: s, ..
+                    }) if r == req && s == size => {}
+                    _ => {
+                        return Err(ClientError::Protocol(
+                            "read stream for another request".into(),
+                        ))
+                    }
+                }
+                let mut buf = vec![0; size as usize];
+                stream
+                    .read_exact(&mut buf)
+                    .await
+                    .map_err(|e| ClientError::Connection(format!("read stream: {e}")))?;
+                Ok(buf)
+            };
+            data = tokio::time::timeout(Duration::from_secs(60), read)
+                .await
+                .map_err(|_| ClientError::Connection("no read stream within 60 s".into()))??;
+        }
+        Ok(ReadBack {
+            data: Bytes::from(data),
+            durable,
+            complete,
+        })
+    }
+}
+
+/// What `read_upload` got.
+pub struct ReadBack {
+    pub data: Bytes,
+    /// The upload's contiguous durable prefix now.
+    pub durable: u64,
+    pub complete: bool,
+}
+
+impl State {
+    fn new(info: &UploadInfo, resumed: bool) -> Self {
+        let acked = ChunkSet::from_wire(&info.durable, info.chunk_count).unwrap_or_default();
+        Self {
+            id: info.upload_id.clone(),
+            cs: info.chunk_size,
+            acked,
+            unacked: BTreeSet::new(),
+            todo: BTreeSet::new(),
+            digests: Default::default(),
+            sent: Default::default(),
+            end: None,
+            declared: false,
+            resumed,
+            reconnects: 0,
+            skipped: 0,
+        }
+    }
+
+    /// After a reconnect: the server's durable set is the truth; what was in flight is sent
+    /// again.
+    fn rebuild(&mut self, info: &UploadInfo, feed: &Feed) {
+        if let Ok(durable) = ChunkSet::from_wire(&info.durable, info.chunk_count) {
+            self.acked = durable;
+        }
+        let lost: Vec<u64> = std::mem::take(&mut self.unacked).into_iter().collect();
+        for index in lost {
+            if !self.acked.contains(index) {
+                self.todo.insert(index);
+            }
+        }
+        if let Feed::Stdin { held, .. } = feed {
+            for &index in held.keys() {
+                if !self.acked.contains(index) {
+                    self.todo.insert(index);
+                }
+            }
+        }
+    }
+}
+
+impl Feed {
+    fn follow(path: &Path, idle: Duration, ignore_close: bool) -> Result<Self, ClientError> {
+        let file = File::open(path)
+            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(ClientError::Usage(format!(
+                "{} is not a regular file: --follow reads a file that grows; for a pipe use `ferry upload - --name NAME`",
+                path.display()
+            )));
+        }
+        // Without inotify (another OS, no watches left) the idle time alone ends the upload.
+        let watch = (!ignore_close)
+            .then(inotify::Inotify::init)
+            .and_then(Result::ok)
+            .and_then(|watch| {
+                watch
+                    .watches()
+                    .add(
+                        path,
+                        inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
+                    )
+                    .ok()
+                    .map(|_| watch)
+            });
+        Ok(Self::File {
+            file: Arc::new(file),
+            path: path.to_owned(),
+            idle,
+            watch,
+            len: 0,
+            changed: Instant::now(),
+            closed: false,
+        })
+    }
+
+    fn stdin(spool: Spool, chunk_size: u64) -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        // A thread, not a task: reading a pipe blocks. It ends at the end of input, or when the
+        // upload is gone (the receiver dropped).
+        std::thread::spawn(move || {
+            let mut input = std::io::stdin().lock();
+            loop {
+                let mut buf = vec![0u8; chunk_size as usize];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match input.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                let short = filled < chunk_size as usize;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() || short {
+                    return;
+                }
+            }
+        });
+        Self::Stdin {
+            rx,
+            held: BTreeMap::new(),
+            read: 0,
+            bytes: 0,
+            eof: false,
+            spool,
+        }
+    }
+
+    /// Takes in what the source holds now: new whole chunks become `todo`, and the end is set
+    /// once the source ended.
+    async fn look(&mut self, state: &mut State) -> Result<(), ClientError> {
+        match self {
+            Self::File {
+                file,
+                path,
+                idle,
+                watch,
+                len,
+                changed,
+                closed,
+            } => {
+                if state.end.is_some() {
+                    return Ok(());
+                }
+                if let Some(watch) = watch {
+                    let mut buf = [0u8; 4096];
+                    if let Ok(events) = watch.read_events(&mut buf) {
+                        for event in events {
+                            if event.mask.contains(inotify::EventMask::CLOSE_WRITE) {
+                                *closed = true;
+                            }
+                        }
+                    }
+                }
+                let now = file
+                    .metadata()
+                    .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
+                    .len();
+                if now != *len {
+                    if now < *len {
+                        tracing::info!(from = *len, to = now, "the followed file shrank");
+                    }
+                    *len = now;
+                    *changed = Instant::now();
+                    *closed = false;
+                    let whole = now / state.cs;
+                    for index in 0..whole {
+                        if !state.acked.contains(index) && !state.unacked.contains(&index) {
+                            state.todo.insert(index);
+                        }
+                    }
+                    // Chunks past a shrunken end are no longer the file's.
+                    state.todo.retain(|&i| i < whole);
+                }
+                // Ended: closed by its writer with no growth since (the close event comes after
+                // the last write), or idle for `idle`.
+                let quiet = changed.elapsed();
+                if (*closed && quiet >= LOOK_EVERY) || quiet >= *idle {
+                    state.end = Some(*len);
+                    let whole = *len / state.cs;
+                    for index in 0..whole {
+                        if !state.acked.contains(index) && !state.unacked.contains(&index) {
+                            state.todo.insert(index);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Self::Stdin { bytes, eof, .. } => {
+                if *eof && state.end.is_none() {
+                    state.end = Some(*bytes);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Standard input's next chunk, if there is room for it: `None` from a file, at the end of
+    /// input, and while `window` chunks are held unacknowledged.
+    fn wants(&mut self, window: usize) -> Option<&mut mpsc::Receiver<std::io::Result<Bytes>>> {
+        match self {
+            Self::Stdin {
+                rx,
+                held,
+                eof: false,
+                ..
+            } if held.len() < window => Some(rx),
+            _ => None,
+        }
+    }
+
+    /// Takes in a chunk read from standard input (spooled first), or its end.
+    fn take(
+        &mut self,
+        next: Option<std::io::Result<Bytes>>,
+        state: &mut State,
+    ) -> Result<(), ClientError> {
+        let Self::Stdin {
+            held,
+            read,
+            bytes,
+            eof,
+            spool,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        match next {
+            Some(Ok(data)) => {
+                let index = *read;
+                spool.put(index, &data)?;
+                *bytes += data.len() as u64;
+                *read += 1;
+                let short = (data.len() as u64) < state.cs;
+                held.insert(index, data);
+                if short {
+                    // The last chunk: it waits for the length to be declared.
+                    *eof = true;
+                } else {
+                    state.todo.insert(index);
+                }
+                Ok(())
+            }
+            Some(Err(e)) => Err(ClientError::local("cannot read standard input", e)),
+            None => {
+                *eof = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The bytes of chunk `index`: `len` bytes from `offset`.
+    async fn chunk(&self, index: u64, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+        match self {
+            Self::File { file, path, .. } => {
+                let (file, path) = (file.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; len as usize];
+                    file.read_exact_at(&mut buf, offset)
+                        .map(|()| Bytes::from(buf))
+                        .map_err(|e| {
+                            ClientError::local(
+                                format!(
+                                    "cannot read chunk {index} of {} (did it shrink?)",
+                                    path.display()
+                                ),
+                                e,
+                            )
+                        })
+                })
+                .await
+                .map_err(|e| ClientError::Local(e.to_string()))?
+            }
+            Self::Stdin { held, .. } => held.get(&index).cloned().ok_or_else(|| {
+                ClientError::Local(format!("chunk {index} of standard input is not held"))
+            }),
+        }
+    }
+
+    /// Chunk `index` is durable on the server: a spooled copy is no longer needed.
+    fn acked(&mut self, index: u64) {
+        if let Self::Stdin { held, spool, .. } = self {
+            if held.remove(&index).is_some() {
+                spool.remove(index);
+            }
+        }
+    }
+}
+
+/// The chunks among `held` (all below `whole` are whole in the file) whose bytes in `file` no
+/// longer match the digests sent, and every held chunk at or past `whole` (no longer whole).
+/// Hashes on the blocking pool, two threads.
+async fn changed_chunks(
+    file: &Arc<File>,
+    state: &State,
+    held: &[u64],
+    whole: u64,
+) -> Result<Vec<u64>, ClientError> {
+    let known: Vec<(u64, Option<Digest>)> = {
+        let digests = state.digests.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().map(|i| (*i, digests.get(i).copied())).collect()
+    };
+    let (file, cs) = (file.clone(), state.cs);
+    tokio::task::spawn_blocking(move || {
+        let check = |part: &[(u64, Option<Digest>)]| -> std::io::Result<Vec<u64>> {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; cs as usize];
+            for (index, digest) in part {
+                if *index >= whole {
+                    out.push(*index);
+                    continue;
+                }
+                file.read_exact_at(&mut buf, index * cs)?;
+                if Some(Digest::from(Sha256::new_with_prefix(&buf))) != *digest {
+                    out.push(*index);
+                }
+            }
+            Ok(out)
+        };
+        let (a, b) = known.split_at(known.len() / 2);
+        let (a, b) = std::thread::scope(|s| {
+            let other = s.spawn(|| check(b));
+            (check(a), other.join().unwrap_or_else(|_| Ok(Vec::new())))
+        });
+        let mut out = a?;
+        out.extend(b?);
+        Ok::<_, std::io::Error>(out)
+    })
+    .await
+    .map_err(|e| ClientError::Local(e.to_string()))?
+    .map_err(|e| ClientError::local("cannot read the followed file", e))
+}
+
+/// Unacknowledged chunks of standard input, one file each, in a folder of their own.
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    fn open(base: &Path, stem: &str) -> Result<Self, ClientError> {
+        let dir = base.join(stem);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ClientError::local(format!("cannot make the spool folder {}", dir.display()), e)
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn put(&self, index: u64, data: &[u8]) -> Result<(), ClientError> {
+        let path = self.dir.join(index.to_string());
+        std::fs::write(&path, data).map_err(|e| {
+            ClientError::local(format!("cannot write the spool file {}", path.display()), e)
+        })
+    }
+
+    fn remove(&self, index: u64) {
+        let _ = std::fs::remove_file(self.dir.join(index.to_string()));
+    }
+
+    /// Every chunk the spool holds (an earlier run's).
+    fn load(&self) -> Vec<(u64, Bytes)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let index = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok());
+            if let (Some(index), Ok(data)) = (index, std::fs::read(entry.path())) {
+                out.push((index, Bytes::from(data)));
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    fn remove_all(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The resume record of one growing source.
+struct JournalFile {
+    path: PathBuf,
+    stem: String,
+}
+
+impl JournalFile {
+    fn new(state_dir: &Path, scope: &str, key: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(scope.as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        let stem = hex::encode(&h.finalize()[..16]);
+        Self {
+            path: state_dir.join("growing").join(format!("{stem}.json")),
+            stem,
+        }
+    }
+
+    fn read(&self) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    fn write(&self, record: &Record) -> Result<(), ClientError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
+        }
+        let data = serde_json::to_vec(record).expect("a record serialises");
+        crate::journal::write_atomic(&self.path, &data)
+            .map_err(|e| ClientError::local("cannot write the resume journal", e))
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn unexpected(wanted: &str, got: &Frame) -> ClientError {
+    ClientError::Protocol(format!("expected {wanted}, got {}", got.kind()))
+}
