@@ -46,6 +46,9 @@ pub const EXIT_STREAM_LOST: u8 = 3;
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// With chunks in flight and no ack for this long, the connection is treated as lost.
 const STALL: Duration = Duration::from_secs(60);
+/// Rejected chunks sent again in one run before giving up, and the pause before sending again.
+const MAX_REJECTS: u32 = 1000;
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Chunks named in one `rewrite` (the protocol's bound).
 const REWRITE_BATCH: usize = ferry_proto::MAX_REWRITE_PER_FRAME;
 
@@ -112,6 +115,10 @@ struct State {
     declared: bool,
     resumed: bool,
     reconnects: u32,
+    /// Chunks the server rejected in this run.
+    rejects: u32,
+    /// The connection (quinn's stable id) the upload was created or last resumed on.
+    attached_on: Option<usize>,
     /// Bytes the server held when this run started.
     skipped: u64,
 }
@@ -133,8 +140,8 @@ enum Feed {
         path: PathBuf,
         idle: Duration,
         watch: Option<inotify::Inotify>,
-        /// The length last seen, when it last changed, and whether the writer closed the file
-        /// since.
+        /// The length last seen (`u64::MAX` before the first look), when the file was last
+        /// written, and whether the writer closed it since.
         len: u64,
         changed: Instant,
         closed: bool,
@@ -259,16 +266,21 @@ impl Client {
             on_exists,
             deferred: true,
         };
-        let info = match self.connection().await?.request(create).await? {
+        let conn = self.connection().await?;
+        let info = match conn.request(create).await? {
             Frame::Created { upload, .. } => upload,
             other => return Err(unexpected("created", &other)),
         };
-        Ok(State::new(&info, false))
+        let mut state = State::new(&info, false);
+        state.attached_on = Some(conn.quic().stable_id());
+        Ok(state)
     }
 
     /// The upload of an earlier run, if the server still has it unfinished.
     async fn reopen(&mut self, record: &Record) -> Result<Option<State>, ClientError> {
-        let info = match self.connection().await?.resume(&record.upload_id).await {
+        let conn = self.connection().await?;
+        let attached_on = conn.quic().stable_id();
+        let info = match conn.resume(&record.upload_id).await {
             Ok(info) => info,
             Err(ClientError::Server {
                 code: ErrorCode::NotFound | ErrorCode::Expired,
@@ -282,6 +294,7 @@ impl Client {
             return Ok(None);
         }
         let mut state = State::new(&info, true);
+        state.attached_on = Some(attached_on);
         // What the server holds, with its digests: the content hash needs them, and a followed
         // file is checked against them.
         let mut from = 0;
@@ -377,7 +390,34 @@ impl Client {
     ) -> Result<(String, u64, String), ClientError> {
         let mut progress_at = Instant::now();
         let mut wait = Duration::from_millis(250);
+        // Set once a connection was lost: every later round starts by resuming the upload on a
+        // new connection (chunks are sent only on a connection that has it attached).
+        let mut lost = false;
         loop {
+            if lost {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                self.conn = None;
+                let info = match self.connection().await {
+                    Ok(conn) => {
+                        state.attached_on = Some(conn.quic().stable_id());
+                        conn.resume(&state.id).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match info {
+                    Ok(info) => {
+                        state.reconnects += 1;
+                        state.rebuild(&info, feed);
+                    }
+                    Err(e)
+                        if e.is_retryable() && progress_at.elapsed() < self.opts.reconnect_for =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let acked_before = state.acked.len();
             let result = self.drive_once(state, feed).await;
             if state.acked.len() > acked_before {
@@ -390,21 +430,7 @@ impl Client {
                     self.shared
                         .tracker
                         .event(&format!("ferry: {e}; reconnecting"));
-                    self.conn = None;
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                    let info = match self.connection().await {
-                        Ok(conn) => conn.resume(&state.id).await,
-                        Err(e) => Err(e),
-                    };
-                    match info {
-                        Ok(info) => {
-                            state.reconnects += 1;
-                            state.rebuild(&info, feed);
-                        }
-                        Err(e) if e.is_retryable() => {}
-                        Err(e) => return Err(e),
-                    }
+                    lost = true;
                 }
                 Err(e) => return Err(e),
             }
@@ -422,6 +448,8 @@ impl Client {
         let mut streams: JoinSet<(u64, Result<(), ClientError>)> = JoinSet::new();
         let mut tick = tokio::time::interval(LOOK_EVERY);
         let mut last_ack = Instant::now();
+        // After a rejection, sending waits a moment (a chunk still arriving, a store recovering).
+        let mut pause_until = Instant::now();
         loop {
             feed.look(state).await?;
             // The source ended and everything of it is acknowledged: the end game.
@@ -435,8 +463,23 @@ impl Client {
                 }
                 continue;
             }
-            let conn = self.connection().await?;
-            while state.unacked.len() < window {
+            // Chunks go only on the connection the upload was created or resumed on: one made
+            // since (a request's silent reconnect) has not attached it.
+            let conn = match self.conn.as_mut() {
+                Some(conn)
+                    if conn.quic().close_reason().is_none()
+                        && Some(conn.quic().stable_id()) == state.attached_on =>
+                {
+                    conn
+                }
+                Some(conn) if conn.quic().close_reason().is_some() => return Err(conn.lost()),
+                _ => {
+                    return Err(ClientError::Connection(
+                        "the upload is not attached to this connection".into(),
+                    ))
+                }
+            };
+            while state.unacked.len() < window && Instant::now() >= pause_until {
                 let Some(index) = state.todo.pop_first() else {
                     break;
                 };
@@ -519,12 +562,30 @@ impl Client {
                         last_ack = Instant::now();
                     }
                     Some(Frame::Reject { upload_id, index, code, message }) if upload_id == state.id => {
-                        if matches!(code, ErrorCode::IndexOutOfRange | ErrorCode::QuotaExceeded | ErrorCode::FileTooLarge) {
+                        // What sending again can mend: a chunk that changed while read, one
+                        // still arriving from a lost connection, a store that may recover.
+                        let again = matches!(
+                            code,
+                            ErrorCode::DigestMismatch
+                                | ErrorCode::ShortPayload
+                                | ErrorCode::ChunkInProgress
+                                | ErrorCode::StreamTimeout
+                                | ErrorCode::StorageError
+                                | ErrorCode::StorageFull
+                                | ErrorCode::ShuttingDown
+                                | ErrorCode::Internal
+                        );
+                        if code == ErrorCode::NotAttached {
+                            return Err(ClientError::Connection(message));
+                        }
+                        state.rejects += 1;
+                        if !again || state.rejects > MAX_REJECTS {
                             return Err(ClientError::Server { code, message });
                         }
                         tracing::debug!(index, %code, message, "chunk rejected; sending it again");
                         state.unacked.remove(&index);
                         state.todo.insert(index);
+                        pause_until = Instant::now() + RETRY_PAUSE;
                     }
                     Some(Frame::Detached { upload_id, code, message }) if upload_id == state.id => {
                         return Err(if code == ErrorCode::TakenOver {
@@ -567,7 +628,14 @@ impl Client {
         let tail = end % state.cs;
         if let (Feed::File { file, .. }, false) = (feed, state.declared) {
             let held: Vec<u64> = state.acked.iter().collect();
+            let started = Instant::now();
             let changed = changed_chunks(file, state, &held, whole).await?;
+            tracing::info!(
+                chunks = held.len(),
+                changed = changed.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "checked the file against the chunks sent"
+            );
             if !changed.is_empty() {
                 self.rewrite(state, changed).await?;
                 return Ok(None);
@@ -831,6 +899,8 @@ impl State {
             declared: false,
             resumed,
             reconnects: 0,
+            rejects: 0,
+            attached_on: None,
             skipped: 0,
         }
     }
@@ -848,8 +918,10 @@ impl State {
             }
         }
         if let Feed::Stdin { held, .. } = feed {
-            for &index in held.keys() {
-                if !self.acked.contains(index) {
+            for (&index, data) in held {
+                // The short last chunk waits for the length to be declared.
+                let whole = data.len() as u64 == self.cs;
+                if !self.acked.contains(index) && (whole || self.declared) {
                     self.todo.insert(index);
                 }
             }
@@ -889,8 +961,10 @@ impl Feed {
             path: path.to_owned(),
             idle,
             watch,
-            len: 0,
-            changed: Instant::now(),
+            len: u64::MAX,
+            // A file last written longer ago than `idle` (a recording that ended before this
+            // run) ends at once; one written since is followed.
+            changed: last_write(&meta),
             closed: false,
         })
     }
@@ -953,8 +1027,14 @@ impl Feed {
                 }
                 if let Some(watch) = watch {
                     let mut buf = [0u8; 4096];
+                    // In order: a write (also one in place, that does not grow the file)
+                    // cancels an earlier close; a close after the last write ends the file.
                     if let Ok(events) = watch.read_events(&mut buf) {
                         for event in events {
+                            if event.mask.contains(inotify::EventMask::MODIFY) {
+                                *changed = Instant::now();
+                                *closed = false;
+                            }
                             if event.mask.contains(inotify::EventMask::CLOSE_WRITE) {
                                 *closed = true;
                             }
@@ -966,12 +1046,17 @@ impl Feed {
                     .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
                     .len();
                 if now != *len {
-                    if now < *len {
-                        tracing::info!(from = *len, to = now, "the followed file shrank");
+                    // The first look (`len` not known yet) keeps the file's own last write.
+                    if *len != u64::MAX {
+                        if now < *len {
+                            tracing::info!(from = *len, to = now, "the followed file shrank");
+                        }
+                        // Growth seen here may be the last write before a close read above:
+                        // the close stands (inotify's own order, above, cancels a close that
+                        // a later write follows).
+                        *changed = Instant::now();
                     }
                     *len = now;
-                    *changed = Instant::now();
-                    *closed = false;
                     let whole = now / state.cs;
                     for index in 0..whole {
                         if !state.acked.contains(index) && !state.unacked.contains(&index) {
@@ -1095,6 +1180,16 @@ impl Feed {
             }
         }
     }
+}
+
+/// When the file was last written, as an `Instant` (now, for a time in the future or unknown).
+fn last_write(meta: &std::fs::Metadata) -> Instant {
+    let ago = meta
+        .modified()
+        .ok()
+        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+        .unwrap_or_default();
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
 /// The chunks among `held` (all below `whole` are whole in the file) whose bytes in `file` no

@@ -125,8 +125,8 @@ pub fn plan(
             return Err(ClientError::Usage(format!(
                 "cannot upload {}: it is {}, not a regular file (ferry uploads files and folders; to send a stream, pipe it in: `ferry upload - --name NAME < {}`)",
                 path.display(),
-                path.display(),
-                kind_of(&meta)
+                kind_of(&meta),
+                path.display()
             )));
         } else {
             // A file named on the command line is uploaded even through a link: it was asked for.

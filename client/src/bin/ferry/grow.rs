@@ -192,11 +192,29 @@ pub(crate) async fn cat(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut offset = 0;
+    let mut lost_since: Option<std::time::Instant> = None;
+    let mut wait = Duration::from_millis(250);
     loop {
-        let read = client
-            .read_upload(&id, offset, READ_STEP)
-            .await
-            .map_err(failed)?;
+        let read = match client.read_upload(&id, offset, READ_STEP).await {
+            Ok(read) => {
+                lost_since = None;
+                wait = Duration::from_millis(250);
+                read
+            }
+            // A lost connection or a restarting server: reconnect and go on from `offset`, for
+            // up to --reconnect-for (what was written stays written).
+            Err(e) if e.is_retryable() => {
+                let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= client.options().reconnect_for {
+                    return Err(failed(e));
+                }
+                client.close().await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => return Err(failed(e)),
+        };
         if !read.data.is_empty() {
             if let Err(e) = out.write_all(&read.data) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
