@@ -30,6 +30,10 @@ pub struct Link {
     pub max_size: u64,
     /// Files it may create in all; 0: no bound.
     pub max_files: u64,
+    /// A read link (`ferryd link --read`): the one upload it may read (`GET`), and it does
+    /// nothing else — no login over QUIC, no upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
 }
 
 impl Link {
@@ -113,16 +117,45 @@ impl Links {
             expires_at,
             max_size,
             max_files,
+            read: None,
         };
         entries.push(link.clone());
         self.save(&entries)?;
         Ok((link, grant))
     }
 
+    /// Makes a read link for `owner`'s upload `upload_id` (32 hex characters) and returns it
+    /// with its grant.
+    pub fn add_read(
+        &self,
+        owner: &str,
+        expires_at: u64,
+        upload_id: &str,
+    ) -> Result<(Link, String)> {
+        if upload_id.len() != 32 || !upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("{upload_id:?} is not an upload id (32 hex characters, as `ferry list` shows)");
+        }
+        let (link, grant) = self.add(owner, expires_at, 0, 0)?;
+        let mut entries = self.entries()?;
+        for entry in entries.iter_mut().filter(|e| e.id == link.id) {
+            entry.read = Some(upload_id.to_ascii_lowercase());
+        }
+        self.save(&entries)?;
+        let link = Link {
+            read: Some(upload_id.to_ascii_lowercase()),
+            ..link
+        };
+        Ok((link, grant))
+    }
+
     /// Removes the link with this id, or of this grant or URL. Uploads it made stay.
     pub fn revoke(&self, which: &str) -> Result<Link> {
         let mut entries = self.entries()?;
-        let grant = which.rsplit('/').next().unwrap_or(which);
+        // An upload link's URL ends in its grant; a read link's carries it as `?grant=`.
+        let grant = match which.split_once("grant=") {
+            Some((_, grant)) => grant.split('&').next().unwrap_or(grant),
+            None => which.rsplit('/').next().unwrap_or(which),
+        };
         let by_grant = grant
             .starts_with(GRANT_PREFIX)
             .then(|| hex::encode(hash(grant)));

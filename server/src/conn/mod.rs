@@ -154,6 +154,11 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
                 return refuse(&peer, send, ErrorCode::UnsupportedVersion, &msg).await;
             }
             match ctx.auth.login(&token).await {
+                Ok(Ok(login)) if login.link.as_ref().is_some_and(|l| l.read.is_some()) => {
+                    let msg =
+                        "a read link reads its upload over HTTPS (GET); it cannot log in here";
+                    return refuse(&peer, send, ErrorCode::Unauthorized, msg).await;
+                }
                 Ok(Ok(login)) => login,
                 Ok(Err(what)) => {
                     // Each failure from the same address waits longer before its answer; the

@@ -168,7 +168,7 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Answe
     }
     if method == Method::GET {
         if let Target::Upload(id) = &target {
-            return read::get(ctx, req.headers(), peer, id).await;
+            return read::get(ctx, req.headers(), req.uri().query(), peer, id).await;
         }
     }
     match ietf::version(req.headers()) {
@@ -213,19 +213,45 @@ impl Revoked {
 
 /// Authenticates a request by its `Authorization: Bearer` token or upload link grant. The
 /// `Err` is the answer: `401` (after the throttle's delay for a wrong credential).
+/// A read link (`ferryd link --read`) is refused here: it reads its upload (`read.rs`), nothing
+/// else.
 pub(crate) async fn login(
     ctx: &Context,
     headers: &HeaderMap,
     peer: SocketAddr,
     frontend: Frontend,
 ) -> Result<Caller, (StatusCode, WireError)> {
-    let token = headers
+    let caller = login_with(ctx, bearer(headers), peer, frontend).await?;
+    if caller.who.link.as_ref().is_some_and(|l| l.read.is_some()) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            WireError::new(
+                ErrorCode::Refused,
+                "a read link only reads its upload (GET); it cannot upload",
+            ),
+        ));
+    }
+    Ok(caller)
+}
+
+/// The `Authorization: Bearer` credential, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+        })
+}
+
+/// Authenticates `token` (a token, an upload link's grant or a read link's).
+pub(crate) async fn login_with(
+    ctx: &Context,
+    token: Option<&str>,
+    peer: SocketAddr,
+    frontend: Frontend,
+) -> Result<Caller, (StatusCode, WireError)> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err((
             StatusCode::UNAUTHORIZED,

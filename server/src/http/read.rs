@@ -15,7 +15,7 @@ use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{login, set, wire_error, Answer, Context};
+use super::{login_with, set, wire_error, Answer, Context};
 use crate::uploads::Frontend;
 
 /// Bytes read from the file per piece of the body, and pieces buffered ahead: a reader holds
@@ -26,10 +26,19 @@ const AHEAD: usize = 4;
 pub(super) async fn get(
     ctx: &Context,
     headers: &HeaderMap,
+    query: Option<&str>,
     peer: std::net::SocketAddr,
     id: &str,
 ) -> Answer {
-    let caller = match login(ctx, headers, peer, Frontend::Tus).await {
+    // The credential: `Authorization: Bearer`, or a read link's `?grant=` (for players and
+    // editors that take a URL and no header).
+    let granted = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("grant="))
+            .filter(|g| g.starts_with(crate::links::GRANT_PREFIX))
+    });
+    let token = super::bearer(headers).or(granted);
+    let caller = match login_with(ctx, token, peer, Frontend::Tus).await {
         Ok(caller) => caller,
         Err((status, e)) => return super::error(status, &e),
     };

@@ -112,12 +112,29 @@ impl Uploads {
     /// Where the acknowledged bytes of an upload are: for its owner's token sessions only (an
     /// upload link cannot read anything back).
     pub async fn read_view(&self, who: &Principal, raw_id: &str) -> Result<ReadView, WireError> {
-        if who.link.is_some() {
-            return Err(WireError::new(
-                ErrorCode::Refused,
-                "an upload link cannot read uploads back; the owner's token can",
-            ));
-        }
+        // A read link reads its one upload as its owner would; an upload link reads nothing.
+        let owner;
+        let who =
+            match who.link.as_ref().map(|l| l.read.as_deref()) {
+                None => who,
+                Some(Some(readable)) if readable.eq_ignore_ascii_case(raw_id) => {
+                    owner = Principal {
+                        link: None,
+                        ..who.clone()
+                    };
+                    &owner
+                }
+                Some(Some(_)) => {
+                    return Err(WireError::new(
+                        ErrorCode::NotFound,
+                        format!("no upload {raw_id} for this read link"),
+                    ))
+                }
+                Some(None) => return Err(WireError::new(
+                    ErrorCode::Refused,
+                    "an upload link cannot read uploads back; the owner's token or a read link can",
+                )),
+            };
         self.need_local("reading an upload back")?;
         let offset = self.offset(who, raw_id).await?;
         let store = self.store();

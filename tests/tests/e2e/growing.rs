@@ -444,6 +444,81 @@ fn an_upload_reads_back_as_a_growing_prefix_of_its_source() {
     ));
     assert_eq!(link.status, 403, "{}", link.body);
     assert!(link.body.contains("refused"), "{}", link.body);
+
+    // A read link: its URL alone reads this upload (for players and editors that take a URL),
+    // and it does nothing else.
+    let web_addr = dep.server.web.unwrap();
+    let out = Command::new(binary("ferryd"))
+        .args(["link", "alice", "--read", &id, "--data"])
+        .arg(&dep.data)
+        .args([
+            "--web-url",
+            &format!("https://127.0.0.1:{}", web_addr.port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let prefix = format!("https://127.0.0.1:{}/files/{id}?grant=fl_", web_addr.port());
+    assert!(url.starts_with(&prefix), "{url}");
+    let target = url
+        .split_once(&format!(":{}", web_addr.port()))
+        .unwrap()
+        .1
+        .to_owned();
+    let grant = url.rsplit("grant=").next().unwrap().to_owned();
+    let read = runtime.block_on(web.send("GET", &target, &[], b""));
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert!(read.bytes == data, "the read link reads the whole upload");
+    let reader = format!("Bearer {grant}");
+    let other = runtime.block_on(web.send(
+        "GET",
+        &format!("/files/{}", "0".repeat(32)),
+        &[("Authorization", &reader)],
+        b"",
+    ));
+    assert_eq!(other.status, 404, "another upload: {}", other.body);
+    let upload = runtime.block_on(web.send(
+        "POST",
+        "/files/",
+        &[
+            ("Authorization", &reader),
+            ("Tus-Resumable", "1.0.0"),
+            ("Upload-Length", "10"),
+        ],
+        b"",
+    ));
+    assert_eq!(
+        upload.status, 403,
+        "a read link cannot upload: {}",
+        upload.body
+    );
+    let quic = ferry(&dep.server, &grant, &state)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(quic.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&quic.stderr).contains("a read link reads its upload over HTTPS"),
+        "{}",
+        String::from_utf8_lossy(&quic.stderr)
+    );
+    let out = Command::new(binary("ferryd"))
+        .args(["link", "--revoke", &url, "--data"])
+        .arg(&dep.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = runtime.block_on(web.send("GET", &target, &[], b""));
+    assert_eq!(revoked.status, 401, "revoked by its URL");
 }
 
 /// The id of the owner's newest upload, from `ferry list --json`.

@@ -354,6 +354,13 @@ pub(crate) struct LinkArgs {
     /// Files the link may upload in all (0: no bound).
     #[arg(long, default_value_t = 0)]
     pub(crate) max_files: u64,
+    /// A read link instead: a URL that reads OWNER's upload UPLOAD_ID over HTTPS (`GET`, byte
+    /// ranges) — its acknowledged bytes, as they arrive — and does nothing else.
+    #[arg(long, value_name = "UPLOAD_ID", conflicts_with_all = ["max_size", "max_files"])]
+    pub(crate) read: Option<String>,
+    /// The upload path of the web listener (as `serve --upload-path`), for a read link's URL.
+    #[arg(long, env = "FERRYD_UPLOAD_PATH", default_value = "/files/")]
+    pub(crate) upload_path: String,
     /// List the links (id, owner, bounds, what each has used is on the server).
     #[arg(long, conflicts_with_all = ["owner", "revoke"])]
     pub(crate) list: bool,

@@ -392,7 +392,14 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
                 t if t <= now => format!("expired {} ({} ago)", utc(t), human_duration(now - t)),
                 t => format!("expires {} (in {})", utc(t), human_duration(t - now)),
             };
-            out!("{}  {}  {expires}, {size}, {files}", link.id, link.owner);
+            match &link.read {
+                Some(upload) => out!(
+                    "{}  {}  {expires}, reads upload {upload}",
+                    link.id,
+                    link.owner
+                ),
+                None => out!("{}  {}  {expires}, {size}, {files}", link.id, link.owner),
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -423,6 +430,19 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
         0 => 0,
         secs => ferry_server::store::unix_now() + secs,
     };
+    if let Some(upload) = &args.read {
+        let (link, grant) = links.add_read(owner, expires_at, upload)?;
+        let path = format!("/{}/", args.upload_path.trim_matches('/'));
+        out!(
+            "{base}{path}{}?grant={grant}",
+            link.read.as_deref().unwrap_or(upload)
+        );
+        say!(
+            "read link {} for {owner}'s upload {upload}: only this URL opens it (it is not stored); revoke with `ferryd link --revoke {}`",
+            link.id, link.id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (link, grant) = links.add(owner, expires_at, args.max_size, args.max_files)?;
     out!("{base}/u/{grant}");
     say!(
