@@ -335,6 +335,7 @@ impl Server {
             .clone()
             .map(|s3| tokio::spawn(cluster::tokens_forever(s3, self.auth.clone())));
         let revoker = tokio::spawn(tasks::revoke_forever(self.auth.clone()));
+        let trimmer = tokio::spawn(tasks::trim_forever());
         let hooks = tokio::spawn(hooks::complete_forever(uploads.clone()));
         let admin = match self.admin {
             Some((listener, ctx)) => {
@@ -383,6 +384,7 @@ impl Server {
         info!("shutting down");
         sweeper.abort();
         revoker.abort();
+        trimmer.abort();
         // A hook still running is killed; its job stays queued and runs at the next start.
         hooks.abort();
         for task in [mirror, admin, web, rotation].into_iter().flatten() {
