@@ -6,8 +6,9 @@
 //   TUS_TOKEN     the bearer token (or an upload link's grant)
 //   TUS_MODE      plain | stop | resume | checksum | parallel | defer
 //   TUS_STATE     where `stop` writes the upload's URL and `resume` reads it
-//   TUS_STOP_AT   `stop`: once this many bytes were sent the process kills itself (SIGKILL,
-//                 in the middle of its PATCH: a crash)
+//   TUS_STOP_AT   `stop`: the PATCH body is paced (1 MiB per 20 ms), and once this many bytes
+//                 of it were handed over the process kills itself (SIGKILL, in the middle of
+//                 its PATCH: a crash)
 //   TUS_CHUNK     chunkSize (bytes per PATCH); unset: the whole rest in one PATCH
 //
 // The server's self-signed certificate is trusted through NODE_EXTRA_CA_CERTS. The last line
@@ -46,6 +47,44 @@ class ChecksumStack {
   }
 }
 
+// `stop`: the PATCH body goes out 1 MiB every 20 ms, and the process kills itself (SIGKILL) as
+// soon as TUS_STOP_AT bytes of it were handed to the request — in the body's own count, not
+// tus-js-client's progress events (throttled to one per 100 ms: on a fast or loaded machine the
+// whole body had left before the first one fired).
+class StopStack {
+  constructor(inner, stopAt) {
+    this.inner = inner;
+    this.stopAt = stopAt;
+  }
+  createRequest(method, url) {
+    const request = this.inner.createRequest(method, url);
+    if (method !== "PATCH") return request;
+    const send = request.send.bind(request);
+    const stopAt = this.stopAt;
+    request.send = async (body) => {
+      const bytes = await toBuffer(body);
+      const { Readable } = require("stream");
+      let at = 0;
+      const paced = new Readable({
+        read() {
+          if (at >= bytes.length) return this.push(null);
+          const piece = bytes.subarray(at, at + (1 << 20));
+          at += piece.length;
+          setTimeout(() => {
+            this.push(piece);
+            if (at >= stopAt) process.kill(process.pid, "SIGKILL");
+          }, 20);
+        },
+      });
+      return send(paced);
+    };
+    return request;
+  }
+  getName() {
+    return "StopStack";
+  }
+}
+
 async function toBuffer(body) {
   if (body == null) return Buffer.alloc(0);
   if (Buffer.isBuffer(body) || body instanceof Uint8Array) return Buffer.from(body);
@@ -64,6 +103,7 @@ function options() {
   };
   if (env.TUS_CHUNK) o.chunkSize = Number(env.TUS_CHUNK);
   if (mode === "checksum") o.httpStack = new ChecksumStack(new tus.DefaultHttpStack());
+  if (mode === "stop") o.httpStack = new StopStack(new tus.DefaultHttpStack(), Number(env.TUS_STOP_AT));
   if (mode === "parallel") o.parallelUploads = 4;
   if (mode === "resume") o.uploadUrl = fs.readFileSync(env.TUS_STATE, "utf8").trim();
   if (mode === "defer") {
@@ -81,7 +121,6 @@ function main() {
       ? fs.createReadStream(file).pipe(new (require("stream").PassThrough)())
       : fs.readFileSync(file);
   let offsetAtStart = null;
-  let stopped = false;
   const upload = new tus.Upload(input, {
     ...options(),
     onUploadUrlAvailable() {
@@ -89,10 +128,7 @@ function main() {
     },
     onProgress(sent) {
       if (offsetAtStart === null) offsetAtStart = sent;
-      if (mode === "stop" && !stopped && sent >= Number(env.TUS_STOP_AT)) {
-        stopped = true;
-        process.kill(process.pid, "SIGKILL");
-      }
+
     },
     onError(error) {
       console.error(`tus error: ${error}`);

@@ -365,13 +365,19 @@ impl Conn {
             durable: view.durable,
             complete: view.complete,
         };
+        // Opened before the answer: a file that cannot be read is said as such, not as a
+        // stream that never comes.
+        let file = std::fs::File::open(&view.path).map_err(|e| {
+            tracing::warn!(path = %view.path.display(), error = %e, "cannot open an upload to read it");
+            WireError::new(ErrorCode::StorageError, "the upload's bytes cannot be read")
+        })?;
         let quic = quic.clone();
         let header = frame.to_bytes();
         tokio::spawn(async move {
             let _permit = permit;
             let sent = tokio::time::timeout(
                 limit.saturating_mul(1 + (size / (4 << 20)) as u32),
-                send_read(quic, header, view.path, offset, size),
+                send_read(quic, header, file, offset, size),
             )
             .await;
             if !matches!(sent, Ok(Ok(()))) {
@@ -382,17 +388,17 @@ impl Conn {
     }
 }
 
-/// Writes `header` and `size` bytes of `path` from `offset` on a new unidirectional stream.
+/// Writes `header` and `size` bytes of `file` from `offset` on a new unidirectional stream.
 async fn send_read(
     quic: quinn::Connection,
     header: Vec<u8>,
-    path: std::path::PathBuf,
+    file: std::fs::File,
     offset: u64,
     size: u64,
 ) -> Result<(), ()> {
     let mut stream = quic.open_uni().await.map_err(drop)?;
     stream.write_all(&header).await.map_err(drop)?;
-    let file = std::sync::Arc::new(std::fs::File::open(&path).map_err(drop)?);
+    let file = std::sync::Arc::new(file);
     let mut done = 0;
     while done < size {
         let len = (size - done).min(READ_PIECE as u64) as usize;

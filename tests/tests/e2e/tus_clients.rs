@@ -135,6 +135,7 @@ fn tus_js_client_uploads_and_a_new_process_resumes_a_killed_one() {
     assert!(!killed.status.success(), "the first process was killed");
     let resumed = ok(&site.tus_js(&modules, "resume", &big, &[("TUS_STATE", state_text)]));
     let began = resumed["offsetAtStart"].as_u64().unwrap();
+    eprintln!("tus-js-client killed mid-PATCH; the new process began at {began}");
     assert!(
         began > 0 && began < 64_000_000,
         "the new process began at {began}"
