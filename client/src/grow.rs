@@ -73,6 +73,8 @@ pub struct Growing {
     pub name: String,
     pub dir: Vec<String>,
     pub desc: String,
+    /// A progress line on stderr this often (`--progress-interval`).
+    pub progress_every: Duration,
 }
 
 /// What a growing upload is resumed by: one small JSON file per source in the state directory.
@@ -119,6 +121,9 @@ struct State {
     rejects: u32,
     /// The connection (quinn's stable id) the upload was created or last resumed on.
     attached_on: Option<usize>,
+    /// Progress lines: how often, and when the last was printed.
+    progress_every: Duration,
+    reported: Instant,
     /// Bytes the server held when this run started.
     skipped: u64,
 }
@@ -212,6 +217,7 @@ impl Client {
                 state
             }
         };
+        state.progress_every = job.progress_every;
         let what = match &job.source {
             Source::Follow { path, .. } => path.display().to_string(),
             Source::Stdin { .. } => "standard input".to_owned(),
@@ -598,6 +604,16 @@ impl Client {
                     None => return Err(conn.lost()),
                 },
                 _ = tick.tick() => {
+                    if state.reported.elapsed() >= state.progress_every {
+                        state.reported = Instant::now();
+                        let (read, what) = feed.read_so_far();
+                        self.shared.tracker.note(&format!(
+                            "ferry: {what}: {} read, {} safe on the server{}",
+                            ferry_proto::units::human(read),
+                            ferry_proto::units::human((state.acked.len() * state.cs).min(read)),
+                            if state.end.is_none() { ", waiting for more" } else { "" }
+                        ));
+                    }
                     if !state.unacked.is_empty() && last_ack.elapsed() > STALL {
                         return Err(ClientError::Connection(format!(
                             "no acknowledgement for {} s with chunks in flight",
@@ -901,6 +917,8 @@ impl State {
             reconnects: 0,
             rejects: 0,
             attached_on: None,
+            progress_every: Duration::from_secs(10),
+            reported: Instant::now(),
             skipped: 0,
         }
     }
@@ -1169,6 +1187,19 @@ impl Feed {
             Self::Stdin { held, .. } => held.get(&index).cloned().ok_or_else(|| {
                 ClientError::Local(format!("chunk {index} of standard input is not held"))
             }),
+        }
+    }
+
+    /// Bytes the source has given so far, and what to call it in a progress line.
+    fn read_so_far(&self) -> (u64, String) {
+        match self {
+            Self::File { len, path, .. } => (
+                if *len == u64::MAX { 0 } else { *len },
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            Self::Stdin { bytes, .. } => (*bytes, "standard input".to_owned()),
         }
     }
 

@@ -130,6 +130,7 @@ fn plan(opts: &Options, paths: &[PathBuf], args: &UploadArgs) -> Result<Growing,
             name,
             dir: parts,
             desc: args.desc.clone(),
+            progress_every: Duration::from_secs(args.progress_interval),
         });
     }
     if args.name.is_some() {
@@ -150,6 +151,7 @@ fn plan(opts: &Options, paths: &[PathBuf], args: &UploadArgs) -> Result<Growing,
         name,
         dir: Vec::new(),
         desc: args.desc.clone(),
+        progress_every: Duration::from_secs(args.progress_interval),
     })
 }
 
