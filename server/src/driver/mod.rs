@@ -615,6 +615,11 @@ impl Driver {
                 ));
             }
         }
+        if forget.is_empty() {
+            // Nothing durable among them: nothing to write (and no sync a client could ask
+            // for in a loop).
+            return Ok(chunks);
+        }
         let store = self.backend.store().clone();
         let (id, raw): (_, Vec<u64>) = (self.id, forget.iter().map(|i| i.get()).collect());
         tokio::task::spawn_blocking(move || store.forget_chunks(id, &raw))

@@ -13,15 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
-use tokio::sync::mpsc;
+use std::future::Future;
 
 use super::{login_with, set, wire_error, Answer, Context};
 use crate::uploads::Frontend;
 
-/// Bytes read from the file per piece of the body, and pieces buffered ahead: a reader holds
-/// at most this times (`AHEAD` + 1) in memory.
+/// Bytes read from the file per piece of the body: what a response holds in memory.
 const PIECE: usize = 256 * 1024;
-const AHEAD: usize = 4;
 
 pub(super) async fn get(
     ctx: &Context,
@@ -73,23 +71,13 @@ pub(super) async fn get(
             ));
         }
     };
-    let (tx, rx) = mpsc::channel(AHEAD);
-    // Ends when the file is read to `end` or the client goes away (the receiver is dropped).
-    tokio::task::spawn_blocking(move || {
-        let mut at = start;
-        while at < end {
-            let len = (end - at).min(PIECE as u64) as usize;
-            let mut buf = vec![0; len];
-            let piece = std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at)
-                .map(|()| Bytes::from(buf));
-            let failed = piece.is_err();
-            if tx.blocking_send(piece).is_err() || failed {
-                return;
-            }
-            at += len as u64;
-        }
-    });
-    let mut answer = Response::new(FileBody { rx }.boxed());
+    let body = FileBody {
+        file: std::sync::Arc::new(file),
+        at: start,
+        end,
+        reading: None,
+    };
+    let mut answer = Response::new(body.boxed());
     *answer.status_mut() = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
@@ -166,9 +154,14 @@ fn parse_range(text: &str, durable: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some(range))
 }
 
-/// A response body fed by the reading task, a piece at a time.
+/// A response body read from the file a piece at a time, each piece on the blocking pool when
+/// the client has taken the one before: a slow reader holds no thread, and the server at most
+/// one piece per response.
 struct FileBody {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    file: std::sync::Arc<std::fs::File>,
+    at: u64,
+    end: u64,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
 }
 
 impl hyper::body::Body for FileBody {
@@ -179,9 +172,35 @@ impl hyper::body::Body for FileBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|piece| piece.map(|piece| piece.map(Frame::data)))
+        if self.reading.is_none() {
+            if self.at >= self.end {
+                return Poll::Ready(None);
+            }
+            let (file, at) = (self.file.clone(), self.at);
+            let len = (self.end - at).min(PIECE as u64) as usize;
+            self.at += len as u64;
+            self.reading = Some(tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)
+                    .map(|()| Bytes::from(buf))
+            }));
+        }
+        let reading = self.reading.as_mut().expect("set above");
+        match Pin::new(reading).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(joined) => {
+                self.reading = None;
+                let piece = joined
+                    .map_err(std::io::Error::other)
+                    .and_then(|read| read)
+                    .map(Frame::data);
+                if piece.is_err() {
+                    // Nothing more after an error.
+                    self.at = self.end;
+                }
+                Poll::Ready(Some(piece))
+            }
+        }
     }
 }
 
