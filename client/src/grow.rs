@@ -197,8 +197,10 @@ impl Client {
                 idle,
                 ignore_close,
             } => Feed::follow(path, *idle, *ignore_close)?,
+            // A new stream: whatever an older one left in this spool is not its (a crash
+            // between its record's removal and its spool's).
             Source::Stdin { spool } => {
-                Feed::stdin(Spool::open(spool, &journal.stem)?, self.opts.chunk_size)
+                Feed::stdin(Spool::fresh(spool, &journal.stem)?, self.opts.chunk_size)
             }
         };
         let mut state = match state {
@@ -1279,6 +1281,12 @@ impl Spool {
             ClientError::local(format!("cannot make the spool folder {}", dir.display()), e)
         })?;
         Ok(Self { dir })
+    }
+
+    /// An empty spool for a new stream.
+    fn fresh(base: &Path, stem: &str) -> Result<Self, ClientError> {
+        let _ = std::fs::remove_dir_all(base.join(stem));
+        Self::open(base, stem)
     }
 
     fn put(&self, index: u64, data: &[u8]) -> Result<(), ClientError> {
