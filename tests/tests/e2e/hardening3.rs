@@ -64,7 +64,16 @@ async fn a_chunk_sent_in_tiny_scattered_pieces_is_stopped_within_the_memory_boun
         peak / 1024
     );
     let code = u64::from(ErrorCode::TooFragmented.quic_code());
-    assert_eq!(stopped.len(), 16, "every stream stopped: {report}");
+    // Every stream is stopped with `too_fragmented` — or, rarely, quinn closes the whole
+    // connection first with INTERNAL_ERROR (transport code 1, "too many gaps in stream
+    // buffer"): a stream whose header the server has not yet handled is still read in order,
+    // and quinn's own assembler refuses a 1 025th separate piece on it. Either way the
+    // attacker is stopped within the bound (seen once in CI; docs/security.md).
+    let closed_by_quinn = report["closed"] == 1;
+    assert!(
+        stopped.len() == 16 || (closed_by_quinn && !stopped.is_empty()),
+        "every stream stopped: {report}"
+    );
     assert!(stopped.iter().all(|&c| c == code), "{report}");
     let rejects = report["rejects"].as_array().unwrap();
     assert!(
