@@ -6,7 +6,8 @@ refills as the server reads, so nothing but the server's own bound stops it.
 quinn (like every QUIC stack's API) writes a stream in order; aioquic lets this script choose
 the offset of every STREAM frame it sends. It never re-sends a lost piece: a loss is one more
 gap. Run by `tests/tests/e2e/fragments.rs`; prints one JSON line:
-{"pieces": N, "stopped": {stream: code}, "rejects": [code, ...], "closed": code or null}.
+{"pieces": N, "stopped": {stream: code}, "rejects": [code, ...], "closed": code or null,
+"reason": the close's reason phrase or null}.
 
     python3 fragments.py HOST PORT TOKEN [--streams 16] [--chunk 67108864] [--seconds 40] [--version 7]
 """
@@ -102,6 +103,7 @@ class Protocol(QuicConnectionProtocol):
         self.frames = asyncio.Queue()
         self.stopped = {}
         self.closed = None
+        self.reason = None
 
     def quic_event_received(self, event):
         if isinstance(event, events.StreamDataReceived) and event.stream_id == 0:
@@ -116,6 +118,7 @@ class Protocol(QuicConnectionProtocol):
             self.stopped[event.stream_id] = event.error_code
         elif isinstance(event, events.ConnectionTerminated):
             self.closed = event.error_code
+            self.reason = event.reason_phrase
 
     async def next(self, timeout=15):
         return await asyncio.wait_for(self.frames.get(), timeout)
@@ -200,6 +203,7 @@ async def main():
                     "stopped": {str(k): v for k, v in proto.stopped.items()},
                     "rejects": rejects,
                     "closed": proto.closed,
+                    "reason": proto.reason,
                 }
             ),
             flush=True,
