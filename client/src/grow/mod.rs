@@ -21,22 +21,25 @@
 //!   and exits with [`EXIT_STREAM_LOST`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::Read as _;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ferry_proto::{ChunkSet, ContentHasher, Digest, ErrorCode, Frame, UploadInfo};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::{Client, ClientError, Report};
+
+mod feed;
+mod read;
+mod record;
+mod rescue;
+
+use feed::{changed_chunks, Feed, Spool};
+pub use read::ReadBack;
+use record::{JournalFile, Record};
 
 /// Exit status of `ferry upload -` when an earlier run of the same stream died: what it had
 /// not sent is gone with its pipe.
@@ -75,13 +78,6 @@ pub struct Growing {
     pub desc: String,
     /// A progress line on stderr this often (`--progress-interval`).
     pub progress_every: Duration,
-}
-
-/// What a growing upload is resumed by: one small JSON file per source in the state directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    upload_id: String,
-    chunk_size: u64,
 }
 
 /// How the run ended, when it did not publish.
@@ -138,31 +134,6 @@ impl State {
     }
 }
 
-/// Where a chunk's bytes are read from.
-enum Feed {
-    File {
-        file: Arc<File>,
-        path: PathBuf,
-        idle: Duration,
-        watch: Option<inotify::Inotify>,
-        /// The length last seen (`u64::MAX` before the first look), when the file was last
-        /// written, and whether the writer closed it since.
-        len: u64,
-        changed: Instant,
-        closed: bool,
-    },
-    Stdin {
-        rx: mpsc::Receiver<std::io::Result<Bytes>>,
-        /// Chunks read and not yet acknowledged, by index (also in the spool).
-        held: BTreeMap<u64, Bytes>,
-        /// Chunks read so far (the next index), and their bytes.
-        read: u64,
-        bytes: u64,
-        eof: bool,
-        spool: Spool,
-    },
-}
-
 impl Client {
     /// Uploads a growing source (see the module's notes).
     pub async fn upload_growing(&mut self, job: Growing) -> Result<Outcome, ClientError> {
@@ -191,34 +162,38 @@ impl Client {
         if state.is_none() && earlier.is_some() {
             journal.remove();
         }
-        let mut feed = match &job.source {
+        // A followed file is opened (and checked to be one) before anything is created.
+        let followed = match &job.source {
             Source::Follow {
                 path,
                 idle,
                 ignore_close,
-            } => Feed::follow(path, *idle, *ignore_close)?,
-            // A new stream: whatever an older one left in this spool is not its (a crash
-            // between its record's removal and its spool's).
-            Source::Stdin { spool } => {
-                Feed::stdin(Spool::fresh(spool, &journal.stem)?, self.opts.chunk_size)
-            }
+            } => Some(Feed::follow(path, *idle, *ignore_close)?),
+            Source::Stdin { .. } => None,
         };
         let mut state = match state {
-            Some(mut state) => {
-                if let Feed::File { .. } = feed {
-                    self.check_held(&mut state, &feed).await?;
-                }
-                state
-            }
+            Some(state) => state,
             None => {
                 let state = self.create_growing(&job).await?;
                 journal.write(&Record {
                     upload_id: state.id.clone(),
-                    chunk_size: state.cs,
                 })?;
                 state
             }
         };
+        let mut feed = match (followed, &job.source) {
+            (Some(feed), _) => feed,
+            // Standard input is cut in the upload's chunk size (the server's answer is the
+            // authority); a new stream starts with an empty spool: whatever an older one left
+            // there is not its (a crash between its record's removal and its spool's).
+            (None, Source::Stdin { spool }) => {
+                Feed::stdin(Spool::fresh(spool, &journal.stem)?, state.cs)
+            }
+            (None, Source::Follow { .. }) => unreachable!("a followed file has its feed"),
+        };
+        if state.resumed {
+            self.check_held(&mut state, &feed).await?;
+        }
         state.progress_every = job.progress_every;
         let what = match &job.source {
             Source::Follow { path, .. } => path.display().to_string(),
@@ -721,185 +696,6 @@ impl Client {
             other => Err(unexpected("finished", &other)),
         }
     }
-
-    /// A run of `ferry upload -` after one that died: sends what its spool kept, then says what
-    /// the server holds of that stream. The new standard input is not read.
-    async fn rescue(
-        &mut self,
-        state: &mut State,
-        spool: Spool,
-        journal: &JournalFile,
-    ) -> Result<Outcome, ClientError> {
-        let kept = spool.load();
-        let mut feed = Feed::Stdin {
-            rx: mpsc::channel(1).1,
-            held: BTreeMap::new(),
-            read: 0,
-            bytes: 0,
-            eof: true,
-            spool,
-        };
-        if let Feed::Stdin { held, .. } = &mut feed {
-            for (index, data) in kept {
-                // A short chunk (the stream's last) waited for a length that is not known now.
-                if data.len() as u64 == state.cs && !state.acked.contains(index) {
-                    state.todo.insert(index);
-                    held.insert(index, data);
-                }
-            }
-        }
-        // Sends the spooled chunks and waits for their acks; the end game is not played.
-        for _ in 0..20 {
-            if state.todo.is_empty() && state.unacked.is_empty() {
-                break;
-            }
-            match self.send_held(state, &mut feed).await {
-                Ok(()) => {}
-                Err(e) if e.is_retryable() => {
-                    self.conn = None;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    match self.connection().await {
-                        Ok(conn) => match conn.resume(&state.id).await {
-                            Ok(info) => state.rebuild(&info, &feed),
-                            Err(e) if e.is_retryable() => {}
-                            Err(e) => return Err(e),
-                        },
-                        Err(e) if e.is_retryable() => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let layout_prefix = (0..).take_while(|i| state.acked.contains(*i)).count() as u64;
-        let held_bytes = match &feed {
-            Feed::Stdin { .. } => state.acked.len() * state.cs,
-            Feed::File { .. } => 0,
-        };
-        journal.remove();
-        if let Feed::Stdin { spool, .. } = &feed {
-            spool.remove_all();
-        }
-        Ok(Outcome::StreamLost {
-            upload_id: state.id.clone(),
-            held: held_bytes,
-            prefix: layout_prefix * state.cs,
-        })
-    }
-
-    /// Sends the chunks queued in `state.todo` and reads acks until none is outstanding (or an
-    /// error): `rescue`'s loop.
-    async fn send_held(&mut self, state: &mut State, feed: &mut Feed) -> Result<(), ClientError> {
-        let conn = self.connection().await?;
-        let mut streams = JoinSet::new();
-        while let Some(index) = state.todo.pop_first() {
-            let data = feed.chunk(index, index * state.cs, state.cs).await?;
-            let digest = Digest::from(Sha256::new_with_prefix(&data));
-            state.unacked.insert(index);
-            let (quic, id, sent) = (conn.quic().clone(), state.id.clone(), state.sent.clone());
-            streams.spawn(async move {
-                crate::stream::send_chunk(&quic, &id, index, data, digest, None, &sent).await
-            });
-        }
-        while !state.unacked.is_empty() {
-            let event = tokio::time::timeout(STALL, conn.events.recv())
-                .await
-                .map_err(|_| ClientError::Connection("no acknowledgement for 60 s".into()))?;
-            match event {
-                Some(Frame::Ack { upload_id, chunks }) if upload_id == state.id => {
-                    for [start, end] in chunks {
-                        for index in start..end.min(start.saturating_add(1 << 20)) {
-                            state.acked.insert(index);
-                            state.unacked.remove(&index);
-                        }
-                    }
-                }
-                Some(Frame::Reject {
-                    upload_id, index, ..
-                }) if upload_id == state.id => {
-                    state.unacked.remove(&index);
-                }
-                Some(_) => {}
-                None => return Err(conn.lost()),
-            }
-        }
-        Ok(())
-    }
-
-    /// `read`: up to `max` acknowledged bytes of an upload from `offset`; with the upload's
-    /// durable length and whether it is complete.
-    pub async fn read_upload(
-        &mut self,
-        upload_id: &str,
-        offset: u64,
-        max: u64,
-    ) -> Result<ReadBack, ClientError> {
-        let conn = self.connection().await?;
-        let id = upload_id.to_owned();
-        let reply = conn
-            .request(|req| Frame::Read {
-                req,
-                upload_id: id,
-                offset,
-                max,
-            })
-            .await?;
-        let Frame::ReadData {
-            req,
-            size,
-            durable,
-            complete,
-            ..
-        } = reply
-        else {
-            return Err(unexpected("read_data", &reply));
-        };
-        let mut data = Vec::new();
-        if size > 0 {
-            let quic = conn.quic().clone();
-            let read = async {
-                let mut stream = quic
-                    .accept_uni()
-                    .await
-                    .map_err(|e| ClientError::Connection(e.to_string()))?;
-                let header = crate::wire::read_frame(&mut stream)
-                    .await
-                    .map_err(|_| ClientError::Protocol("read stream without its header".into()))?;
-                match header {
-                    Some(Frame::ReadData {
-                        req: r, size: s, ..
-                    }) if r == req && s == size => {}
-                    _ => {
-                        return Err(ClientError::Protocol(
-                            "read stream for another request".into(),
-                        ))
-                    }
-                }
-                let mut buf = vec![0; size as usize];
-                stream
-                    .read_exact(&mut buf)
-                    .await
-                    .map_err(|e| ClientError::Connection(format!("read stream: {e}")))?;
-                Ok(buf)
-            };
-            data = tokio::time::timeout(Duration::from_secs(60), read)
-                .await
-                .map_err(|_| ClientError::Connection("no read stream within 60 s".into()))??;
-        }
-        Ok(ReadBack {
-            data: Bytes::from(data),
-            durable,
-            complete,
-        })
-    }
-}
-
-/// What `read_upload` got.
-pub struct ReadBack {
-    pub data: Bytes,
-    /// The upload's contiguous durable prefix now.
-    pub durable: u64,
-    pub complete: bool,
 }
 
 impl State {
@@ -946,419 +742,6 @@ impl State {
                 }
             }
         }
-    }
-}
-
-impl Feed {
-    fn follow(path: &Path, idle: Duration, ignore_close: bool) -> Result<Self, ClientError> {
-        let file = File::open(path)
-            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?;
-        if !meta.is_file() {
-            return Err(ClientError::Usage(format!(
-                "{} is not a regular file: --follow reads a file that grows; for a pipe use `ferry upload - --name NAME`",
-                path.display()
-            )));
-        }
-        // Without inotify (another OS, no watches left) the idle time alone ends the upload.
-        let watch = (!ignore_close)
-            .then(inotify::Inotify::init)
-            .and_then(Result::ok)
-            .and_then(|watch| {
-                watch
-                    .watches()
-                    .add(
-                        path,
-                        inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
-                    )
-                    .ok()
-                    .map(|_| watch)
-            });
-        Ok(Self::File {
-            file: Arc::new(file),
-            path: path.to_owned(),
-            idle,
-            watch,
-            len: u64::MAX,
-            // A file last written longer ago than `idle` (a recording that ended before this
-            // run) ends at once; one written since is followed.
-            changed: last_write(&meta),
-            closed: false,
-        })
-    }
-
-    fn stdin(spool: Spool, chunk_size: u64) -> Self {
-        let (tx, rx) = mpsc::channel(1);
-        // A thread, not a task: reading a pipe blocks. It ends at the end of input, or when the
-        // upload is gone (the receiver dropped).
-        std::thread::spawn(move || {
-            let mut input = std::io::stdin().lock();
-            loop {
-                let mut buf = vec![0u8; chunk_size as usize];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match input.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if filled == 0 {
-                    return;
-                }
-                buf.truncate(filled);
-                let short = filled < chunk_size as usize;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() || short {
-                    return;
-                }
-            }
-        });
-        Self::Stdin {
-            rx,
-            held: BTreeMap::new(),
-            read: 0,
-            bytes: 0,
-            eof: false,
-            spool,
-        }
-    }
-
-    /// Takes in what the source holds now: new whole chunks become `todo`, and the end is set
-    /// once the source ended.
-    async fn look(&mut self, state: &mut State) -> Result<(), ClientError> {
-        match self {
-            Self::File {
-                file,
-                path,
-                idle,
-                watch,
-                len,
-                changed,
-                closed,
-            } => {
-                if state.end.is_some() {
-                    return Ok(());
-                }
-                if let Some(watch) = watch {
-                    let mut buf = [0u8; 4096];
-                    // In order: a write (also one in place, that does not grow the file)
-                    // cancels an earlier close; a close after the last write ends the file.
-                    if let Ok(events) = watch.read_events(&mut buf) {
-                        for event in events {
-                            if event.mask.contains(inotify::EventMask::MODIFY) {
-                                *changed = Instant::now();
-                                *closed = false;
-                            }
-                            if event.mask.contains(inotify::EventMask::CLOSE_WRITE) {
-                                *closed = true;
-                            }
-                        }
-                    }
-                }
-                let now = file
-                    .metadata()
-                    .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
-                    .len();
-                if now != *len {
-                    // The first look (`len` not known yet) keeps the file's own last write.
-                    if *len != u64::MAX {
-                        if now < *len {
-                            tracing::info!(from = *len, to = now, "the followed file shrank");
-                        }
-                        // Growth seen here may be the last write before a close read above:
-                        // the close stands (inotify's own order, above, cancels a close that
-                        // a later write follows).
-                        *changed = Instant::now();
-                    }
-                    *len = now;
-                    let whole = now / state.cs;
-                    for index in 0..whole {
-                        if !state.acked.contains(index) && !state.unacked.contains(&index) {
-                            state.todo.insert(index);
-                        }
-                    }
-                    // Chunks past a shrunken end are no longer the file's.
-                    state.todo.retain(|&i| i < whole);
-                }
-                // Ended: closed by its writer with no growth since (the close event comes after
-                // the last write), or idle for `idle`.
-                let quiet = changed.elapsed();
-                if (*closed && quiet >= LOOK_EVERY) || quiet >= *idle {
-                    state.end = Some(*len);
-                    let whole = *len / state.cs;
-                    for index in 0..whole {
-                        if !state.acked.contains(index) && !state.unacked.contains(&index) {
-                            state.todo.insert(index);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            Self::Stdin { bytes, eof, .. } => {
-                if *eof && state.end.is_none() {
-                    state.end = Some(*bytes);
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Standard input's next chunk, if there is room for it: `None` from a file, at the end of
-    /// input, and while `window` chunks are held unacknowledged.
-    fn wants(&mut self, window: usize) -> Option<&mut mpsc::Receiver<std::io::Result<Bytes>>> {
-        match self {
-            Self::Stdin {
-                rx,
-                held,
-                eof: false,
-                ..
-            } if held.len() < window => Some(rx),
-            _ => None,
-        }
-    }
-
-    /// Takes in a chunk read from standard input (spooled first), or its end.
-    fn take(
-        &mut self,
-        next: Option<std::io::Result<Bytes>>,
-        state: &mut State,
-    ) -> Result<(), ClientError> {
-        let Self::Stdin {
-            held,
-            read,
-            bytes,
-            eof,
-            spool,
-            ..
-        } = self
-        else {
-            return Ok(());
-        };
-        match next {
-            Some(Ok(data)) => {
-                let index = *read;
-                spool.put(index, &data)?;
-                *bytes += data.len() as u64;
-                *read += 1;
-                let short = (data.len() as u64) < state.cs;
-                held.insert(index, data);
-                if short {
-                    // The last chunk: it waits for the length to be declared.
-                    *eof = true;
-                } else {
-                    state.todo.insert(index);
-                }
-                Ok(())
-            }
-            Some(Err(e)) => Err(ClientError::local("cannot read standard input", e)),
-            None => {
-                *eof = true;
-                Ok(())
-            }
-        }
-    }
-
-    /// The bytes of chunk `index`: `len` bytes from `offset`.
-    async fn chunk(&self, index: u64, offset: u64, len: u64) -> Result<Bytes, ClientError> {
-        match self {
-            Self::File { file, path, .. } => {
-                let (file, path) = (file.clone(), path.clone());
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; len as usize];
-                    file.read_exact_at(&mut buf, offset)
-                        .map(|()| Bytes::from(buf))
-                        .map_err(|e| {
-                            ClientError::local(
-                                format!(
-                                    "cannot read chunk {index} of {} (did it shrink?)",
-                                    path.display()
-                                ),
-                                e,
-                            )
-                        })
-                })
-                .await
-                .map_err(|e| ClientError::Local(e.to_string()))?
-            }
-            Self::Stdin { held, .. } => held.get(&index).cloned().ok_or_else(|| {
-                ClientError::Local(format!("chunk {index} of standard input is not held"))
-            }),
-        }
-    }
-
-    /// Bytes the source has given so far, and what to call it in a progress line.
-    fn read_so_far(&self) -> (u64, String) {
-        match self {
-            Self::File { len, path, .. } => (
-                if *len == u64::MAX { 0 } else { *len },
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
-            Self::Stdin { bytes, .. } => (*bytes, "standard input".to_owned()),
-        }
-    }
-
-    /// Chunk `index` is durable on the server: a spooled copy is no longer needed.
-    fn acked(&mut self, index: u64) {
-        if let Self::Stdin { held, spool, .. } = self {
-            if held.remove(&index).is_some() {
-                spool.remove(index);
-            }
-        }
-    }
-}
-
-/// When the file was last written, as an `Instant` (now, for a time in the future or unknown).
-fn last_write(meta: &std::fs::Metadata) -> Instant {
-    let ago = meta
-        .modified()
-        .ok()
-        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-        .unwrap_or_default();
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
-
-/// The chunks among `held` (all below `whole` are whole in the file) whose bytes in `file` no
-/// longer match the digests sent, and every held chunk at or past `whole` (no longer whole).
-/// Hashes on the blocking pool, two threads.
-async fn changed_chunks(
-    file: &Arc<File>,
-    state: &State,
-    held: &[u64],
-    whole: u64,
-) -> Result<Vec<u64>, ClientError> {
-    let known: Vec<(u64, Option<Digest>)> = {
-        let digests = state.digests.lock().unwrap_or_else(|p| p.into_inner());
-        held.iter().map(|i| (*i, digests.get(i).copied())).collect()
-    };
-    let (file, cs) = (file.clone(), state.cs);
-    tokio::task::spawn_blocking(move || {
-        let check = |part: &[(u64, Option<Digest>)]| -> std::io::Result<Vec<u64>> {
-            let mut out = Vec::new();
-            let mut buf = vec![0u8; cs as usize];
-            for (index, digest) in part {
-                if *index >= whole {
-                    out.push(*index);
-                    continue;
-                }
-                file.read_exact_at(&mut buf, index * cs)?;
-                if Some(Digest::from(Sha256::new_with_prefix(&buf))) != *digest {
-                    out.push(*index);
-                }
-            }
-            Ok(out)
-        };
-        let (a, b) = known.split_at(known.len() / 2);
-        let (a, b) = std::thread::scope(|s| {
-            let other = s.spawn(|| check(b));
-            (check(a), other.join().unwrap_or_else(|_| Ok(Vec::new())))
-        });
-        let mut out = a?;
-        out.extend(b?);
-        Ok::<_, std::io::Error>(out)
-    })
-    .await
-    .map_err(|e| ClientError::Local(e.to_string()))?
-    .map_err(|e| ClientError::local("cannot read the followed file", e))
-}
-
-/// Unacknowledged chunks of standard input, one file each, in a folder of their own.
-pub struct Spool {
-    dir: PathBuf,
-}
-
-impl Spool {
-    fn open(base: &Path, stem: &str) -> Result<Self, ClientError> {
-        let dir = base.join(stem);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            ClientError::local(format!("cannot make the spool folder {}", dir.display()), e)
-        })?;
-        Ok(Self { dir })
-    }
-
-    /// An empty spool for a new stream.
-    fn fresh(base: &Path, stem: &str) -> Result<Self, ClientError> {
-        let _ = std::fs::remove_dir_all(base.join(stem));
-        Self::open(base, stem)
-    }
-
-    fn put(&self, index: u64, data: &[u8]) -> Result<(), ClientError> {
-        let path = self.dir.join(index.to_string());
-        std::fs::write(&path, data).map_err(|e| {
-            ClientError::local(format!("cannot write the spool file {}", path.display()), e)
-        })
-    }
-
-    fn remove(&self, index: u64) {
-        let _ = std::fs::remove_file(self.dir.join(index.to_string()));
-    }
-
-    /// Every chunk the spool holds (an earlier run's).
-    fn load(&self) -> Vec<(u64, Bytes)> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let index = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok());
-            if let (Some(index), Ok(data)) = (index, std::fs::read(entry.path())) {
-                out.push((index, Bytes::from(data)));
-            }
-        }
-        out.sort_by_key(|(i, _)| *i);
-        out
-    }
-
-    fn remove_all(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The resume record of one growing source.
-struct JournalFile {
-    path: PathBuf,
-    stem: String,
-}
-
-impl JournalFile {
-    fn new(state_dir: &Path, scope: &str, key: &str) -> Self {
-        let mut h = Sha256::new();
-        h.update(scope.as_bytes());
-        h.update([0]);
-        h.update(key.as_bytes());
-        let stem = hex::encode(&h.finalize()[..16]);
-        Self {
-            path: state_dir.join("growing").join(format!("{stem}.json")),
-            stem,
-        }
-    }
-
-    fn read(&self) -> Option<Record> {
-        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
-    }
-
-    fn write(&self, record: &Record) -> Result<(), ClientError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ClientError::local("cannot write the resume journal", e))?;
-        }
-        let data = serde_json::to_vec(record).expect("a record serialises");
-        crate::journal::write_atomic(&self.path, &data)
-            .map_err(|e| ClientError::local("cannot write the resume journal", e))
-    }
-
-    fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
