@@ -7,6 +7,7 @@ mod browser;
 mod crash;
 mod first_contact;
 mod growing;
+mod growing_wire;
 mod hardening;
 mod hardening3;
 mod hooks;
