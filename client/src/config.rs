@@ -13,7 +13,8 @@ use crate::ClientError;
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
-    pub server: Option<String>,
+    /// One address, or a list of a service's addresses (`["a:4433", "b:4433"]`).
+    pub server: Option<Servers>,
     pub token: Option<String>,
     pub fingerprint: Option<String>,
     pub ca: Option<PathBuf>,
@@ -27,6 +28,23 @@ pub struct FileConfig {
     pub on_exists: Option<String>,
     /// Glob patterns left out of folders, beside `--exclude`'s.
     pub exclude: Option<Vec<String>>,
+}
+
+/// `server = "HOST:PORT"` or `server = ["HOST:PORT", …]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Servers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Servers {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
 }
 
 impl FileConfig {
@@ -92,7 +110,10 @@ mod tests {
         )
         .unwrap();
         let config = FileConfig::load(&path, true).unwrap();
-        assert_eq!(config.server.as_deref(), Some("example.org:4433"));
+        assert_eq!(
+            config.server.map(Servers::into_vec),
+            Some(vec!["example.org:4433".to_owned()])
+        );
         assert_eq!(config.parallel, Some(4));
         assert_eq!(config.chunk_size.as_deref(), Some("8MiB"));
 

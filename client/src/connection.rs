@@ -22,6 +22,9 @@ use crate::ClientError;
 pub struct Target {
     /// `HOST:PORT` as the user wrote it; also the key in the known-servers file.
     pub server: String,
+    /// Other addresses of the same service (`--server` repeated, the nodes of a cluster):
+    /// every address of every name is a way in, tried in turn when one does not answer.
+    pub alternates: Vec<String>,
     pub token: String,
     /// Pinned `sha256:<hex>`; `None` means trust on first use.
     pub fingerprint: Option<String>,
@@ -66,6 +69,21 @@ pub struct Endpoint {
     reporter: Option<Reporter>,
     /// Shows the server's notices.
     notices: Notices,
+    /// Which address the next connection tries first; shared by the endpoint's clones.
+    route: Arc<Mutex<Route>>,
+}
+
+/// The way in among several addresses: the one that worked last is tried first, unless its
+/// connection was lost (then it is tried last), and the first choice is random so that many
+/// clients spread over a cluster's nodes.
+#[derive(Default)]
+struct Route {
+    /// The address to try first: the last that worked.
+    first: Option<SocketAddr>,
+    /// The last connection made, to see at the next connect whether it was lost.
+    last: Option<quinn::Connection>,
+    /// The service id of the first connection: a node of another service is never used.
+    service: Option<String>,
 }
 
 /// Where connection events go.
@@ -116,6 +134,7 @@ impl Endpoint {
             reached: Default::default(),
             reporter: None,
             notices: Notices::default(),
+            route: Default::default(),
         })
     }
 
@@ -149,15 +168,123 @@ impl Endpoint {
         self.endpoint.rebind(socket)
     }
 
-    /// Connects, checks the certificate, says hello.
+    /// Connects to the first address of the service that answers, checks the certificate,
+    /// says hello. Every address of every name in `target` is a candidate (`Route` orders
+    /// them); an address that does not answer, or whose connection breaks before `welcome`,
+    /// passes the turn to the next one. A refusal (token, version, certificate) does not.
     pub async fn connect(&self, target: &Target) -> Result<Connection, ClientError> {
+        let candidates = self.candidates(target).await?;
+        let many = candidates.len() > 1;
+        let mut failed = None;
+        for (name, addr) in candidates {
+            match self.connect_to(target, &name, addr).await {
+                Ok(conn) => match self.admit(&conn, &name, addr) {
+                    Ok(()) => return Ok(conn),
+                    Err(e) => {
+                        conn.close();
+                        failed = Some(e);
+                    }
+                },
+                Err(e @ (ClientError::Unreachable(_) | ClientError::Connection(_))) => {
+                    failed = Some(e)
+                }
+                Err(
+                    e @ ClientError::Server {
+                        code: ErrorCode::ShuttingDown | ErrorCode::TooManyConnections,
+                        ..
+                    },
+                ) => failed = Some(e),
+                Err(e) => return Err(e),
+            }
+            if let (true, Some(e), Some(report)) = (many, &failed, &self.reporter) {
+                report(&format!(
+                    "ferry: {name} ({addr}): {e}; trying the next address"
+                ));
+            }
+        }
+        Err(failed.expect("at least one candidate"))
+    }
+
+    /// Every address of every server name, in the order to try them: the family of the
+    /// endpoint's socket, the address that worked last first (a random one before any did),
+    /// the address of a connection that was lost last.
+    async fn candidates(&self, target: &Target) -> Result<Vec<(String, SocketAddr)>, ClientError> {
+        let mut all: Vec<(String, SocketAddr)> = Vec::new();
+        let mut unresolved = None;
+        for name in std::iter::once(&target.server).chain(&target.alternates) {
+            match resolve(name, self.ipv6).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        if !all.iter().any(|(_, a)| *a == addr) {
+                            all.push((name.clone(), addr));
+                        }
+                    }
+                }
+                // One name that does not resolve (a node's record withdrawn) is not fatal
+                // while another leads somewhere.
+                Err(e) => unresolved = Some(e),
+            }
+        }
+        if all.is_empty() {
+            return Err(unresolved.unwrap_or_else(|| {
+                ClientError::Usage(format!(
+                    "server address {:?} resolves to nothing",
+                    target.server
+                ))
+            }));
+        }
+        let route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let start = match route
+            .first
+            .and_then(|f| all.iter().position(|(_, a)| *a == f))
+        {
+            Some(i) => i,
+            None => random_index(all.len()),
+        };
+        all.rotate_left(start);
+        // A connection that ended without this side closing it: its node is tried last.
+        let lost = route.last.as_ref().and_then(|c| match c.close_reason() {
+            None | Some(quinn::ConnectionError::LocallyClosed) => None,
+            Some(_) => Some(c.remote_address()),
+        });
+        if let Some(lost) = lost {
+            if let Some(i) = all.iter().position(|(_, a)| *a == lost) {
+                let moved = all.remove(i);
+                all.push(moved);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Takes a new connection as the way in, unless it leads to another service than the one
+    /// this endpoint reached first (a stray address must not receive uploads).
+    fn admit(&self, conn: &Connection, name: &str, addr: SocketAddr) -> Result<(), ClientError> {
+        let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(service) = &route.service {
+            if !conn.service.is_empty() && conn.service != *service {
+                return Err(ClientError::Unreachable(format!(
+                    "{name} ({addr}) is another service (id {}, not {service}); not used",
+                    conn.service
+                )));
+            }
+        } else if !conn.service.is_empty() {
+            route.service = Some(conn.service.clone());
+        }
+        route.first = Some(addr);
+        route.last = Some(conn.connection.clone());
+        Ok(())
+    }
+
+    /// One connection attempt to `addr`, the address of `name`.
+    async fn connect_to(
+        &self,
+        target: &Target,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<Connection, ClientError> {
         let started = std::time::Instant::now();
-        let addr = resolve(&target.server, self.ipv6).await?;
         let known = KnownServers::new(&target.known_servers);
-        let pinned = target
-            .fingerprint
-            .clone()
-            .or_else(|| known.get(&target.server));
+        let pinned = target.fingerprint.clone().or_else(|| known.get(name));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PinVerifier::new(pinned.clone(), provider.clone()));
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -181,22 +308,16 @@ impl Endpoint {
             target.idle_timeout,
             target.congestion,
         )));
-        let host = target
-            .server
-            .rsplit_once(':')
-            .map_or(target.server.as_str(), |(h, _)| h);
+        let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let connecting = self
             .endpoint
             .connect_with(config, addr, host)
-            .map_err(|e| {
-                ClientError::Connection(format!("cannot connect to {}: {e}", target.server))
-            })?;
+            .map_err(|e| ClientError::Connection(format!("cannot connect to {name}: {e}")))?;
         let limit = self.connect_timeout;
         let Ok(connected) = tokio::time::timeout(limit, connecting).await else {
             return Err(ClientError::Unreachable(format!(
-                "cannot reach {} ({addr}): no answer over UDP within {} s; is ferryd running and UDP port {} open?",
-                target.server,
+                "cannot reach {name} ({addr}): no answer over UDP within {} s; is ferryd running and UDP port {} open?",
                 limit.as_secs_f32(),
                 addr.port()
             )));
@@ -214,22 +335,20 @@ impl Endpoint {
                     }
                 }
                 return Err(ClientError::Unreachable(format!(
-                    "cannot connect to {} ({addr}): {e}",
-                    target.server
+                    "cannot connect to {name} ({addr}): {e}"
                 )));
             }
         };
         if pinned.is_none() && target.ca.is_none() {
             if let Some(seen) = verifier.seen() {
-                known.add(&target.server, &seen).map_err(|e| {
+                known.add(name, &seen).map_err(|e| {
                     ClientError::local(
                         format!("failed to record the server in {}", known.path().display()),
                         e,
                     )
                 })?;
                 eprintln!(
-                    "ferry: trusting {} on first use, certificate {seen} (recorded in {})",
-                    target.server,
+                    "ferry: trusting {name} on first use, certificate {seen} (recorded in {})",
                     known.path().display()
                 );
             }
@@ -238,8 +357,7 @@ impl Endpoint {
         self.reached.store(true, Ordering::Relaxed);
         if let Some(report) = &self.reporter {
             report(&format!(
-                "ferry: connected to {} ({addr}) as {:?}, {}, in {:.1} ms",
-                target.server,
+                "ferry: connected to {name} ({addr}) as {:?}, {}, in {:.1} ms",
                 connection.owner,
                 if connection.server.is_empty() {
                     "ferryd"
@@ -500,9 +618,9 @@ fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, ClientErr
     Ok(roots)
 }
 
-/// The first address of `server` in the endpoint's family (a name like `localhost` may
-/// resolve to both).
-async fn resolve(server: &str, ipv6: bool) -> Result<SocketAddr, ClientError> {
+/// The addresses of `server` in the endpoint's family (a name like `localhost` may resolve to
+/// both; the other family is kept only when there is nothing else, to say why it failed).
+async fn resolve(server: &str, ipv6: bool) -> Result<Vec<SocketAddr>, ClientError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
         .map_err(|e| {
@@ -511,10 +629,28 @@ async fn resolve(server: &str, ipv6: bool) -> Result<SocketAddr, ClientError> {
             ))
         })?
         .collect();
-    addrs
+    let family: Vec<SocketAddr> = addrs
         .iter()
-        .find(|a| a.is_ipv6() == ipv6)
-        .or(addrs.first())
         .copied()
-        .ok_or_else(|| ClientError::Usage(format!("server address {server:?} resolves to nothing")))
+        .filter(|a| a.is_ipv6() == ipv6)
+        .collect();
+    match (family.is_empty(), addrs.first()) {
+        (false, _) => Ok(family),
+        (true, Some(&other)) => Ok(vec![other]),
+        (true, None) => Err(ClientError::Usage(format!(
+            "server address {server:?} resolves to nothing"
+        ))),
+    }
+}
+
+/// A random index below `len` (the first node a client tries, so clients spread).
+fn random_index(len: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() % len.max(1) as u64) as usize
 }

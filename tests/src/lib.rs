@@ -88,6 +88,7 @@ impl TestServer {
     pub fn options(&self, token: &str, state: &Path) -> Options {
         let target = Target {
             server: self.addr.to_string(),
+            alternates: Vec::new(),
             token: token.to_owned(),
             fingerprint: Some(self.fingerprint.clone()),
             known_servers: state.join("known_servers"),
@@ -304,6 +305,7 @@ impl ServerProcess {
     pub fn options(&self, token: &str, state: &Path) -> Options {
         let target = Target {
             server: self.addr.to_string(),
+            alternates: Vec::new(),
             token: token.to_owned(),
             fingerprint: Some(self.fingerprint.clone()),
             known_servers: state.join("known"),

@@ -4,6 +4,7 @@
 mod admin;
 mod battery;
 mod browser;
+mod cluster;
 mod crash;
 mod first_contact;
 mod growing;

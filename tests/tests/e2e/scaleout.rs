@@ -16,7 +16,7 @@ use ferry_tests::{binary, eventually, random_file, ServerProcess};
 use sha2::{Digest as _, Sha256};
 
 /// `ferryd <args…> <the bucket's options>`, its stdout; panics on failure.
-fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
+pub(crate) fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
     let out = Command::new(binary("ferryd"))
         .args(args)
         .args(weed.serve_args(prefix))
@@ -31,7 +31,7 @@ fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
 }
 
 /// A `ferryd serve` node on the bucket, with its own data directory.
-fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess {
+pub(crate) fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess {
     let mut args: Vec<String> = weed.serve_args(prefix);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -40,7 +40,7 @@ fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess
 
 /// Another node of the same service: A's TLS identity (as the nodes of one service share it)
 /// and the bucket, nothing else: another port, another data directory.
-fn second_node(weed: &Weed, prefix: &str, data: &Path, first: &Path) -> ServerProcess {
+pub(crate) fn second_node(weed: &Weed, prefix: &str, data: &Path, first: &Path) -> ServerProcess {
     let tls = first.join("tls");
     let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
     let identity = [
@@ -60,7 +60,7 @@ fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
 
 /// Chunk markers under `prefix` (one per chunk a node stored); 0 while the store cannot be
 /// listed.
-async fn stored_parts(s3: &S3, prefix: &str) -> usize {
+pub(crate) async fn stored_parts(s3: &S3, prefix: &str) -> usize {
     let keys = s3
         .list(&format!("{prefix}uploads/"))
         .await
@@ -69,7 +69,7 @@ async fn stored_parts(s3: &S3, prefix: &str) -> usize {
 }
 
 /// The published object's bytes, read back from the bucket.
-async fn object(s3: &S3, prefix: &str, owner: &str, name: &str) -> Vec<u8> {
+pub(crate) async fn object(s3: &S3, prefix: &str, owner: &str, name: &str) -> Vec<u8> {
     s3.get(&format!("{prefix}files/{owner}/{name}"))
         .await
         .expect("the bucket answers")

@@ -62,9 +62,11 @@ pub(crate) struct Cli {
 
 #[derive(Args)]
 pub(crate) struct Global {
-    /// Server address, HOST:PORT [default: 127.0.0.1:4433].
-    #[arg(long, env = "FERRY_SERVER", global = true)]
-    pub(crate) server: Option<String>,
+    /// Server address, HOST:PORT [default: 127.0.0.1:4433]. Repeat it (or separate with
+    /// commas) for the nodes of one service: every address of every name is tried in turn,
+    /// and a lost connection moves to the next.
+    #[arg(long, env = "FERRY_SERVER", global = true, value_delimiter = ',')]
+    pub(crate) server: Vec<String>,
     /// Bearer token from `ferryd token add`.
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     pub(crate) token: Option<String>,
@@ -317,12 +319,18 @@ pub(crate) fn settings(g: &Global, upload: Option<&UploadArgs>) -> Result<Settin
         .known_servers
         .clone()
         .unwrap_or_else(|| config_dir().join("known_servers"));
+    let mut servers = match (g.server.is_empty(), file.server) {
+        (false, _) => g.server.clone(),
+        (true, Some(listed)) => listed.into_vec(),
+        (true, None) => Vec::new(),
+    };
+    servers.retain(|s| !s.trim().is_empty());
+    if servers.is_empty() {
+        servers.push("127.0.0.1:4433".into());
+    }
     let target = Target {
-        server: g
-            .server
-            .clone()
-            .or(file.server)
-            .unwrap_or_else(|| "127.0.0.1:4433".into()),
+        server: servers.remove(0),
+        alternates: servers,
         token,
         fingerprint,
         known_servers,

@@ -63,6 +63,7 @@ impl Rig {
         let state = self.work.path().join(name);
         let target = Target {
             server: self.server.addr.to_string(),
+            alternates: Vec::new(),
             token: self.token.clone(),
             fingerprint: Some(self.server.fingerprint.clone()),
             known_servers: state.join("known_servers"),

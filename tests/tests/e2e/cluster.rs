@@ -1,0 +1,97 @@
+//! Issue 25, one service however many nodes: a client given every node's address moves to
+//! another node when its own dies, without being restarted.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry_tests::weed::Weed;
+use ferry_tests::{binary, eventually, random_file, wait_child, ServerProcess};
+
+use crate::scaleout::{ferryd, node, object, second_node, stored_parts};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_three_nodes_finishes_while_the_one_it_uses_is_killed() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let datas: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let prefix = "failover/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let first = node(&weed, prefix, datas[0].path(), &[]);
+    let mut nodes: Vec<ServerProcess> = vec![first];
+    for data in &datas[1..] {
+        nodes.push(second_node(&weed, prefix, data.path(), datas[0].path()));
+    }
+    const SIZE: usize = 96 << 20;
+    let source = random_file(work.path(), "take.mov", SIZE, 25);
+    let stderr = work.path().join("stderr");
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let mut child = Command::new(binary("ferry"))
+        .env("FERRY_TOKEN", token.trim())
+        .env("FERRY_FINGERPRINT", &nodes[0].fingerprint)
+        .env("FERRY_STATE_DIR", work.path().join("state"))
+        .env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_SERVER")
+        .args([
+            "--server", &addrs[0], "--server", &addrs[1], "--server", &addrs[2],
+        ])
+        .args(["-v", "--idle-timeout", "3", "--reconnect-for", "60"])
+        .args(["upload", "--json", "--limit-rate", "16M", "--parallel", "8"])
+        .arg(&source)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let s3 = weed.client(prefix).await;
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let started = eventually(Duration::from_secs(60), async || {
+        stored_parts(&s3, prefix).await >= 2
+    });
+    assert!(
+        started.await,
+        "two parts stored within 60 s; client:\n{}",
+        log()
+    );
+    // The node the client is connected to: the one its `-v` line names.
+    let used = addrs
+        .iter()
+        .position(|a| log().contains(&format!("connected to {a}")))
+        .unwrap_or_else(|| panic!("the client names its node:\n{}", log()));
+    nodes[used].kill9();
+    let status = wait_child(&mut child, Duration::from_secs(120)).expect("the upload ends");
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "exit {status:?}\n{out}\n{}", log());
+    // It went on through another node, in the same process.
+    let others: Vec<&String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != used)
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        others
+            .iter()
+            .any(|a| log().contains(&format!("connected to {a}"))),
+        "reconnected to a live node:\n{}",
+        log()
+    );
+    let report: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["status"] == "complete")
+        .unwrap_or_else(|| panic!("a complete line in {out}"));
+    assert!(report["reconnects"].as_u64() >= Some(1), "{out}");
+    // Sent again at most what the killed node had not acknowledged: the chunks in flight,
+    // `--parallel 8` (a fixed window) of the server's 8 MiB.
+    let sent = report["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= SIZE as u64 + (64 << 20),
+        "{sent} bytes sent for {SIZE}"
+    );
+    eprintln!("sent {sent} bytes for {SIZE}, {} again", sent - SIZE as u64);
+    let stored = object(&s3, prefix, "alice", "take.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+}
