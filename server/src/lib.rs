@@ -153,7 +153,11 @@ impl Server {
                 }
             })?;
         let s3 = match &config.s3 {
-            Some(settings) => Some(Arc::new(store::s3::S3::connect(settings).await?)),
+            Some(settings) => {
+                let s3 = store::s3::S3::connect(settings).await?;
+                s3.probe().await?;
+                Some(Arc::new(s3))
+            }
             None => None,
         };
         let tokens = Tokens::new(dir);

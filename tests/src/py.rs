@@ -68,7 +68,7 @@ fn tools_dir() -> PathBuf {
         .join("py")
 }
 
-/// A script of `tests/attacks/` or `tests/clients/`, by its path under `tests/`.
+/// A script of `tests/attacks/`, `tests/clients/` or `tests/fakes/`, by its path under `tests/`.
 pub fn script(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }

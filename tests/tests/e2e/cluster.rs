@@ -95,3 +95,60 @@ async fn a_client_given_three_nodes_finishes_while_the_one_it_uses_is_killed() {
         "the object differs from the source"
     );
 }
+
+/// `ferryd ARGS` against a careless S3 server (`tests/fakes/careless_s3.py`: it ignores
+/// `If-None-Match` and `If-Match`, as Garage 2.5 does): its exit code and stderr.
+fn against_careless_store(args: &[&str], data: &std::path::Path) -> (Option<i32>, String) {
+    let mut fake = Command::new("python3")
+        .arg(ferry_tests::py::script("fakes/careless_s3.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fake.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", port.trim());
+    let mut ferryd = Command::new(binary("ferryd"));
+    ferryd
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "s3",
+            "--s3-endpoint",
+            &endpoint,
+        ])
+        .args(["--s3-bucket", "b", "--s3-path-style"])
+        .args(["--s3-access-key-id", "k", "--s3-secret-access-key", "s"])
+        .env_remove("FERRYD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = ferryd.spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = fake.kill();
+    let _ = fake.wait();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_store_without_conditional_writes_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let lacks = "the object store lacks conditional writes (PUT with If-None-Match: *): a second PUT of an existing key with If-None-Match: * was accepted, not refused with 412";
+    let (code, stderr) = against_careless_store(&["serve"], data.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(lacks), "{stderr}");
+    // check-config says the same, as a reason serve would not start.
+    let (code, stderr) = against_careless_store(&["check-config"], data.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("the server would not start"), "{stderr}");
+    assert!(stderr.contains(lacks), "{stderr}");
+}

@@ -546,6 +546,13 @@ impl ServeArgs {
             if s3.access_key_id.is_none() || s3.secret_access_key.is_none() {
                 anyhow::bail!("--store s3 needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or s3-access-key-id and s3-secret-access-key)");
             }
+            // The bucket answers and has every feature Ferry relies on, as serve checks.
+            tokio::runtime::Runtime::new()?.block_on(async {
+                ferry_server::store::s3::S3::connect(&s3)
+                    .await?
+                    .probe()
+                    .await
+            })?;
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             ferry_server::tls::Identity::load(cert, key)?;

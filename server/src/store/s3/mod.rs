@@ -27,8 +27,10 @@ use tracing::warn;
 
 use super::{UploadId, UploadRecord};
 use objects::failed;
+pub use probe::Unfit;
 
 mod objects;
+mod probe;
 mod sweep;
 mod upload;
 
