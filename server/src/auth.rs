@@ -37,8 +37,8 @@ pub struct Login {
 /// code and a reason.
 pub type Closer = Arc<dyn Fn(ErrorCode, &str) + Send + Sync>;
 
-/// With the s3 store a token added on another node reaches this one through the bucket: fetched
-/// at most this often on demand (an unknown token).
+/// With the s3 store a token or link added on another node reaches this one through the bucket:
+/// fetched at most this often on demand (an unknown token or grant).
 const FETCH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Auth {
@@ -51,9 +51,9 @@ pub struct Auth {
     /// Counts registrations in `live`: the revocation watch checks every live credential when it
     /// moved, so a token added, used and revoked between two of its looks is caught too.
     logins: AtomicU64,
-    /// The bucket that holds the service's tokens, with `--store s3`.
+    /// The bucket that holds the service's tokens and links, with `--store s3`.
     bucket: Option<Arc<S3>>,
-    /// When the bucket's tokens were last fetched on demand.
+    /// When the bucket's tokens and links were last fetched on demand.
     fetched: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -82,7 +82,11 @@ impl Auth {
     /// `Ok(Err(message))` for an unknown token or link, or a link that expired.
     pub async fn login(&self, token: &str) -> anyhow::Result<Result<Login, &'static str>> {
         if token.starts_with(crate::links::GRANT_PREFIX) {
-            let link = self.links.find(token)?;
+            let mut link = self.links.find(token)?;
+            // With the s3 store a link made through another node may not be mirrored here yet.
+            if link.is_none() && self.fetch_now().await {
+                link = self.links.find(token)?;
+            }
             return Ok(match link {
                 Some(link) if link.expired(crate::store::unix_now()) => {
                     Err("this upload link has expired")
@@ -97,7 +101,7 @@ impl Auth {
         }
         let mut verified = self.tokens.verify(token)?;
         // With the s3 store a token added on another node may not be mirrored here yet.
-        if verified.is_none() && self.fetch_tokens_now().await {
+        if verified.is_none() && self.fetch_now().await {
             verified = self.tokens.verify(token)?;
         }
         Ok(match verified {
@@ -166,9 +170,10 @@ impl Auth {
         }
     }
 
-    /// With the s3 store, at a login with an unknown token: fetches the bucket's tokens now,
-    /// unless that was done within [`FETCH_AT_MOST_EVERY`]. Returns whether the file changed.
-    async fn fetch_tokens_now(&self) -> bool {
+    /// With the s3 store, at a login with an unknown token or grant: fetches the bucket's
+    /// tokens and links now, unless that was done within [`FETCH_AT_MOST_EVERY`]. Returns
+    /// whether a file changed.
+    async fn fetch_now(&self) -> bool {
         let Some(bucket) = &self.bucket else {
             return false;
         };
@@ -177,7 +182,7 @@ impl Auth {
             return false;
         }
         *last = Some(Instant::now());
-        crate::cluster::mirror_tokens(bucket, &self.tokens)
+        crate::cluster::mirror(bucket, &self.tokens, &self.links)
             .await
             .unwrap_or(false)
     }

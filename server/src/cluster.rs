@@ -1,47 +1,106 @@
 //! What a node of a service sharing one bucket (`--store s3`) does beside uploads: it mirrors
-//! the bucket's token file into `DATA/tokens` (so logins and revocations work as with the local
-//! store), and sweeps the bucket's abandoned uploads, whichever node began them.
+//! the bucket's tokens and upload links into `DATA/tokens` and `DATA/links` (so logins and
+//! revocations work as with the local store), and sweeps the bucket's abandoned uploads,
+//! whichever node began them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use tracing::{info, warn};
 
-use crate::store::s3::S3;
+use crate::links::Links;
+use crate::store::s3::{Kind, S3};
 use crate::store::{unix_now, RecordState};
 use crate::uploads::Uploads;
 use crate::Tokens;
 
-/// How often the bucket's token file is fetched. A token unknown at login is fetched at once
-/// (at most once a second, `crate::auth`), so an added token works at its first use; a
-/// revocation reaches every node within this period (plus the revocation watcher's 100 ms).
-const TOKENS_POLL: Duration = Duration::from_secs(2);
+/// How often the bucket's tokens and links are fetched. An unknown token or grant at login is
+/// fetched at once (at most once a second, `crate::auth`), so an added one works at its first
+/// use; a revocation reaches every node within this period (plus the revocation watcher's
+/// 100 ms).
+const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
 
-/// Copies the bucket's token file over `DATA/tokens` (an absent one means no tokens).
-pub(crate) async fn mirror_tokens(s3: &S3, tokens: &Tokens) -> Result<bool> {
-    let bytes = s3.tokens().await?.unwrap_or_default();
-    tokens.replace(&bytes)
+/// Written in the data directory once its links came from the bucket: until then the node's
+/// own `DATA/links` (links were kept per node before they were kept in the bucket) is added to
+/// the bucket at start; after, never again (a link revoked while this node was down must not
+/// come back from its old copy).
+const LINKS_FROM_BUCKET: &str = "links-from-bucket";
+
+/// Copies the bucket's tokens and links over `DATA/tokens` and `DATA/links`; whether either
+/// changed.
+pub(crate) async fn mirror(s3: &S3, tokens: &Tokens, links: &Links) -> Result<bool> {
+    let tokens_changed = tokens.replace(&s3.credentials(Kind::Tokens).await?)?;
+    let links_changed = links.replace(&s3.credentials(Kind::Links).await?)?;
+    Ok(tokens_changed || links_changed)
 }
 
-/// A bucket without a token file gets this node's (a local installation moved to the s3
-/// store keeps its tokens); one with a token file is left alone.
-pub(crate) async fn seed_tokens(s3: &S3, tokens: &Tokens) -> Result<()> {
+/// At start, brings into the bucket what older layouts kept elsewhere, then mirrors it: the
+/// single token object `P/tokens` (imported, then deleted), this node's tokens when the bucket
+/// has none (a local installation moved to the s3 store keeps its tokens), and this node's links
+/// if it never took them from the bucket.
+pub(crate) async fn seed(s3: &S3, tokens: &Tokens, links: &Links, data: &Path) -> Result<()> {
+    if let Some(legacy) = s3.legacy_tokens().await? {
+        let n = import_tokens(s3, &legacy).await?;
+        s3.delete_legacy_tokens().await?;
+        info!(
+            tokens = n,
+            "the bucket's token file was moved to one object per token"
+        );
+    }
     let local = tokens.bytes();
-    if !local.is_empty() && s3.tokens().await?.is_none() {
+    if !local.is_empty() && !s3.has_credentials(Kind::Tokens).await? {
         tokens.entries()?;
-        s3.put_tokens(local).await?;
-        info!("the bucket had no tokens; this node's were copied into it");
+        let n = import_tokens(s3, &local).await?;
+        info!(
+            tokens = n,
+            "the bucket had no tokens; this node's were copied into it"
+        );
+    }
+    let marker = data.join(LINKS_FROM_BUCKET);
+    if !marker.exists() {
+        let own = links.entries()?;
+        for link in &own {
+            s3.add_credential(Kind::Links, &link.id, &serde_json::to_string(link)?)
+                .await?;
+        }
+        if !own.is_empty() {
+            info!(
+                links = own.len(),
+                "this node's upload links were copied into the bucket"
+            );
+        }
+    }
+    mirror(s3, tokens, links).await?;
+    if !marker.exists() {
+        crate::fsutil::write_private(&marker, b"")?;
     }
     Ok(())
 }
 
-pub(crate) async fn tokens_forever(s3: Arc<S3>, auth: Arc<crate::auth::Auth>) {
+/// Adds each `NAME SHA256HEX` line of a token file to the bucket (a name there already keeps
+/// its entry); how many lines there were.
+async fn import_tokens(s3: &S3, file: &[u8]) -> Result<usize> {
+    let text = String::from_utf8_lossy(file);
+    let mut n = 0;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Some((name, _)) = line.split_once(' ') else {
+            anyhow::bail!("token file line {line:?}: expected `NAME SHA256HEX`");
+        };
+        crate::tokens::validate_owner("token name", name)?;
+        s3.add_credential(Kind::Tokens, name, line).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+pub(crate) async fn credentials_forever(s3: Arc<S3>, auth: Arc<crate::auth::Auth>) {
     // Bounded by the process: one fetch per period.
     loop {
-        tokio::time::sleep(TOKENS_POLL).await;
-        if let Err(e) = mirror_tokens(&s3, auth.tokens()).await {
-            warn!(error = %format!("{e:#}"), "cannot fetch the tokens from the bucket");
+        tokio::time::sleep(CREDENTIALS_POLL).await;
+        if let Err(e) = mirror(&s3, auth.tokens(), auth.links()).await {
+            warn!(error = %format!("{e:#}"), "cannot fetch the tokens and links from the bucket");
         }
     }
 }
@@ -111,4 +170,61 @@ async fn sweep(uploads: &Uploads, s3: &S3, expire: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `ferryd token …` and `ferryd link …` with `--store s3`: runs `edit` on a scratch data
+/// directory holding the bucket's `tokens` or `links` file, then applies what it changed to the
+/// bucket one entry at a time — entries gone are deleted, new ones created only if absent — so
+/// nothing another node adds at the same moment is lost. A new entry whose id (a token's name,
+/// a link's id) was taken meanwhile is an error, and `edit`'s result (a token, a link's grant)
+/// is not returned: nothing is printed that would not work.
+pub async fn edit_credentials<T>(
+    s3: &S3,
+    kind: Kind,
+    edit: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let scratch = tempfile::tempdir()?;
+    let file = scratch.path().join(match kind {
+        Kind::Tokens => "tokens",
+        Kind::Links => "links",
+    });
+    let before = s3.credentials(kind).await?;
+    std::fs::write(&file, &before)?;
+    let out = edit(scratch.path())?;
+    let after = std::fs::read(&file).unwrap_or_default();
+    let (old, new) = (entries(kind, &before), entries(kind, &after));
+    for (id, line) in &old {
+        if new.get(id) != Some(line) {
+            s3.remove_credential(kind, id).await?;
+        }
+    }
+    for (id, line) in &new {
+        if old.get(id) != Some(line) && !s3.add_credential(kind, id, line).await? {
+            match kind {
+                Kind::Tokens => anyhow::bail!(
+                    "a token named {id:?} exists already (added through another node just now); revoke it first"
+                ),
+                Kind::Links => anyhow::bail!("link id {id} was taken just now; run the command again"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The lines of a tokens or links file by their entry's id.
+fn entries(kind: Kind, file: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(file)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter_map(|line| {
+            let id = match kind {
+                Kind::Tokens => line.split_once(' ').map(|(name, _)| name.to_owned()),
+                Kind::Links => serde_json::from_str::<crate::links::Link>(line)
+                    .ok()
+                    .map(|l| l.id),
+            }?;
+            Some((id, line.to_owned()))
+        })
+        .collect()
 }

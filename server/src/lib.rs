@@ -12,7 +12,7 @@
 
 mod admin;
 pub mod auth;
-mod cluster;
+pub mod cluster;
 mod config;
 pub(crate) mod conn;
 mod driver;
@@ -161,14 +161,13 @@ impl Server {
             None => None,
         };
         let tokens = Tokens::new(dir);
+        let links = links::Links::new(dir);
         if let Some(s3) = &s3 {
-            cluster::seed_tokens(s3, &tokens).await?;
-            cluster::mirror_tokens(s3, &tokens).await?;
+            cluster::seed(s3, &tokens, &links, dir).await?;
         }
         tokens
             .usable()
             .context("cannot start with this tokens file")?;
-        let links = links::Links::new(dir);
         links
             .usable()
             .context("cannot start with this upload links file")?;
@@ -337,7 +336,7 @@ impl Server {
         let mirror = self
             .bucket
             .clone()
-            .map(|s3| tokio::spawn(cluster::tokens_forever(s3, self.auth.clone())));
+            .map(|s3| tokio::spawn(cluster::credentials_forever(s3, self.auth.clone())));
         let revoker = tokio::spawn(tasks::revoke_forever(self.auth.clone()));
         let trimmer = tokio::spawn(tasks::trim_forever());
         let hooks = tokio::spawn(hooks::complete_forever(uploads.clone()));

@@ -186,6 +186,16 @@ impl Links {
         Ok(found)
     }
 
+    /// Replaces the file with `bytes` (the bucket's links, `--store s3`) if they differ;
+    /// returns whether it changed.
+    pub(crate) fn replace(&self, bytes: &[u8]) -> Result<bool> {
+        if std::fs::read(&self.path).unwrap_or_default() == bytes {
+            return Ok(false);
+        }
+        crate::fsutil::write_private(&self.path, bytes)?;
+        Ok(true)
+    }
+
     /// The file's identity and bytes, to notice a change cheaply (see `Tokens::snapshot`).
     pub fn snapshot(&self) -> crate::tokens::Snapshot {
         crate::tokens::snapshot(&self.path)

@@ -1,5 +1,7 @@
 //! Issue 25, one service however many nodes: a client given every node's address moves to
-//! another node when its own dies, without being restarted.
+//! another node when its own dies, without being restarted; tokens and upload links are the
+//! service's, in the bucket, and concurrent adds all work; a store without the features Ferry
+//! relies on is refused at start.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -7,7 +9,10 @@ use std::time::Duration;
 use ferry_tests::weed::Weed;
 use ferry_tests::{binary, eventually, random_file, wait_child, ServerProcess};
 
-use crate::scaleout::{ferryd, node, object, second_node, stored_parts};
+use ferry_client::ClientError;
+use ferry_proto::ErrorCode;
+
+use crate::scaleout::{client, ferryd, node, object, second_node, stored_parts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_given_three_nodes_finishes_while_the_one_it_uses_is_killed() {
@@ -151,4 +156,134 @@ fn a_store_without_conditional_writes_is_refused_at_start() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("the server would not start"), "{stderr}");
     assert!(stderr.contains(lacks), "{stderr}");
+}
+
+/// Whether `token` (or a link's grant) logs in on `server`: it may list (a token), or it is told
+/// `refused` (a link, which may only upload); `unauthorized` is no. Panics on anything else.
+async fn logs_in(server: &ServerProcess, token: &str, state: &std::path::Path) -> bool {
+    let mut c = client(server, token, state);
+    let result = c.list().await;
+    c.close().await;
+    match result {
+        Ok(_)
+        | Err(ClientError::Server {
+            code: ErrorCode::Refused,
+            ..
+        }) => true,
+        Err(ClientError::Server {
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => false,
+        Err(e) => panic!("login on {}: {e}", server.addr),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_links_are_the_services_and_concurrent_adds_all_work() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "credentials/";
+    let s3 = weed.client(prefix).await;
+    // A bucket of an older version: one token file, `P/tokens`. It is moved to one object per
+    // token when the first node starts.
+    let scratch = tempfile::tempdir().unwrap();
+    let old = ferry_server::Tokens::new(scratch.path())
+        .add("old")
+        .unwrap();
+    let legacy = std::fs::read(scratch.path().join("tokens")).unwrap();
+    s3.put(&format!("{prefix}tokens"), legacy).await.unwrap();
+    let a = node(&weed, prefix, data_a.path(), &[]);
+    let b = node(&weed, prefix, data_b.path(), &[]);
+    assert!(logs_in(&b, &old, &work.path().join("old")).await);
+    assert!(s3.get(&format!("{prefix}tokens")).await.unwrap().is_none());
+
+    // 20 `token add` at once, as two operators' scripts through two nodes would: every token
+    // printed works, on either node.
+    let adds: Vec<_> = (0..20)
+        .map(|i| {
+            Command::new(binary("ferryd"))
+                .args(["token", "add", &format!("user{i}")])
+                .args(weed.serve_args(prefix))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for add in adds {
+        let out = add.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "token add failed: {err}");
+        tokens.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let state = work.path().join(format!("user{i}"));
+        assert!(logs_in(node, token, &state).await, "user{i}'s token works");
+    }
+    let listed = ferryd(&weed, prefix, &["token", "list"]);
+    assert_eq!(listed.lines().count(), 21, "{listed}");
+
+    // One name added four times at once: one token, three clear refusals that print none.
+    let same: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(binary("ferryd"))
+                .args(["token", "add", "same"])
+                .args(weed.serve_args(prefix))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = same
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(won.len(), 1, "exactly one add of one name wins");
+    for lost in outs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(lost.status.code(), Some(1));
+        assert!(lost.stdout.is_empty(), "a refused add prints no token");
+        let err = String::from_utf8_lossy(&lost.stderr);
+        assert!(
+            err.contains("a token named \"same\" exists already"),
+            "{err}"
+        );
+    }
+
+    // A link made through node A's configuration works on node B at its first use.
+    let made = |data: &std::path::Path, args: &[&str]| {
+        let out = Command::new(binary("ferryd"))
+            .arg("link")
+            .args(args)
+            .arg("--data")
+            .arg(data)
+            .args(["--web-url", "https://files.example"])
+            .args(weed.serve_args(prefix))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let url = made(data_a.path(), &["alice", "--expires", "1h"]);
+    let grant = url.trim().rsplit('/').next().unwrap().to_owned();
+    assert!(
+        logs_in(&b, &grant, &work.path().join("link")).await,
+        "the link works on B"
+    );
+    // Listed through either node; revoked through B, refused by A within the mirror's period.
+    let listed = made(data_b.path(), &["--list"]);
+    assert!(listed.contains("alice"), "{listed}");
+    made(data_b.path(), &["--revoke", url.trim()]);
+    let refused = eventually(Duration::from_secs(10), async || {
+        !logs_in(&a, &grant, &work.path().join("link-a")).await
+    });
+    assert!(refused.await, "node A refused the revoked link within 10 s");
 }

@@ -52,7 +52,7 @@ pub(crate) fn second_node(weed: &Weed, prefix: &str, data: &Path, first: &Path) 
     node(weed, prefix, data, &identity)
 }
 
-fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
+pub(crate) fn client(server: &ServerProcess, token: &str, state: &Path) -> Client {
     let mut opts = server.options(token, state);
     opts.reconnect_for = Duration::from_secs(30);
     Client::new(opts).expect("client starts")

@@ -375,6 +375,9 @@ pub(crate) struct LinkArgs {
     pub(crate) web_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) place: DataArgs,
+    /// With --store s3 the links are the service's, in the bucket.
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 #[derive(Subcommand)]

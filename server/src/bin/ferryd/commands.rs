@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::{Cli, Command, S3Command, TokenCommand};
 use crate::logging::Relog;
 use crate::{parse, Parse};
+use ferry_server::cluster::edit_credentials;
 
 pub(crate) fn run(cli: Cli, relog: Relog) -> Result<ExitCode> {
     match cli.command {
@@ -247,29 +248,29 @@ fn tokens_in_bucket(
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let s3 = ferry_server::store::s3::S3::connect(settings).await?;
-        let scratch = tempfile::tempdir()?;
-        let tokens = ferry_server::Tokens::new(scratch.path());
-        if let Some(bytes) = s3.tokens().await? {
-            std::fs::write(scratch.path().join("tokens"), &bytes)?;
-        }
-        let changed = match command {
+        let kind = ferry_server::store::s3::Kind::Tokens;
+        match command {
             TokenCommand::Add { name, .. } => {
-                out!("{}", tokens.add(&name)?);
-                true
+                let token =
+                    edit_credentials(&s3, kind, |dir| ferry_server::Tokens::new(dir).add(&name))
+                        .await?;
+                // Printed only once the bucket holds it.
+                out!("{token}");
             }
             TokenCommand::List => {
-                for entry in tokens.entries()? {
+                let names =
+                    edit_credentials(&s3, kind, |dir| ferry_server::Tokens::new(dir).entries())
+                        .await?;
+                for entry in names {
                     out!("{}", entry.name);
                 }
-                false
             }
             TokenCommand::Revoke { name } => {
-                tokens.revoke(&name)?;
-                true
+                edit_credentials(&s3, kind, |dir| {
+                    ferry_server::Tokens::new(dir).revoke(&name)
+                })
+                .await?
             }
-        };
-        if changed {
-            s3.put_tokens(tokens.bytes()).await?;
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -373,7 +374,29 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// `ferryd link`: make, list or revoke upload links in the data directory.
 fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
     existing_state(&args.place.data)?;
-    let links = ferry_server::links::Links::new(&args.place.data);
+    let said = match args.store.s3()? {
+        // The service's links live in the bucket: the same command edits them there.
+        Some(settings) => tokio::runtime::Runtime::new()?.block_on(async {
+            let s3 = ferry_server::store::s3::S3::connect(&settings).await?;
+            let kind = ferry_server::store::s3::Kind::Links;
+            edit_credentials(&s3, kind, |dir| link_in(args, dir)).await
+        })?,
+        None => link_in(args, &args.place.data)?,
+    };
+    for (stdout, line) in said {
+        match stdout {
+            true => out!("{line}"),
+            false => say!("{line}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferryd link` on the links file of `dir`: the lines to print (`true`: on stdout), printed by
+/// the caller only once the change is saved (in the bucket, with `--store s3`).
+fn link_in(args: &crate::cli::LinkArgs, dir: &Path) -> Result<Vec<(bool, String)>> {
+    let mut said = Vec::new();
+    let links = ferry_server::links::Links::new(dir);
     if args.list {
         let now = ferry_server::store::unix_now();
         use ferry_proto::units::{human, human_duration};
@@ -393,20 +416,25 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
                 t => format!("expires {} (in {})", utc(t), human_duration(t - now)),
             };
             match &link.read {
-                Some(upload) => out!(
-                    "{}  {}  {expires}, reads upload {upload}",
-                    link.id,
-                    link.owner
-                ),
-                None => out!("{}  {}  {expires}, {size}, {files}", link.id, link.owner),
+                Some(upload) => said.push((
+                    true,
+                    format!(
+                        "{}  {}  {expires}, reads upload {upload}",
+                        link.id, link.owner
+                    ),
+                )),
+                None => said.push((
+                    true,
+                    format!("{}  {}  {expires}, {size}, {files}", link.id, link.owner),
+                )),
             }
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(said);
     }
     if let Some(which) = &args.revoke {
         let link = links.revoke(which)?;
-        say!("revoked link {} of {}", link.id, link.owner);
-        return Ok(ExitCode::SUCCESS);
+        said.push((false, format!("revoked link {} of {}", link.id, link.owner)));
+        return Ok(said);
     }
     let owner = args.owner.as_deref().context("name the owner")?;
     // The address given, else the one the server recorded when its web listener started.
@@ -433,23 +461,26 @@ fn link(args: &crate::cli::LinkArgs) -> Result<ExitCode> {
     if let Some(upload) = &args.read {
         let (link, grant) = links.add_read(owner, expires_at, upload)?;
         let path = format!("/{}/", args.upload_path.trim_matches('/'));
-        out!(
-            "{base}{path}{}?grant={grant}",
-            link.read.as_deref().unwrap_or(upload)
-        );
-        say!(
+        said.push((
+            true,
+            format!(
+                "{base}{path}{}?grant={grant}",
+                link.read.as_deref().unwrap_or(upload)
+            ),
+        ));
+        said.push((false, format!(
             "read link {} for {owner}'s upload {upload}: only this URL opens it (it is not stored); revoke with `ferryd link --revoke {}`",
             link.id, link.id
-        );
-        return Ok(ExitCode::SUCCESS);
+        )));
+        return Ok(said);
     }
     let (link, grant) = links.add(owner, expires_at, args.max_size, args.max_files)?;
-    out!("{base}/u/{grant}");
-    say!(
+    said.push((true, format!("{base}/u/{grant}")));
+    said.push((false, format!(
         "link {} for {owner}: only this URL opens it (it is not stored); revoke with `ferryd link --revoke {}`",
         link.id, link.id
-    );
-    Ok(ExitCode::SUCCESS)
+    )));
+    Ok(said)
 }
 
 /// Unix seconds as `2026-12-10 07:00 UTC`.

@@ -10,7 +10,7 @@
 //!   written after the store acknowledged the part: its digest and the part's ETag are in the
 //!   key, so one listing gives the durable set and every digest;
 //! - `P/names/<owner>/<dir…>/<name>` — the reservation of a name by an upload in progress;
-//! - `P/tokens` — the token hashes (the format of `DATA/tokens`);
+//! - `P/auth/tokens/<name>`, `P/auth/links/<id>` — one token's or upload link's line each;
 //! - `P/service-id` — the service id every node announces in `welcome`.
 
 use std::collections::BTreeMap;
@@ -26,9 +26,11 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{UploadId, UploadRecord};
+pub use credentials::Kind;
 use objects::failed;
 pub use probe::Unfit;
 
+mod credentials;
 mod objects;
 mod probe;
 mod sweep;
@@ -131,6 +133,9 @@ pub struct S3 {
     prefix: String,
     /// Bounds the parts in flight (and so the memory they hold), in MiB: see [`S3::part_slot`].
     parts: Semaphore,
+    /// Small objects read before, by key, with the ETag they had: credentials are re-read only
+    /// when they change (`credentials.rs`).
+    small: std::sync::Mutex<std::collections::HashMap<String, (String, Bytes)>>,
 }
 
 impl S3 {
@@ -187,6 +192,7 @@ impl S3 {
             bucket: settings.bucket.clone(),
             prefix,
             parts: Semaphore::new(PARTS_IN_FLIGHT_MIB as usize),
+            small: Default::default(),
         })
     }
 
@@ -264,15 +270,6 @@ impl S3 {
         let path: String = dir.iter().map(|c| format!("{c}/")).collect();
         self.put(&self.owner_key("files", owner, &path), Vec::new())
             .await
-    }
-
-    /// The token file in the bucket, `None` if there is none yet.
-    pub async fn tokens(&self) -> Result<Option<Bytes>> {
-        self.get(&format!("{}tokens", self.prefix)).await
-    }
-
-    pub async fn put_tokens(&self, body: Vec<u8>) -> Result<()> {
-        self.put(&format!("{}tokens", self.prefix), body).await
     }
 
     /// The published object's address, for hooks and logs.

@@ -55,6 +55,11 @@ impl S3 {
 
     /// An object's bytes, `None` if absent.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.get_tagged(key).await?.map(|(body, _)| body))
+    }
+
+    /// An object's bytes and ETag (unquoted), `None` if absent.
+    pub(super) async fn get_tagged(&self, key: &str) -> Result<Option<(Bytes, String)>> {
         match self
             .client
             .get_object()
@@ -63,19 +68,22 @@ impl S3 {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(
-                out.body
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                let body = out
+                    .body
                     .collect()
                     .await
                     .with_context(|| format!("failed to read {key}"))?
-                    .into_bytes(),
-            )),
+                    .into_bytes();
+                Ok(Some((body, etag)))
+            }
             Err(e) if code(&e) == Some("NoSuchKey") || status(&e) == Some(404) => Ok(None),
             Err(e) => Err(failed(e, format!("failed to read {key}"))),
         }
     }
 
-    pub(super) async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
         self.client
             .put_object()
             .bucket(&self.bucket)
