@@ -3,7 +3,8 @@
 //! `--admin-token` every path but `/healthz` needs `Authorization: Bearer TOKEN`.
 //!
 //! - `GET /healthz`: `200 ok` while the server serves; `503` with the reason when the
-//!   database is closed after a write failure or the disk is below the reserve.
+//!   database is closed after a write failure, the disk is below the reserve, or (`--store s3`)
+//!   the object store does not answer.
 //! - `GET /metrics`: Prometheus text (see `crate::metrics`).
 //! - `GET /uploads`: JSON array of every unfinished upload, all owners, with progress.
 //! - `PUT /notice` (body: the text, UTF-8, at most 1 024 bytes) sets the operator's notice:
@@ -196,6 +197,12 @@ fn health(ctx: &Context) -> Result<(), String> {
         return Err(
             "database closed after a write failure (it reopens when a write succeeds)".into(),
         );
+    }
+    if let Some((since, why)) = ctx.uploads.backend().bucket().and_then(|b| b.outage()) {
+        return Err(format!(
+            "the object store has not answered for {} s (commits wait for it): {why}",
+            since.as_secs()
+        ));
     }
     store
         .check_space()

@@ -99,8 +99,25 @@ pub(crate) async fn credentials_forever(s3: Arc<S3>, auth: Arc<crate::auth::Auth
     // Bounded by the process: one fetch per period.
     loop {
         tokio::time::sleep(CREDENTIALS_POLL).await;
-        if let Err(e) = mirror(&s3, auth.tokens(), auth.links()).await {
-            warn!(error = %format!("{e:#}"), "cannot fetch the tokens and links from the bucket");
+        match mirror(&s3, auth.tokens(), auth.links()).await {
+            Ok(_) => s3.note_answer(),
+            // An outage is logged once by `note_failure`; anything else each time.
+            Err(e) if s3.note_failure(&e) => {}
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot fetch the tokens and links from the bucket")
+            }
+        }
+    }
+}
+
+/// While the store does not answer, asks it once a second (`HeadBucket`), so the commits that
+/// wait for it (`store::backend`) go on as soon as it is back.
+pub(crate) async fn store_watch_forever(s3: Arc<S3>) {
+    // Bounded by the process: one look a second.
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if s3.outage().is_some() && s3.answers().await {
+            s3.note_answer();
         }
     }
 }

@@ -337,6 +337,10 @@ impl Server {
             .bucket
             .clone()
             .map(|s3| tokio::spawn(cluster::credentials_forever(s3, self.auth.clone())));
+        let store_watch = self
+            .bucket
+            .clone()
+            .map(|s3| tokio::spawn(cluster::store_watch_forever(s3)));
         let revoker = tokio::spawn(tasks::revoke_forever(self.auth.clone()));
         let trimmer = tokio::spawn(tasks::trim_forever());
         let hooks = tokio::spawn(hooks::complete_forever(uploads.clone()));
@@ -390,7 +394,10 @@ impl Server {
         trimmer.abort();
         // A hook still running is killed; its job stays queued and runs at the next start.
         hooks.abort();
-        for task in [mirror, admin, web, rotation].into_iter().flatten() {
+        for task in [mirror, store_watch, admin, web, rotation]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         self.endpoint.close(

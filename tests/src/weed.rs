@@ -230,6 +230,11 @@ impl Weed {
         }
     }
 
+    /// Starts it again after [`Weed::stop`], on the same ports and data.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Stops it and starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();

@@ -21,6 +21,10 @@ use super::{DigestPage, RecordState, Store, UploadId, UploadRecord};
 use crate::driver::WireError;
 use crate::metrics::metrics;
 
+/// How long a commit waits for an object store that does not answer before its chunks are
+/// rejected (`storage_error`) and must be sent again.
+pub const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The store behind the upload service: the local data directory, and with `--store s3` the
 /// bucket every node shares (the local store then being this node's cache).
 pub struct Backend {
@@ -52,6 +56,11 @@ impl Backend {
     /// The local store: records (the index, or with the bucket the cache), staging files.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The bucket, with `--store s3`.
+    pub fn bucket(&self) -> Option<&Arc<S3>> {
+        self.bucket.as_ref()
     }
 
     /// Whether several nodes share this store (the bucket): what one node knows may be stale.
@@ -406,9 +415,26 @@ async fn commit_remote(
                 spool.read_exact_at(&mut body, span.offset).map(|()| body)
             })
             .await??;
-            bucket
-                .put_part(id, &remote, index.get(), body.into(), &digest)
-                .await?;
+            let body = bytes::Bytes::from(body);
+            let since = Instant::now();
+            // Bounded by STORE_PATIENCE: each turn waits for the store to answer again.
+            loop {
+                match bucket
+                    .put_part(id, &remote, index.get(), body.clone(), &digest)
+                    .await
+                {
+                    Ok(()) => break bucket.note_answer(),
+                    // The store does not answer: the chunk stays on the spool and its part is
+                    // sent again once it does. No ack meanwhile, so the client's window fills
+                    // and it stops sending: nothing is rejected and sent again.
+                    Err(e) if bucket.note_failure(&e) && since.elapsed() < STORE_PATIENCE => {
+                        bucket
+                            .wait_for_answer(STORE_PATIENCE.saturating_sub(since.elapsed()))
+                            .await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             crate::fsutil::punch_hole(&file, span.offset, span.len);
             anyhow::Ok(())
         });

@@ -25,7 +25,7 @@ pub(crate) fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) 
 }
 
 /// The admin listener's address, from the server's log.
-fn admin_addr(server: &ServerProcess) -> String {
+pub(crate) fn admin_addr(server: &ServerProcess) -> String {
     let log = std::fs::read_to_string(&server.log).unwrap();
     log.lines()
         .find_map(|l| l.strip_prefix("ferryd: admin listener on http://"))

@@ -287,3 +287,85 @@ async fn tokens_and_links_are_the_services_and_concurrent_adds_all_work() {
     });
     assert!(refused.await, "node A refused the revoked link within 10 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_s_store_outage_costs_at_most_a_window_and_healthz_says_503() {
+    let Some(mut weed) = Weed::start() else {
+        return;
+    };
+    let (work, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "outage/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let server = node(
+        &weed,
+        prefix,
+        data.path(),
+        &["--admin-listen", "127.0.0.1:0"],
+    );
+    let admin = crate::admin::admin_addr(&server);
+    const SIZE: u64 = 192 << 20;
+    let source = random_file(work.path(), "long.mov", SIZE as usize, 60);
+    let mut opts = server.options(token.trim(), &work.path().join("state"));
+    opts.limit_rate = Some(16 << 20);
+    opts.parallel = 8;
+    opts.max_parallel = 8;
+    opts.reconnect_for = Duration::from_secs(240);
+    let mut uploader = ferry_client::Client::new(opts).unwrap();
+    let upload = {
+        let source = source.clone();
+        tokio::spawn(async move { uploader.upload(&source, "").await })
+    };
+    let s3 = weed.client(prefix).await;
+    let started = eventually(Duration::from_secs(60), async || {
+        stored_parts(&s3, prefix).await >= 2
+    });
+    assert!(started.await, "two parts stored within 60 s");
+    assert_eq!(crate::admin::get(&admin, "/healthz", None).0, 200);
+    weed.stop();
+    let down = std::time::Instant::now();
+    let mut said = None;
+    // Bounded: 60 looks, one a second.
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (code, body) = crate::admin::get(&admin, "/healthz", None);
+        if code == 503 && said.is_none() {
+            said = Some((down.elapsed(), body));
+        }
+        if down.elapsed() >= Duration::from_secs(60) {
+            break;
+        }
+    }
+    weed.start_again();
+    let report = tokio::time::timeout(Duration::from_secs(240), upload)
+        .await
+        .expect("the upload ends within 240 s of the store's return")
+        .unwrap()
+        .expect("the upload completes across the outage");
+    eprintln!(
+        "sent {} bytes for {SIZE}, {} again, {} reconnects",
+        report.bytes_sent,
+        report.bytes_sent.saturating_sub(SIZE),
+        report.reconnects
+    );
+    let (after, body) = said.expect("/healthz said 503 during the outage");
+    eprintln!("/healthz 503 after {after:?}: {body}");
+    assert!(body.contains("object store"), "{body}");
+    // At most one window sent again: 8 chunks of the server's 8 MiB.
+    assert!(
+        report.bytes_sent <= SIZE + (64 << 20),
+        "{} bytes sent for {SIZE}",
+        report.bytes_sent
+    );
+    let stored = object(&s3, prefix, "alice", "long.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+    let healthy = eventually(Duration::from_secs(30), async || {
+        crate::admin::get(&admin, "/healthz", None).0 == 200
+    });
+    assert!(
+        healthy.await,
+        "/healthz is 200 again once the store is back"
+    );
+}

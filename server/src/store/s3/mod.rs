@@ -28,6 +28,7 @@ use tracing::warn;
 use super::{UploadId, UploadRecord};
 pub use credentials::Kind;
 use objects::failed;
+pub use objects::{is_unreachable, Unreachable};
 pub use probe::Unfit;
 
 mod credentials;
@@ -136,6 +137,8 @@ pub struct S3 {
     /// Small objects read before, by key, with the ETag they had: credentials are re-read only
     /// when they change (`credentials.rs`).
     small: std::sync::Mutex<std::collections::HashMap<String, (String, Bytes)>>,
+    /// Since when, and why, the store does not answer (`None`: it does); `/healthz` says it.
+    outage: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl S3 {
@@ -193,7 +196,69 @@ impl S3 {
             prefix,
             parts: Semaphore::new(PARTS_IN_FLIGHT_MIB as usize),
             small: Default::default(),
+            outage: Default::default(),
         })
+    }
+
+    /// How long the store has not been answering, and the first failure's message; `None`
+    /// while it answers.
+    pub fn outage(&self) -> Option<(Duration, String)> {
+        let outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        outage
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    /// Notes a failed call: an outage if the store did not answer (returns whether it was).
+    pub fn note_failure(&self, e: &anyhow::Error) -> bool {
+        if !is_unreachable(e) {
+            return false;
+        }
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if outage.is_none() {
+            warn!(error = %format!("{e:#}"), "the object store does not answer");
+            *outage = Some((std::time::Instant::now(), format!("{e:#}")));
+        }
+        true
+    }
+
+    /// Notes that the store answered: an outage is over.
+    pub fn note_answer(&self) {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, _)) = outage.take() {
+            tracing::info!(
+                secs = since.elapsed().as_secs(),
+                "the object store answers again"
+            );
+        }
+    }
+
+    /// Whether the bucket answers now: one `HeadBucket`, without the SDK's retries.
+    pub async fn answers(&self) -> bool {
+        let once = aws_sdk_s3::config::Builder::default()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .customize()
+            .config_override(once)
+            .send()
+            .await
+            .is_ok()
+    }
+
+    /// Waits until the store answers again (the watcher, `cluster::store_watch_forever`, or a
+    /// call that succeeded says so), at most `limit`; whether it does.
+    pub async fn wait_for_answer(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        // Bounded by `limit`: one look every 250 ms.
+        while tokio::time::Instant::now() < deadline {
+            if self.outage().is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.outage().is_none()
     }
 
     /// Room for one part of `len` bytes in [`PARTS_IN_FLIGHT_MIB`]; held until the part is

@@ -38,11 +38,30 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     }
 }
 
-pub(super) fn failed<E: std::error::Error + 'static, R: std::fmt::Debug>(
+/// A store that did not answer — no connection, a timeout, a broken response, a 5xx after the
+/// SDK's retries: an outage to wait out, not a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// Whether `e` (anywhere in its chain) says the store did not answer.
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unreachable>().is_some()
+}
+
+pub(super) fn failed<E: std::error::Error + 'static, R: std::fmt::Debug + HasStatus>(
     e: SdkError<E, R>,
     what: String,
 ) -> anyhow::Error {
-    anyhow::anyhow!("{what}: {}", DisplayErrorContext(e))
+    let outage = matches!(
+        e,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    ) || status(&e).is_some_and(|s| s >= 500);
+    let message = format!("{what}: {}", DisplayErrorContext(e));
+    match outage {
+        true => Unreachable(message).into(),
+        false => anyhow::anyhow!(message),
+    }
 }
 
 impl S3 {
