@@ -49,10 +49,11 @@ impl Driver {
         }
         // Chunks found missing at finish (another node rewrote them in the bucket) are durable
         // no longer: this driver stops, and the next resume starts from what the store holds.
+        // Gone from the bucket (aborted or expired through another node): nothing to drive.
         let stop = done
             || outcome
                 .as_ref()
-                .is_err_and(|e| e.code == ErrorCode::Incomplete);
+                .is_err_and(|e| matches!(e.code, ErrorCode::Incomplete | ErrorCode::NotFound));
         self.session.handle_finalized(done);
         let _ = reply.send(outcome.map(|published| Published {
             file_name: published.file_name,

@@ -336,7 +336,10 @@ impl Driver {
                 }
                 result = async { commit.as_mut().expect("guarded by the select condition").await }, if commit.is_some() => {
                     commit = None;
-                    self.committed(result);
+                    if let Some(why) = self.committed(result) {
+                        self.finished_elsewhere(&why).await;
+                        break;
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
             }
@@ -344,9 +347,15 @@ impl Driver {
         debug!("driver stopped");
     }
 
-    fn committed(&mut self, result: Result<Result<(), WireError>, tokio::task::JoinError>) {
+    /// Takes a commit's outcome. `Some(why)` when the upload is gone from the shared store
+    /// (finished or aborted through another node): the driver must stop.
+    fn committed(
+        &mut self,
+        result: Result<Result<(), WireError>, tokio::task::JoinError>,
+    ) -> Option<String> {
         match result {
             Ok(Ok(())) => self.session.handle_persisted(),
+            Ok(Err(e)) if e.code == ErrorCode::TakenOver => return Some(e.message),
             Ok(Err(e)) => {
                 warn!(code = %e.code, error = %e.message, "commit failed");
                 self.session.handle_persist_failed(e.code, &e.message);
@@ -354,6 +363,37 @@ impl Driver {
             Err(e) => self
                 .session
                 .handle_persist_failed(ErrorCode::Internal, &e.to_string()),
+        }
+        None
+    }
+
+    /// The upload was finished or aborted through another node while this one drove it: this
+    /// node's record is brought up to date from the bucket, and the connection attached is told
+    /// (`detached`) what happened, so its client stops, and the same command run again is
+    /// answered from the record (a finished upload: `complete`).
+    async fn finished_elsewhere(&mut self, why: &str) {
+        warn!(error = why, "the upload is gone from the store");
+        if let Err(e) = self.backend.refresh(self.id, &self.record.owner).await {
+            warn!(error = %format!("{e:#}"), "cannot read the upload's manifest");
+        }
+        let record = self.backend.store().record(self.id).ok().flatten();
+        let message = match record {
+            Some(r) if r.state == crate::store::RecordState::Complete => format!(
+                "upload {} was finished through another node (published as {:?}); run the same command again to confirm",
+                self.id,
+                r.final_name.unwrap_or_default()
+            ),
+            _ => format!(
+                "upload {} was aborted or expired through another node",
+                self.id
+            ),
+        };
+        if let Some((_, events)) = self.attached.take() {
+            events.push(Frame::Detached {
+                upload_id: self.id.to_string(),
+                code: ErrorCode::TakenOver,
+                message,
+            });
         }
     }
 
@@ -484,13 +524,13 @@ impl Driver {
     /// Commits everything received, then returns: the shutdown path.
     async fn drain(&mut self, running: Option<JoinHandle<Result<(), WireError>>>) {
         if let Some(handle) = running {
-            self.committed(handle.await);
+            let _ = self.committed(handle.await);
         }
         // Far in the future, so every waiting chunk is due.
         let later = Instant::now() + Duration::from_secs(3600);
         if let Some(batch) = self.session.poll_commit(later) {
             let result = self.persist(batch).await;
-            self.committed(Ok(result));
+            let _ = self.committed(Ok(result));
         }
         self.forward_outputs();
     }

@@ -323,6 +323,9 @@ impl Backend {
             Err(e @ PublishError::Missing(_)) => {
                 Err(WireError::new(ErrorCode::Incomplete, e.to_string()))
             }
+            Err(e @ PublishError::Gone(_)) => {
+                Err(WireError::new(ErrorCode::NotFound, e.to_string()))
+            }
             Err(e @ PublishError::Taken(_)) => {
                 Err(WireError::new(ErrorCode::AlreadyExists, e.to_string()))
             }
@@ -448,8 +451,13 @@ async fn commit_remote(
         }
     }
     if let Some(e) = failure {
+        // The one commit error with `taken_over`: the driver stops (`Driver::committed`).
+        let code = match e.downcast_ref::<s3::Gone>() {
+            Some(_) => ErrorCode::TakenOver,
+            None => ErrorCode::StorageError,
+        };
         return Err(WireError::new(
-            ErrorCode::StorageError,
+            code,
             format!("failed to store chunks in the bucket: {e:#}"),
         ));
     }

@@ -369,3 +369,101 @@ async fn a_60_s_store_outage_costs_at_most_a_window_and_healthz_says_503() {
         "/healthz is 200 again once the store is back"
     );
 }
+
+/// Copies the files of `from` (a client's state folder: journal, known servers) into `to`.
+fn copy_state(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_state(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_resuming_one_upload_through_two_nodes_both_end_told_why() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "double/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let a = node(&weed, prefix, data_a.path(), &[]);
+    let b = second_node(&weed, prefix, data_b.path(), data_a.path());
+    // Larger than the client's window (8 chunks of 8 MiB), so much is left when it stops.
+    const SIZE: u64 = 256 << 20;
+    let source = random_file(work.path(), "take.mov", SIZE as usize, 5);
+    let (one, two) = (work.path().join("one"), work.path().join("two"));
+    // Begun through A, interrupted after a few parts.
+    let mut opts = a.options(token.trim(), &one);
+    opts.limit_rate = Some(16 << 20);
+    let mut first = ferry_client::Client::new(opts).unwrap();
+    let begun = {
+        let source = source.clone();
+        tokio::spawn(async move { first.upload(&source, "").await })
+    };
+    let s3 = weed.client(prefix).await;
+    let some = eventually(Duration::from_secs(60), async || {
+        stored_parts(&s3, prefix).await >= 2
+    });
+    assert!(some.await, "two parts stored within 60 s");
+    begun.abort();
+    let _ = begun.await;
+    copy_state(&one, &two);
+    // The same journal resumed by two clients at once: a slow one through A, a fast one
+    // through B, which finishes first.
+    let mut opts = a.options(token.trim(), &one);
+    opts.limit_rate = Some(4 << 20);
+    opts.reconnect_for = Duration::from_secs(20);
+    let mut slow = ferry_client::Client::new(opts).unwrap();
+    let slow = {
+        let source = source.clone();
+        tokio::spawn(async move { slow.upload(&source, "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fast = client(&b, token.trim(), &two);
+    let report = fast
+        .upload(&source, "")
+        .await
+        .expect("the fast client finishes");
+    eprintln!("fast client: {report:?}");
+    assert_eq!(report.status, "complete");
+    assert!(report.resumed);
+    fast.close().await;
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), slow)
+        .await
+        .expect("the slow client ends within 60 s")
+        .unwrap();
+    eprintln!("slow client after {:?}: {outcome:?}", started.elapsed());
+    match &outcome {
+        Ok(report) => assert_eq!(report.status, "complete"),
+        Err(ClientError::TakenOver(message)) => assert!(
+            message.contains("was finished through another node (published as \"take.mov\")"),
+            "{message}"
+        ),
+        Err(e) => panic!("the slow client is told complete or why, not: {e}"),
+    }
+    // The same command again through A: complete, nothing sent.
+    let mut again = client(&a, token.trim(), &one);
+    let report = again
+        .upload(&source, "")
+        .await
+        .expect("the same command again ends");
+    assert!(
+        matches!(report.status, "complete" | "skipped"),
+        "{}",
+        report.status
+    );
+    assert_eq!(report.bytes_sent, 0);
+    assert_eq!(report.file_name, "take.mov");
+    again.close().await;
+    let stored = object(&s3, prefix, "alice", "take.mov").await;
+    assert!(
+        stored == std::fs::read(&source).unwrap(),
+        "the object differs from the source"
+    );
+}

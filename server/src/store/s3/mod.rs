@@ -105,6 +105,11 @@ pub fn durable_digests(markers: &Markers, count: u64) -> BTreeMap<u64, Digest> {
         .collect()
 }
 
+/// The multipart upload is no longer in the store: another node finished or aborted it.
+#[derive(Debug, thiserror::Error)]
+#[error("the multipart upload of {0} is no longer in the store (finished or aborted through another node)")]
+pub struct Gone(pub String);
+
 /// Why publishing did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -114,6 +119,8 @@ pub enum PublishError {
     Missing(String),
     #[error("{0} exists in the bucket already (written outside Ferry)")]
     Taken(String),
+    #[error("the multipart upload of {0} is no longer in the store: the upload was aborted or expired through another node")]
+    Gone(String),
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }

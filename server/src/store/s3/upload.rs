@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ferry_proto::{ContentHasher, Digest, OnExists};
 
 use super::objects::{b64, code, failed, status};
-use super::{Marker, Markers, PublishError, Remote, S3};
+use super::{Gone, Marker, Markers, PublishError, Remote, S3};
 use crate::store::{RecordState, UploadId, UploadRecord};
 
 impl S3 {
@@ -106,7 +106,10 @@ impl S3 {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| failed(e, format!("failed to store part {part} of {}", remote.key)))?;
+            .map_err(|e| match code(&e) == Some("NoSuchUpload") {
+                true => Gone(remote.key.clone()).into(),
+                false => failed(e, format!("failed to store part {part} of {}", remote.key)),
+            })?;
         let etag = stored.e_tag().unwrap_or_default().trim_matches('"');
         // Another node may have stored other bytes for this part before (a takeover while
         // the old node still received): its markers go, so the last writer's is the one left.
@@ -214,12 +217,19 @@ impl S3 {
             None if record.state == RecordState::Publishing && self.exists(&remote.key).await? => {
                 return Ok(self.published(id, record, &markers).await?);
             }
+            // Finished or aborted through another node meanwhile: its manifest says which. The
+            // same content finished elsewhere is this finish's answer too.
             None => {
-                return Err(anyhow::anyhow!(
-                    "the store no longer has the multipart upload of {}",
-                    remote.key
-                )
-                .into())
+                return match self.manifest(id).await? {
+                    Some(m) if m.record.state == RecordState::Complete => {
+                        match m.record.content_hash.as_deref().map(Digest::parse) {
+                            Some(Ok(actual)) if actual == claimed => Ok(m.record),
+                            Some(Ok(actual)) => Err(PublishError::Mismatch { actual, claimed }),
+                            _ => Err(PublishError::Gone(remote.key)),
+                        }
+                    }
+                    _ => Err(PublishError::Gone(remote.key)),
+                };
             }
         };
         let mut hasher = ContentHasher::new();
