@@ -110,6 +110,52 @@ pub(crate) async fn credentials_forever(s3: Arc<S3>, auth: Arc<crate::auth::Auth
     }
 }
 
+/// Brings this node's records of uploads in progress that no driver here holds up to date
+/// from their manifests, at start and at every sweep: one finished through another node is
+/// recorded complete, one aborted or expired elsewhere is removed with its spool. Without it a
+/// node killed mid-upload kept such an upload `receiving` forever after its restart, with its
+/// spool file, counted against the owner's limits. At start (`spools`) the spool files are also
+/// emptied: they hold only chunks that were not acknowledged, which the clients send again.
+pub(crate) async fn reconcile(uploads: &Uploads, spools: bool) {
+    let store = uploads.store().clone();
+    let local = match tokio::task::spawn_blocking(move || store.in_progress()).await {
+        Ok(Ok(local)) => local,
+        Ok(Err(e)) => {
+            return warn!(error = %format!("{e:#}"), "cannot list the uploads in progress")
+        }
+        Err(e) => return warn!(error = %e, "cannot list the uploads in progress"),
+    };
+    let (mut finished, mut gone) = (0, 0);
+    for (id, record, _) in local {
+        if uploads.registry().get(id).is_some() {
+            continue;
+        }
+        if let Err(e) = uploads.backend().refresh(id, &record.owner).await {
+            warn!(upload = %id, error = %format!("{e:#}"), "cannot read the upload's manifest");
+            continue;
+        }
+        match uploads.store().record(id) {
+            Ok(None) => gone += 1,
+            Ok(Some(now)) if now.state == RecordState::Complete => finished += 1,
+            Ok(Some(now)) if spools => {
+                if let Ok(file) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(uploads.store().staging_path(id))
+                {
+                    crate::fsutil::punch_hole(&file, 0, now.size);
+                }
+            }
+            _ => {}
+        }
+    }
+    if finished + gone > 0 {
+        info!(
+            finished,
+            gone, "uploads finished, aborted or expired through other nodes are settled here"
+        );
+    }
+}
+
 /// While the store does not answer, asks it once a second (`HeadBucket`), so the commits that
 /// wait for it (`store::backend`) go on as soon as it is back.
 pub(crate) async fn store_watch_forever(s3: Arc<S3>) {
@@ -130,6 +176,7 @@ pub(crate) async fn sweep_forever(s3: Arc<S3>, uploads: Arc<Uploads>) {
     // Bounded by the process: one sweep per turn.
     loop {
         tokio::time::sleep(uploads.config().sweep_interval).await;
+        reconcile(&uploads, false).await;
         let expire = uploads.tunable().expire_after.as_secs();
         if expire == 0 {
             continue;

@@ -245,6 +245,10 @@ impl Server {
             links.clone(),
             service,
         ));
+        if s3.is_some() {
+            // Before the server says it listens: no phantom is ever served.
+            cluster::reconcile(&uploads, true).await;
+        }
         let auth = Arc::new(auth::Auth::new(tokens, links, s3.clone()));
         let notices = Arc::new(notice::Notices::open(dir));
         let origins = web::Origins {

@@ -467,3 +467,68 @@ async fn two_clients_resuming_one_upload_through_two_nodes_both_end_told_why() {
         "the object differs from the source"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_its_upload_finished_elsewhere_holds_no_phantom() {
+    let Some(weed) = Weed::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = "phantom/";
+    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let limit = ["--max-uploads", "1"];
+    let mut a = node(&weed, prefix, data_a.path(), &limit);
+    let b = second_node(&weed, prefix, data_b.path(), data_a.path());
+    const SIZE: u64 = 256 << 20;
+    let source = random_file(work.path(), "take.mov", SIZE as usize, 6);
+    let state = work.path().join("state");
+    let mut opts = a.options(token.trim(), &state);
+    opts.limit_rate = Some(16 << 20);
+    let mut first = ferry_client::Client::new(opts).unwrap();
+    let begun = {
+        let source = source.clone();
+        tokio::spawn(async move { first.upload(&source, "").await })
+    };
+    let s3 = weed.client(prefix).await;
+    let some = eventually(Duration::from_secs(60), async || {
+        stored_parts(&s3, prefix).await >= 2
+    });
+    assert!(some.await, "two parts stored within 60 s");
+    a.kill9();
+    begun.abort();
+    let _ = begun.await;
+    let spools = || {
+        std::fs::read_dir(data_a.path().join("staging"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(spools(), 1, "node A died with the upload's spool");
+    let mut on_b = client(&b, token.trim(), &state);
+    let report = on_b.upload(&source, "").await.expect("finished through B");
+    assert_eq!(report.status, "complete");
+    on_b.close().await;
+    // A again, on its data directory: the upload is settled from its manifest at start.
+    let a = node(&weed, prefix, data_a.path(), &limit);
+    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    assert_eq!(
+        spools(),
+        0,
+        "the spool of an upload finished elsewhere is gone; log:\n{log}"
+    );
+    let mut on_a = client(&a, token.trim(), &work.path().join("listing"));
+    let listed = on_a.list().await.unwrap();
+    let phantom: Vec<_> = listed.iter().filter(|u| u.state != "complete").collect();
+    assert!(
+        phantom.is_empty(),
+        "no upload left receiving on A: {phantom:?}"
+    );
+    on_a.close().await;
+    // The owner's one upload in progress is free again on A.
+    std::fs::write(work.path().join("next.mov"), b"the next take").unwrap();
+    let mut next = client(&a, token.trim(), &work.path().join("next"));
+    let report = next
+        .upload(&work.path().join("next.mov"), "")
+        .await
+        .expect("a new upload through A is not refused too_many_uploads");
+    assert_eq!(report.status, "complete");
+    next.close().await;
+}
