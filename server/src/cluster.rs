@@ -156,6 +156,34 @@ pub(crate) async fn reconcile(uploads: &Uploads, spools: bool) {
     }
 }
 
+/// A reservation older than this whose upload has no manifest is a create that died half way
+/// (or a give-back that failed): the sweep gives it back.
+const STALE_RESERVATION: u64 = 3600;
+
+/// The owners' usage brought in line with the manifests, at every sweep: a reservation whose
+/// upload was published is counted as published, one whose upload is gone (a node died
+/// between the reservation and the manifest, or the give-back failed) is given back.
+pub(crate) async fn settle_usage(s3: &S3) -> Result<()> {
+    let cutoff = unix_now().saturating_sub(STALE_RESERVATION);
+    for owner in s3.usage_owners().await? {
+        let usage = s3.usage(&owner).await?;
+        for (raw, reserved) in &usage.receiving {
+            let Some(id) = crate::store::UploadId::parse(raw) else {
+                continue;
+            };
+            let published = match s3.manifest(id).await? {
+                Some(m) if m.record.state == RecordState::Complete => Some(m.record.size),
+                Some(_) => continue,
+                None if reserved.at < cutoff => None,
+                None => continue,
+            };
+            s3.release(&owner, id, published).await?;
+            info!(upload = %id, owner, "a stale reservation of the owner's usage was settled");
+        }
+    }
+    Ok(())
+}
+
 /// While the store does not answer, asks it once a second (`HeadBucket`), so the commits that
 /// wait for it (`store::backend`) go on as soon as it is back.
 pub(crate) async fn store_watch_forever(s3: Arc<S3>) {
@@ -177,6 +205,9 @@ pub(crate) async fn sweep_forever(s3: Arc<S3>, uploads: Arc<Uploads>) {
     loop {
         tokio::time::sleep(uploads.config().sweep_interval).await;
         reconcile(&uploads, false).await;
+        if let Err(e) = settle_usage(&s3).await {
+            warn!(error = %format!("{e:#}"), "cannot settle the owners' usage");
+        }
         let expire = uploads.tunable().expire_after.as_secs();
         if expire == 0 {
             continue;

@@ -82,15 +82,18 @@ impl Backend {
     }
 
     /// Creates an upload: its record and staging file (the whole size reserved on disk); with
-    /// the bucket, its multipart upload, name reservation and manifest first, with the chunk size
-    /// the bucket's parts need (at least 8 MiB, at most 10 000 parts). Fails with [`NoSpace`],
-    /// [`TooLargeForStore`], `NameTaken` or `NameExhausted` (downcast) where those apply.
+    /// the bucket, its size counted against the owner's `limits` across the service, then its
+    /// multipart upload, name reservation and manifest, with the chunk size the bucket's parts
+    /// need (at least 8 MiB, at most 10 000 parts). Fails with [`NoSpace`],
+    /// [`TooLargeForStore`], `NameTaken`, `NameExhausted` or [`s3::OverLimit`] (downcast) where
+    /// those apply.
     ///
     /// [`NoSpace`]: super::NoSpace
     pub async fn create(
         &self,
         mut record: UploadRecord,
         max_chunk: u64,
+        limits: s3::Limits,
     ) -> Result<(UploadId, UploadRecord)> {
         let Some(bucket) = &self.bucket else {
             let store = self.store.clone();
@@ -107,7 +110,19 @@ impl Backend {
             .into());
         }
         let id = UploadId::random()?;
-        let record = bucket.create(id, &record).await?;
+        // Counted against the owner's limits across the service first ([`s3::OverLimit`]).
+        bucket
+            .reserve(&record.owner, id, record.size, limits)
+            .await?;
+        let record = match bucket.create(id, &record).await {
+            Ok(record) => record,
+            Err(e) => {
+                if let Err(e) = bucket.release(&record.owner, id, None).await {
+                    warn!(error = %format!("{e:#}"), "cannot give back the owner's usage");
+                }
+                return Err(e);
+            }
+        };
         let store = self.store.clone();
         let stored = record.clone();
         let adopted = tokio::task::spawn_blocking(move || store.adopt(id, &stored)).await?;

@@ -250,7 +250,14 @@ impl Uploads {
         self.take_from_link(who, size)?;
         let created = self
             .backend
-            .create(record.clone(), config.max_chunk_size)
+            .create(
+                record.clone(),
+                config.max_chunk_size,
+                crate::store::s3::Limits {
+                    max_uploads: self.tunable().max_uploads_per_owner,
+                    quota: self.tunable().quota_per_owner,
+                },
+            )
             .await
             .map_err(|e| create_error(&e));
         let (id, record) = created.inspect_err(|_| self.give_back_to_link(&record))?;
@@ -790,6 +797,12 @@ fn create_error(e: &anyhow::Error) -> WireError {
         WireError::new(ErrorCode::AlreadyExists, format!("{e:#}"))
     } else if e.downcast_ref::<crate::store::NameExhausted>().is_some() {
         WireError::new(ErrorCode::NameExhausted, format!("{e:#}"))
+    } else if let Some(over) = e.downcast_ref::<crate::store::s3::OverLimit>() {
+        let code = match over {
+            crate::store::s3::OverLimit::Uploads { .. } => ErrorCode::TooManyUploads,
+            crate::store::s3::OverLimit::Quota { .. } => ErrorCode::QuotaExceeded,
+        };
+        WireError::new(code, over.to_string())
     } else {
         storage(e, "failed to create the upload")
     }

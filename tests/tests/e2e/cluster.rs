@@ -532,3 +532,107 @@ async fn a_node_restarted_after_its_upload_finished_elsewhere_holds_no_phantom()
     assert_eq!(report.status, "complete");
     next.close().await;
 }
+
+/// Logged in on `node` as `token` with a raw client.
+async fn raw_on(node: &ServerProcess, token: &str) -> ferry_tests::raw::Raw {
+    let mut raw = ferry_tests::raw::Raw::dial(node.addr, &node.fingerprint, Default::default())
+        .await
+        .expect("connects");
+    raw.frame(&ferry_proto::Frame::Hello {
+        version: ferry_proto::PROTOCOL_VERSION,
+        token: token.into(),
+    })
+    .await;
+    match raw.next().await {
+        Some(ferry_proto::Frame::Welcome { .. }) => raw,
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+/// `count` creates of `size` bytes at once, spread over `nodes` (one connection each); the
+/// ids of those created and the codes of those refused.
+async fn racing_creates(
+    nodes: &[ServerProcess],
+    token: &str,
+    count: usize,
+    size: u64,
+) -> (Vec<String>, Vec<(ErrorCode, String)>) {
+    let mut raws = Vec::new();
+    for i in 0..count {
+        raws.push(raw_on(&nodes[i % nodes.len()], token).await);
+    }
+    let mut creates = tokio::task::JoinSet::new();
+    for (i, mut raw) in raws.into_iter().enumerate() {
+        creates.spawn(async move {
+            raw.frame(&ferry_tests::raw::create(
+                1,
+                &format!("f{i}.bin"),
+                size,
+                8 << 20,
+            ))
+            .await;
+            let reply = raw.next().await;
+            (raw, reply)
+        });
+    }
+    let (mut created, mut refused) = (Vec::new(), Vec::new());
+    // Bounded: one result per create.
+    while let Some(done) = creates.join_next().await {
+        let (_raw, reply) = done.unwrap();
+        match reply {
+            Some(ferry_proto::Frame::Created { upload, .. }) => created.push(upload.upload_id),
+            Some(ferry_proto::Frame::Error { code, message, .. }) => refused.push((code, message)),
+            other => panic!("expected created or error, got {other:?}"),
+        }
+    }
+    (created, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_limits_hold_across_three_nodes() {
+    let Some(weed) = Weed::start() else { return };
+    let datas: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let prefix = "limits/";
+    let alice = ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let bob = ferryd(&weed, prefix, &["token", "add", "bob"]);
+    let limits = ["--max-uploads", "3", "--quota", "200M"];
+    let nodes: Vec<ServerProcess> = datas
+        .iter()
+        .map(|d| node(&weed, prefix, d.path(), &limits))
+        .collect();
+    // Nine creates at once through three nodes: three uploads in progress, not nine.
+    let (created, refused) = racing_creates(&nodes, alice.trim(), 9, 1 << 20).await;
+    eprintln!("alice: {} created, refused: {refused:?}", created.len());
+    assert_eq!(created.len(), 3, "refused: {refused:?}");
+    for (code, message) in &refused {
+        assert_eq!(*code, ErrorCode::TooManyUploads, "{message}");
+        assert!(
+            message.contains("on every node of the service"),
+            "{message}"
+        );
+    }
+    // Six creates of 80 MiB at once: two fit in 200 MiB, the rest exceed it.
+    let (big, refused) = racing_creates(&nodes, bob.trim(), 6, 80 << 20).await;
+    eprintln!("bob: {} created, refused: {refused:?}", big.len());
+    assert_eq!(big.len(), 2, "refused: {refused:?}");
+    for (code, message) in &refused {
+        assert_eq!(*code, ErrorCode::QuotaExceeded, "{message}");
+    }
+    // An abort through one node gives its place back to a create through another.
+    let mut raw = raw_on(&nodes[0], alice.trim()).await;
+    raw.frame(&ferry_proto::Frame::Abort {
+        req: 2,
+        upload_id: created[0].clone(),
+    })
+    .await;
+    assert!(
+        matches!(raw.next().await, Some(ferry_proto::Frame::Aborted { .. })),
+        "aborted"
+    );
+    let (again, refused) = racing_creates(&nodes[1..], alice.trim(), 2, 1 << 20).await;
+    assert_eq!(again.len(), 1, "one place came back: {refused:?}");
+    // What the bucket says: alice's three and bob's two in progress, bob's 160 MiB reserved.
+    let s3 = weed.client(prefix).await;
+    assert_eq!(s3.usage("alice").await.unwrap().receiving.len(), 3);
+    assert_eq!(s3.usage("bob").await.unwrap().used(), 160 << 20);
+}

@@ -122,6 +122,10 @@ async fn upload_into_s3_reads_back_equal_bytes() {
         b"another take"
     );
     assert_eq!(object(&s3, prefix, "alice", "clip.mov").await, stored);
+    // The owner's usage in the bucket: both files published, nothing in progress.
+    let usage = s3.usage("alice").await.unwrap();
+    assert_eq!(usage.published, (20 << 20) + 5 + 12);
+    assert!(usage.receiving.is_empty(), "{usage:?}");
     client.close().await;
 }
 

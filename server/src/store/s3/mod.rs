@@ -11,6 +11,7 @@
 //!   key, so one listing gives the durable set and every digest;
 //! - `P/names/<owner>/<dir…>/<name>` — the reservation of a name by an upload in progress;
 //! - `P/auth/tokens/<name>`, `P/auth/links/<id>` — one token's or upload link's line each;
+//! - `P/usage/<owner>.json` — the owner's published bytes and uploads in progress (`usage.rs`);
 //! - `P/service-id` — the service id every node announces in `welcome`.
 
 use std::collections::BTreeMap;
@@ -30,12 +31,14 @@ pub use credentials::Kind;
 use objects::failed;
 pub use objects::{is_unreachable, Unreachable};
 pub use probe::Unfit;
+pub use usage::{Limits, OverLimit, Usage};
 
 mod credentials;
 mod objects;
 mod probe;
 mod sweep;
 mod upload;
+mod usage;
 
 /// Bytes of parts in flight to the store, for the whole server, in MiB: each part holds its
 /// chunk in memory until the store has it (8 parts of 8 MiB, or one of 64 MiB).

@@ -334,11 +334,20 @@ impl S3 {
         self.delete_all(keys).await?;
         self.delete(&self.owner_key("names", &done.owner, &remote.name))
             .await?;
+        // The reservation becomes published bytes. A failure here costs only the count until
+        // the sweep settles it (`cluster::settle_usage`).
+        if let Err(e) = self.release(&done.owner, id, Some(done.size)).await {
+            tracing::warn!(upload = %id, error = %format!("{e:#}"), "cannot update the owner's usage");
+        }
         Ok(done)
     }
 
-    /// Aborts the multipart upload and deletes the markers, the reservation and the manifest.
+    /// Aborts the multipart upload and deletes the markers, the reservation and the manifest;
+    /// the owner's usage gives back what the upload reserved.
     pub async fn abort(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        if record.state != RecordState::Complete {
+            self.release(&record.owner, id, None).await?;
+        }
         if let Some(remote) = &record.remote {
             match self
                 .client
