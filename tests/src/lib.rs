@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod ministack;
 pub mod node;
 pub mod powercut;
 pub mod py;

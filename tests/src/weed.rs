@@ -137,10 +137,6 @@ impl Weed {
         Some(weed)
     }
 
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[6])
-    }
-
     fn spawn(&mut self) {
         let p = &self.ports;
         let data = self.dir.path().join("data");
@@ -240,44 +236,71 @@ impl Weed {
         self.stop();
         self.spawn();
     }
+}
+
+/// An S3 server the tests run `ferryd --store s3` against: SeaweedFS ([`Weed`]) or MiniStack
+/// (`crate::ministack`).
+pub trait S3Server {
+    /// `http://127.0.0.1:PORT`.
+    fn endpoint(&self) -> String;
+    fn bucket(&self) -> &'static str;
+    /// Access key id and secret.
+    fn credentials(&self) -> (&'static str, &'static str);
 
     /// The `ferryd` options that store into its bucket under `prefix`.
-    pub fn serve_args(&self, prefix: &str) -> Vec<String> {
+    fn serve_args(&self, prefix: &str) -> Vec<String> {
+        let (id, secret) = self.credentials();
         vec![
             "--store".into(),
             "s3".into(),
             "--s3-endpoint".into(),
             self.endpoint(),
             "--s3-bucket".into(),
-            BUCKET.into(),
+            self.bucket().into(),
             "--s3-prefix".into(),
             prefix.into(),
             "--s3-path-style".into(),
             "--s3-access-key-id".into(),
-            ACCESS_KEY.into(),
+            id.into(),
             "--s3-secret-access-key".into(),
-            SECRET_KEY.into(),
+            secret.into(),
         ]
     }
 
     /// The library settings for the same.
-    pub fn settings(&self, prefix: &str) -> ferry_server::store::s3::S3Settings {
+    fn settings(&self, prefix: &str) -> ferry_server::store::s3::S3Settings {
+        let (id, secret) = self.credentials();
         ferry_server::store::s3::S3Settings {
             endpoint: Some(self.endpoint()),
-            bucket: BUCKET.into(),
+            bucket: self.bucket().into(),
             prefix: prefix.into(),
             region: "us-east-1".into(),
             path_style: true,
-            access_key_id: Some(ACCESS_KEY.into()),
-            secret_access_key: Some(SECRET_KEY.into()),
+            access_key_id: Some(id.into()),
+            secret_access_key: Some(secret.into()),
         }
     }
 
     /// A client of the bucket under `prefix`, as the server has it.
-    pub async fn client(&self, prefix: &str) -> ferry_server::store::s3::S3 {
+    #[allow(async_fn_in_trait)]
+    async fn client(&self, prefix: &str) -> ferry_server::store::s3::S3 {
         ferry_server::store::s3::S3::connect(&self.settings(prefix))
             .await
             .expect("the test bucket answers")
+    }
+}
+
+impl S3Server for Weed {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[6])
+    }
+
+    fn bucket(&self) -> &'static str {
+        BUCKET
+    }
+
+    fn credentials(&self) -> (&'static str, &'static str) {
+        (ACCESS_KEY, SECRET_KEY)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_tests::weed::Weed;
+use ferry_tests::weed::{S3Server, Weed};
 use ferry_tests::{binary, eventually, random_file, wait_child, ServerProcess};
 
 use ferry_client::ClientError;
@@ -181,6 +181,10 @@ async fn logs_in(server: &ServerProcess, token: &str, state: &std::path::Path) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_links_are_the_services_and_concurrent_adds_all_work() {
     let Some(weed) = Weed::start() else { return };
+    credentials_shared(&weed).await;
+}
+
+async fn credentials_shared(weed: &impl S3Server) {
     let work = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let prefix = "credentials/";
@@ -193,8 +197,8 @@ async fn tokens_and_links_are_the_services_and_concurrent_adds_all_work() {
         .unwrap();
     let legacy = std::fs::read(scratch.path().join("tokens")).unwrap();
     s3.put(&format!("{prefix}tokens"), legacy).await.unwrap();
-    let a = node(&weed, prefix, data_a.path(), &[]);
-    let b = node(&weed, prefix, data_b.path(), &[]);
+    let a = node(weed, prefix, data_a.path(), &[]);
+    let b = node(weed, prefix, data_b.path(), &[]);
     assert!(logs_in(&b, &old, &work.path().join("old")).await);
     assert!(s3.get(&format!("{prefix}tokens")).await.unwrap().is_none());
 
@@ -223,7 +227,7 @@ async fn tokens_and_links_are_the_services_and_concurrent_adds_all_work() {
         let state = work.path().join(format!("user{i}"));
         assert!(logs_in(node, token, &state).await, "user{i}'s token works");
     }
-    let listed = ferryd(&weed, prefix, &["token", "list"]);
+    let listed = ferryd(weed, prefix, &["token", "list"]);
     assert_eq!(listed.lines().count(), 21, "{listed}");
 
     // One name added four times at once: one token, three clear refusals that print none.
@@ -591,14 +595,18 @@ async fn racing_creates(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owners_limits_hold_across_three_nodes() {
     let Some(weed) = Weed::start() else { return };
+    limits_hold(&weed).await;
+}
+
+async fn limits_hold(weed: &impl S3Server) {
     let datas: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let prefix = "limits/";
-    let alice = ferryd(&weed, prefix, &["token", "add", "alice"]);
-    let bob = ferryd(&weed, prefix, &["token", "add", "bob"]);
+    let alice = ferryd(weed, prefix, &["token", "add", "alice"]);
+    let bob = ferryd(weed, prefix, &["token", "add", "bob"]);
     let limits = ["--max-uploads", "3", "--quota", "200M"];
     let nodes: Vec<ServerProcess> = datas
         .iter()
-        .map(|d| node(&weed, prefix, d.path(), &limits))
+        .map(|d| node(weed, prefix, d.path(), &limits))
         .collect();
     // Nine creates at once through three nodes: three uploads in progress, not nine.
     let (created, refused) = racing_creates(&nodes, alice.trim(), 9, 1 << 20).await;
@@ -635,4 +643,17 @@ async fn an_owners_limits_hold_across_three_nodes() {
     let s3 = weed.client(prefix).await;
     assert_eq!(s3.usage("alice").await.unwrap().receiving.len(), 3);
     assert_eq!(s3.usage("bob").await.unwrap().used(), 160 << 20);
+}
+
+/// A second S3 implementation beside SeaweedFS: MiniStack (PyPI) passes the start-up probe
+/// (every node starts), and uploads, the service-wide limits (compare-and-swap with
+/// `If-Match`) and the shared tokens and links (`If-None-Match: *`) work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_ministack_uploads_limits_and_credentials_work() {
+    let Some(ministack) = ferry_tests::ministack::MiniStack::start() else {
+        return;
+    };
+    crate::scaleout::reads_back_equal_bytes(&ministack).await;
+    limits_hold(&ministack).await;
+    credentials_shared(&ministack).await;
 }

@@ -11,12 +11,12 @@ use ferry_client::Client;
 use ferry_proto::{ErrorCode, Frame, PROTOCOL_VERSION};
 use ferry_server::store::s3::S3;
 use ferry_tests::raw::{Dial, Raw};
-use ferry_tests::weed::Weed;
+use ferry_tests::weed::{S3Server, Weed};
 use ferry_tests::{binary, eventually, random_file, ServerProcess};
 use sha2::{Digest as _, Sha256};
 
 /// `ferryd <args…> <the bucket's options>`, its stdout; panics on failure.
-pub(crate) fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
+pub(crate) fn ferryd(weed: &impl S3Server, prefix: &str, args: &[&str]) -> String {
     let out = Command::new(binary("ferryd"))
         .args(args)
         .args(weed.serve_args(prefix))
@@ -31,7 +31,12 @@ pub(crate) fn ferryd(weed: &Weed, prefix: &str, args: &[&str]) -> String {
 }
 
 /// A `ferryd serve` node on the bucket, with its own data directory.
-pub(crate) fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> ServerProcess {
+pub(crate) fn node(
+    weed: &impl S3Server,
+    prefix: &str,
+    data: &Path,
+    extra: &[&str],
+) -> ServerProcess {
     let mut args: Vec<String> = weed.serve_args(prefix);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -40,7 +45,12 @@ pub(crate) fn node(weed: &Weed, prefix: &str, data: &Path, extra: &[&str]) -> Se
 
 /// Another node of the same service: A's TLS identity (as the nodes of one service share it)
 /// and the bucket, nothing else: another port, another data directory.
-pub(crate) fn second_node(weed: &Weed, prefix: &str, data: &Path, first: &Path) -> ServerProcess {
+pub(crate) fn second_node(
+    weed: &impl S3Server,
+    prefix: &str,
+    data: &Path,
+    first: &Path,
+) -> ServerProcess {
     let tls = first.join("tls");
     let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
     let identity = [
@@ -80,10 +90,16 @@ pub(crate) async fn object(s3: &S3, prefix: &str, owner: &str, name: &str) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_into_s3_reads_back_equal_bytes() {
     let Some(weed) = Weed::start() else { return };
+    reads_back_equal_bytes(&weed).await;
+}
+
+/// The body of `upload_into_s3_reads_back_equal_bytes`, on any S3 server (MiniStack too:
+/// `cluster::on_ministack_…`).
+pub(crate) async fn reads_back_equal_bytes(weed: &impl S3Server) {
     let (work, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let prefix = "one/";
-    let token = ferryd(&weed, prefix, &["token", "add", "alice"]);
-    let server = node(&weed, prefix, data.path(), &[]);
+    let token = ferryd(weed, prefix, &["token", "add", "alice"]);
+    let server = node(weed, prefix, data.path(), &[]);
     // 20 MiB + 5 bytes: three parts of the server's 8 MiB chunks, the last one short.
     let source = random_file(work.path(), "clip.mov", (20 << 20) + 5, 1);
     let mut client = client(&server, token.trim(), &work.path().join("state"));
