@@ -4,7 +4,8 @@
 // IndexedDB, so a closed tab resumes; and for a file this browser has no record of, the server
 // is asked what it holds of it (`lookup`): the same content complete is not sent again, an
 // unfinished upload of the same bytes is resumed. The link is checked when the page opens.
-// Where WebTransport is missing or its session cannot be opened (a network that blocks UDP),
+// The server may announce the other nodes of its service (`peers`): a lost session reconnects
+// through the next one. Where WebTransport is missing or its session cannot be opened (a network that blocks UDP),
 // the page sends over tus on the web listener instead (`tus.js`), resuming the same way from its
 // IndexedDB record, and says which path it uses (#via). `?via=tus` chooses tus from the start.
 // DOM contract for automation: #files, #upload, #status ("ready", "complete" or "failed: CODE
@@ -217,22 +218,51 @@ async function connect() {
   return opening;
 }
 
+/** The service's web listeners: this page's, then the other nodes its server announces
+ * (`peers`). A session opens on the one that worked last; when it is lost, the next one is
+ * tried first, so a page whose node died goes on through another. */
+const bases = [base];
+let current = 0;
+/** The codes that say "this node, not the service": try the next one. */
+const NODE_TROUBLE = ["connection_lost", "shutting_down", "too_many_connections"];
+
 async function open() {
-  const answer = await fetch(`${base}/webtransport.json`, { cache: "no-store" });
+  let failed = null;
+  for (let tried = 0; tried < bases.length; tried++) {
+    const at = (current + tried) % bases.length;
+    try {
+      session = await openAt(bases[at]);
+      current = at;
+      return session;
+    } catch (e) {
+      failed = e instanceof FerryError ? e : new FerryError("connection_lost", String(e && e.message ? e.message : e));
+      if (!NODE_TROUBLE.includes(failed.code)) throw failed;
+    }
+  }
+  throw failed;
+}
+
+async function openAt(at) {
+  const answer = await fetch(`${at}/webtransport.json`, { cache: "no-store", signal: AbortSignal.timeout(5000) })
+    .catch((e) => { throw new FerryError("connection_lost", `${at}: ${e.message || e}`); });
   if (!answer.ok) throw new FerryError("connection_lost", `the server answered ${answer.status}`);
   const info = await answer.json();
-  session = await Session.open({
-    url: `https://${quicHost}:${info.port}${info.path}`,
+  for (const peer of info.peers || []) if (!bases.includes(peer)) bases.push(peer);
+  const host = at === base ? quicHost : new URL(at).hostname;
+  const opened = await Session.open({
+    url: `https://${host}:${info.port}${info.path}`,
     hashes: info.certificate_hashes,
     token: grant,
     onPush: pushed,
-    // Whatever was in flight is asked for again after the reconnection.
+    // Whatever was in flight is asked for again after the reconnection, through the next
+    // node first (this one may be gone).
     onClose: (error) => {
+      if (bases.length > 1 && NODE_TROUBLE.includes(error.code)) current = (current + 1) % bases.length;
       for (const up of active.values()) up.fail(error);
     },
   });
-  $("who").textContent = `Uploading to ${session.welcome.owner}'s folder`;
-  return session;
+  $("who").textContent = `Uploading to ${opened.welcome.owner}'s folder`;
+  return opened;
 }
 
 function pushed(frame) {

@@ -85,6 +85,9 @@ pub struct Config {
     /// listener's own origin (the host the browser dialled, on the web listener's port).
     /// `*` allows any.
     pub web_origins: Vec<String>,
+    /// The web listeners of the service's other nodes (`https://HOST:PORT`), announced to the
+    /// page so it moves to one of them when its node is lost (`--web-peer`).
+    pub web_peers: Vec<String>,
     /// The web listener's public address as upload links give it (`--web-url`, e.g.
     /// `https://files.example.com:8443`).
     pub web_url: Option<String>,
@@ -151,6 +154,7 @@ impl Config {
             s3: None,
             web_listen: None,
             web_origins: Vec::new(),
+            web_peers: Vec::new(),
             web_url: None,
             upload_path: "/files/".into(),
         }

@@ -284,6 +284,7 @@ impl Server {
                 browser_certs: browser_certs.clone(),
                 http: http::Context::new(uploads.clone(), auth.clone(), &config, origins.clone()),
                 origins,
+                peers: config.web_peers.clone(),
             });
             (listener, tls, ctx)
         });

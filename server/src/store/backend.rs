@@ -112,13 +112,28 @@ impl Backend {
         let id = UploadId::random()?;
         // Counted against the owner's limits across the service first ([`s3::OverLimit`]).
         bucket
-            .reserve(&record.owner, id, record.size, limits)
+            .reserve(&record.owner, id, record.size, &limits)
             .await?;
-        let record = match bucket.create(id, &record).await {
+        let taken = match &limits.link {
+            Some(link) => bucket.take_link(link, record.size).await,
+            None => Ok(()),
+        };
+        let created = match taken {
+            Ok(()) => bucket.create(id, &record).await,
+            Err(e) => Err(e),
+        };
+        let record = match created {
             Ok(record) => record,
             Err(e) => {
+                // Given back: the owner's reservation, and the link's count if it was taken.
                 if let Err(e) = bucket.release(&record.owner, id, None).await {
                     warn!(error = %format!("{e:#}"), "cannot give back the owner's usage");
+                }
+                let over = e.downcast_ref::<s3::OverLimit>().is_some();
+                if let (Some(link), false) = (&limits.link, over) {
+                    if let Err(e) = bucket.give_back_link(&link.id, record.size).await {
+                        warn!(error = %format!("{e:#}"), "cannot give back the link's usage");
+                    }
                 }
                 return Err(e);
             }

@@ -256,6 +256,11 @@ impl Uploads {
                 crate::store::s3::Limits {
                     max_uploads: self.tunable().max_uploads_per_owner,
                     quota: self.tunable().quota_per_owner,
+                    link: who.link.as_ref().map(|l| crate::store::s3::LinkBounds {
+                        id: l.id.clone(),
+                        max_files: l.max_files,
+                        max_size: l.max_size,
+                    }),
                 },
             )
             .await
@@ -800,7 +805,7 @@ fn create_error(e: &anyhow::Error) -> WireError {
     } else if let Some(over) = e.downcast_ref::<crate::store::s3::OverLimit>() {
         let code = match over {
             crate::store::s3::OverLimit::Uploads { .. } => ErrorCode::TooManyUploads,
-            crate::store::s3::OverLimit::Quota { .. } => ErrorCode::QuotaExceeded,
+            _ => ErrorCode::QuotaExceeded,
         };
         WireError::new(code, over.to_string())
     } else {

@@ -9,8 +9,9 @@
 //!   (`crate::http`).
 //! - `GET /webtransport.json`: where and how to open the session: `{"port": QUIC port,
 //!   "path": "/ferry", "certificate_hashes": [hex SHA-256, …]}` — the hashes of the browser
-//!   certificates (`certs.rs`), empty when the server has a CA certificate (`--cert`). Sent
-//!   with CORS for the allowed origins, so a page served elsewhere can ask for it.
+//!   certificates (`certs.rs`), empty when the server has a CA certificate (`--cert`) — and
+//!   `"peers"`, the other nodes' web listeners (`--web-peer`). Sent with CORS for the allowed
+//!   origins, so a page served elsewhere can ask for it.
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub(crate) struct Context {
     /// The short-lived certificates browsers accept by hash (none with a CA certificate).
     pub browser_certs: Option<Arc<BrowserCerts>>,
     pub origins: Origins,
+    /// The other nodes' web listeners, for the page to move to (`--web-peer`).
+    pub peers: Vec<String>,
     /// The HTTP upload front end (tus, the IETF draft).
     pub http: crate::http::Context,
 }
@@ -132,6 +135,7 @@ fn session_info(ctx: &Context) -> String {
         "port": ctx.quic_port,
         "path": super::SESSION_PATH,
         "certificate_hashes": hashes,
+        "peers": ctx.peers,
     })
     .to_string()
 }

@@ -530,3 +530,93 @@ fn uppy_on_another_origin_uploads_over_tus() {
     assert_same_file(&big, &alice.join("trailer.mp4"));
     browser.quit();
 }
+
+/// Issue 25: two nodes of one service on SeaweedFS, each announcing the other's web listener
+/// (`--web-peer`); the page opened on node A goes on through node B when A is killed.
+#[test]
+fn the_page_moves_to_another_node_when_its_node_dies() {
+    use ferry_tests::weed::{S3Server, Weed};
+    if let Err(why) = available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let Some(weed) = Weed::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let prefix = "page/";
+    crate::scaleout::ferryd(&weed, prefix, &["token", "add", "alice"]);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port_a, port_b) = (free(), free());
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let web = |port: u16, peer: u16| {
+        vec![
+            "--web-listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--web-origin".to_owned(),
+            "*".to_owned(),
+            "--web-peer".to_owned(),
+            format!("https://127.0.0.1:{peer}"),
+        ]
+    };
+    let args_a = web(port_a, port_b);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let mut a = crate::scaleout::node(&weed, prefix, data_a.path(), &args_a);
+    // B keeps its own generated identity: a copied self-signed one (`--cert`) would give it no
+    // browser certificates, and Chromium would refuse its QUIC certificate (docs/scale-out.md).
+    // The browser trusts both web listeners, as a person who accepted each once.
+    let args_b = web(port_b, port_a);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let _b = crate::scaleout::node(&weed, prefix, data_b.path(), &args_b);
+    let out = Command::new(binary("ferryd"))
+        .args(["link", "alice", "--expires", "1h", "--data"])
+        .arg(data_a.path())
+        .args(["--web-url", &format!("https://127.0.0.1:{port_a}")])
+        .args(weed.serve_args(prefix))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let spki = |data: &Path| {
+        spki_hash(&std::fs::read_to_string(data.join("tls").join("key.pem")).unwrap())
+    };
+    let trusted = format!("{},{}", spki(data_a.path()), spki(data_b.path()));
+    let local = tempfile::tempdir().unwrap();
+    let size = 64u64 << 20;
+    let file = random_file(local.path(), "take.mov", size as usize, 25);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &trusted);
+    browser.open(&format!("{url}?limit=16M"));
+    let status = browser.wait_status(Duration::from_secs(20), settled);
+    assert_eq!(status, "ready", "console:\n{}", browser.console());
+    browser.set_files("#files", &[&file]);
+    browser.click("#upload");
+    let s3 = runtime.block_on(weed.client(prefix));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runtime.block_on(crate::scaleout::stored_parts(&s3, prefix)) < 2 {
+        assert!(Instant::now() < deadline, "two parts stored within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Instant::now();
+    a.kill9();
+    let status = browser.wait_status(Duration::from_secs(180), is_done);
+    assert_eq!(status, "complete", "console:\n{}", browser.console());
+    eprintln!(
+        "the page finished through node B {:.1} s after node A was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let stored = runtime.block_on(crate::scaleout::object(&s3, prefix, "alice", "take.mov"));
+    assert!(
+        stored == std::fs::read(&file).unwrap(),
+        "the object differs from the source"
+    );
+    browser.quit();
+}

@@ -643,6 +643,38 @@ async fn limits_hold(weed: &impl S3Server) {
     let s3 = weed.client(prefix).await;
     assert_eq!(s3.usage("alice").await.unwrap().receiving.len(), 3);
     assert_eq!(s3.usage("bob").await.unwrap().used(), 160 << 20);
+    // An upload link's bounds hold across the nodes too: a link for two files, three creates
+    // through three nodes at once (within carol's own three uploads in progress).
+    let out = Command::new(binary("ferryd"))
+        .args([
+            "link",
+            "carol",
+            "--max-files",
+            "2",
+            "--web-url",
+            "https://files.example",
+        ])
+        .arg("--data")
+        .arg(datas[0].path())
+        .args(weed.serve_args(prefix))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap();
+    let grant = url.trim().rsplit('/').next().unwrap().to_owned();
+    let (through_link, refused) = racing_creates(&nodes, &grant, 3, 1 << 20).await;
+    assert_eq!(through_link.len(), 2, "refused: {refused:?}");
+    for (code, message) in &refused {
+        assert_eq!(*code, ErrorCode::QuotaExceeded, "{message}");
+        assert!(
+            message.contains("this upload link allows 2 files"),
+            "{message}"
+        );
+    }
 }
 
 /// A second S3 implementation beside SeaweedFS: MiniStack (PyPI) passes the start-up probe

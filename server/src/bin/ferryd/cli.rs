@@ -225,6 +225,11 @@ pub(crate) struct ServeArgs {
     /// any). Default: the web listener's own origin.
     #[arg(long, env = "FERRYD_WEB_ORIGIN", value_delimiter = ',')]
     pub(crate) web_origin: Vec<String>,
+    /// The web listeners of the service's other nodes (comma-separated
+    /// https://HOST:PORT): announced to the page, which moves to one of them when the node it
+    /// uses is lost (docs/scale-out.md). Their --web-origin must allow this node's page.
+    #[arg(long, env = "FERRYD_WEB_PEER", value_delimiter = ',')]
+    pub(crate) web_peer: Vec<String>,
     /// The web listener's public address, as upload links give it (e.g.
     /// https://files.example.com:8443). Default: https://HOSTNAME:PORT of --web-listen.
     #[arg(long, env = "FERRYD_WEB_URL")]
@@ -439,6 +444,12 @@ impl ServeArgs {
         config.hook_timeout = self.hook_timeout.max(Duration::from_secs(1));
         config.web_listen = self.web_listen;
         config.web_origins = self.web_origin.clone();
+        config.web_peers = self
+            .web_peer
+            .iter()
+            .map(|p| p.trim().trim_end_matches('/').to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
         config.web_url = self.web_url.clone();
         config.upload_path = ferry_server::Config::upload_path_from(&self.upload_path)?;
         Ok(config)
@@ -509,6 +520,7 @@ impl ServeArgs {
                     .map_or("\"\"  # off".to_owned(), |a| format!("\"{a}\""))
             ),
             format!("web-origin = {:?}", self.web_origin.join(",")),
+            format!("web-peer = {:?}", self.web_peer.join(",")),
             format!("web-url = {:?}", self.web_url.clone().unwrap_or_default()),
             format!("upload-path = {:?}", self.upload_path),
             format!("log-level = {:?}", self.log_level),

@@ -12,6 +12,7 @@
 //! - `P/names/<owner>/<dir…>/<name>` — the reservation of a name by an upload in progress;
 //! - `P/auth/tokens/<name>`, `P/auth/links/<id>` — one token's or upload link's line each;
 //! - `P/usage/<owner>.json` — the owner's published bytes and uploads in progress (`usage.rs`);
+//! - `P/link-usage/<id>.json` — the files and bytes an upload link created;
 //! - `P/service-id` — the service id every node announces in `welcome`.
 
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ pub use credentials::Kind;
 use objects::failed;
 pub use objects::{is_unreachable, Unreachable};
 pub use probe::Unfit;
-pub use usage::{Limits, OverLimit, Usage};
+pub use usage::{Limits, LinkBounds, LinkUsage, OverLimit, Usage};
 
 mod credentials;
 mod objects;

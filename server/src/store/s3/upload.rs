@@ -347,6 +347,9 @@ impl S3 {
     pub async fn abort(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
         if record.state != RecordState::Complete {
             self.release(&record.owner, id, None).await?;
+            if let Some(link) = &record.link {
+                self.give_back_link(link, record.size).await?;
+            }
         }
         if let Some(remote) = &record.remote {
             match self

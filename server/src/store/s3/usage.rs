@@ -48,11 +48,30 @@ impl Usage {
     }
 }
 
-/// The owner's limits, as `--max-uploads` and `--quota` give them (0: none).
-#[derive(Debug, Clone, Copy)]
+/// The owner's limits, as `--max-uploads` and `--quota` give them (0: none), and the upload
+/// link's bounds when a link creates.
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_uploads: u64,
     pub quota: u64,
+    pub link: Option<LinkBounds>,
+}
+
+/// `P/link-usage/<id>.json`: what an upload link created, on every node.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkUsage {
+    #[serde(default)]
+    pub files: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// An upload link's bounds (0: none).
+#[derive(Debug, Clone)]
+pub struct LinkBounds {
+    pub id: String,
+    pub max_files: u64,
+    pub max_size: u64,
 }
 
 /// A create refused by the service-wide count: `too_many_uploads` or `quota_exceeded`.
@@ -71,6 +90,10 @@ pub enum OverLimit {
         more: u64,
         quota: u64,
     },
+    #[error("this upload link allows {limit} files, and {files} were created through it")]
+    LinkFiles { limit: u64, files: u64 },
+    #[error("this upload link allows {} in all; {} were created through it and this file has {}", human(*.limit), human(*.bytes), human(*.size))]
+    LinkBytes { limit: u64, bytes: u64, size: u64 },
 }
 
 impl S3 {
@@ -80,41 +103,62 @@ impl S3 {
 
     /// The owner's usage as the bucket holds it now.
     pub async fn usage(&self, owner: &str) -> Result<Usage> {
-        Ok(self.usage_tagged(owner).await?.0)
+        Ok(self.json_tagged(&self.usage_key(owner)).await?.0)
     }
 
-    async fn usage_tagged(&self, owner: &str) -> Result<(Usage, Option<String>)> {
-        let key = self.usage_key(owner);
-        match self.get_tagged(&key).await? {
-            None => Ok((Usage::default(), None)),
+    /// What an upload link has created, across the service.
+    pub async fn link_usage(&self, link: &str) -> Result<LinkUsage> {
+        Ok(self.json_tagged(&self.link_usage_key(link)).await?.0)
+    }
+
+    fn link_usage_key(&self, link: &str) -> String {
+        format!("{}link-usage/{link}.json", self.prefix)
+    }
+
+    async fn json_tagged<T: Default + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<(T, Option<String>)> {
+        match self.get_tagged(key).await? {
+            None => Ok((T::default(), None)),
             Some((body, etag)) => {
-                let usage = serde_json::from_slice(&body)
+                let value = serde_json::from_slice(&body)
                     .map_err(|e| anyhow::anyhow!("{key} is not a usage record: {e}"))?;
-                Ok((usage, Some(etag)))
+                Ok((value, Some(etag)))
             }
         }
     }
 
-    /// Applies `change` to the owner's usage and writes it back only if no other node wrote
-    /// it in between (else reads it again and retries). `change` returning `Err` ends it with
-    /// nothing written; `Ok(false)`: nothing to write.
     async fn update_usage(
         &self,
         owner: &str,
-        mut change: impl FnMut(&mut Usage) -> Result<bool>,
+        change: impl FnMut(&mut Usage) -> Result<bool>,
     ) -> Result<()> {
-        let key = self.usage_key(owner);
+        self.update_json(&self.usage_key(owner), change).await
+    }
+
+    /// Applies `change` to the JSON object at `key` (its default if absent) and writes it back
+    /// only if no other node wrote it in between (else reads it again and retries). `change`
+    /// returning `Err` ends it with nothing written; `Ok(false)`: nothing to write.
+    async fn update_json<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut T) -> Result<bool>,
+    ) -> Result<()>
+    where
+        T: Default + Serialize + serde::de::DeserializeOwned,
+    {
         for attempt in 0..CAS_ATTEMPTS {
-            let (mut usage, etag) = self.usage_tagged(owner).await?;
-            if !change(&mut usage)? {
+            let (mut value, etag) = self.json_tagged::<T>(key).await?;
+            if !change(&mut value)? {
                 return Ok(());
             }
-            let body = serde_json::to_vec(&usage)?;
+            let body = serde_json::to_vec(&value)?;
             let mut put = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
-                .key(&key)
+                .key(key)
                 .body(ByteStream::from(body));
             put = match &etag {
                 Some(etag) => put.if_match(format!("\"{etag}\"")),
@@ -136,6 +180,42 @@ impl S3 {
         anyhow::bail!("{key} kept changing under {CAS_ATTEMPTS} attempts to update it; try again")
     }
 
+    /// Counts one more file of `size` bytes against an upload link's bounds across the service
+    /// (`Err` with an [`OverLimit`] past one).
+    pub async fn take_link(&self, link: &LinkBounds, size: u64) -> Result<()> {
+        self.update_json::<LinkUsage>(&self.link_usage_key(&link.id), |used| {
+            if link.max_files > 0 && used.files >= link.max_files {
+                return Err(OverLimit::LinkFiles {
+                    limit: link.max_files,
+                    files: used.files,
+                }
+                .into());
+            }
+            if link.max_size > 0 && used.bytes.saturating_add(size) > link.max_size {
+                return Err(OverLimit::LinkBytes {
+                    limit: link.max_size,
+                    bytes: used.bytes,
+                    size,
+                }
+                .into());
+            }
+            used.files += 1;
+            used.bytes = used.bytes.saturating_add(size);
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Gives back what [`S3::take_link`] counted for an upload aborted, expired or not created.
+    pub async fn give_back_link(&self, link: &str, size: u64) -> Result<()> {
+        self.update_json::<LinkUsage>(&self.link_usage_key(link), |used| {
+            used.files = used.files.saturating_sub(1);
+            used.bytes = used.bytes.saturating_sub(size);
+            Ok(true)
+        })
+        .await
+    }
+
     /// Counts a new upload of `size` bytes against the owner's limits across the service and
     /// reserves them; `Err` with an [`OverLimit`] if that would exceed one.
     pub async fn reserve(
@@ -143,7 +223,7 @@ impl S3 {
         owner: &str,
         id: UploadId,
         size: u64,
-        limits: Limits,
+        limits: &Limits,
     ) -> Result<()> {
         self.update_usage(owner, |usage| {
             let count = usage.receiving.len() as u64;
