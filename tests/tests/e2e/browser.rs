@@ -572,19 +572,14 @@ fn the_page_moves_to_another_node_when_its_node_dies() {
     let args_b = web(port_b, port_a);
     let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
     let _b = crate::scaleout::node(&weed, prefix, data_b.path(), &args_b);
-    let out = Command::new(binary("ferryd"))
-        .args(["link", "alice", "--expires", "1h", "--data"])
-        .arg(data_a.path())
-        .args(["--web-url", &format!("https://127.0.0.1:{port_a}")])
-        .args(weed.serve_args(prefix))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = crate::scaleout::link(
+        &weed,
+        prefix,
+        data_a.path(),
+        &format!("https://127.0.0.1:{port_a}"),
+        &["alice", "--expires", "1h"],
     );
-    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let url = url.trim().to_owned();
     let spki = |data: &Path| {
         spki_hash(&std::fs::read_to_string(data.join("tls").join("key.pem")).unwrap())
     };

@@ -260,21 +260,7 @@ async fn credentials_shared(weed: &impl S3Server) {
 
     // A link made through node A's configuration works on node B at its first use.
     let made = |data: &std::path::Path, args: &[&str]| {
-        let out = Command::new(binary("ferryd"))
-            .arg("link")
-            .args(args)
-            .arg("--data")
-            .arg(data)
-            .args(["--web-url", "https://files.example"])
-            .args(weed.serve_args(prefix))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::scaleout::link(weed, prefix, data, "https://files.example", args)
     };
     let url = made(data_a.path(), &["alice", "--expires", "1h"]);
     let grant = url.trim().rsplit('/').next().unwrap().to_owned();
@@ -374,6 +360,31 @@ async fn a_60_s_store_outage_costs_at_most_a_window_and_healthz_says_503() {
     );
 }
 
+/// Begins uploading `source` through `node` at 16 MiB/s with the journal in `state`, and stops
+/// that client (as a closed laptop) once the bucket holds two of its parts.
+async fn begun_then_stopped(
+    node: &ServerProcess,
+    token: &str,
+    state: &std::path::Path,
+    source: &std::path::Path,
+    s3: &ferry_server::store::s3::S3,
+    prefix: &str,
+) {
+    let mut opts = node.options(token, state);
+    opts.limit_rate = Some(16 << 20);
+    let mut first = ferry_client::Client::new(opts).unwrap();
+    let begun = {
+        let source = source.to_owned();
+        tokio::spawn(async move { first.upload(&source, "").await })
+    };
+    let some = eventually(Duration::from_secs(60), async || {
+        stored_parts(s3, prefix).await >= 2
+    });
+    assert!(some.await, "two parts stored within 60 s");
+    begun.abort();
+    let _ = begun.await;
+}
+
 /// Copies the files of `from` (a client's state folder: journal, known servers) into `to`.
 fn copy_state(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -402,20 +413,8 @@ async fn two_clients_resuming_one_upload_through_two_nodes_both_end_told_why() {
     let source = random_file(work.path(), "take.mov", SIZE as usize, 5);
     let (one, two) = (work.path().join("one"), work.path().join("two"));
     // Begun through A, interrupted after a few parts.
-    let mut opts = a.options(token.trim(), &one);
-    opts.limit_rate = Some(16 << 20);
-    let mut first = ferry_client::Client::new(opts).unwrap();
-    let begun = {
-        let source = source.clone();
-        tokio::spawn(async move { first.upload(&source, "").await })
-    };
     let s3 = weed.client(prefix).await;
-    let some = eventually(Duration::from_secs(60), async || {
-        stored_parts(&s3, prefix).await >= 2
-    });
-    assert!(some.await, "two parts stored within 60 s");
-    begun.abort();
-    let _ = begun.await;
+    begun_then_stopped(&a, token.trim(), &one, &source, &s3, prefix).await;
     copy_state(&one, &two);
     // The same journal resumed by two clients at once: a slow one through A, a fast one
     // through B, which finishes first.
@@ -485,21 +484,9 @@ async fn a_node_restarted_after_its_upload_finished_elsewhere_holds_no_phantom()
     const SIZE: u64 = 256 << 20;
     let source = random_file(work.path(), "take.mov", SIZE as usize, 6);
     let state = work.path().join("state");
-    let mut opts = a.options(token.trim(), &state);
-    opts.limit_rate = Some(16 << 20);
-    let mut first = ferry_client::Client::new(opts).unwrap();
-    let begun = {
-        let source = source.clone();
-        tokio::spawn(async move { first.upload(&source, "").await })
-    };
     let s3 = weed.client(prefix).await;
-    let some = eventually(Duration::from_secs(60), async || {
-        stored_parts(&s3, prefix).await >= 2
-    });
-    assert!(some.await, "two parts stored within 60 s");
+    begun_then_stopped(&a, token.trim(), &state, &source, &s3, prefix).await;
     a.kill9();
-    begun.abort();
-    let _ = begun.await;
     let spools = || {
         std::fs::read_dir(data_a.path().join("staging"))
             .map(|d| d.count())
@@ -645,26 +632,13 @@ async fn limits_hold(weed: &impl S3Server) {
     assert_eq!(s3.usage("bob").await.unwrap().used(), 160 << 20);
     // An upload link's bounds hold across the nodes too: a link for two files, three creates
     // through three nodes at once (within carol's own three uploads in progress).
-    let out = Command::new(binary("ferryd"))
-        .args([
-            "link",
-            "carol",
-            "--max-files",
-            "2",
-            "--web-url",
-            "https://files.example",
-        ])
-        .arg("--data")
-        .arg(datas[0].path())
-        .args(weed.serve_args(prefix))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = crate::scaleout::link(
+        weed,
+        prefix,
+        datas[0].path(),
+        "https://files.example",
+        &["carol", "--max-files", "2"],
     );
-    let url = String::from_utf8(out.stdout).unwrap();
     let grant = url.trim().rsplit('/').next().unwrap().to_owned();
     let (through_link, refused) = racing_creates(&nodes, &grant, 3, 1 << 20).await;
     assert_eq!(through_link.len(), 2, "refused: {refused:?}");

@@ -30,6 +30,32 @@ pub(crate) fn ferryd(weed: &impl S3Server, prefix: &str, args: &[&str]) -> Strin
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `ferryd link <args…>` for the service in the bucket, through the node of `data`, its links
+/// based at `web_url`: what it prints on stdout (the URL, or the list); panics on failure.
+pub(crate) fn link(
+    weed: &impl S3Server,
+    prefix: &str,
+    data: &Path,
+    web_url: &str,
+    args: &[&str],
+) -> String {
+    let out = Command::new(binary("ferryd"))
+        .arg("link")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .args(["--web-url", web_url])
+        .args(weed.serve_args(prefix))
+        .output()
+        .expect("ferryd runs");
+    assert!(
+        out.status.success(),
+        "ferryd link {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A `ferryd serve` node on the bucket, with its own data directory.
 pub(crate) fn node(
     weed: &impl S3Server,

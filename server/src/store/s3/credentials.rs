@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use bytes::Bytes;
 
-use super::objects::failed;
 use super::S3;
 
 /// What kind of credential, and so where under `P/auth/` it lives.
@@ -39,9 +38,9 @@ impl S3 {
     /// listing; an object is read only when its ETag is not the one read last time.
     pub async fn credentials(&self, kind: Kind) -> Result<Vec<u8>> {
         let prefix = self.credentials_prefix(kind);
-        let listed = self.list_etags(&prefix).await?;
+        let listed = self.list_objects(&prefix).await?;
         let mut lines: BTreeMap<String, Bytes> = BTreeMap::new();
-        for (key, etag) in listed {
+        for (key, _, etag) in listed {
             let cached = {
                 let cache = self.small.lock().unwrap_or_else(|p| p.into_inner());
                 cache
@@ -105,27 +104,5 @@ impl S3 {
 
     pub async fn delete_legacy_tokens(&self) -> Result<()> {
         self.delete(&format!("{}tokens", self.prefix)).await
-    }
-
-    /// Every key under `prefix` with its ETag (unquoted; empty if the store gave none).
-    async fn list_etags(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| failed(e, format!("failed to list {prefix}")))?;
-            for object in page.contents() {
-                if let Some(key) = object.key() {
-                    let etag = object.e_tag().unwrap_or_default().trim_matches('"');
-                    out.push((key.to_owned(), etag.to_owned()));
-                }
-            }
-        }
-        Ok(out)
     }
 }

@@ -151,6 +151,17 @@ impl S3 {
 
     /// Every key under `prefix` with its modification time, all pages.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, modified, _)| (key, modified))
+            .collect())
+    }
+
+    /// Every key under `prefix` with its modification time and ETag (unquoted; empty if the
+    /// store gave none), all pages.
+    pub(super) async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64, String)>> {
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -163,7 +174,12 @@ impl S3 {
             let page = page.map_err(|e| failed(e, format!("failed to list {prefix}")))?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
-                    out.push((key.to_owned(), unix(object.last_modified())));
+                    let etag = object.e_tag().unwrap_or_default().trim_matches('"');
+                    out.push((
+                        key.to_owned(),
+                        unix(object.last_modified()),
+                        etag.to_owned(),
+                    ));
                 }
             }
         }
