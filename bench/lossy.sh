@@ -9,7 +9,10 @@
 # TCP with TCP=bbr|cubic in both namespaces; node and npm needed) or browser (the upload page in
 # headless Chromium through chromedriver, bench/browser.py page; chromium and chromium-driver).
 # Usage: [SYSTEM=ferry] [DELAY_MS=100] [LOSS=0.05] [RATE_MBIT=1000] [SEED=3]
-#        [FERRY_ARGS="--parallel 16"] [CONGESTION=delay] [TCP=bbr] [BIN=DIR] bench/lossy.sh [SIZE_MIB]
+#        [FERRY_ARGS="--parallel 16"] [CONGESTION=delay] [TCP=bbr] [BIN=DIR] [WARM_MIB=N] bench/lossy.sh [SIZE_MIB]
+# WARM_MIB=N first uploads N MiB over the same path with the same state folder, so the measured
+# upload starts from what that connection learned (client/src/path.rs); with FORGET=1 that is
+# deleted after the warm-up (the same run without the path memory).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-128}
@@ -91,6 +94,15 @@ ip netns exec wan-b "$bin/ferryd" serve --listen 10.99.0.2:4433 --data "$work/da
 server_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
 fp=$("$bin/ferryd" fingerprint --data "$work/data")
+if [ -n "${WARM_MIB:-}" ]; then
+  # An earlier upload over the same path, with the same state folder: the measured one starts
+  # from what it learned (STATE/paths.json), as a user's second file does.
+  head -c $((WARM_MIB * 1024 * 1024)) /dev/urandom > "$work/warm.bin"
+  ip netns exec wan-a "$bin/ferry" --server 10.99.0.2:4433 --token "$token" --fingerprint "$fp" \
+    --state-dir "$work/state" --congestion "${CONGESTION:-delay}" upload --json "$work/warm.bin" > /dev/null 2>&1
+  # FORGET=1: the same warm-up, then what it learned is deleted (the A/B of the path memory).
+  [ -n "${FORGET:-}" ] && rm -f "$work/state/paths.json"
+fi
 # shellcheck disable=SC2086
 ip netns exec wan-a /usr/bin/time -v -o "$work/client.time" "$bin/ferry" --server 10.99.0.2:4433 \
   --token "$token" --fingerprint "$fp" --state-dir "$work/state" --congestion "${CONGESTION:-delay}" \

@@ -5,7 +5,9 @@
 # upload of SIZE_MIB starts beside it. Prints the TCP flow's rate before, during and after the
 # upload (iperf3's 1 s intervals, averaged) and Ferry's own rate. Root and iperf3 needed.
 # Usage: [DELAY_MS=25] [LOSS=0] [RATE_MBIT=200] [TCP=cubic] [CONGESTION=delay] [SECS=30]
-#        bench/share.sh [SIZE_MIB]
+#        [WARM_MIB=N] bench/share.sh [SIZE_MIB]
+# WARM_MIB=N: an N MiB upload over the link alone first, so the measured one starts from the
+# path it learned (client/src/path.rs).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-128}
@@ -34,6 +36,15 @@ for _ in $(seq 100); do grep -q ready "$work/netem.log" && break; sleep 0.1; don
 token=$("$bin/ferryd" token add bench --init --data "$work/data" 2>/dev/null)
 ip netns exec wan-b "$bin/ferryd" serve --listen 10.99.0.2:4433 --data "$work/data" 2> "$work/server.log" &
 pids+=($!)
+if [ -n "${WARM_MIB:-}" ]; then
+  # An earlier upload over the link alone, with the same state folder: the measured upload
+  # starts from what it learned (client/src/path.rs), beside the TCP flow.
+  for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+  fp=$("$bin/ferryd" fingerprint --data "$work/data")
+  head -c $((WARM_MIB * 1024 * 1024)) /dev/urandom > "$work/warm.bin"
+  ip netns exec wan-a "$bin/ferry" --server 10.99.0.2:4433 --token "$token" --fingerprint "$fp" \
+    --state-dir "$work/state" --congestion "${CONGESTION:-delay}" upload --json "$work/warm.bin" > /dev/null 2>&1
+fi
 ip netns exec wan-b iperf3 -s -1 -p 5201 > /dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done

@@ -71,6 +71,8 @@ pub struct Endpoint {
     notices: Notices,
     /// Which address the next connection tries first; shared by the endpoint's clones.
     route: Arc<Mutex<Route>>,
+    /// What earlier connections learned about each path (`crate::path`).
+    paths: Option<Arc<crate::path::PathMemory>>,
 }
 
 /// The way in among several addresses: the one that worked last is tried first, unless its
@@ -135,7 +137,17 @@ impl Endpoint {
             reporter: None,
             notices: Notices::default(),
             route: Default::default(),
+            paths: None,
         })
+    }
+
+    /// Connections start from what earlier ones learned about their path, and teach it.
+    pub fn set_paths(&mut self, paths: Arc<crate::path::PathMemory>) {
+        self.paths = Some(paths);
+    }
+
+    pub fn paths(&self) -> Option<&Arc<crate::path::PathMemory>> {
+        self.paths.as_ref()
     }
 
     /// Shows the server's notices through `show` (a line, `ferry: notice from the server: …`).
@@ -304,9 +316,11 @@ impl Endpoint {
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::local("TLS setup failed", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let start = self.paths.as_ref().and_then(|p| p.start_window(addr));
         config.transport_config(Arc::new(crate::transport::client(
             target.idle_timeout,
             target.congestion,
+            start,
         )));
         let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -10,6 +10,7 @@ mod error;
 pub mod grow;
 pub mod job;
 pub mod journal;
+pub mod path;
 pub mod progress;
 pub mod rate;
 mod stream;
@@ -143,6 +144,7 @@ impl Client {
         let ipv6 = opts.target.server.starts_with('[');
         let mut endpoint = Endpoint::new(ipv6)?;
         endpoint.set_connect_timeout(opts.connect_timeout);
+        endpoint.set_paths(Arc::new(path::PathMemory::open(&opts.state_dir)));
         Ok(endpoint)
     }
 

@@ -8,22 +8,36 @@ use ferry_proto::Congestion;
 use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{TransportConfig, VarInt};
 
-/// quinn's implementation of `congestion`.
-pub fn controller(congestion: Congestion) -> Arc<dyn ControllerFactory + Send + Sync> {
+/// quinn's implementation of `congestion`; the delay controller starts at `start` bytes when
+/// an earlier connection learned the path (`crate::path`).
+pub fn controller(
+    congestion: Congestion,
+    start: Option<u64>,
+) -> Arc<dyn ControllerFactory + Send + Sync> {
     match congestion {
         Congestion::Cubic => Arc::new(CubicConfig::default()),
         Congestion::Bbr => Arc::new(BbrConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
-        Congestion::Delay => Arc::new(crate::congestion::DelayConfig::default()),
+        Congestion::Delay => {
+            let mut config = crate::congestion::DelayConfig::default();
+            if let Some(start) = start {
+                config.initial_window = start.clamp(config.initial_window, config.max_window);
+            }
+            Arc::new(config)
+        }
     }
 }
 
 /// Wanted size of the UDP send and receive buffers.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-pub fn client(idle_timeout: Duration, congestion: Congestion) -> TransportConfig {
+pub fn client(
+    idle_timeout: Duration,
+    congestion: Congestion,
+    start: Option<u64>,
+) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.congestion_controller_factory(controller(congestion));
+    t.congestion_controller_factory(controller(congestion, start));
     // The client receives only control frames. Its send window bounds the payload bytes quinn
     // buffers until the server acknowledges them, so it is the client's memory; 16 MiB covers
     // the bandwidth-delay product of ~300 MiB/s at 50 ms RTT.

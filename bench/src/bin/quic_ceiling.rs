@@ -54,7 +54,7 @@ enum Command {
 fn transport(congestion: Congestion) -> TransportConfig {
     // The same windows as Ferry's server and client.
     let mut t = TransportConfig::default();
-    t.congestion_controller_factory(ferry_client::transport_controller(congestion));
+    t.congestion_controller_factory(ferry_client::transport_controller(congestion, None));
     t.max_concurrent_uni_streams(VarInt::from_u32(32));
     t.stream_receive_window(VarInt::from_u32(8 << 20));
     t.receive_window(VarInt::from_u32(32 << 20));

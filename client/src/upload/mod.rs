@@ -308,6 +308,7 @@ impl Client {
                     progress: &progress,
                     tracker: &self.shared.tracker,
                     stall: STALL_TIMEOUT.min(self.opts.reconnect_for),
+                    paths: self.endpoint.paths(),
                 };
                 pump(conn, a, &io, &mut last_progress).await?;
                 Ok::<_, ClientError>(())

@@ -30,6 +30,8 @@ pub(super) struct Io<'a> {
     pub(super) tracker: &'a crate::progress::Tracker,
     /// No ack for this long while chunks are outstanding ends the pump with an error.
     pub(super) stall: Duration,
+    /// What connections learn about their path, for the next one (`crate::path`).
+    pub(super) paths: Option<&'a Arc<crate::path::PathMemory>>,
 }
 
 /// Sends chunks until every one is acknowledged.
@@ -48,6 +50,7 @@ pub(super) async fn pump(
         progress,
         tracker,
         stall,
+        paths,
     } = *io;
     // This upload's streams that hold a place in the window (the others wait for one).
     let sending = Arc::new(AtomicUsize::new(0));
@@ -58,7 +61,18 @@ pub(super) async fn pump(
     let mut last_ack = Instant::now();
     // The latest rejection, to say why acks stopped if they do (a full disk, say).
     let mut last_reject: Option<(ErrorCode, String)> = None;
-    let mut widening = Widening::new(&quic, active.sender.window());
+    let learned = paths
+        .and_then(|p| p.get(quic.remote_address()))
+        .filter(|l| l.same_path(quic.rtt()));
+    let mut widening = Widening::new(&quic, active.sender.window(), learned);
+    if learned.is_some() {
+        // Started at speed: the chunk window follows the learned send window at once.
+        let chunks = widening.tune(&quic, max_parallel);
+        active.sender.widen(chunks);
+        if let Some(window) = window {
+            window.grow_to(chunks);
+        }
+    }
     // Since when the server has refused chunks because its disk is full, with no ack since.
     let mut full_since: Option<(Instant, String)> = None;
     let mut tune = tokio::time::interval(TUNE_EVERY);
@@ -80,6 +94,9 @@ pub(super) async fn pump(
             tasks.spawn(async move { (job.index, job.send().await) });
         }
         if active.sender.is_complete() {
+            if let Some(paths) = paths {
+                widening.teach(&quic, paths);
+            }
             return Ok(());
         }
         let retry = active.sender.poll_timeout();
@@ -192,14 +209,34 @@ struct Widening {
 const PATH_ROUNDS: u64 = 6;
 
 impl Widening {
-    fn new(quic: &quinn::Connection, parallel: usize) -> Self {
-        quic.set_send_window(SEND_WINDOW);
+    /// Starts at [`SEND_WINDOW`], or at the send window an earlier connection over the same
+    /// path ended with (`learned`).
+    fn new(
+        quic: &quinn::Connection,
+        parallel: usize,
+        learned: Option<crate::path::Learned>,
+    ) -> Self {
+        let send_window = learned
+            .map_or(SEND_WINDOW, |l| l.send_window)
+            .clamp(SEND_WINDOW, MAX_SEND_WINDOW);
+        quic.set_send_window(send_window);
         Self {
-            send_window: SEND_WINDOW,
+            send_window,
             last: (quic.stats().udp_tx.bytes, Instant::now()),
-            min_rtt: quic.rtt(),
+            min_rtt: learned.map_or(quic.rtt(), |l| l.min_rtt().min(quic.rtt())),
             parallel,
         }
+    }
+
+    /// Records what this connection learned about its path for the next one.
+    fn teach(&self, quic: &quinn::Connection, paths: &crate::path::PathMemory) {
+        let min_rtt = self.min_rtt.min(quic.rtt());
+        paths.record(
+            quic.remote_address(),
+            min_rtt,
+            quic.stats().path.cwnd,
+            self.send_window,
+        );
     }
 
     /// The chunk window the path calls for now.
