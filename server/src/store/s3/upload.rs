@@ -78,7 +78,8 @@ impl S3 {
             multipart,
         });
         if let Err(e) = self.put_manifest(id, &record).await {
-            self.abort(id, &record).await.ok();
+            // The caller gives back what it counted (`Backend::create`): only the objects go.
+            self.abort_objects(id, &record).await.ok();
             return Err(e);
         }
         Ok(record)
@@ -345,12 +346,20 @@ impl S3 {
     /// Aborts the multipart upload and deletes the markers, the reservation and the manifest;
     /// the owner's usage gives back what the upload reserved.
     pub async fn abort(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
+        // The objects first: an abort that fails half way and is run again gives back once.
+        self.abort_objects(id, record).await?;
         if record.state != RecordState::Complete {
             self.release(&record.owner, id, None).await?;
             if let Some(link) = &record.link {
                 self.give_back_link(link, record.size).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The objects of an unfinished upload: its multipart upload, markers, name reservation
+    /// and manifest.
+    async fn abort_objects(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
         if let Some(remote) = &record.remote {
             match self
                 .client
