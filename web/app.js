@@ -15,8 +15,8 @@
 import { Session, FerryError, sha256Hex, contentHash, RETRY, EXPLAIN } from "./ferry.js";
 import { Tus, PATCH_SIZE } from "./tus.js";
 
-const CHUNK_SIZE = 4 << 20;
-/** Chunks sent and not yet acknowledged, at most (memory: this many chunk buffers). */
+const CHUNK_SIZE = 8 << 20;
+/** Chunks sent and not yet acknowledged, at most (memory: this many chunk buffers, 48 MiB). */
 const IN_FLIGHT = 6;
 /** Reconnections after a lost connection before the page gives up. */
 const RECONNECTS = 8;
