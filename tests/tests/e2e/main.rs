@@ -5,6 +5,7 @@ mod admin;
 mod battery;
 mod browser;
 mod cluster;
+mod cluster_shared;
 mod crash;
 mod first_contact;
 mod growing;

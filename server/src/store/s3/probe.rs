@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use ferry_proto::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -158,25 +158,12 @@ impl S3 {
             ));
         }
         // Completion with If-None-Match: * onto the existing key must be refused.
-        let part = CompletedPart::builder()
-            .part_number(1)
-            .e_tag(&etag)
-            .checksum_sha256(b64(&right))
-            .build();
-        let done = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&remote.key)
-            .upload_id(&remote.multipart)
-            .if_none_match("*")
-            .multipart_upload(CompletedMultipartUpload::builder().parts(part).build())
-            .send()
-            .await;
-        match done {
-            Err(e) if code(&e) == Some("PreconditionFailed") || status(&e) == Some(412) => Ok(()),
-            Err(e) => Err(failed(e, format!("failed to complete {}", remote.key))),
-            Ok(_) => Err(unfit(
+        match self
+            .complete_if_absent(remote, &[(0, &etag, &right)])
+            .await?
+        {
+            false => Ok(()),
+            true => Err(unfit(
                 "conditional completion (CompleteMultipartUpload with If-None-Match: *)",
                 "a completion onto an existing key replaced it",
             )),

@@ -280,12 +280,31 @@ impl S3 {
         intent.content_hash = Some(claimed.to_hex());
         intent.final_name = Some(remote.name.clone());
         self.put_manifest(id, &intent).await?;
-        let completed = chosen
+        let parts: Vec<(u64, &str, &Digest)> = chosen
+            .iter()
+            .map(|(index, etag, digest)| (*index, etag.as_str(), digest))
+            .collect();
+        if !self.complete_if_absent(&remote, &parts).await? {
+            self.put_manifest(id, record).await?;
+            return Err(PublishError::Taken(remote.key));
+        }
+        Ok(self.published(id, &intent, &markers).await?)
+    }
+
+    /// Completes the multipart upload with `parts` (chunk index, ETag, SHA-256 each, the
+    /// store checking each SHA-256 again) and `If-None-Match: *`, so an object already at its
+    /// key is never replaced: `false` then (412).
+    pub(super) async fn complete_if_absent(
+        &self,
+        remote: &Remote,
+        parts: &[(u64, &str, &Digest)],
+    ) -> Result<bool> {
+        let completed = parts
             .iter()
             .map(|(index, etag, digest)| {
                 CompletedPart::builder()
                     .part_number(*index as i32 + 1)
-                    .e_tag(etag)
+                    .e_tag(*etag)
                     .checksum_sha256(b64(digest))
                     .build()
             })
@@ -305,14 +324,12 @@ impl S3 {
             .send()
             .await;
         match done {
-            Ok(_) => {}
+            Ok(_) => Ok(true),
             Err(e) if code(&e) == Some("PreconditionFailed") || status(&e) == Some(412) => {
-                self.put_manifest(id, record).await?;
-                return Err(PublishError::Taken(remote.key));
+                Ok(false)
             }
-            Err(e) => return Err(failed(e, format!("failed to complete {}", remote.key)).into()),
+            Err(e) => Err(failed(e, format!("failed to complete {}", remote.key))),
         }
-        Ok(self.published(id, &intent, &markers).await?)
     }
 
     /// After the object is complete: the manifest says so; markers and reservation go.
