@@ -19,6 +19,11 @@
 //!   the spool. A client that dies cannot re-read the pipe: the next run with the same name sends
 //!   what the spool kept, says how much of the stream the server holds and that the rest is lost,
 //!   and exits with [`EXIT_STREAM_LOST`].
+//!
+//! Here: the upload from start to end and its end game (the length declared, changed chunks
+//! sent again, `finish`); `begin.rs` how it is created or found again, `send.rs` the sending
+//! loop, `feed.rs` the sources and the spool, `rescue.rs` a stream whose client died,
+//! `read.rs` reading an upload back, `record.rs` the resume record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -32,10 +37,12 @@ use tokio::task::JoinSet;
 
 use crate::{Client, ClientError, Report};
 
+mod begin;
 mod feed;
 mod read;
 mod record;
 mod rescue;
+mod send;
 
 use feed::{changed_chunks, Feed, Spool};
 pub use read::ReadBack;
@@ -235,97 +242,6 @@ impl Client {
         }))
     }
 
-    /// `create` of unknown length.
-    async fn create_growing(&mut self, job: &Growing) -> Result<State, ClientError> {
-        let (name, dir, desc) = (job.name.clone(), job.dir.clone(), job.desc.clone());
-        let (chunk_size, on_exists) = (self.opts.chunk_size, self.opts.on_exists);
-        let create = |req| Frame::Create {
-            req,
-            file_name: name,
-            size: 0,
-            chunk_size,
-            desc,
-            dir,
-            on_exists,
-            deferred: true,
-        };
-        let conn = self.connection().await?;
-        let info = match conn.request(create).await? {
-            Frame::Created { upload, .. } => upload,
-            other => return Err(unexpected("created", &other)),
-        };
-        let mut state = State::new(&info, false);
-        state.attached_on = Some(conn.quic().stable_id());
-        Ok(state)
-    }
-
-    /// The upload of an earlier run, if the server still has it unfinished.
-    async fn reopen(&mut self, record: &Record) -> Result<Option<State>, ClientError> {
-        let conn = self.connection().await?;
-        let attached_on = conn.quic().stable_id();
-        let info = match conn.resume(&record.upload_id).await {
-            Ok(info) => info,
-            Err(ClientError::Server {
-                code: ErrorCode::NotFound | ErrorCode::Expired,
-                ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if !info.deferred {
-            // Published already, or its length declared by a run that died just before
-            // finishing: this run starts afresh (the other expires unless resumed otherwise).
-            return Ok(None);
-        }
-        let mut state = State::new(&info, true);
-        state.attached_on = Some(attached_on);
-        // What the server holds, with its digests: the content hash needs them, and a followed
-        // file is checked against them.
-        let mut from = 0;
-        for _ in 0..1_000_000 {
-            let upload_id = state.id.clone();
-            let page = self
-                .connection()
-                .await?
-                .request(|req| Frame::Digests {
-                    req,
-                    upload_id,
-                    from,
-                })
-                .await?;
-            let Frame::DigestPage { chunks, next, .. } = page else {
-                return Err(unexpected("digest_page", &page));
-            };
-            let mut digests = state.digests.lock().unwrap_or_else(|p| p.into_inner());
-            for (index, hex) in chunks {
-                let digest =
-                    Digest::parse(&hex).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                digests.insert(index, digest);
-            }
-            match next {
-                Some(next) if next > from => from = next,
-                _ => break,
-            }
-        }
-        state.skipped = state.acked.len() * state.cs;
-        Ok(Some(state))
-    }
-
-    /// A resumed followed file: the chunks the server holds are compared with the file's, and
-    /// those that differ (rewritten since) are forgotten there to be sent again.
-    async fn check_held(&mut self, state: &mut State, feed: &Feed) -> Result<(), ClientError> {
-        let Feed::File { file, path, .. } = feed else {
-            return Ok(());
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| ClientError::local(format!("cannot read {}", path.display()), e))?
-            .len();
-        let whole = len / state.cs;
-        let held: Vec<u64> = state.acked.iter().collect();
-        let changed = changed_chunks(file, state, &held, whole).await?;
-        self.rewrite(state, changed).await
-    }
-
     /// Tells the server to forget `chunks` and queues them to be sent again (those the source
     /// still holds whole; a chunk past the end is sent as the tail).
     async fn rewrite(&mut self, state: &mut State, chunks: Vec<u64>) -> Result<(), ClientError> {
@@ -361,251 +277,6 @@ impl Client {
             ));
         }
         Ok(())
-    }
-
-    /// Sends until the source ends and the upload is published; reconnects and resumes on a
-    /// lost connection for up to `--reconnect-for` without progress. Returns the published
-    /// name, size and content hash.
-    async fn drive(
-        &mut self,
-        state: &mut State,
-        feed: &mut Feed,
-    ) -> Result<(String, u64, String), ClientError> {
-        let mut progress_at = Instant::now();
-        let mut wait = Duration::from_millis(250);
-        // Set once a connection was lost: every later round starts by resuming the upload on a
-        // new connection (chunks are sent only on a connection that has it attached).
-        let mut lost = false;
-        loop {
-            if lost {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                self.conn = None;
-                let info = match self.connection().await {
-                    Ok(conn) => {
-                        state.attached_on = Some(conn.quic().stable_id());
-                        conn.resume(&state.id).await
-                    }
-                    Err(e) => Err(e),
-                };
-                match info {
-                    Ok(info) => {
-                        state.reconnects += 1;
-                        state.rebuild(&info, feed);
-                    }
-                    Err(e)
-                        if e.is_retryable() && progress_at.elapsed() < self.opts.reconnect_for =>
-                    {
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let acked_before = state.acked.len();
-            let result = self.drive_once(state, feed).await;
-            if state.acked.len() > acked_before {
-                progress_at = Instant::now();
-                wait = Duration::from_millis(250);
-            }
-            match result {
-                Ok(done) => return Ok(done),
-                Err(e) if e.is_retryable() && progress_at.elapsed() < self.opts.reconnect_for => {
-                    self.shared
-                        .tracker
-                        .event(&format!("ferry: {e}; reconnecting"));
-                    lost = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One connection's worth of `drive`.
-    async fn drive_once(
-        &mut self,
-        state: &mut State,
-        feed: &mut Feed,
-    ) -> Result<(String, u64, String), ClientError> {
-        let window = self.opts.parallel.max(1);
-        let limiter = self.limiter.clone();
-        let mut streams: JoinSet<(u64, Result<(), ClientError>)> = JoinSet::new();
-        let mut tick = tokio::time::interval(LOOK_EVERY);
-        let mut last_ack = Instant::now();
-        // After a rejection, sending waits a moment (a chunk still arriving, a store recovering).
-        let mut pause_until = Instant::now();
-        loop {
-            feed.look(state).await?;
-            // The source ended and everything of it is acknowledged: the end game.
-            if state.end.is_some()
-                && state.unacked.is_empty()
-                && state.todo.is_empty()
-                && streams.is_empty()
-            {
-                if let Some(done) = self.end_game(state, feed).await? {
-                    return Ok(done);
-                }
-                continue;
-            }
-            // Chunks go only on the connection the upload was created or resumed on: one made
-            // since (a request's silent reconnect) has not attached it.
-            let conn = match self.conn.as_mut() {
-                Some(conn)
-                    if conn.quic().close_reason().is_none()
-                        && Some(conn.quic().stable_id()) == state.attached_on =>
-                {
-                    conn
-                }
-                Some(conn) if conn.quic().close_reason().is_some() => return Err(conn.lost()),
-                _ => {
-                    return Err(ClientError::Connection(
-                        "the upload is not attached to this connection".into(),
-                    ))
-                }
-            };
-            while state.unacked.len() < window && Instant::now() >= pause_until {
-                let Some(index) = state.todo.pop_first() else {
-                    break;
-                };
-                let data = match feed
-                    .chunk(index, index * state.cs, state.len_of(index))
-                    .await
-                {
-                    Ok(data) => data,
-                    Err(e) => {
-                        state.todo.insert(index);
-                        return Err(e);
-                    }
-                };
-                state.unacked.insert(index);
-                let (quic, id, digests, sent) = (
-                    conn.quic().clone(),
-                    state.id.clone(),
-                    state.digests.clone(),
-                    state.sent.clone(),
-                );
-                let limiter = limiter.clone();
-                streams.spawn(async move {
-                    let digest = match tokio::task::spawn_blocking({
-                        let data = data.clone();
-                        move || Digest::from(Sha256::new_with_prefix(&data))
-                    })
-                    .await
-                    {
-                        Ok(digest) => digest,
-                        Err(e) => return (index, Err(ClientError::Local(e.to_string()))),
-                    };
-                    // Recorded before the stream ends, so before the server can acknowledge it.
-                    digests
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(index, digest);
-                    let result = crate::stream::send_chunk(
-                        &quic,
-                        &id,
-                        index,
-                        data,
-                        digest,
-                        limiter.as_deref(),
-                        &sent,
-                    )
-                    .await;
-                    (index, result)
-                });
-            }
-            let mut acked_now = Vec::new();
-            let mut read = None;
-            let stdin = feed.wants(window);
-            let reading = stdin.is_some();
-            tokio::select! {
-                next = async { stdin.expect("guarded").recv().await }, if reading => read = Some(next),
-                Some(joined) = streams.join_next() => {
-                    if let Ok((index, Err(e))) = joined {
-                        state.unacked.remove(&index);
-                        if !state.acked.contains(index) {
-                            state.todo.insert(index);
-                        }
-                        if !e.is_retryable() {
-                            return Err(e);
-                        }
-                        if conn.quic().close_reason().is_some() {
-                            return Err(conn.lost());
-                        }
-                    }
-                }
-                event = conn.events.recv() => match event {
-                    Some(Frame::Ack { upload_id, chunks }) if upload_id == state.id => {
-                        for [start, end] in chunks {
-                            for index in start..end.min(start.saturating_add(1 << 20)) {
-                                state.acked.insert(index);
-                                state.unacked.remove(&index);
-                                state.todo.remove(&index);
-                                acked_now.push(index);
-                            }
-                        }
-                        last_ack = Instant::now();
-                    }
-                    Some(Frame::Reject { upload_id, index, code, message }) if upload_id == state.id => {
-                        // What sending again can mend: a chunk that changed while read, one
-                        // still arriving from a lost connection, a store that may recover.
-                        let again = matches!(
-                            code,
-                            ErrorCode::DigestMismatch
-                                | ErrorCode::ShortPayload
-                                | ErrorCode::ChunkInProgress
-                                | ErrorCode::StreamTimeout
-                                | ErrorCode::StorageError
-                                | ErrorCode::StorageFull
-                                | ErrorCode::ShuttingDown
-                                | ErrorCode::Internal
-                        );
-                        if code == ErrorCode::NotAttached {
-                            return Err(ClientError::Connection(message));
-                        }
-                        state.rejects += 1;
-                        if !again || state.rejects > MAX_REJECTS {
-                            return Err(ClientError::Server { code, message });
-                        }
-                        tracing::debug!(index, %code, message, "chunk rejected; sending it again");
-                        state.unacked.remove(&index);
-                        state.todo.insert(index);
-                        pause_until = Instant::now() + RETRY_PAUSE;
-                    }
-                    Some(Frame::Detached { upload_id, code, message }) if upload_id == state.id => {
-                        return Err(if code == ErrorCode::TakenOver {
-                            ClientError::TakenOver(message)
-                        } else {
-                            ClientError::Server { code, message }
-                        });
-                    }
-                    Some(_) => {}
-                    None => return Err(conn.lost()),
-                },
-                _ = tick.tick() => {
-                    if state.reported.elapsed() >= state.progress_every {
-                        state.reported = Instant::now();
-                        let (read, what) = feed.read_so_far();
-                        self.shared.tracker.note(&format!(
-                            "ferry: {what}: {} read, {} safe on the server{}",
-                            ferry_proto::units::human(read),
-                            ferry_proto::units::human((state.acked.len() * state.cs).min(read)),
-                            if state.end.is_none() { ", waiting for more" } else { "" }
-                        ));
-                    }
-                    if !state.unacked.is_empty() && last_ack.elapsed() > STALL {
-                        return Err(ClientError::Connection(format!(
-                            "no acknowledgement for {} s with chunks in flight",
-                            STALL.as_secs()
-                        )));
-                    }
-                }
-            }
-            for index in acked_now {
-                feed.acked(index);
-            }
-            if let Some(next) = read {
-                feed.take(next, state)?;
-            }
-        }
     }
 
     /// The source ended and every chunk sent is acknowledged. A followed file is checked once
@@ -694,53 +365,6 @@ impl Client {
                 ..
             } => Ok(Some((file_name, size, content_hash))),
             other => Err(unexpected("finished", &other)),
-        }
-    }
-}
-
-impl State {
-    fn new(info: &UploadInfo, resumed: bool) -> Self {
-        let acked = ChunkSet::from_wire(&info.durable, info.chunk_count).unwrap_or_default();
-        Self {
-            id: info.upload_id.clone(),
-            cs: info.chunk_size,
-            acked,
-            unacked: BTreeSet::new(),
-            todo: BTreeSet::new(),
-            digests: Default::default(),
-            sent: Default::default(),
-            end: None,
-            declared: false,
-            resumed,
-            reconnects: 0,
-            rejects: 0,
-            attached_on: None,
-            progress_every: Duration::from_secs(10),
-            reported: Instant::now(),
-            skipped: 0,
-        }
-    }
-
-    /// After a reconnect: the server's durable set is the truth; what was in flight is sent
-    /// again.
-    fn rebuild(&mut self, info: &UploadInfo, feed: &Feed) {
-        if let Ok(durable) = ChunkSet::from_wire(&info.durable, info.chunk_count) {
-            self.acked = durable;
-        }
-        let lost: Vec<u64> = std::mem::take(&mut self.unacked).into_iter().collect();
-        for index in lost {
-            if !self.acked.contains(index) {
-                self.todo.insert(index);
-            }
-        }
-        if let Feed::Stdin { held, .. } = feed {
-            for (&index, data) in held {
-                // The short last chunk waits for the length to be declared.
-                let whole = data.len() as u64 == self.cs;
-                if !self.acked.contains(index) && (whole || self.declared) {
-                    self.todo.insert(index);
-                }
-            }
         }
     }
 }
