@@ -12,6 +12,7 @@ mod growing;
 mod growing_wire;
 mod hardening;
 mod hardening3;
+mod hardening3_floods;
 mod hooks;
 mod job_options;
 mod jobs;
