@@ -3,14 +3,15 @@
 
 use ferry_proto::CommitBatch;
 
-use super::{Driver, WireError};
+use super::Driver;
+use crate::store::CommitError;
 
 impl Driver {
     /// The commit of `batch`, to run as its own task.
     pub(super) fn persist(
         &self,
         batch: CommitBatch,
-    ) -> impl std::future::Future<Output = Result<(), WireError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), CommitError>> + Send + 'static {
         self.backend.commit(
             self.id,
             &self.record,

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::metrics::metrics;
-use crate::store::{Backend, UploadId, UploadRecord};
+use crate::store::{Backend, CommitError, UploadId, UploadRecord};
 
 mod commit;
 mod finish;
@@ -190,7 +190,7 @@ enum Step {
 
 impl Driver {
     async fn run(mut self) {
-        let mut commit: Option<JoinHandle<Result<(), WireError>>> = None;
+        let mut commit: Option<JoinHandle<Result<(), CommitError>>> = None;
         loop {
             if commit.is_none() {
                 // Flushing: as if the policy's delay had passed.
@@ -233,12 +233,12 @@ impl Driver {
     /// (finished or aborted through another node): the driver must stop.
     fn committed(
         &mut self,
-        result: Result<Result<(), WireError>, tokio::task::JoinError>,
+        result: Result<Result<(), CommitError>, tokio::task::JoinError>,
     ) -> Option<String> {
         match result {
             Ok(Ok(())) => self.session.handle_persisted(),
-            Ok(Err(e)) if e.code == ErrorCode::TakenOver => return Some(e.message),
-            Ok(Err(e)) => {
+            Ok(Err(CommitError::Gone(why))) => return Some(why),
+            Ok(Err(CommitError::Rejected(e))) => {
                 warn!(code = %e.code, error = %e.message, "commit failed");
                 self.session.handle_persist_failed(e.code, &e.message);
             }
@@ -404,7 +404,7 @@ impl Driver {
     }
 
     /// Commits everything received, then returns: the shutdown path.
-    async fn drain(&mut self, running: Option<JoinHandle<Result<(), WireError>>>) {
+    async fn drain(&mut self, running: Option<JoinHandle<Result<(), CommitError>>>) {
         if let Some(handle) = running {
             let _ = self.committed(handle.await);
         }

@@ -21,6 +21,22 @@ use super::{DigestPage, RecordState, Store, UploadId, UploadRecord};
 use crate::driver::WireError;
 use crate::metrics::metrics;
 
+/// Why a commit did not make its chunks durable.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Its chunks are rejected with this code and message; the client sends them again.
+    Rejected(WireError),
+    /// The upload is no longer in the shared store (finished or aborted through another node):
+    /// its driver stops (`Driver::finished_elsewhere`).
+    Gone(String),
+}
+
+impl From<WireError> for CommitError {
+    fn from(e: WireError) -> Self {
+        Self::Rejected(e)
+    }
+}
+
 /// How long a commit waits for an object store that does not answer before its chunks are
 /// rejected (`storage_error`) and must be sent again.
 pub const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -275,7 +291,7 @@ impl Backend {
         file: Arc<File>,
         layout: ChunkLayout,
         batch: CommitBatch,
-    ) -> impl std::future::Future<Output = Result<(), WireError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), CommitError>> + Send + 'static {
         let remote = self.bucket.clone().zip(record.remote.clone());
         let store = self.store.clone();
         async move {
@@ -283,7 +299,7 @@ impl Backend {
                 Some((bucket, remote)) => {
                     commit_remote(bucket, remote, store, file, id, layout, batch).await
                 }
-                None => commit_local(store, file, id, batch).await,
+                None => Ok(commit_local(store, file, id, batch).await?),
             }
         }
     }
@@ -433,7 +449,7 @@ async fn commit_remote(
     id: UploadId,
     layout: ChunkLayout,
     batch: CommitBatch,
-) -> Result<(), WireError> {
+) -> Result<(), CommitError> {
     let started = Instant::now();
     let mut parts = tokio::task::JoinSet::new();
     for &(index, digest) in &batch.chunks {
@@ -481,15 +497,11 @@ async fn commit_remote(
         }
     }
     if let Some(e) = failure {
-        // The one commit error with `taken_over`: the driver stops (`Driver::committed`).
-        let code = match e.downcast_ref::<s3::Gone>() {
-            Some(_) => ErrorCode::TakenOver,
-            None => ErrorCode::StorageError,
-        };
-        return Err(WireError::new(
-            code,
-            format!("failed to store chunks in the bucket: {e:#}"),
-        ));
+        let message = format!("failed to store chunks in the bucket: {e:#}");
+        return Err(match e.downcast_ref::<s3::Gone>() {
+            Some(_) => CommitError::Gone(message),
+            None => WireError::new(ErrorCode::StorageError, message).into(),
+        });
     }
     // A cache only (listings, the admin view): a loss costs nothing, so no flush.
     if let Err(e) = store.record_chunks(id, &batch.chunks) {

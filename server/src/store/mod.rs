@@ -26,7 +26,7 @@ mod space;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Backend, TooLargeForStore};
+pub use backend::{Backend, CommitError, TooLargeForStore};
 use db::Db;
 pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
 pub use record::{HookJob, RecordState, Tail, Tombstone, UploadId, UploadRecord};
