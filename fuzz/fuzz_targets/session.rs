@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&size, rest)) = data.split_first() else { return };
     let Some((&chunk, ops)) = rest.split_first() else { return };
     let layout = ChunkLayout::new(size as u64, (chunk as u64 % 32) + 1).unwrap();
-    let mut session = UploadSession::new(layout, ChunkSet::new(), CommitPolicy::default());
+    let policy = CommitPolicy { max_in_flight: (chunk as usize % 3) + 1, ..CommitPolicy::default() };
+    let mut session = UploadSession::new(layout, ChunkSet::new(), policy);
+    let mut running: Vec<u64> = Vec::new();
     let mut now = Instant::now();
     let mut acked = ChunkSet::new();
     for op in ops.chunks(3) {
@@ -32,10 +34,19 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 now += Duration::from_millis(a);
-                let _ = session.poll_commit(now);
+                if let Some(batch) = session.poll_commit(now) {
+                    running.push(batch.id);
+                }
             }
-            4 => session.handle_persisted(),
-            5 => session.handle_persist_failed(ErrorCode::StorageFull, "full"),
+            4 if !running.is_empty() => {
+                let id = running.remove(a as usize % running.len());
+                session.handle_persisted(id);
+            }
+            5 if !running.is_empty() => {
+                let id = running.remove(a as usize % running.len());
+                session.handle_persist_failed(id, ErrorCode::StorageFull, "full");
+            }
+            4 | 5 => {}
             6 => {
                 let _ = session.handle_finish();
             }

@@ -41,8 +41,8 @@ enum Input {
     Payload { index: u64, actual: u8, claimed: u8 },
     Abandoned { index: u64 },
     Tick { ms: u64 },
-    Persisted,
-    PersistFailed,
+    Persisted { which: usize },
+    PersistFailed { which: usize },
     Finish,
     Finalized { ok: bool },
     Forget { index: u64 },
@@ -59,8 +59,8 @@ fn input() -> impl Strategy<Value = Input> {
         }),
         (0u64..12).prop_map(|index| Input::Abandoned { index }),
         (0u64..20).prop_map(|ms| Input::Tick { ms }),
-        Just(Input::Persisted),
-        Just(Input::PersistFailed),
+        (0usize..4).prop_map(|which| Input::Persisted { which }),
+        (0usize..4).prop_map(|which| Input::PersistFailed { which }),
         Just(Input::Finish),
         any::<bool>().prop_map(|ok| Input::Finalized { ok }),
         (0u64..12).prop_map(|index| Input::Forget { index }),
@@ -74,10 +74,14 @@ proptest! {
     fn session_never_panics_and_keeps_its_invariants(
         size in 0u64..100,
         chunk in 1u64..30,
+        max_in_flight in 0usize..4,
         inputs in prop::collection::vec(input(), 0..200),
     ) {
         let layout = ChunkLayout::new(size, chunk).unwrap();
-        let mut session = UploadSession::new(layout, ChunkSet::new(), CommitPolicy::default());
+        let policy = CommitPolicy { max_in_flight, ..CommitPolicy::default() };
+        let mut session = UploadSession::new(layout, ChunkSet::new(), policy);
+        // The batches committing, by id, as the I/O layer would hold them.
+        let mut running: Vec<u64> = Vec::new();
         let mut now = Instant::now();
         let mut acked = ChunkSet::new();
         let digest = |d: u8| Digest::from_bytes([d; 32]);
@@ -98,10 +102,20 @@ proptest! {
                 }
                 Input::Tick { ms } => {
                     now += Duration::from_millis(ms);
-                    let _ = session.poll_commit(now);
+                    if let Some(batch) = session.poll_commit(now) {
+                        prop_assert!(!running.contains(&batch.id), "batch id {} reused", batch.id);
+                        running.push(batch.id);
+                    }
+                    prop_assert!(running.len() <= max_in_flight.max(1), "more batches than allowed");
                 }
-                Input::Persisted => session.handle_persisted(),
-                Input::PersistFailed => session.handle_persist_failed(ErrorCode::StorageFull, "full"),
+                Input::Persisted { which } if !running.is_empty() => {
+                    session.handle_persisted(running.remove(which % running.len()));
+                }
+                Input::PersistFailed { which } if !running.is_empty() => {
+                    let id = running.remove(which % running.len());
+                    session.handle_persist_failed(id, ErrorCode::StorageFull, "full");
+                }
+                Input::Persisted { .. } | Input::PersistFailed { .. } => {}
                 Input::Finish => { let _ = session.handle_finish(); }
                 Input::Finalized { ok } => session.handle_finalized(ok),
                 Input::Forget { index } => {

@@ -2,7 +2,7 @@
 //! payload is read, tracks what is being received, received and durable, batches received
 //! chunks into group commits and emits acks only for chunks the I/O layer reported persisted.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::{ChunkIndex, ChunkLayout, ChunkSet, Digest, ErrorCode, Span};
@@ -92,10 +92,12 @@ pub enum Output {
 }
 
 /// Received chunks to make durable together: sync the data file, record each chunk with its
-/// digest, flush the record, then call [`UploadSession::handle_persisted`].
+/// digest, flush the record, then call [`UploadSession::handle_persisted`] with its `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct CommitBatch {
+    /// Names the batch when its outcome is reported; unique within the session.
+    pub id: u64,
     pub chunks: Vec<(ChunkIndex, Digest)>,
 }
 
@@ -106,6 +108,10 @@ pub struct CommitPolicy {
     pub max_bytes: u64,
     /// Or when the oldest waiting chunk has waited this long.
     pub max_delay: Duration,
+    /// How many batches may be committing at once (at least 1). One for a store where a commit
+    /// is a sync of one file (a second would only queue behind it); more where each commit
+    /// waits on round trips to a distant store, so they overlap.
+    pub max_in_flight: usize,
 }
 
 impl Default for CommitPolicy {
@@ -113,6 +119,7 @@ impl Default for CommitPolicy {
         Self {
             max_bytes: 32 << 20,
             max_delay: Duration::from_millis(5),
+            max_in_flight: 1,
         }
     }
 }
@@ -146,8 +153,11 @@ pub struct UploadSession {
     /// Verified chunks waiting for the next commit, and when the first of them arrived.
     waiting: Vec<(ChunkIndex, Digest)>,
     waiting_since: Option<Instant>,
-    /// The batch handed to the I/O layer and not yet reported back. At most one at a time.
-    committing: Option<Vec<(ChunkIndex, Digest)>>,
+    /// The batches handed to the I/O layer and not yet reported back, by id: at most
+    /// `policy.max_in_flight`.
+    committing: BTreeMap<u64, Vec<(ChunkIndex, Digest)>>,
+    /// The id of the next batch.
+    next_batch: u64,
     /// Chunks recorded durable. Only grows, except through `forget` after a failed
     /// re-verification.
     durable: ChunkSet,
@@ -165,7 +175,8 @@ impl UploadSession {
             receiving: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
-            committing: None,
+            committing: BTreeMap::new(),
+            next_batch: 0,
             durable,
             outputs: VecDeque::new(),
         }
@@ -182,7 +193,11 @@ impl UploadSession {
     /// Chunks whose payload arrived and verified: durable, committing or waiting.
     pub fn received(&self) -> ChunkSet {
         let mut set = self.durable.clone();
-        for (i, _) in self.waiting.iter().chain(self.committing.iter().flatten()) {
+        for (i, _) in self
+            .waiting
+            .iter()
+            .chain(self.committing.values().flatten())
+        {
             set.insert(i.get());
         }
         set
@@ -190,7 +205,7 @@ impl UploadSession {
 
     /// True when no chunk is arriving, waiting for its commit or being committed.
     pub fn is_idle(&self) -> bool {
-        self.receiving.is_empty() && self.waiting.is_empty() && self.committing.is_none()
+        self.receiving.is_empty() && self.waiting.is_empty() && self.committing.is_empty()
     }
 
     /// True when every chunk is durable.
@@ -272,9 +287,9 @@ impl UploadSession {
         self.receiving.remove(&index.get());
     }
 
-    /// The next group commit, if one is due and none is running.
+    /// The next group commit, if one is due and fewer than `max_in_flight` are running.
     pub fn poll_commit(&mut self, now: Instant) -> Option<CommitBatch> {
-        if self.committing.is_some() || self.waiting.is_empty() {
+        if self.is_committing_all_it_may() || self.waiting.is_empty() {
             return None;
         }
         let bytes: u64 = self
@@ -286,27 +301,32 @@ impl UploadSession {
             .waiting_since
             .is_some_and(|t| now >= t + self.policy.max_delay);
         // Finishing the last chunks should not wait for the timer.
-        let last = self.durable.len() + self.waiting.len() as u64 == self.layout.count();
+        let committing: usize = self.committing.values().map(Vec::len).sum();
+        let last =
+            self.durable.len() + (self.waiting.len() + committing) as u64 == self.layout.count();
         if bytes < self.policy.max_bytes && !due && !last {
             return None;
         }
         let chunks = std::mem::take(&mut self.waiting);
         self.waiting_since = None;
-        self.committing = Some(chunks.clone());
-        Some(CommitBatch { chunks })
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.committing.insert(id, chunks.clone());
+        Some(CommitBatch { id, chunks })
     }
 
     /// When `poll_commit` should be called again, if anything waits.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.committing.is_some() {
+        if self.is_committing_all_it_may() {
             return None;
         }
         self.waiting_since.map(|t| t + self.policy.max_delay)
     }
 
-    /// The running commit reached the disk and the record store: its chunks are durable.
-    pub fn handle_persisted(&mut self) {
-        let Some(batch) = self.committing.take() else {
+    /// Commit `batch` reached the disk and the record store: its chunks are durable. An id not
+    /// committing is ignored.
+    pub fn handle_persisted(&mut self, batch: u64) {
+        let Some(batch) = self.committing.remove(&batch) else {
             return;
         };
         let mut acked = ChunkSet::new();
@@ -317,9 +337,10 @@ impl UploadSession {
         self.outputs.push_back(Output::Ack(acked));
     }
 
-    /// The running commit failed: its chunks are not durable and must be sent again.
-    pub fn handle_persist_failed(&mut self, code: ErrorCode, message: &str) {
-        let Some(batch) = self.committing.take() else {
+    /// Commit `batch` failed: its chunks are not durable and must be sent again. An id not
+    /// committing is ignored.
+    pub fn handle_persist_failed(&mut self, batch: u64, code: ErrorCode, message: &str) {
+        let Some(batch) = self.committing.remove(&batch) else {
             return;
         };
         for (index, _) in batch {
@@ -385,8 +406,12 @@ impl UploadSession {
     fn is_waiting_or_committing(&self, index: ChunkIndex) -> bool {
         self.waiting
             .iter()
-            .chain(self.committing.iter().flatten())
+            .chain(self.committing.values().flatten())
             .any(|(i, _)| *i == index)
+    }
+
+    fn is_committing_all_it_may(&self) -> bool {
+        self.committing.len() >= self.policy.max_in_flight.max(1)
     }
 }
 
@@ -454,7 +479,13 @@ mod tests {
         let batch = s.poll_commit(later).unwrap();
         assert_eq!(batch.chunks, vec![(index, Digest::of(&data))]);
         assert_eq!(s.poll_output(), None, "no ack while the commit runs");
-        s.handle_persisted();
+        s.handle_persisted(batch.id + 1);
+        assert_eq!(
+            s.poll_output(),
+            None,
+            "another batch's outcome acks nothing"
+        );
+        s.handle_persisted(batch.id);
         assert_eq!(
             s.poll_output(),
             Some(Output::Ack([0].into_iter().collect()))
@@ -484,8 +515,8 @@ mod tests {
         };
         s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
         // The last chunk commits at once.
-        assert!(s.poll_commit(now).is_some());
-        s.handle_persisted();
+        let batch = s.poll_commit(now).unwrap();
+        s.handle_persisted(batch.id);
         assert!(s.is_complete());
         s.handle_finish().unwrap();
         assert_eq!(
@@ -545,8 +576,9 @@ mod tests {
             indices.push(index);
         }
         let later = s.poll_timeout().unwrap();
-        assert_eq!(s.poll_commit(later).unwrap().chunks.len(), 2);
-        s.handle_persisted();
+        let batch = s.poll_commit(later).unwrap();
+        assert_eq!(batch.chunks.len(), 2);
+        s.handle_persisted(batch.id);
         assert!(s.durable().contains(0) && s.durable().contains(1));
         // Chunk 2 arrives; while it does, it cannot be rewritten.
         let Accept::Receive {
@@ -580,6 +612,57 @@ mod tests {
     }
 
     #[test]
+    fn batches_in_flight_are_bounded_and_acked_in_any_order() {
+        let now = Instant::now();
+        let policy = CommitPolicy {
+            max_in_flight: 2,
+            ..CommitPolicy::default()
+        };
+        let mut s =
+            UploadSession::new(ChunkLayout::new(4 * 4, 4).unwrap(), ChunkSet::new(), policy);
+        let later = now + Duration::from_secs(1);
+        let mut batches = Vec::new();
+        for i in 0..3 {
+            let data = [i as u8; 4];
+            let Accept::Receive { index, .. } = s.handle_header(&header(i, &data)).unwrap() else {
+                panic!()
+            };
+            s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+            batches.push(s.poll_commit(later));
+        }
+        let (first, second) = (batches[0].clone().unwrap(), batches[1].clone().unwrap());
+        assert_ne!(first.id, second.id);
+        assert_eq!(
+            batches[2], None,
+            "a third batch waits while two are committing"
+        );
+        assert_eq!(
+            s.poll_timeout(),
+            None,
+            "nothing to wake for while the bound is reached"
+        );
+        s.handle_persisted(second.id);
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Ack([1].into_iter().collect()))
+        );
+        let third = s.poll_commit(later).expect("room for the waiting chunk");
+        assert_eq!(third.chunks.len(), 1);
+        s.handle_persist_failed(first.id, ErrorCode::StorageError, "store down");
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Reject { index: 0, .. })
+        ));
+        s.handle_persisted(third.id);
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Ack([2].into_iter().collect()))
+        );
+        assert_eq!(s.durable().iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
     fn failed_commit_rejects_its_chunks() {
         let now = Instant::now();
         let mut s = session(4, 4);
@@ -587,8 +670,8 @@ mod tests {
             panic!()
         };
         s.handle_payload(index, Digest::of(&[2; 4]), Digest::of(&[2; 4]), now);
-        let _batch = s.poll_commit(now).unwrap();
-        s.handle_persist_failed(ErrorCode::StorageFull, "disk full");
+        let batch = s.poll_commit(now).unwrap();
+        s.handle_persist_failed(batch.id, ErrorCode::StorageFull, "disk full");
         assert!(matches!(
             s.poll_output(),
             Some(Output::Reject {

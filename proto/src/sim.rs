@@ -163,7 +163,7 @@ impl Pair {
                 );
                 self.store.insert(index.get());
             }
-            self.session.handle_persisted();
+            self.session.handle_persisted(batch.id);
         }
         while let Some(out) = self.session.poll_output() {
             self.acks.push(out);

@@ -12,13 +12,13 @@ use ferry_proto::{
     Span, UploadInfo, UploadSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::metrics::metrics;
 use crate::store::{Backend, CommitError, UploadId, UploadRecord};
 
 mod commit;
+use commit::Commits;
 mod finish;
 mod registry;
 
@@ -179,7 +179,8 @@ struct Driver {
     /// re-send from the new connection never races an old stream writing the same span.
     takeovers: watch::Sender<u64>,
     rx: mpsc::UnboundedReceiver<Msg>,
-    /// Set by `Flush`: the next commit starts as soon as none runs.
+    /// Set by `Flush`: the next commit starts as soon as one may (fewer than the policy's
+    /// `max_in_flight` are running).
     flush: bool,
 }
 
@@ -190,18 +191,18 @@ enum Step {
 
 impl Driver {
     async fn run(mut self) {
-        let mut commit: Option<JoinHandle<Result<(), CommitError>>> = None;
+        // The commits running (at most the policy's `max_in_flight`), each naming its batch.
+        let mut commits = Commits::new();
         loop {
-            if commit.is_none() {
-                // Flushing: as if the policy's delay had passed.
-                let now = match self.flush {
-                    true => Instant::now() + Duration::from_secs(3600),
-                    false => Instant::now(),
-                };
-                if let Some(batch) = self.session.poll_commit(now) {
-                    self.flush = false;
-                    commit = Some(tokio::spawn(self.persist(batch)));
-                }
+            // Flushing: as if the policy's delay had passed.
+            let now = match self.flush {
+                true => Instant::now() + Duration::from_secs(3600),
+                false => Instant::now(),
+            };
+            // Bounded by `max_in_flight`: the session hands out no batch beyond it.
+            while let Some(batch) = self.session.poll_commit(now) {
+                self.flush = false;
+                commits.spawn(batch.id, self.persist(batch));
             }
             self.forward_outputs();
             let deadline = self.session.poll_timeout();
@@ -209,16 +210,16 @@ impl Driver {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     if let Msg::Shutdown = msg {
-                        self.drain(commit.take()).await;
+                        self.drain(commits).await;
                         break;
                     }
                     if let Step::Stop = self.handle(msg).await {
                         break;
                     }
                 }
-                result = async { commit.as_mut().expect("guarded by the select condition").await }, if commit.is_some() => {
-                    commit = None;
-                    if let Some(why) = self.committed(result) {
+                Some(done) = commits.join_next() => {
+                    if let Some(why) = self.committed(done) {
+                        // The other commits running stop with `commits`.
                         self.finished_elsewhere(&why).await;
                         break;
                     }
@@ -231,20 +232,15 @@ impl Driver {
 
     /// Takes a commit's outcome. `Some(why)` when the upload is gone from the shared store
     /// (finished or aborted through another node): the driver must stop.
-    fn committed(
-        &mut self,
-        result: Result<Result<(), CommitError>, tokio::task::JoinError>,
-    ) -> Option<String> {
+    fn committed(&mut self, (batch, result): (u64, Result<(), CommitError>)) -> Option<String> {
         match result {
-            Ok(Ok(())) => self.session.handle_persisted(),
-            Ok(Err(CommitError::Gone(why))) => return Some(why),
-            Ok(Err(CommitError::Rejected(e))) => {
+            Ok(()) => self.session.handle_persisted(batch),
+            Err(CommitError::Gone(why)) => return Some(why),
+            Err(CommitError::Rejected(e)) => {
                 warn!(code = %e.code, error = %e.message, "commit failed");
-                self.session.handle_persist_failed(e.code, &e.message);
+                self.session
+                    .handle_persist_failed(batch, e.code, &e.message);
             }
-            Err(e) => self
-                .session
-                .handle_persist_failed(ErrorCode::Internal, &e.to_string()),
         }
         None
     }
@@ -404,15 +400,16 @@ impl Driver {
     }
 
     /// Commits everything received, then returns: the shutdown path.
-    async fn drain(&mut self, running: Option<JoinHandle<Result<(), CommitError>>>) {
-        if let Some(handle) = running {
-            let _ = self.committed(handle.await);
+    async fn drain(&mut self, mut running: Commits) {
+        // Bounded by the commits running.
+        while let Some(done) = running.join_next().await {
+            let _ = self.committed(done);
         }
-        // Far in the future, so every waiting chunk is due.
+        // Far in the future, so every waiting chunk is due; everything waiting is one batch.
         let later = Instant::now() + Duration::from_secs(3600);
         if let Some(batch) = self.session.poll_commit(later) {
-            let result = self.persist(batch).await;
-            let _ = self.committed(Ok(result));
+            let result = self.persist(batch.clone()).await;
+            let _ = self.committed((batch.id, result));
         }
         self.forward_outputs();
     }

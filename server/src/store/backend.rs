@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use ferry_proto::{ChunkLayout, ChunkSet, CommitBatch, Digest, ErrorCode};
+use ferry_proto::{ChunkLayout, ChunkSet, CommitBatch, CommitPolicy, Digest, ErrorCode};
 use tracing::{debug, warn};
 
 use super::s3::{self, PublishError, S3};
@@ -89,6 +89,22 @@ impl Backend {
     /// files of this node and which keeps no index of content.
     pub fn files_are_local(&self) -> bool {
         self.bucket.is_none()
+    }
+
+    /// How this backend's commits are cut from `base` (the server's policy): with the bucket,
+    /// up to [`s3::COMMITS_IN_FLIGHT`] per upload run at once, so the store's round trips
+    /// overlap instead of adding up; here one, a sync of the staging file.
+    pub fn commit_policy(&self, base: CommitPolicy) -> CommitPolicy {
+        match &self.bucket {
+            Some(_) => CommitPolicy {
+                max_in_flight: s3::COMMITS_IN_FLIGHT,
+                ..base
+            },
+            None => CommitPolicy {
+                max_in_flight: 1,
+                ..base
+            },
+        }
     }
 
     /// Where an upload's bytes wait: its staging file (here, the durable copy; with the bucket
@@ -456,7 +472,7 @@ async fn commit_remote(
         let span = layout.span(index);
         let (bucket, remote, file) = (bucket.clone(), remote.clone(), file.clone());
         parts.spawn(async move {
-            let _slot = bucket.part_slot(span.len).await?;
+            let slot = bucket.part_slot(span.len).await?;
             let spool = file.clone();
             let body = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
@@ -466,24 +482,13 @@ async fn commit_remote(
             .await??;
             let body = bytes::Bytes::from(body);
             let since = Instant::now();
-            // Bounded by STORE_PATIENCE: each turn waits for the store to answer again.
-            loop {
-                match bucket
-                    .put_part(id, &remote, index.get(), body.clone(), &digest)
-                    .await
-                {
-                    Ok(()) => break bucket.note_answer(),
-                    // The store does not answer: the chunk stays on the spool and its part is
-                    // sent again once it does. No ack meanwhile, so the client's window fills
-                    // and it stops sending: nothing is rejected and sent again.
-                    Err(e) if bucket.note_failure(&e) && since.elapsed() < STORE_PATIENCE => {
-                        bucket
-                            .wait_for_answer(STORE_PATIENCE.saturating_sub(since.elapsed()))
-                            .await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let stored = patiently(&bucket, since, || {
+                bucket.put_part(id, &remote, index.get(), body.clone(), &digest)
+            })
+            .await?;
+            // The bytes are the store's: the slot goes to the next part while this one is marked.
+            drop((slot, body));
+            patiently(&bucket, since, || bucket.mark_part(id, &stored)).await?;
             crate::fsutil::punch_hole(&file, span.offset, span.len);
             anyhow::Ok(())
         });
@@ -512,4 +517,30 @@ async fn commit_remote(
         .observe(started.elapsed().as_secs_f64());
     debug!(chunks = batch.chunks.len(), "stored");
     Ok(())
+}
+
+/// Runs `request` until the store answers, for up to [`STORE_PATIENCE`] since `since`: while the
+/// store does not answer, the chunk stays on the spool and its request is sent again once it
+/// does. No ack meanwhile, so the client's window fills and it stops sending: nothing is
+/// rejected and sent again. A refusal from the store is returned at once.
+async fn patiently<T, F, Fut>(bucket: &S3, since: Instant, mut request: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    // Bounded by STORE_PATIENCE: each turn waits for the store to answer again.
+    loop {
+        match request().await {
+            Ok(answer) => {
+                bucket.note_answer();
+                return Ok(answer);
+            }
+            Err(e) if bucket.note_failure(&e) && since.elapsed() < STORE_PATIENCE => {
+                bucket
+                    .wait_for_answer(STORE_PATIENCE.saturating_sub(since.elapsed()))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

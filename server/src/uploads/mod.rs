@@ -572,7 +572,12 @@ impl Uploads {
             .await
             .map_err(|e| storage(&e, "failed to list the stored chunks"))?;
         self.registry
-            .get_or_start(&self.backend, self.config.commit, (id, record), durable)
+            .get_or_start(
+                &self.backend,
+                self.backend.commit_policy(self.config.commit),
+                (id, record),
+                durable,
+            )
             .map_err(|e| storage(&e, "failed to open the upload"))
     }
 

@@ -44,6 +44,12 @@ mod usage;
 /// Bytes of parts in flight to the store, for the whole server, in MiB: each part holds its
 /// chunk in memory until the store has it (8 parts of 8 MiB, or one of 64 MiB).
 pub const PARTS_IN_FLIGHT_MIB: u32 = 64;
+
+/// Commits one upload may have running at once with the bucket, each a batch of chunks stored
+/// as parts, then marked. With one at a time, a commit's round trips (the part, then its
+/// marker) added up: 27 MiB/s with the store 100 ms away (docs/benchmarks.md). The bytes in
+/// flight stay bounded by [`PARTS_IN_FLIGHT_MIB`]; a commit writing markers holds none.
+pub const COMMITS_IN_FLIGHT: usize = 16;
 /// The smallest chunk (part) the server chooses: S3 wants parts of at least 5 MiB but the last.
 pub const MIN_PART: u64 = 8 << 20;
 /// The most parts of one multipart upload (S3's limit).
@@ -89,6 +95,16 @@ pub struct Marker {
     pub etag: String,
     /// Unix seconds the marker was written.
     pub modified: u64,
+}
+
+/// A part the store holds and whose marker is still to be written ([`S3::mark_part`]).
+#[derive(Debug, Clone)]
+pub struct StoredPart {
+    index: u64,
+    digest: Digest,
+    etag: String,
+    /// Other writers' markers of the same index, listed while the part was sent.
+    stale: Vec<String>,
 }
 
 /// Every marker of an upload, by chunk index.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ferry_proto::{ContentHasher, Digest, OnExists};
 
 use super::objects::{b64, code, failed, status};
-use super::{Gone, Marker, Markers, PublishError, Remote, S3};
+use super::{Gone, Marker, Markers, PublishError, Remote, StoredPart, S3};
 use crate::store::{RecordState, UploadId, UploadRecord};
 
 impl S3 {
@@ -85,8 +85,16 @@ impl S3 {
         Ok(record)
     }
 
-    /// Stores one chunk as part `index + 1`, with its SHA-256 for the store to check, then its
-    /// marker. Only then is the chunk durable. The caller holds a [`S3::part_slot`].
+    /// Stores one chunk as part `index + 1`, with its SHA-256 for the store to check. The chunk
+    /// is durable only once [`S3::mark_part`] wrote its marker. The caller holds a
+    /// [`S3::part_slot`] until this returns (the body is in memory until then, not after).
+    ///
+    /// Another node may have stored other bytes for this part before (a takeover while the old
+    /// node still received): their markers are listed while the part is sent, and go in
+    /// `mark_part`, so the last writer's is the one left. The listing overlaps the upload to
+    /// spare a round trip; a marker another node writes in between is the race there always
+    /// was (list, then write), which two digests on one index answer: that chunk is not
+    /// durable, and is sent again (`durable_digests`, the check at publish).
     pub async fn put_part(
         &self,
         id: UploadId,
@@ -94,38 +102,58 @@ impl S3 {
         index: u64,
         body: Bytes,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Result<StoredPart> {
         let part = i32::try_from(index + 1).context("part number out of range")?;
-        let stored = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&remote.key)
-            .upload_id(&remote.multipart)
-            .part_number(part)
-            .checksum_sha256(b64(digest))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| match code(&e) == Some("NoSuchUpload") {
-                true => Gone(remote.key.clone()).into(),
-                false => failed(e, format!("failed to store part {part} of {}", remote.key)),
-            })?;
-        let etag = stored.e_tag().unwrap_or_default().trim_matches('"');
-        // Another node may have stored other bytes for this part before (a takeover while
-        // the old node still received): its markers go, so the last writer's is the one left.
+        let upload = async {
+            self.client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&remote.key)
+                .upload_id(&remote.multipart)
+                .part_number(part)
+                .checksum_sha256(b64(digest))
+                .body(ByteStream::from(body))
+                .customize()
+                // The body's integrity is the signed `x-amz-checksum-sha256`, which the store
+                // checks (every store passed that at start: `probe`); signing the payload too
+                // hashed every byte a second time (docs/benchmarks.md, the S3 path).
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(|e| match code(&e) == Some("NoSuchUpload") {
+                    true => Gone(remote.key.clone()).into(),
+                    false => failed(e, format!("failed to store part {part} of {}", remote.key)),
+                })
+        };
         let mine = format!("{index:010}.{}.", digest.to_hex());
         let prefix = format!("{}{index:010}.", self.markers_prefix(id));
-        let others: Vec<String> = self
-            .list(&prefix)
-            .await?
+        let (stored, listed) = tokio::try_join!(upload, self.list(&prefix))?;
+        let stale = listed
             .into_iter()
             .map(|(key, _)| key)
             .filter(|key| !key[self.markers_prefix(id).len()..].starts_with(&mine))
             .collect();
-        self.delete_all(others).await?;
-        self.put(&self.marker_key(id, index, digest, etag), Vec::new())
-            .await
+        Ok(StoredPart {
+            index,
+            digest: *digest,
+            etag: stored
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned(),
+            stale,
+        })
+    }
+
+    /// Writes the marker of a part [`S3::put_part`] stored, after deleting the other writers'
+    /// markers of its index: from then on the chunk is durable.
+    pub async fn mark_part(&self, id: UploadId, part: &StoredPart) -> Result<()> {
+        self.delete_all(part.stale.clone()).await?;
+        self.put(
+            &self.marker_key(id, part.index, &part.digest, &part.etag),
+            Vec::new(),
+        )
+        .await
     }
 
     /// Every marker of `id`. Keys that do not parse are ignored (their chunks are re-sent).
