@@ -7,7 +7,10 @@ listener. Prints one row each: throughput (from `ferry`'s start to its exit; fro
 every Chromium process), and the peak RSS of the largest Chromium process (the renderer).
 Both published files are checked against the source's SHA-256.
 
-Usage: bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
+With PERF=1, `perf record` follows ferryd through each upload and the top symbols of each
+(self time, TOP of them, default 12) are printed after the table, as bench/profile.sh does.
+
+Usage: [PERF=1] bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
        bench/browser.py page LINK FILE   (the page's upload alone; bench/lossy.sh SYSTEM=browser)
 """
 import json
@@ -27,6 +30,28 @@ from run import make_file, sha256  # noqa: E402  (bench/run.py: random file, its
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def perf_start(pid, out):
+    """`perf record` on `pid` into `out` when PERF=1, else None."""
+    if not os.environ.get("PERF"):
+        return None
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-o", out, "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return perf
+
+
+def perf_stop(perf, out):
+    """Stops `perf record` and returns the top symbols of `out` (self time), one per line."""
+    if perf is None:
+        return ""
+    perf.send_signal(2)
+    perf.wait()
+    report = subprocess.run(["perf", "report", "-i", out, "--no-children", "-g", "none", "--sort", "symbol",
+                             "--stdio"], capture_output=True, text=True).stdout
+    lines = [re.sub(r" +- +- *$", "", l).rstrip() for l in report.splitlines() if re.match(r"^ +[0-9.]+%", l)]
+    return "\n".join(lines[:int(os.environ.get("TOP", "12"))])
 
 
 def free_port():
@@ -183,12 +208,14 @@ def main():
 
         # 1. ferry upload.
         server_cpu = cpu_seconds(server.pid)
+        perf = perf_start(server.pid, os.path.join(work, "ferry.perf"))
         start = time.time()
         ferry = subprocess.Popen([f"{BIN}/ferry", "--server", addr, "--token", token, "--fingerprint", fingerprint,
                                   "--state-dir", os.path.join(work, "state"), "upload", src],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(ferry.pid, 0)
         took = time.time() - start
+        profiles = [("ferry", perf_stop(perf, os.path.join(work, "ferry.perf")))]
         rows = [("ferry", took, cpu_seconds(server.pid) - server_cpu, usage.ru_utime + usage.ru_stime,
                  usage.ru_maxrss, status == 0 and sha256(os.path.join(data, "files", "alice", "src.bin")) == want)]
 
@@ -197,7 +224,9 @@ def main():
         page_src = os.path.join(work, "page.bin")
         os.link(src, page_src)
         server_cpu = cpu_seconds(server.pid)
+        perf = perf_start(server.pid, os.path.join(work, "browser.perf"))
         took, status, browser_cpu, rss = page_upload(link, page_src, work, procs)
+        profiles.append(("browser", perf_stop(perf, os.path.join(work, "browser.perf"))))
         ok = status == "complete" and sha256(os.path.join(data, "files", "alice", "page.bin")) == want
         rows.append(("browser", took, cpu_seconds(server.pid) - server_cpu, browser_cpu, rss, ok))
 
@@ -205,6 +234,9 @@ def main():
         print(f"{'client':8} {'MiB/s':>8} {'s':>7} {'ferryd CPU-s':>13} {'client CPU-s':>13} {'client peak RSS':>16}  same bytes")
         for name, took, scpu, ccpu, rss, ok in rows:
             print(f"{name:8} {mib / took:8.1f} {took:7.2f} {scpu:13.2f} {ccpu:13.2f} {rss / 1024:12.0f} MiB  {ok}")
+        for name, top in profiles:
+            if top:
+                print(f"== ferryd during the {name} upload (self time)\n{top}")
     finally:
         for p in procs:
             p.kill()
