@@ -10,7 +10,7 @@ Both published files are checked against the source's SHA-256.
 With PERF=1, `perf record` follows ferryd through each upload and the top symbols of each
 (self time, TOP of them, default 12) are printed after the table, as bench/profile.sh does.
 
-Usage: [PERF=1] bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
+Usage: [PERF=1] [BIN=DIR] bench/browser.py [SIZE_MIB]   (needs chromium and chromium-driver installed)
        bench/browser.py page LINK FILE   (the page's upload alone; bench/lossy.sh SYSTEM=browser)
 """
 import json
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import make_file, sha256  # noqa: E402  (bench/run.py: random file, its SHA-256)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.environ.get("BIN") or os.path.join(ROOT, "target", "release")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
