@@ -43,6 +43,22 @@ impl Reply {
     }
 }
 
+/// A TLS connector that trusts exactly the certificate whose fingerprint is `fingerprint` (the
+/// server's identity, which its web listener presents), as `ferry` does.
+pub fn pinned_connector(fingerprint: &str) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ferry_client::trust::PinVerifier::new(
+            Some(fingerprint.to_owned()),
+            provider,
+        )))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+}
+
 /// The web listener at `addr`, trusted by its certificate's fingerprint.
 #[derive(Clone)]
 pub struct Https {
@@ -52,19 +68,9 @@ pub struct Https {
 
 impl Https {
     pub fn new(addr: SocketAddr, fingerprint: &str) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ferry_client::trust::PinVerifier::new(
-                Some(fingerprint.to_owned()),
-                provider,
-            )))
-            .with_no_client_auth();
         Self {
             addr,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            connector: pinned_connector(fingerprint),
         }
     }
 

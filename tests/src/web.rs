@@ -110,19 +110,8 @@ pub async fn https_get(
     path: &str,
     extra_headers: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ferry_client::trust::PinVerifier::new(
-            Some(fingerprint.to_owned()),
-            provider,
-        )))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connector = crate::http::pinned_connector(fingerprint);
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

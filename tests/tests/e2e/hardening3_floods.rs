@@ -232,23 +232,12 @@ async fn partial_head(
     from: std::net::IpAddr,
     len: usize,
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ferry_client::trust::PinVerifier::new(
-            Some(fingerprint),
-            provider,
-        )))
-        .with_no_client_auth();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
     let tcp = socket.connect(web).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connect = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp);
+    let connect = ferry_tests::http::pinned_connector(&fingerprint).connect(name, tcp);
     let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .ok()?

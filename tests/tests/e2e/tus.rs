@@ -557,16 +557,7 @@ async fn a_second_request_takes_the_upload_over() {
     let id = create(&web, &server.alice, size as u64, "two.bin").await;
     // The first PATCH: 3 MB of the body, then nothing (the connection stays open).
     let stalled = {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(
-                ferry_client::trust::PinVerifier::new(Some(server.fingerprint.clone()), provider),
-            ))
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let connector = ferry_tests::http::pinned_connector(&server.fingerprint);
         let tcp = tokio::net::TcpStream::connect(web.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut stream = connector.connect(name, tcp).await.unwrap();
