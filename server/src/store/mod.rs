@@ -3,6 +3,10 @@
 //! made by the `UploadSession` in the driver.
 //!
 //! Layout: `db/` (sled), `staging/<upload_id>.part`, `files/<owner>/<name>`, `tls/`, `tokens`.
+//!
+//! Beside this file: `growing.rs` (tails, rewrites, a length declared late), `links.rs` (what
+//! each upload link created), `hooks.rs` (the `--on-complete` queue), `publish.rs`,
+//! `recovery.rs`, `space.rs`, and `backend.rs` (the seam over this store and the bucket).
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ use crate::fsutil::{create_dir_durable, remove_file_durable, sync_dir};
 
 mod backend;
 mod db;
+mod growing;
+mod hooks;
+mod links;
 mod publish;
 mod record;
 mod recovery;
@@ -28,6 +35,7 @@ mod tests;
 
 pub use backend::{Backend, CommitError, TooLargeForStore};
 use db::Db;
+use growing::tail_key;
 pub use publish::{Content, NameExhausted, NameTaken, MAX_HISTORY, MAX_NUMBERED};
 pub use record::{HookJob, RecordState, Tail, Tombstone, UploadId, UploadRecord};
 pub use recovery::{Reconciled, Verified};
@@ -130,37 +138,6 @@ impl Store {
         self.data_dir.join("staging").join(format!("{id}.part"))
     }
 
-    /// What upload link `id` has created: files and bytes (`crate::links`).
-    pub fn link_usage(&self, id: &str) -> Result<(u64, u64)> {
-        let raw = self.db()?.meta.get(format!("link/{id}"))?;
-        Ok(raw.map_or((0, 0), |raw| decode_usage(&raw)))
-    }
-
-    /// Adds to (or, negative, takes from) what upload link `id` has created.
-    pub fn add_link_usage(&self, id: &str, files: i64, bytes: i64) -> Result<()> {
-        self.db()?
-            .meta
-            .update_and_fetch(format!("link/{id}"), |old| {
-                let (f, b) = old.map_or((0, 0), decode_usage);
-                let f = f.saturating_add_signed(files);
-                let b = b.saturating_add_signed(bytes);
-                Some([f.to_be_bytes(), b.to_be_bytes()].concat())
-            })?;
-        Ok(())
-    }
-
-    /// Gives back what an upload counted against its upload link, if it was made through one.
-    pub fn give_back_to_link(&self, record: &UploadRecord) -> Result<()> {
-        match &record.link {
-            Some(id) => {
-                // An upload of unknown length counted no bytes yet.
-                let size = if record.deferred { 0 } else { record.size };
-                self.add_link_usage(id, -1, -i64::try_from(size).unwrap_or(i64::MAX))
-            }
-            None => Ok(()),
-        }
-    }
-
     /// The service id announced in `welcome`: made once, at the first start, and kept.
     pub fn service_id(&self) -> Result<String> {
         let db = self.db()?;
@@ -234,33 +211,6 @@ impl Store {
         warn!("database reopened after a failure");
         *slot = Some(db.clone());
         Ok(db)
-    }
-
-    /// The oldest `limit` queued `--on-complete` hook jobs, with their sequence numbers.
-    pub fn hook_jobs(&self, limit: usize) -> Result<Vec<(u64, HookJob)>> {
-        let mut out = Vec::new();
-        for entry in self.db()?.hooks.iter().take(limit) {
-            let (key, value) = entry?;
-            let seq = key.as_ref().try_into().map_or(0, u64::from_be_bytes);
-            match serde_json::from_slice(&value) {
-                Ok(job) => out.push((seq, job)),
-                Err(e) => warn!(seq, error = %e, "unreadable hook job, skipped"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Whether completions queue `--on-complete` jobs from now on (a reload turns hooks on or
-    /// off).
-    pub fn set_queue_hooks(&self, on: bool) {
-        self.queue_hooks
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Forgets a hook job that ran (durably: a crash before this runs the hook again).
-    pub fn hook_done(&self, seq: u64) -> Result<()> {
-        self.db()?.hooks.remove(seq.to_be_bytes())?;
-        self.sync()
     }
 
     /// Whether the database is open (not closed after a write failure).
@@ -619,71 +569,6 @@ impl Store {
         Ok(())
     }
 
-    /// The durable bytes of `id`'s unfinished chunk, if a byte-stream request left some.
-    pub fn tail(&self, id: UploadId) -> Result<Option<Tail>> {
-        let raw = self.db()?.meta.get(tail_key(id))?;
-        Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok()))
-    }
-
-    /// Records `tail` durably (the caller synced its bytes first).
-    pub fn set_tail(&self, id: UploadId, tail: &Tail) -> Result<()> {
-        self.db()?
-            .meta
-            .insert(tail_key(id), serde_json::to_vec(tail)?)?;
-        self.sync()
-    }
-
-    /// Forgets `id`'s tail (no sync: a tail that comes back after a crash is checked against
-    /// its bytes before it is used).
-    pub fn clear_tail(&self, id: UploadId) -> Result<()> {
-        self.db()?.meta.remove(tail_key(id))?;
-        Ok(())
-    }
-
-    /// Forgets durable chunks (`rewrite`): their digests are removed and the database synced,
-    /// so they are not durable after a crash either; their bytes are written again when the
-    /// client re-sends them.
-    pub fn forget_chunks(&self, id: UploadId, chunks: &[u64]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for index in chunks {
-            batch.remove(&id.chunk_key(*index)[..]);
-        }
-        self.db()?.chunks.apply_batch(batch)?;
-        self.sync()
-    }
-
-    /// Declares the length of an upload created without one: the staging file reserved to
-    /// `size` and the record updated, durably.
-    pub fn set_length(&self, id: UploadId, record: &UploadRecord) -> Result<()> {
-        let path = self.staging_path(id);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("failed to open {}", path.display()))?;
-        let staging_dir = path.parent().unwrap_or(&self.data_dir);
-        let have = file.metadata()?.len();
-        let free = free_space(staging_dir).unwrap_or(u64::MAX);
-        let more = record.size.saturating_sub(have);
-        if free < more.saturating_add(self.min_free) {
-            return Err(NoSpace {
-                needed: more,
-                free,
-                reserve: self.min_free,
-            }
-            .into());
-        }
-        reserve(&file, record.size, staging_dir)?;
-        // Bytes written past the length by a request that never became durable are cut off:
-        // the published file is exactly `size` bytes.
-        if have > record.size {
-            file.set_len(record.size)
-                .context("failed to size the staging file")?;
-        }
-        file.sync_all().context("failed to sync the staging file")?;
-        self.put_record(id, record)?;
-        self.sync()
-    }
-
     fn remove_chunk_records(&self, id: UploadId) -> Result<()> {
         let db = self.db()?;
         db.meta.remove(tail_key(id))?;
@@ -694,13 +579,6 @@ impl Store {
         db.chunks.apply_batch(batch)?;
         Ok(())
     }
-}
-
-/// The key of an upload's [`Tail`] in the `meta` tree.
-fn tail_key(id: UploadId) -> Vec<u8> {
-    let mut key = b"tail/".to_vec();
-    key.extend_from_slice(&id.0);
-    key
 }
 
 /// Durable chunks and their digests, and where the next page starts.
@@ -716,14 +594,4 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A link's usage as stored: files then bytes, big-endian u64s.
-fn decode_usage(raw: &[u8]) -> (u64, u64) {
-    let word = |at: usize| {
-        raw.get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes)
-    };
-    (word(0), word(8))
 }

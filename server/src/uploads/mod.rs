@@ -13,108 +13,40 @@
 //! - `verdict`: whether to read a chunk's payload (the driver's decision);
 //! - `offset` and `append`: bytes at an offset, for front ends that send a byte stream
 //!   (`append.rs`).
+//!
+//! What a front end passes in and gets back is in `request.rs`; which upload a caller may
+//! touch (`owned`, `owned_fresh`) in `access.rs`.
 
+mod access;
 mod admission;
 pub mod append;
 mod concat;
 mod dedup;
 mod grow;
 mod listing;
+mod request;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferry_proto::name;
-use ferry_proto::{
-    ChunkHeader, ChunkSet, Digest, ErrorCode, Limits, OnExists, UploadInfo, MAX_FRAME,
-};
+use ferry_proto::{ChunkHeader, ChunkSet, Digest, ErrorCode, Limits, UploadInfo, MAX_FRAME};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::config::{Config, Tunable};
 use crate::driver::{Events, Msg, Registry, Verdict, WireError};
-use crate::links::Link;
 use crate::store::{Backend, RecordState, Store, UploadId, UploadRecord};
 use crate::verify::Verifier;
 
 pub use admission::name_taken;
 pub use dedup::Deduped;
 pub use grow::ReadView;
+pub use request::{Extra, Finished, Frontend, NewUpload, Principal};
 
 /// Room for summaries in one `listing`: the frame limit less the envelope (`type`, `req`,
 /// `next`), which takes under 200 bytes.
 const LISTING_BUDGET: usize = MAX_FRAME - 512;
-
-/// Who asks: an owner, through a token or an upload link, on one connection (or one HTTP
-/// exchange).
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub owner: String,
-    /// The upload link it logged in with, if not a token: it sees and makes only that link's
-    /// uploads, within its bounds, and never sees the owner's other files.
-    pub link: Option<Link>,
-    /// The connection (or exchange) that attaches uploads: unique for the server's run.
-    pub conn: u64,
-    /// The front end it came through (metrics count by it).
-    pub frontend: Frontend,
-}
-
-/// The front ends, as metrics name them (`frontend` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frontend {
-    /// `ferry/1` over QUIC.
-    Quic,
-    /// The same frames in a browser's WebTransport session.
-    WebTransport,
-    /// tus 1.0 over HTTPS.
-    Tus,
-    /// The IETF resumable-upload draft over HTTPS.
-    Ietf,
-}
-
-impl Frontend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quic => "quic",
-            Self::WebTransport => "webtransport",
-            Self::Tus => "tus",
-            Self::Ietf => "ietf",
-        }
-    }
-}
-
-/// A new upload as a front end asks for it.
-#[derive(Clone, Debug)]
-pub struct NewUpload {
-    pub file_name: String,
-    pub dir: Vec<String>,
-    pub size: u64,
-    /// The client's choice; a backend may choose another (`created.upload.chunk_size`).
-    pub chunk_size: u64,
-    pub desc: String,
-    pub on_exists: OnExists,
-    pub extra: Extra,
-}
-
-/// What only the HTTP front end asks for at create.
-#[derive(Clone, Debug, Default)]
-pub struct Extra {
-    /// The length is not known yet (`size` is ignored): see `UploadRecord::deferred`.
-    pub deferred: bool,
-    /// A tus partial upload, to be concatenated by a final one and never published itself.
-    pub partial: bool,
-    /// The tus `Upload-Metadata`, kept to be given back.
-    pub metadata: Option<String>,
-}
-
-/// A `finish` that published (or found published) the upload.
-pub struct Finished {
-    pub upload_id: String,
-    /// The published path under the owner's folder (for a link's session: the asked one).
-    pub file_name: String,
-    pub size: u64,
-    pub content_hash: String,
-}
 
 /// The service. One per server; front ends hold an `Arc` of it.
 pub struct Uploads {
@@ -494,65 +426,6 @@ impl Uploads {
             if let Some(driver) = self.registry.get(id) {
                 let _ = driver.send(Msg::Detach { conn: who.conn });
             }
-        }
-    }
-
-    /// The record of `raw_id` if it exists and the caller may see it. Another owner's upload
-    /// (or for a link, one made otherwise) is reported exactly like a missing one.
-    pub fn owned(
-        &self,
-        who: &Principal,
-        raw_id: &str,
-    ) -> Result<(UploadId, UploadRecord), WireError> {
-        let not_found = || WireError::new(ErrorCode::NotFound, format!("no upload {raw_id:.40}"));
-        let id = UploadId::parse(raw_id).ok_or_else(not_found)?;
-        let link = who.link.as_ref().map(|l| &l.id);
-        let visible = |r: &UploadRecord| {
-            r.owner == who.owner && link.is_none_or(|id| r.link.as_ref() == Some(id))
-        };
-        let store = self.store();
-        match store.record(id) {
-            Ok(Some(record)) if visible(&record) => Ok((id, record)),
-            Ok(Some(_)) => Err(not_found()),
-            Ok(None) => match store.tombstone(id) {
-                Ok(Some(t)) if t.owner == who.owner => Err(WireError::new(
-                    ErrorCode::Expired,
-                    format!("upload {id} expired at {} (Unix time) after making no progress; start it afresh", t.expired_at),
-                )),
-                Ok(_) => Err(not_found()),
-                Err(e) => Err(storage(&e, "failed to read the upload")),
-            },
-            Err(e) => Err(storage(&e, "failed to read the upload")),
-        }
-    }
-
-    /// Like [`Uploads::owned`], with this node's record brought up to date first when the
-    /// store is shared and no driver here holds the upload.
-    pub async fn owned_fresh(
-        &self,
-        who: &Principal,
-        raw_id: &str,
-    ) -> Result<(UploadId, UploadRecord), WireError> {
-        if let Some(id) = UploadId::parse(raw_id) {
-            if self.registry.get(id).is_none() {
-                self.backend
-                    .refresh(id, &who.owner)
-                    .await
-                    .map_err(|e| storage(&e, "failed to read the upload's manifest"))?;
-            }
-        }
-        self.owned(who, raw_id)
-    }
-
-    /// Waits until `id` is re-verified, if an unclean stop left it to verify (`crate::verify`):
-    /// a `resume` or `finish` must not build on chunks that may no longer match.
-    async fn verified(&self, id: UploadId) -> Result<(), WireError> {
-        match &self.verifier {
-            Some(verifier) => verifier
-                .ready(id)
-                .await
-                .map_err(|e| storage(&e, "failed to re-verify the upload")),
-            None => Ok(()),
         }
     }
 

@@ -125,13 +125,14 @@ impl S3 {
                     false => failed(e, format!("failed to store part {part} of {}", remote.key)),
                 })
         };
-        let mine = format!("{index:010}.{}.", digest.to_hex());
-        let prefix = format!("{}{index:010}.", self.markers_prefix(id));
+        let markers = self.markers_prefix(id);
+        let mine = format!("{markers}{index:010}.{}.", digest.to_hex());
+        let prefix = format!("{markers}{index:010}.");
         let (stored, listed) = tokio::try_join!(upload, self.list(&prefix))?;
         let stale = listed
             .into_iter()
             .map(|(key, _)| key)
-            .filter(|key| !key[self.markers_prefix(id).len()..].starts_with(&mine))
+            .filter(|key| !key.starts_with(&mine))
             .collect();
         Ok(StoredPart {
             index,
