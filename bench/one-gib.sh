@@ -2,7 +2,14 @@
 # One upload of SIZE bytes (default 1 GiB) on loopback with the release binaries, ferryd and
 # ferry as separate processes, each under /usr/bin/time -v. Prints throughput, CPU and peak RSS
 # of both sides, and checks the published file's SHA-256.
-# Usage: [CONGESTION=cubic|bbr|newreno] [BIN=DIR] bench/one-gib.sh [SIZE_MIB]
+# With COLD=1 (root) the page cache is dropped after the source is written, so the client reads
+# it from disk, as bench/run.py's DROP_CACHES=1 runs do.
+# Before the source is written, twice SIZE of page cache is written and deleted (WARM=0 skips):
+# this VM hands memory it got back (free page reporting) to the host, and the first touch of
+# such a page costs ~10 µs in whichever process writes it next; without the warm-up that cost
+# landed on the server's page-cache writes and doubled its CPU time at random
+# (docs/benchmarks.md, "Performance III").
+# Usage: [CONGESTION=cubic|bbr|newreno] [BIN=DIR] [COLD=1] [WARM=0] bench/one-gib.sh [SIZE_MIB]
 # BIN names a folder holding other ferryd/ferry builds (no build then): bench/ab.sh uses it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +20,12 @@ fi
 bin=${BIN:-$root/target/release}
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
 trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+if [ "${WARM:-1}" = 1 ]; then
+  dd if=/dev/zero of="$work/warm" bs=1M count=$((2 * mib)) status=none
+  rm "$work/warm"
+fi
 head -c $((mib * 1024 * 1024)) /dev/urandom > "$work/src.bin"
+if [ "${COLD:-}" = 1 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
 # --init since the data-directory guard (issue 10); older builds (bench/ab.sh) do without.
 token=$("$bin/ferryd" token add bench --init --data "$work/data" 2>/dev/null \
   || "$bin/ferryd" token add bench --data "$work/data")

@@ -61,6 +61,19 @@ def make_file(path, mib):
     return sha256(path)
 
 
+def warm(folder, mib):
+    """Writes and deletes `mib` MiB of page cache. This VM gives memory it frees back to the host
+    (free page reporting), and the first touch of such a page afterwards costs ~10 µs in whichever
+    process writes it: without this, that cost fell on a run's page-cache writes at random (up to
+    twice the server's CPU time; docs/benchmarks.md, "Performance III"). Every system gets it."""
+    path = Path(folder) / "warm.bin"
+    block = bytes(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(block)
+    path.unlink()
+
+
 def parse_time(path):
     """user+sys seconds and peak RSS (MiB) from /usr/bin/time -v output."""
     text = Path(path).read_text()
@@ -124,7 +137,7 @@ class Bench:
         self.rows = []
         self.n = 0
 
-    def fresh(self, name):
+    def fresh(self, name, mib):
         # Start every run with no dirty pages from the run before: tus and the ceiling do not
         # sync what they write, and the kernel's writeback would otherwise land on whoever
         # runs next. (Ferry syncs its data, and that cost is inside its own time.)
@@ -133,6 +146,7 @@ class Bench:
             # Root only: every run then starts from the same cold page cache (the source file
             # is read from disk by every system alike).
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        warm(self.work, min(2 * mib, 4096))
         self.n += 1
         d = self.work / f"{name}-{self.n}"
         d.mkdir()
@@ -146,7 +160,7 @@ class Bench:
         return r, r.line("relay on ")
 
     def ceiling(self, src, mib, congestion="bbr", delay_ms=None, loss=0.0, timeout=600):
-        d = self.fresh("ceiling")
+        d = self.fresh("ceiling", mib)
         out = d / "out.bin"
         srv = Proc([BIN / "quic-ceiling", "recv", "--out", out, "--size", mib << 20, "--congestion", congestion],
                    d / "server.time", d / "server.err")
@@ -183,7 +197,7 @@ class Bench:
                 "--congestion", congestion, "upload", "--json", *extra, src]
 
     def ferry(self, src, mib, congestion="bbr", delay_ms=None, loss=0.0, timeout=600):
-        d = self.fresh("ferry")
+        d = self.fresh("ferry", mib)
         srv, token, addr, fp = self.ferry_server(d, congestion)
         relay, target = self.relay(addr, delay_ms, loss, d)
         try:
@@ -207,7 +221,7 @@ class Bench:
         return srv, srv.line("listening on "), store
 
     def tus(self, src, mib, timeout=600):
-        d = self.fresh("tus")
+        d = self.fresh("tus", mib)
         srv, addr, store = self.tus_server(d)
         p, secs, out = run_client(["node", self.tus_dir / "client.mjs", src, f"http://{addr}/files/"],
                                   d / "client.time", timeout)
@@ -290,7 +304,7 @@ def main():
             print("\n### 20 concurrent uploads of 50 MiB (one server)\n")
             print("| system | wall time | aggregate MiB/s | server peak RSS | all 20 verified |")
             print("| --- | --- | --- | --- | --- |")
-            d = b.fresh("many-ferry")
+            d = b.fresh("many-ferry", 20 * 50)
             srv, token, addr, fp = b.ferry_server(d, "bbr", ["--max-connections-per-ip", "64", "--max-uploads", "64"])
             copies = []
             for i in range(20):
@@ -306,7 +320,7 @@ def main():
             ok = all(c == 0 for c in codes) and all(
                 sha256(d / "data" / "files" / "bench" / c.name) == b.digests[50] for c in copies)
             print(f"| ferry (bbr) | {secs:.2f} s | {1000 / secs:.0f} | {parse_time(d / 'server.time')[1]:.0f} MiB | {ok} |")
-            d = b.fresh("many-tus")
+            d = b.fresh("many-tus", 20 * 50)
             srv, addr, store = b.tus_server(d)
             start = time.monotonic()
             procs = [subprocess.Popen(["node", str(b.tus_dir / "client.mjs"), str(files[50]), f"http://{addr}/files/"],
@@ -320,7 +334,7 @@ def main():
             sys.stdout.flush()
 
         if "kill" not in SKIP:
-            d = b.fresh("kill")
+            d = b.fresh("kill", SIZE_MIB)
             srv, token, addr, fp = b.ferry_server(d, "bbr")
             src = files[SIZE_MIB]
             cmd = [str(a) for a in b.ferry_cmd(addr, token, fp, d / "state", "bbr", src, ["--limit-rate", "100M"])]
