@@ -14,7 +14,9 @@ and runs, with systems interleaved run by run (A B C A B C ...):
   5. kill -9 of the ferry client at 50 %, then the same command again: bytes re-sent
 
 Every received file is checked against the source's SHA-256. Traffic stays on 127.0.0.1.
-With DROP_CACHES=1 (root), the page cache is dropped before every run.
+With DROP_CACHES=1 (root), the page cache is dropped before every run; then every run
+writes and deletes twice its size of page cache first (see `warm`). CEILING_BIN names another
+quic-ceiling binary.
 Every process is started here and stopped by PID; every wait has a timeout.
 """
 
@@ -32,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
+# The ceiling binary; e.g. one built against crates.io's quinn (10 GSO segments), the "default
+# quinn pair", rather than Ferry's vendored one (vendor/quinn/FERRY.md).
+CEILING = Path(os.environ.get("CEILING_BIN", BIN / "quic-ceiling"))
 RUNS = int(os.environ.get("RUNS", 5))
 SIZE_MIB = int(os.environ.get("SIZE_MIB", 1024))
 RELAY_MIB = int(os.environ.get("RELAY_MIB", 256))
@@ -162,12 +167,12 @@ class Bench:
     def ceiling(self, src, mib, congestion="bbr", delay_ms=None, loss=0.0, timeout=600):
         d = self.fresh("ceiling", mib)
         out = d / "out.bin"
-        srv = Proc([BIN / "quic-ceiling", "recv", "--out", out, "--size", mib << 20, "--congestion", congestion],
+        srv = Proc([CEILING, "recv", "--out", out, "--size", mib << 20, "--congestion", congestion],
                    d / "server.time", d / "server.err")
         addr = srv.line("listening on ")
         relay, target = self.relay(addr, delay_ms, loss, d)
         try:
-            p, secs, _ = run_client([BIN / "quic-ceiling", "send", "--server", target, "--file", src,
+            p, secs, _ = run_client([CEILING, "send", "--server", target, "--file", src,
                                      "--congestion", congestion], d / "client.time", timeout)
         finally:
             if relay:

@@ -163,10 +163,10 @@ impl Source for FileSource {
         let (file, at) = (self.file.clone(), self.base + offset);
         let mut hasher = self.hasher.take().unwrap_or_default();
         let (bytes, hasher) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, at)?;
-            hasher.update(&buf);
-            Ok::<_, std::io::Error>((Bytes::from(buf), hasher))
+            let mut buf = pool::take(len);
+            file.read_exact_at(&mut buf[..len], at)?;
+            hasher.update(&buf[..len]);
+            Ok::<_, std::io::Error>((pool::bytes(buf, len), hasher))
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -176,6 +176,59 @@ impl Source for FileSource {
 
     fn digest(self) -> Digest {
         self.hasher.unwrap_or_default().into()
+    }
+}
+
+/// Piece buffers, used again once quinn drops a piece (the server acknowledged its bytes): a
+/// steady upload reads into memory mapped once instead of a fresh zeroed allocation per piece
+/// (docs/benchmarks.md, "Performance III"). At most [`pool::KEPT`] free buffers are kept.
+mod pool {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    /// Free buffers kept: 16 MiB of 256 KiB pieces, the client's starting send window.
+    pub(super) const KEPT: usize = 64;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    fn free() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+        FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A buffer of at least `len` bytes (of [`super::PIECE`] when new), contents unspecified.
+    pub(super) fn take(len: usize) -> Vec<u8> {
+        let mut buf = free().pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len.max(super::PIECE), 0);
+        }
+        buf
+    }
+
+    /// The first `len` bytes of `buf`, handed back to the pool when the last `Bytes` of them
+    /// is dropped.
+    pub(super) fn bytes(buf: Vec<u8>, len: usize) -> Bytes {
+        Bytes::from_owner(Piece { buf, len })
+    }
+
+    struct Piece {
+        buf: Vec<u8>,
+        len: usize,
+    }
+
+    impl AsRef<[u8]> for Piece {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    impl Drop for Piece {
+        fn drop(&mut self) {
+            let mut free = free();
+            if free.len() < KEPT {
+                free.push(std::mem::take(&mut self.buf));
+            }
+        }
     }
 }
 
@@ -245,4 +298,29 @@ async fn send_stream(
     record(digest);
     let _ = stream.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool;
+
+    #[test]
+    fn a_piece_buffer_is_used_again_once_its_bytes_are_dropped() {
+        let mut buf = pool::take(5);
+        buf[..5].copy_from_slice(b"hello");
+        let at = buf.as_ptr();
+        let bytes = pool::bytes(buf, 5);
+        assert_eq!(&bytes[..], b"hello");
+        let half = bytes.slice(1..3);
+        drop(bytes);
+        assert_eq!(&half[..], b"el", "a slice keeps the buffer alive");
+        drop(half);
+        // Tests run in parallel threads sharing the pool: find ours among the free buffers.
+        let again: Vec<Vec<u8>> = (0..pool::KEPT).map(|_| pool::take(1)).collect();
+        assert!(
+            again.iter().any(|b| b.as_ptr() == at),
+            "the buffer was not given back"
+        );
+        assert!(again.iter().all(|b| b.len() >= super::PIECE));
+    }
 }
