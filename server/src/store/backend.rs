@@ -473,21 +473,18 @@ async fn commit_remote(
         let (bucket, remote, file) = (bucket.clone(), remote.clone(), file.clone());
         parts.spawn(async move {
             let slot = bucket.part_slot(span.len).await?;
-            let spool = file.clone();
-            let body = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut body = vec![0u8; span.len as usize];
-                spool.read_exact_at(&mut body, span.offset).map(|()| body)
-            })
-            .await??;
-            let body = bytes::Bytes::from(body);
+            let body = s3::SpoolPart {
+                file: file.clone(),
+                offset: span.offset,
+                len: span.len,
+            };
             let since = Instant::now();
             let stored = patiently(&bucket, since, || {
-                bucket.put_part(id, &remote, index.get(), body.clone(), &digest)
+                bucket.put_part(id, &remote, index.get(), &body, &digest)
             })
             .await?;
             // The bytes are the store's: the slot goes to the next part while this one is marked.
-            drop((slot, body));
+            drop(slot);
             patiently(&bucket, since, || bucket.mark_part(id, &stored)).await?;
             crate::fsutil::punch_hole(&file, span.offset, span.len);
             anyhow::Ok(())

@@ -272,8 +272,16 @@ async fn a_part_whose_bytes_do_not_match_its_digest_is_rejected() {
     let manifest = s3.manifest(upload).await.unwrap().expect("a manifest");
     let remote = manifest.record.remote.expect("a multipart upload");
     let claimed = ferry_proto::Digest::parse(&wrong).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let spool = scratch.path().join("spool");
+    std::fs::write(&spool, &payload).unwrap();
+    let part = ferry_server::store::s3::SpoolPart {
+        file: std::sync::Arc::new(std::fs::File::open(&spool).unwrap()),
+        offset: 0,
+        len: chunk,
+    };
     let refused = s3
-        .put_part(upload, &remote, 0, payload.clone().into(), &claimed)
+        .put_part(upload, &remote, 0, &part, &claimed)
         .await
         .expect_err("the store refuses a part that does not match its digest");
     assert!(format!("{refused:#}").contains("BadDigest"), "{refused:#}");

@@ -34,6 +34,7 @@ pub use objects::{is_unreachable, Unreachable};
 pub use probe::Unfit;
 pub use usage::{Limits, LinkBounds, LinkUsage, OverLimit, Usage};
 
+mod body;
 mod credentials;
 mod objects;
 mod probe;
@@ -41,8 +42,11 @@ mod sweep;
 mod upload;
 mod usage;
 
-/// Bytes of parts in flight to the store, for the whole server, in MiB: each part holds its
-/// chunk in memory until the store has it (8 parts of 8 MiB, or one of 64 MiB).
+pub use body::SpoolPart;
+
+/// Bytes of parts in flight to the store, for the whole server, in MiB (8 parts of 8 MiB, or
+/// one of 64 MiB). A part is read from the spool as the store takes it, 1 MiB at a time, so
+/// this bounds the parts being sent, not memory holding them whole.
 pub const PARTS_IN_FLIGHT_MIB: u32 = 64;
 
 /// Commits one upload may have running at once with the bucket, each a batch of chunks stored

@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
 use ferry_proto::{ContentHasher, Digest, OnExists};
 
 use super::objects::{b64, code, failed, status};
-use super::{Gone, Marker, Markers, PublishError, Remote, StoredPart, S3};
+use super::{Gone, Marker, Markers, PublishError, Remote, SpoolPart, StoredPart, S3};
 use crate::store::{RecordState, UploadId, UploadRecord};
 
 impl S3 {
@@ -85,9 +83,9 @@ impl S3 {
         Ok(record)
     }
 
-    /// Stores one chunk as part `index + 1`, with its SHA-256 for the store to check. The chunk
-    /// is durable only once [`S3::mark_part`] wrote its marker. The caller holds a
-    /// [`S3::part_slot`] until this returns (the body is in memory until then, not after).
+    /// Stores one chunk as part `index + 1`, read from the spool as the store takes it, with
+    /// its SHA-256 for the store to check. The chunk is durable only once [`S3::mark_part`]
+    /// wrote its marker. The caller holds a [`S3::part_slot`] until this returns.
     ///
     /// Another node may have stored other bytes for this part before (a takeover while the old
     /// node still received): their markers are listed while the part is sent, and go in
@@ -100,7 +98,7 @@ impl S3 {
         id: UploadId,
         remote: &Remote,
         index: u64,
-        body: Bytes,
+        body: &SpoolPart,
         digest: &Digest,
     ) -> Result<StoredPart> {
         let part = i32::try_from(index + 1).context("part number out of range")?;
@@ -112,7 +110,8 @@ impl S3 {
                 .upload_id(&remote.multipart)
                 .part_number(part)
                 .checksum_sha256(b64(digest))
-                .body(ByteStream::from(body))
+                .content_length(i64::try_from(body.len).context("part too large")?)
+                .body(body.stream())
                 .customize()
                 // The body's integrity is the signed `x-amz-checksum-sha256`, which the store
                 // checks (every store passed that at start: `probe`); signing the payload too
