@@ -16,6 +16,7 @@ pub mod cluster;
 mod config;
 pub(crate) mod conn;
 mod driver;
+mod filebody;
 mod fsutil;
 mod guard;
 pub mod hooks;

@@ -5,15 +5,9 @@
 //! without a range the whole prefix, `200`. `Ferry-Durable-Offset` says how long the prefix is
 //! now, `Ferry-Complete` whether it is the whole file.
 
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
-
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
 use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
-use std::future::Future;
 
 use super::{login_with, set, wire_error, Answer, Context};
 use crate::uploads::Frontend;
@@ -71,12 +65,7 @@ pub(super) async fn get(
             ));
         }
     };
-    let body = FileBody {
-        file: std::sync::Arc::new(file),
-        at: start,
-        end,
-        reading: None,
-    };
+    let body = crate::filebody::FileBody::new(std::sync::Arc::new(file), start, end - start, PIECE);
     let mut answer = Response::new(body.boxed());
     *answer.status_mut() = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
@@ -152,56 +141,6 @@ fn parse_range(text: &str, durable: u64) -> Result<Option<(u64, u64)>, ()> {
         (start, end)
     };
     Ok(Some(range))
-}
-
-/// A response body read from the file a piece at a time, each piece on the blocking pool when
-/// the client has taken the one before: a slow reader holds no thread, and the server at most
-/// one piece per response.
-struct FileBody {
-    file: std::sync::Arc<std::fs::File>,
-    at: u64,
-    end: u64,
-    reading: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
-}
-
-impl hyper::body::Body for FileBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.reading.is_none() {
-            if self.at >= self.end {
-                return Poll::Ready(None);
-            }
-            let (file, at) = (self.file.clone(), self.at);
-            let len = (self.end - at).min(PIECE as u64) as usize;
-            self.at += len as u64;
-            self.reading = Some(tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; len];
-                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)
-                    .map(|()| Bytes::from(buf))
-            }));
-        }
-        let reading = self.reading.as_mut().expect("set above");
-        match Pin::new(reading).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(joined) => {
-                self.reading = None;
-                let piece = joined
-                    .map_err(std::io::Error::other)
-                    .and_then(|read| read)
-                    .map(Frame::data);
-                if piece.is_err() {
-                    // Nothing more after an error.
-                    self.at = self.end;
-                }
-                Poll::Ready(Some(piece))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
