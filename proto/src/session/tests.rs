@@ -17,6 +17,15 @@ fn header(index: u64, data: &[u8]) -> ChunkHeader {
     }
 }
 
+/// Chunk `i`'s header accepted, then `data` as its payload with the digest it claimed.
+fn receive(s: &mut UploadSession, i: u64, data: &[u8], now: Instant) -> ChunkIndex {
+    let Accept::Receive { index, .. } = s.handle_header(&header(i, data)).unwrap() else {
+        panic!("chunk {i} was not accepted")
+    };
+    s.handle_payload(index, Digest::of(data), Digest::of(data), now);
+    index
+}
+
 #[test]
 fn header_checks_come_before_payload() {
     let mut s = session(10, 4);
@@ -48,10 +57,7 @@ fn acks_only_after_persisted() {
     let now = Instant::now();
     let mut s = session(8, 4);
     let data = [7u8; 4];
-    let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
-        panic!()
-    };
-    s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+    let index = receive(&mut s, 0, &data, now);
     assert_eq!(s.poll_output(), None);
     assert_eq!(
         s.poll_commit(now),
@@ -93,10 +99,7 @@ fn digest_mismatch_is_rejected_and_can_be_resent() {
             ..
         })
     ));
-    let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
-        panic!()
-    };
-    s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+    receive(&mut s, 0, &data, now);
     // The last chunk commits at once.
     let batch = s.poll_commit(now).unwrap();
     s.handle_persisted(batch.id);
@@ -130,10 +133,7 @@ fn received_chunk_is_never_written_again() {
     let now = Instant::now();
     let mut s = session(8, 4);
     let data = [5u8; 4];
-    let Accept::Receive { index, .. } = s.handle_header(&header(0, &data)).unwrap() else {
-        panic!()
-    };
-    s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+    receive(&mut s, 0, &data, now);
     assert_eq!(
         s.handle_header(&header(0, &data)),
         Ok(Accept::AlreadyReceived)
@@ -152,10 +152,7 @@ fn a_durable_chunk_can_be_rewritten_but_not_one_in_flight() {
     let data = *b"abcd";
     let mut indices = Vec::new();
     for i in 0..2 {
-        let Accept::Receive { index, .. } = s.handle_header(&header(i, &data)).unwrap() else {
-            panic!()
-        };
-        s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+        let index = receive(&mut s, i, &data, now);
         indices.push(index);
     }
     let later = s.poll_timeout().unwrap();
@@ -206,10 +203,7 @@ fn batches_in_flight_are_bounded_and_acked_in_any_order() {
     let mut batches = Vec::new();
     for i in 0..3 {
         let data = [i as u8; 4];
-        let Accept::Receive { index, .. } = s.handle_header(&header(i, &data)).unwrap() else {
-            panic!()
-        };
-        s.handle_payload(index, Digest::of(&data), Digest::of(&data), now);
+        receive(&mut s, i, &data, now);
         batches.push(s.poll_commit(later));
     }
     let (first, second) = (batches[0].clone().unwrap(), batches[1].clone().unwrap());
@@ -248,10 +242,7 @@ fn batches_in_flight_are_bounded_and_acked_in_any_order() {
 fn failed_commit_rejects_its_chunks() {
     let now = Instant::now();
     let mut s = session(4, 4);
-    let Accept::Receive { index, .. } = s.handle_header(&header(0, &[2; 4])).unwrap() else {
-        panic!()
-    };
-    s.handle_payload(index, Digest::of(&[2; 4]), Digest::of(&[2; 4]), now);
+    receive(&mut s, 0, &[2; 4], now);
     let batch = s.poll_commit(now).unwrap();
     s.handle_persist_failed(batch.id, ErrorCode::StorageFull, "disk full");
     assert!(matches!(
