@@ -1,22 +1,22 @@
-//! Uploads over HTTP (issue 23): tus 1.0 and the IETF resumable-upload draft on the web
-//! listener. A raw HTTPS client for every status code of the error cases and for what the
-//! promises mean over HTTP (a request broken mid-chunk keeps its bytes, a second request takes
-//! over, `ferry` and tus continue each other's uploads); the real clients — tus-js-client and
-//! tuspy — in `tus_clients.rs`.
+//! Uploads over tus 1.0 on the web listener (issue 23), through a raw HTTPS client: every
+//! status code of the error cases, expiry, CORS, upload links, hooks and quotas, and the
+//! helpers the other HTTP upload tests share. Elsewhere: what the promises mean over HTTP
+//! (`tus_resume.rs`), the IETF draft (`ietf_draft.rs`), and the real clients — tus-js-client
+//! and tuspy — (`tus_clients.rs`).
 
 use std::time::Duration;
 
 use ferry_tests::http::{Https, Reply};
 use ferry_tests::{assert_same_file, random_file, TestServer};
 
-const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
-const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
+pub(crate) const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+pub(crate) const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
 
-async fn web_server() -> TestServer {
+pub(crate) async fn web_server() -> TestServer {
     web_server_with(|_| {}).await
 }
 
-async fn web_server_with(tweak: impl FnOnce(&mut ferry_server::Config)) -> TestServer {
+pub(crate) async fn web_server_with(tweak: impl FnOnce(&mut ferry_server::Config)) -> TestServer {
     TestServer::start_with(|c| {
         c.web_listen = Some("127.0.0.1:0".parse().unwrap());
         tweak(c);
@@ -24,22 +24,22 @@ async fn web_server_with(tweak: impl FnOnce(&mut ferry_server::Config)) -> TestS
     .await
 }
 
-fn https(server: &TestServer) -> Https {
+pub(crate) fn https(server: &TestServer) -> Https {
     Https::new(server.web.expect("the web listener"), &server.fingerprint)
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
 /// `base64` of `text`, as `Upload-Metadata` carries values.
-fn b64(text: &str) -> String {
+pub(crate) fn b64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 /// A tus upload of `length` bytes named `name`; its id.
-async fn create(web: &Https, token: &str, length: u64, name: &str) -> String {
+pub(crate) async fn create(web: &Https, token: &str, length: u64, name: &str) -> String {
     let auth = bearer(token);
     let metadata = format!("filename {}", b64(name));
     let len = length.to_string();
@@ -60,7 +60,7 @@ async fn create(web: &Https, token: &str, length: u64, name: &str) -> String {
     reply.upload_id()
 }
 
-async fn head(web: &Https, token: &str, id: &str) -> Reply {
+pub(crate) async fn head(web: &Https, token: &str, id: &str) -> Reply {
     let auth = bearer(token);
     web.send(
         "HEAD",
@@ -71,7 +71,7 @@ async fn head(web: &Https, token: &str, id: &str) -> Reply {
     .await
 }
 
-async fn patch(web: &Https, token: &str, id: &str, at: u64, body: &[u8]) -> Reply {
+pub(crate) async fn patch(web: &Https, token: &str, id: &str, at: u64, body: &[u8]) -> Reply {
     let auth = bearer(token);
     let at = at.to_string();
     web.send(
@@ -88,7 +88,7 @@ async fn patch(web: &Https, token: &str, id: &str, at: u64, body: &[u8]) -> Repl
     .await
 }
 
-fn code(reply: &Reply) -> String {
+pub(crate) fn code(reply: &Reply) -> String {
     serde_json::from_str::<serde_json::Value>(&reply.body)
         .ok()
         .and_then(|v| v["code"].as_str().map(str::to_owned))
@@ -462,377 +462,6 @@ async fn cors_for_allowed_origins_only() {
         .await;
     assert_eq!(foreign.status, 403);
     assert_eq!(foreign.header("access-control-allow-origin"), None);
-}
-
-/// A request whose connection breaks in the middle of a chunk keeps every byte that arrived:
-/// the offset is exactly what was sent, and the next request continues from there. Bytes of a
-/// partial chunk that changed on disk meanwhile are not built on: the offset goes back to the
-/// chunk's start (409, then HEAD says so).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_broken_mid_chunk_keeps_its_bytes() {
-    let server = web_server().await;
-    let web = https(&server);
-    let local = tempfile::tempdir().unwrap();
-    let size = 20_000_000usize;
-    let source = random_file(local.path(), "take.mov", size, 11);
-    let bytes = std::fs::read(&source).unwrap();
-    let id = create(&web, &server.alice, size as u64, "take.mov").await;
-    let auth = bearer(&server.alice);
-    let url = format!("/files/{id}");
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", "0"),
-    ];
-    // 5 000 000 bytes of chunk 0 (8 MiB chunks), then the connection breaks.
-    web.send_broken("PATCH", &url, &headers, size as u64, &bytes[..5_000_000])
-        .await;
-    let mut offset = 0;
-    for _ in 0..100 {
-        offset = head(&web, &server.alice, &id).await.offset();
-        if offset == 5_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(offset, 5_000_000, "every byte that arrived is kept");
-    // Into chunk 1 (from 8 388 608), broken again at 9 000 000.
-    let at = "5000000";
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", at),
-    ];
-    web.send_broken(
-        "PATCH",
-        &url,
-        &headers,
-        (size - 5_000_000) as u64,
-        &bytes[5_000_000..9_000_000],
-    )
-    .await;
-    let mut offset = 0;
-    for _ in 0..100 {
-        offset = head(&web, &server.alice, &id).await.offset();
-        if offset == 9_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(offset, 9_000_000);
-
-    // The kept bytes of chunk 1 changed on disk: not built on.
-    {
-        use std::os::unix::fs::FileExt;
-        let staging = server.data().join("staging").join(format!("{id}.part"));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(staging)
-            .unwrap();
-        file.write_all_at(b"XXXX", 8_500_000).unwrap();
-    }
-    let reply = patch(&web, &server.alice, &id, 9_000_000, &bytes[9_000_000..]).await;
-    assert_eq!(reply.status, 409, "{reply:?}");
-    assert_eq!(reply.offset(), 8_388_608, "back to the chunk's start");
-    assert_eq!(head(&web, &server.alice, &id).await.offset(), 8_388_608);
-    let reply = patch(&web, &server.alice, &id, 8_388_608, &bytes[8_388_608..]).await;
-    assert_eq!(reply.status, 204, "{reply:?}");
-    assert_eq!(reply.offset(), size as u64);
-    assert_same_file(&source, &server.published("alice", "take.mov"));
-}
-
-/// A second PATCH to an upload whose first PATCH stalled takes it over: the first stops, the
-/// second goes on from the durable offset, and the file is whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_request_takes_the_upload_over() {
-    use tokio::io::AsyncWriteExt;
-    let server = web_server().await;
-    let web = https(&server);
-    let local = tempfile::tempdir().unwrap();
-    let size = 12_000_000usize;
-    let source = random_file(local.path(), "two.bin", size, 13);
-    let bytes = std::fs::read(&source).unwrap();
-    let id = create(&web, &server.alice, size as u64, "two.bin").await;
-    // The first PATCH: 3 MB of the body, then nothing (the connection stays open).
-    let stalled = {
-        let connector = ferry_tests::http::pinned_connector(&server.fingerprint);
-        let tcp = tokio::net::TcpStream::connect(web.addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
-        let head = format!(
-            "PATCH /files/{id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nAuthorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Length: {size}\r\n\r\n",
-            server.alice
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&bytes[..3_000_000]).await.unwrap();
-        stream.flush().await.unwrap();
-        stream
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let at = head(&web, &server.alice, &id).await.offset();
-    assert_eq!(
-        at, 0,
-        "the stalled request's partial chunk is not durable yet"
-    );
-    let reply = patch(&web, &server.alice, &id, at, &bytes[at as usize..]).await;
-    assert_eq!(reply.status, 204, "{reply:?}");
-    assert_eq!(reply.offset(), size as u64);
-    assert_same_file(&source, &server.published("alice", "two.bin"));
-    drop(stalled);
-}
-
-/// The IETF draft: creation with the body, offset retrieval, append, completion, the offset
-/// mismatch as a problem document, in interop versions 3 (iOS 17: `Upload-Incomplete`) and 6.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ietf_draft_creates_resumes_and_completes() {
-    let server = web_server().await;
-    let web = https(&server);
-    let alice = bearer(&server.alice);
-    let local = tempfile::tempdir().unwrap();
-    let source = random_file(local.path(), "ios.mov", 10_000_000, 17);
-    let bytes = std::fs::read(&source).unwrap();
-
-    // Version 6: the first part, not complete; no length given: deferred.
-    let reply = web
-        .send(
-            "POST",
-            "/files/",
-            &[
-                ("Upload-Draft-Interop-Version", "6"),
-                ("Upload-Complete", "?0"),
-                ("Authorization", &alice),
-                ("Content-Disposition", "attachment; filename=\"ios.mov\""),
-            ],
-            &bytes[..4_000_000],
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{reply:?}");
-    assert_eq!(reply.offset(), 4_000_000);
-    assert_eq!(reply.header("upload-complete"), Some("?0"));
-    assert!(reply.header("upload-limit").unwrap().contains("max-size="));
-    let id = reply.upload_id();
-    let url = format!("/files/{id}");
-    let v6 = ("Upload-Draft-Interop-Version", "6");
-    let reply = web
-        .send("HEAD", &url, &[v6, ("Authorization", &alice)], b"")
-        .await;
-    assert_eq!(reply.status, 204);
-    assert_eq!(reply.offset(), 4_000_000);
-    assert_eq!(reply.header("upload-complete"), Some("?0"));
-    assert_eq!(reply.header("upload-length"), None, "not known yet");
-    // The wrong offset: 409 with both offsets.
-    let part = ("Content-Type", "application/partial-upload");
-    let reply = web
-        .send(
-            "PATCH",
-            &url,
-            &[
-                v6,
-                part,
-                ("Authorization", &alice),
-                ("Upload-Offset", "7"),
-                ("Upload-Complete", "?1"),
-            ],
-            &bytes[7..],
-        )
-        .await;
-    assert_eq!(reply.status, 409);
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/problem+json")
-    );
-    let problem: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    assert_eq!(problem["expected-offset"], 4_000_000);
-    assert_eq!(problem["provided-offset"], 7);
-    assert!(problem["type"]
-        .as_str()
-        .unwrap()
-        .ends_with("#mismatching-upload-offset"));
-    // 415: an append of another media type (version 6 on).
-    let reply = web
-        .send(
-            "PATCH",
-            &url,
-            &[
-                v6,
-                ("Authorization", &alice),
-                ("Upload-Offset", "4000000"),
-                ("Upload-Complete", "?1"),
-            ],
-            &bytes[4_000_000..],
-        )
-        .await;
-    assert_eq!(reply.status, 415);
-    // The rest, complete: the length is declared by it, and the file published.
-    let reply = web
-        .send(
-            "PATCH",
-            &url,
-            &[
-                v6,
-                part,
-                ("Authorization", &alice),
-                ("Upload-Offset", "4000000"),
-                ("Upload-Complete", "?1"),
-            ],
-            &bytes[4_000_000..],
-        )
-        .await;
-    assert_eq!(reply.status, 204, "{reply:?}");
-    assert_eq!(reply.offset(), 10_000_000);
-    assert_eq!(reply.header("upload-complete"), Some("?1"));
-    assert_same_file(&source, &server.published("alice", "ios.mov"));
-    let reply = web
-        .send("HEAD", &url, &[v6, ("Authorization", &alice)], b"")
-        .await;
-    assert_eq!(reply.header("upload-complete"), Some("?1"));
-    assert_eq!(reply.header("upload-length"), Some("10000000"));
-
-    // Version 3 (iOS 17): `Upload-Incomplete`, the whole body in the creation request, its
-    // length from Content-Length.
-    let reply = web
-        .send(
-            "POST",
-            "/files/",
-            &[
-                ("Upload-Draft-Interop-Version", "3"),
-                ("Upload-Incomplete", "?0"),
-                ("Authorization", &alice),
-            ],
-            &bytes,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{reply:?}");
-    assert_eq!(reply.header("upload-incomplete"), Some("?0"));
-    let published = std::fs::read_dir(server.data().join("files/alice"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().into_string().unwrap())
-        .find(|n| n.starts_with("upload-"))
-        .expect("a generated name for a body without one");
-    assert_same_file(&source, &server.published("alice", &published));
-
-    // An interop version not taken: 400, naming the ones that are.
-    let reply = web
-        .send(
-            "POST",
-            "/files/",
-            &[
-                ("Upload-Draft-Interop-Version", "99"),
-                ("Authorization", &alice),
-            ],
-            b"",
-        )
-        .await;
-    assert_eq!(reply.status, 400);
-    assert!(reply.body.contains("3 to 8"), "{}", reply.body);
-    // Cancellation.
-    let reply = web
-        .send(
-            "POST",
-            "/files/",
-            &[
-                v6,
-                ("Upload-Complete", "?0"),
-                ("Authorization", &alice),
-                ("Upload-Length", "100"),
-            ],
-            &bytes[..10],
-        )
-        .await;
-    let gone = format!("/files/{}", reply.upload_id());
-    let reply = web
-        .send("DELETE", &gone, &[v6, ("Authorization", &alice)], b"")
-        .await;
-    assert_eq!(reply.status, 204);
-    let reply = web
-        .send("HEAD", &gone, &[v6, ("Authorization", &alice)], b"")
-        .await;
-    assert_eq!(reply.status, 404);
-}
-
-/// An upload begun over tus and broken off mid-chunk is finished by `ferry` (it finds the
-/// upload by name and size, checks what the server holds and sends the rest); one begun by
-/// `ferry` and interrupted is finished over tus from its durable offset.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ferry_and_tus_finish_each_others_uploads() {
-    let server = web_server().await;
-    let web = https(&server);
-    let local = tempfile::tempdir().unwrap();
-    let size = 20_000_000usize;
-
-    // tus first, ferry after.
-    let source = random_file(local.path(), "first.mov", size, 21);
-    let bytes = std::fs::read(&source).unwrap();
-    let id = create(&web, &server.alice, size as u64, "first.mov").await;
-    let auth = bearer(&server.alice);
-    let url = format!("/files/{id}");
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", "0"),
-    ];
-    web.send_broken("PATCH", &url, &headers, size as u64, &bytes[..11_000_000])
-        .await;
-    let mut held = 0;
-    for _ in 0..100 {
-        held = head(&web, &server.alice, &id).await.offset();
-        if held == 11_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(held, 11_000_000);
-    let state = tempfile::tempdir().unwrap();
-    let mut client = server.client(&server.alice, state.path());
-    let report = client.upload(&source, "").await.expect("ferry finishes it");
-    assert_eq!(report.status, "complete");
-    assert!(report.resumed, "continued the tus upload");
-    assert_eq!(report.upload_id, id);
-    // The whole chunk 0 was held; chunk 1 (partial) is sent whole, and chunk 2.
-    assert_eq!(report.bytes_sent, (size - 8_388_608) as u64, "{report:?}");
-    assert_same_file(&source, &server.published("alice", "first.mov"));
-
-    // ferry first, tus after.
-    let source = random_file(local.path(), "second.mov", size, 23);
-    let bytes = std::fs::read(&source).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut options = server.options(&server.alice, state.path());
-    options.chunk_size = 1 << 20;
-    options.limit_rate = Some(8 << 20);
-    let mut client = ferry_client::Client::new(options).unwrap();
-    let cut = tokio::time::timeout(Duration::from_millis(1200), client.upload(&source, "")).await;
-    assert!(cut.is_err(), "interrupted before the end");
-    drop(client);
-    let id = {
-        let state = tempfile::tempdir().unwrap();
-        let mut lister = server.client(&server.alice, state.path());
-        let uploads = lister.list().await.unwrap();
-        uploads
-            .into_iter()
-            .find(|u| u.file_name == "second.mov")
-            .expect("the interrupted upload")
-            .upload_id
-    };
-    let mut at = 0;
-    for _ in 0..50 {
-        let reply = head(&web, &server.alice, &id).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-        at = reply.offset();
-        let reply = patch(&web, &server.alice, &id, at, &bytes[at as usize..]).await;
-        if reply.status == 204 {
-            assert_eq!(reply.offset(), size as u64);
-            break;
-        }
-        // 423 while the interrupted connection's chunks are still in flight: try again.
-        assert!(matches!(reply.status, 409 | 423), "{reply:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(at > 0 && at < size as u64, "resumed from {at}");
-    assert_same_file(&source, &server.published("alice", "second.mov"));
 }
 
 /// An upload link's grant works as the bearer token: the file lands in the owner's folder, within
