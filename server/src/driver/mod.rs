@@ -408,8 +408,9 @@ impl Driver {
         // Far in the future, so every waiting chunk is due; everything waiting is one batch.
         let later = Instant::now() + Duration::from_secs(3600);
         if let Some(batch) = self.session.poll_commit(later) {
-            let result = self.persist(batch.clone()).await;
-            let _ = self.committed((batch.id, result));
+            let id = batch.id;
+            let result = self.persist(batch).await;
+            let _ = self.committed((id, result));
         }
         self.forward_outputs();
     }

@@ -95,15 +95,13 @@ impl Backend {
     /// up to [`s3::COMMITS_IN_FLIGHT`] per upload run at once, so the store's round trips
     /// overlap instead of adding up; here one, a sync of the staging file.
     pub fn commit_policy(&self, base: CommitPolicy) -> CommitPolicy {
-        match &self.bucket {
-            Some(_) => CommitPolicy {
-                max_in_flight: s3::COMMITS_IN_FLIGHT,
-                ..base
-            },
-            None => CommitPolicy {
-                max_in_flight: 1,
-                ..base
-            },
+        let max_in_flight = match self.bucket {
+            Some(_) => s3::COMMITS_IN_FLIGHT,
+            None => 1,
+        };
+        CommitPolicy {
+            max_in_flight,
+            ..base
         }
     }
 
