@@ -46,12 +46,16 @@ export class Tus {
   }
 
   /** Checks the link: a HEAD of an upload that cannot exist is 404 for a valid grant, 401 for
-   * an unknown, revoked or expired one. */
+   * an unknown, revoked or expired one. A HEAD has no body: the reason is the challenge's
+   * `error_description`, the same text the WebTransport path shows. */
   async check() {
     const answer = await call(`${this.endpoint}${"0".repeat(32)}`, {
       method: "HEAD", headers: { ...TUS, ...this.auth },
     });
-    if (answer.status === 401) throw new FerryError("unauthorized", "unknown, revoked or expired upload link");
+    if (answer.status === 401) {
+      const why = /error_description="([^"]*)"/.exec(answer.headers.get("WWW-Authenticate") || "");
+      throw new FerryError("unauthorized", why ? why[1] : "unknown, revoked or expired upload link");
+    }
     if (answer.status !== 404) throw new FerryError("connection_lost", `the server answered ${answer.status}`);
   }
 

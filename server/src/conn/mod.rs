@@ -151,13 +151,13 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
         Ok(Ok(Some(Frame::Hello { version, token }))) => {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version {version} is not supported, this server speaks {PROTOCOL_VERSION}; upgrade the client");
-                return refuse(&peer, send, ErrorCode::UnsupportedVersion, &msg).await;
+                return refuse(&peer, send, &evicted, ErrorCode::UnsupportedVersion, &msg).await;
             }
             match ctx.auth.login(&token).await {
                 Ok(Ok(login)) if login.link.as_ref().is_some_and(|l| l.read.is_some()) => {
                     let msg =
                         "a read link reads its upload over HTTPS (GET); it cannot log in here";
-                    return refuse(&peer, send, ErrorCode::Unauthorized, msg).await;
+                    return refuse(&peer, send, &evicted, ErrorCode::Unauthorized, msg).await;
                 }
                 Ok(Ok(login)) => login,
                 Ok(Err(what)) => {
@@ -167,30 +167,30 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
                     info!(%remote, delay_ms = delay.as_millis() as u64, what, "refused a login");
                     let far = Instant::now() + delay + Duration::from_secs(1);
                     let _ = step(far, &evicted, tokio::time::sleep(delay)).await;
-                    return refuse(&peer, send, ErrorCode::Unauthorized, what).await;
+                    return refuse(&peer, send, &evicted, ErrorCode::Unauthorized, what).await;
                 }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "cannot read tokens or links");
                     let message = "server cannot check tokens";
-                    return refuse(&peer, send, ErrorCode::Internal, message).await;
+                    return refuse(&peer, send, &evicted, ErrorCode::Internal, message).await;
                 }
             }
         }
         Ok(Ok(Some(other))) => {
             let msg = format!("expected hello, got {}", other.kind());
-            return refuse(&peer, send, ErrorCode::NotAuthenticated, &msg).await;
+            return refuse(&peer, send, &evicted, ErrorCode::NotAuthenticated, &msg).await;
         }
         Ok(Err(e)) => match e.code() {
-            Some((code, msg)) => return refuse(&peer, send, code, &msg).await,
+            Some((code, msg)) => return refuse(&peer, send, &evicted, code, &msg).await,
             None => return,
         },
         Ok(Ok(None)) => {
             let msg = "the control stream ended before hello";
-            return refuse(&peer, send, ErrorCode::NotAuthenticated, msg).await;
+            return refuse(&peer, send, &evicted, ErrorCode::NotAuthenticated, msg).await;
         }
         Err(stop) => {
             let (code, reason) = stop.close(config.handshake_timeout);
-            return refuse(&peer, send, code, &reason).await;
+            return refuse(&peer, send, &evicted, code, &reason).await;
         }
     };
     drop(pending);
@@ -199,7 +199,14 @@ pub async fn serve(ctx: Arc<Context>, incoming: quinn::Incoming, id: u64, pendin
         Ok(slot) => slot,
         Err(message) => {
             info!(%remote, message, "refused: too many connections");
-            return refuse(&peer, send, ErrorCode::TooManyConnections, &message).await;
+            return refuse(
+                &peer,
+                send,
+                &evicted,
+                ErrorCode::TooManyConnections,
+                &message,
+            )
+            .await;
         }
     };
     // Logged in: the credit a client needs to upload (for a browser, on top of the three
@@ -396,8 +403,16 @@ impl Drop for Counted {
     }
 }
 
+/// How long a refused client has to close the connection itself once it holds the error frame.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
 /// Sends an error frame on the control stream, then closes the connection with its code.
-async fn refuse(peer: &Peer, mut send: Send, code: ErrorCode, message: &str) {
+///
+/// The client closes first when it can: `ferry` and the page do once they have read the frame.
+/// A close from here can overtake the frame inside a busy browser, which then reports a lost
+/// connection instead of the refusal (and the page would try tus). So the close waits for the
+/// client's, at most [`REFUSAL_LINGER`], and not at all once a newer login evicts this one.
+async fn refuse(peer: &Peer, mut send: Send, evicted: &Notify, code: ErrorCode, message: &str) {
     let frame = Frame::Error {
         req: None,
         code,
@@ -405,6 +420,11 @@ async fn refuse(peer: &Peer, mut send: Send, code: ErrorCode, message: &str) {
     };
     if write_frame(&mut send, &frame).await.is_ok() {
         send.finish(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = peer.quic().closed() => {}
+            () = tokio::time::sleep(REFUSAL_LINGER) => {}
+            () = evicted.notified() => {}
+        }
     }
     peer.close(code, message);
 }

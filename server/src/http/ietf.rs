@@ -91,15 +91,7 @@ fn limit(ctx: &Context) -> String {
 }
 
 async fn caller(ctx: &Context, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, Answer> {
-    login(ctx, headers, peer, Frontend::Ietf)
-        .await
-        .map_err(|(status, e)| {
-            let mut answer = error(status, &e);
-            if status == StatusCode::UNAUTHORIZED {
-                set(&mut answer, "www-authenticate", "Bearer");
-            }
-            answer
-        })
+    login(ctx, headers, peer, Frontend::Ietf).await
 }
 
 /// Whether the request's body ends the upload: `Upload-Complete: ?1` (version 3:

@@ -41,7 +41,7 @@ const HTTP_CHUNK_SIZE: u64 = 8 << 20;
 /// Request headers a page of another origin may send (CORS).
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Disposition, Range, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, X-HTTP-Method-Override, X-Requested-With";
 /// Response headers a page of another origin may read (CORS).
-const EXPOSE_HEADERS: &str = "Location, Ferry-File-Name, Ferry-Durable-Offset, Ferry-Complete, Content-Range, Accept-Ranges, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
+const EXPOSE_HEADERS: &str = "Location, WWW-Authenticate, Ferry-File-Name, Ferry-Durable-Offset, Ferry-Complete, Content-Range, Accept-Ranges, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm";
 const ALLOW_METHODS: &str = "POST, HEAD, PATCH, DELETE, OPTIONS, GET";
 
 /// What the HTTP front end serves from.
@@ -220,18 +220,38 @@ pub(crate) async fn login(
     headers: &HeaderMap,
     peer: SocketAddr,
     frontend: Frontend,
-) -> Result<Caller, (StatusCode, WireError)> {
-    let caller = login_with(ctx, bearer(headers), peer, frontend).await?;
+) -> Result<Caller, Answer> {
+    let caller = login_with(ctx, bearer(headers), peer, frontend)
+        .await
+        .map_err(|(status, e)| refusal(status, &e))?;
     if caller.who.link.as_ref().is_some_and(|l| l.read.is_some()) {
-        return Err((
+        return Err(error(
             StatusCode::FORBIDDEN,
-            WireError::new(
+            &WireError::new(
                 ErrorCode::Refused,
                 "a read link only reads its upload (GET); it cannot upload",
             ),
         ));
     }
     Ok(caller)
+}
+
+/// The answer to a failed login. A `401` carries its challenge (RFC 6750 §3): `Bearer` when no
+/// credential came, and for a wrong one `error="invalid_token"` with the reason as
+/// `error_description`, so a client that cannot read the body (a `HEAD`) still learns why.
+pub(crate) fn refusal(status: StatusCode, e: &WireError) -> Answer {
+    let mut answer = error(status, e);
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = match e.code {
+            ErrorCode::Unauthorized => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                e.message.replace(['"', '\\'], "'")
+            ),
+            _ => "Bearer".to_owned(),
+        };
+        set(&mut answer, "www-authenticate", challenge);
+    }
+    answer
 }
 
 /// The `Authorization: Bearer` credential, if any.

@@ -32,7 +32,7 @@ pub(super) async fn get(
     let token = super::bearer(headers).or(granted);
     let caller = match login_with(ctx, token, peer, Frontend::Tus).await {
         Ok(caller) => caller,
-        Err((status, e)) => return super::error(status, &e),
+        Err((status, e)) => return super::refusal(status, &e),
     };
     let view = match ctx.uploads.read_view(&caller.who, id).await {
         Ok(view) => view,

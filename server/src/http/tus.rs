@@ -109,15 +109,7 @@ fn bad_request(message: impl Into<String>) -> Answer {
 }
 
 async fn caller(ctx: &Context, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, Answer> {
-    login(ctx, headers, peer, Frontend::Tus)
-        .await
-        .map_err(|(status, e)| {
-            let mut answer = error(status, &e);
-            if status == StatusCode::UNAUTHORIZED {
-                set(&mut answer, "www-authenticate", "Bearer");
-            }
-            answer
-        })
+    login(ctx, headers, peer, Frontend::Tus).await
 }
 
 /// `POST` to the endpoint: a new upload (with its first bytes, or as the concatenation of

@@ -242,6 +242,8 @@ fn the_page_takes_the_grant_from_the_fragment_and_the_server_from_the_query() {
 
 /// A revoked link: the page says why, in the DOM contract's form, and explains it — when it
 /// opens (issue 22, finding 8: it said `ready` until Upload was pressed), with Upload disabled.
+/// The words are the server's on either path: a page whose WebTransport session fails for
+/// another reason checks the link over tus, whose `401` carries them in its challenge.
 #[test]
 fn a_revoked_link_fails_with_its_code_and_message() {
     let Some(site) = Site::start() else { return };
@@ -261,9 +263,15 @@ fn a_revoked_link_fails_with_its_code_and_message() {
     let browser = Browser::start(profile.path(), &site.spki);
     browser.open(&site.url);
     let status = browser.wait_status(Duration::from_secs(30), settled);
+    let via = browser.text("#via");
+    if via.contains("tus") {
+        eprintln!("the link was checked over tus: {via}");
+    }
     assert_eq!(
         status,
-        "failed: unauthorized unknown or revoked upload link"
+        "failed: unauthorized unknown or revoked upload link",
+        "{via}\nconsole:\n{}",
+        browser.console()
     );
     assert!(browser.text("#explain").contains("not valid"));
     browser.set_files("#files", &[&file]);
@@ -272,6 +280,20 @@ fn a_revoked_link_fails_with_its_code_and_message() {
         "nothing can be sent through it"
     );
     assert!(!site.published("late.bin").exists());
+    browser.quit();
+
+    // Without a WebTransport session the page checks the link over tus: the same words.
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(profile.path(), &site.spki);
+    browser.before_each_page(UDP_BLOCKED);
+    browser.open(&site.url);
+    let status = browser.wait_status(Duration::from_secs(30), settled);
+    assert_eq!(
+        status,
+        "failed: unauthorized unknown or revoked upload link"
+    );
+    assert!(browser.text("#via").contains("no WebTransport session"));
+    assert!(browser.text("#explain").contains("not valid"));
     browser.quit();
 }
 

@@ -160,6 +160,19 @@ async fn tus_answers_every_error_case_with_its_status() {
         )
         .await;
     assert_eq!((reply.status, code(&reply).as_str()), (401, "unauthorized"));
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token", error_description="unknown token""#)
+    );
+    // A HEAD has no body: the challenge alone says why.
+    let unknown = format!("/files/{}", "0".repeat(32));
+    let wrong = [TUS, ("Authorization", "Bearer fy_nope")];
+    let reply = web.send("HEAD", &unknown, &wrong, b"").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token", error_description="unknown token""#)
+    );
 
     // 400: no length, a malformed one, both kinds, bad metadata.
     for headers in [
