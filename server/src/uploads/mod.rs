@@ -12,7 +12,7 @@
 //! - `resume`, `finish`, `abort`, `list`, `mkdir`, `dedup`;
 //! - `verdict`: whether to read a chunk's payload (the driver's decision);
 //! - `offset` and `append`: bytes at an offset, for front ends that send a byte stream
-//!   (`append.rs`).
+//!   (`append/`).
 //!
 //! What a front end passes in and gets back is in `request.rs`; which upload a caller may
 //! touch (`owned`, `owned_fresh`) in `access.rs`.
