@@ -406,15 +406,9 @@ impl Drop for Counted {
 /// How long a refused browser has to close its session itself once it holds the error frame.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
-/// Sends an error frame on the control stream, then closes the connection with its code.
-///
-/// A browser's session is closed by the page first: web-transport-quinn follows its close
-/// capsule with the QUIC close 100 ms later, which in a busy browser can overtake the frame, and
-/// the page then sees a lost session instead of the refusal (and would try tus). So for a
-/// browser the close waits for the page's, at most [`REFUSAL_LINGER`], and not at all once a
-/// newer login evicts this one. A `ferry/1` client is closed at once: the frame is acknowledged,
-/// so its QUIC stack holds it, and quinn's streams give their received bytes before the
-/// connection's end.
+/// Sends an error frame on the control stream, then closes the connection with its code: once
+/// the client has the frame, and for a browser once its page closed the session (at most
+/// [`REFUSAL_LINGER`], and not at all once a newer login evicts this one).
 async fn refuse(peer: &Peer, mut send: Send, evicted: &Notify, code: ErrorCode, message: &str) {
     let frame = Frame::Error {
         req: None,
@@ -423,13 +417,9 @@ async fn refuse(peer: &Peer, mut send: Send, evicted: &Notify, code: ErrorCode, 
     };
     if write_frame(&mut send, &frame).await.is_ok() {
         send.finish(Duration::from_secs(2)).await;
-        if matches!(peer, Peer::Web(..)) {
-            tokio::select! {
-                _ = peer.quic().closed() => {}
-                () = tokio::time::sleep(REFUSAL_LINGER) => {}
-                () = evicted.notified() => {}
-            }
-        }
+        peer.close_once_read(code, message, REFUSAL_LINGER, evicted)
+            .await;
+    } else {
+        peer.close(code, message);
     }
-    peer.close(code, message);
 }

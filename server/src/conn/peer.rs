@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry_proto::ErrorCode;
 use quinn::VarInt;
+use tokio::sync::Notify;
 
 /// The connection a client logged in on.
 #[derive(Clone)]
@@ -57,6 +58,30 @@ impl Peer {
             Self::Quic(c) => c.close(VarInt::from_u32(code.quic_code()), reason.as_bytes()),
             Self::Web(s, _) => s.close(code.quic_code(), reason.as_bytes()),
         }
+    }
+
+    /// Closes the connection after an `error` frame the client has acknowledged. A browser's
+    /// page closes the session itself once it has read the frame, and is given up to `linger`
+    /// to (cut short by `cut_short`): web-transport-quinn follows its own close capsule with the
+    /// QUIC close 100 ms later, which in a busy browser can overtake the frame, and the page
+    /// would see a lost session instead of the error. A `ferry/1` client is closed at once: its
+    /// QUIC stack holds the acknowledged frame, and quinn's streams give their received bytes
+    /// before the connection's end.
+    pub(crate) async fn close_once_read(
+        &self,
+        code: ErrorCode,
+        reason: &str,
+        linger: Duration,
+        cut_short: &Notify,
+    ) {
+        if let Self::Web(_, quic) = self {
+            tokio::select! {
+                _ = quic.closed() => {}
+                () = tokio::time::sleep(linger) => {}
+                () = cut_short.notified() => {}
+            }
+        }
+        self.close(code, reason);
     }
 
     /// Why the connection closed, if it has.

@@ -4,9 +4,43 @@
 
 use std::time::Duration;
 
-use ferry_tests::{assert_same_file, random_file};
+use ferry_tests::http::Https;
+use ferry_tests::{assert_same_file, random_file, TestServer};
 
 use crate::tus::{bearer, create, head, https, patch, web_server, OCTETS, TUS};
+
+/// A PATCH of `file[sent]` (alice's upload `id`, whose length is `file`'s) whose connection
+/// breaks once those bytes are out; the offset HEAD reports once it reaches the end of `sent`,
+/// or after 5 s.
+async fn patch_broken(
+    web: &Https,
+    server: &TestServer,
+    id: &str,
+    file: &[u8],
+    sent: std::ops::Range<usize>,
+) -> u64 {
+    let auth = bearer(&server.alice);
+    let at = sent.start.to_string();
+    let headers = [
+        TUS,
+        OCTETS,
+        ("Authorization", auth.as_str()),
+        ("Upload-Offset", at.as_str()),
+    ];
+    let length = (file.len() - sent.start) as u64;
+    let url = format!("/files/{id}");
+    web.send_broken("PATCH", &url, &headers, length, &file[sent.clone()])
+        .await;
+    let mut offset = 0;
+    for _ in 0..100 {
+        offset = head(web, &server.alice, id).await.offset();
+        if offset == sent.end as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    offset
+}
 
 /// A request whose connection breaks in the middle of a chunk keeps every byte that arrived:
 /// the offset is exactly what was sent, and the next request continues from there. Bytes of a
@@ -21,50 +55,11 @@ async fn a_request_broken_mid_chunk_keeps_its_bytes() {
     let source = random_file(local.path(), "take.mov", size, 11);
     let bytes = std::fs::read(&source).unwrap();
     let id = create(&web, &server.alice, size as u64, "take.mov").await;
-    let auth = bearer(&server.alice);
-    let url = format!("/files/{id}");
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", "0"),
-    ];
     // 5 000 000 bytes of chunk 0 (8 MiB chunks), then the connection breaks.
-    web.send_broken("PATCH", &url, &headers, size as u64, &bytes[..5_000_000])
-        .await;
-    let mut offset = 0;
-    for _ in 0..100 {
-        offset = head(&web, &server.alice, &id).await.offset();
-        if offset == 5_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let offset = patch_broken(&web, &server, &id, &bytes, 0..5_000_000).await;
     assert_eq!(offset, 5_000_000, "every byte that arrived is kept");
     // Into chunk 1 (from 8 388 608), broken again at 9 000 000.
-    let at = "5000000";
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", at),
-    ];
-    web.send_broken(
-        "PATCH",
-        &url,
-        &headers,
-        (size - 5_000_000) as u64,
-        &bytes[5_000_000..9_000_000],
-    )
-    .await;
-    let mut offset = 0;
-    for _ in 0..100 {
-        offset = head(&web, &server.alice, &id).await.offset();
-        if offset == 9_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let offset = patch_broken(&web, &server, &id, &bytes, 5_000_000..9_000_000).await;
     assert_eq!(offset, 9_000_000);
 
     // The kept bytes of chunk 1 changed on disk: not built on.
@@ -141,24 +136,7 @@ async fn ferry_and_tus_finish_each_others_uploads() {
     let source = random_file(local.path(), "first.mov", size, 21);
     let bytes = std::fs::read(&source).unwrap();
     let id = create(&web, &server.alice, size as u64, "first.mov").await;
-    let auth = bearer(&server.alice);
-    let url = format!("/files/{id}");
-    let headers = [
-        TUS,
-        OCTETS,
-        ("Authorization", auth.as_str()),
-        ("Upload-Offset", "0"),
-    ];
-    web.send_broken("PATCH", &url, &headers, size as u64, &bytes[..11_000_000])
-        .await;
-    let mut held = 0;
-    for _ in 0..100 {
-        held = head(&web, &server.alice, &id).await.offset();
-        if held == 11_000_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let held = patch_broken(&web, &server, &id, &bytes, 0..11_000_000).await;
     assert_eq!(held, 11_000_000);
     let state = tempfile::tempdir().unwrap();
     let mut client = server.client(&server.alice, state.path());
